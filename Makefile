@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export ASR_HOME ?= $(CURDIR)/.asr_home
+
+.PHONY: install demo test ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: 2.13.0 is the local CPU wheel here; an unpinned torch would pull GBs of CUDA packages.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/asr-pipeline demo
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: install
+	DAGSTER_HOME=$(ASR_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+
+clean:
+	rm -rf $(VENV) .asr_home .pytest_cache

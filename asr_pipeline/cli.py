@@ -1,0 +1,266 @@
+"""`asr-pipeline`: the same Dagster definitions as the UI, run in-process from a shell.
+
+Runs are recorded in the Dagster instance at $DAGSTER_HOME (default $ASR_HOME/dagster), so `dagster dev` started
+with that DAGSTER_HOME shows them in its run history and asset catalog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from asr_pipeline.core import settings as env
+from asr_pipeline.core.errors import ConfigError
+
+DEMO_TRAINING = {"learning_rate": 1e-3, "batch_size": 8, "warmup_steps": 20, "max_steps": 150, "eval_steps": 50,
+                 "logging_steps": 10, "generation_max_length": 64}
+DEMO_EVALUATION = {"max_new_tokens": 64}
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(env.asr_home() / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return DagsterInstance.get()
+
+
+def _run(job_name: str, training: dict | None = None, evaluation: dict | None = None) -> None:
+    from asr_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": {}}
+    if training:
+        run_config["ops"]["finetuned_checkpoint"] = {"config": training}
+    if evaluation:
+        run_config["ops"]["evaluation_report"] = {"config": evaluation}
+    job = defs.resolve_job_def(job_name)
+    op_names = {node.name for node in job.graph.node_dict.values()}
+    run_config["ops"] = {name: cfg for name, cfg in run_config["ops"].items() if name in op_names}
+    result = job.execute_in_process(run_config=run_config, instance=_instance(), raise_on_error=False)
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                error = event.step_failure_data.error
+                print(f"\nstep {event.step_key} failed: {error.message.strip() if error else ''}", file=sys.stderr)
+        raise SystemExit(f"run {result.run_id} of {job_name} failed (details above and in the Dagster UI)")
+    print(f"run {result.run_id} of {job_name} succeeded")
+
+
+def _training_overrides(args) -> dict:
+    names = ["max_steps", "batch_size", "learning_rate", "eval_steps", "warmup_steps"]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _storage() -> Path:
+    return env.asr_home() / "storage"
+
+
+def _report_path() -> Path:
+    return _storage() / "evaluation_report" / "report.json"
+
+
+def _print_report_summary() -> None:
+    from asr_pipeline.core.evaluation import metrics_table
+
+    report = json.loads(_report_path().read_text(encoding="utf-8"))
+    if report.get("warning"):
+        print(f"\n*** {report['warning']} ***\n")
+    print(metrics_table(report))
+    print(f"\nreport: {report.get('markdown_path')} and {report.get('json_path', _report_path())}")
+
+
+def cmd_demo(args) -> None:
+    from asr_pipeline.core.database import TranscriptTable
+    from asr_pipeline.core.synth import write_demo_corpus
+
+    home = env.asr_home()
+    # The demo only ever writes to its embedded database, never to a configured (possibly shared) one.
+    if os.environ.pop("ASR_DB_URL", None):
+        print("demo: ignoring ASR_DB_URL and using the embedded SQLite database")
+    table = TranscriptTable(env.default_database_url(home))
+    home.mkdir(parents=True, exist_ok=True)
+    table.create_table()
+    existing = table.count()
+    if existing >= args.rows:
+        print(f"demo: {table.spec.table} in {home / 'transcripts.sqlite'} already has {existing} rows")
+    else:
+        print(f"demo: speaking {args.rows} Korean sentences with espeak-ng (22.05 kHz) into {home / 'demo_audio'}")
+        rows = write_demo_corpus(home / "demo_audio", args.rows)
+        table.insert_rows(rows[existing:])
+    table.dispose()
+    training = {**DEMO_TRAINING, **_training_overrides(args)}
+    _run("asr_end_to_end", training=training, evaluation=DEMO_EVALUATION)
+    _print_report_summary()
+    print(f"\nSee it in the UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml "
+          "(then open http://127.0.0.1:3000)")
+
+
+def cmd_ingest(args) -> None:
+    _run("asr_ingest")
+
+
+def cmd_train(args) -> None:
+    _run("asr_train", training=_training_overrides(args))
+
+
+def cmd_run(args) -> None:
+    _run("asr_end_to_end", training=_training_overrides(args))
+    _print_report_summary()
+
+
+def cmd_report(args) -> None:
+    path = _report_path()
+    if not path.exists():
+        raise SystemExit(f"no report yet at {path}: run `asr-pipeline run` (or `demo`) first")
+    if args.json:
+        print(path.read_text(encoding="utf-8"))
+    else:
+        print((path.parent / "report.md").read_text(encoding="utf-8"))
+
+
+def collect_status() -> dict:
+    from asr_pipeline.core.storage import directory_bytes, read_json
+
+    storage = _storage()
+    assets = {}
+    for name, rows_file in [("raw_manifest", "manifest.parquet"), ("resampled_dataset", "index.parquet"),
+                            ("featurized_shards", "index.parquet"), ("finetuned_checkpoint", None),
+                            ("evaluation_report", None)]:
+        path = storage / name
+        if not path.is_dir():
+            assets[name] = {"materialized": False}
+            continue
+        entry: dict = {"materialized": True, "path": str(path), "bytes": directory_bytes(path)}
+        if rows_file:
+            import pyarrow.parquet as pq
+
+            entry["rows"] = pq.ParquetFile(path / rows_file).metadata.num_rows
+            if (path / "quarantine.parquet").exists():
+                entry["quarantined"] = pq.ParquetFile(path / "quarantine.parquet").metadata.num_rows
+        elif name == "finetuned_checkpoint" and (path / "training_summary.json").exists():
+            summary = read_json(path / "training_summary.json")
+            entry["rows"] = summary["train_rows"]
+            entry.update({k: summary.get(k) for k in ("steps", "train_loss", "best_valid_cer", "base_model")})
+        elif name == "evaluation_report" and (path / "report.json").exists():
+            report = read_json(path / "report.json")
+            entry["rows"] = report["test_rows"]
+        entry["updated_at"] = _mtime(path)
+        assets[name] = entry
+    status = {"asr_home": str(env.asr_home()), "assets": assets}
+    checkpoint = storage / "finetuned_checkpoint"
+    status["latest_checkpoint"] = str(checkpoint) if (checkpoint / "config.json").exists() else None
+    if _report_path().exists():
+        report = read_json(_report_path())
+        status["latest_report"] = {"path": str(_report_path()), "created_at": report["created_at"],
+                                   "test_rows": report["test_rows"], "base_cer": report["base"]["cer"],
+                                   "finetuned_cer": report["finetuned"]["cer"], "warning": report.get("warning")}
+    else:
+        status["latest_report"] = None
+    return status
+
+
+def _mtime(path: Path) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+
+
+def cmd_status(args) -> None:
+    status = collect_status()
+    if args.json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+        return
+    print(f"ASR_HOME {status['asr_home']}")
+    for name, entry in status["assets"].items():
+        if not entry["materialized"]:
+            print(f"  {name:22s} not materialized")
+            continue
+        extra = f", {entry['quarantined']} quarantined" if entry.get("quarantined") else ""
+        print(f"  {name:22s} {entry.get('rows', '?'):>7} rows{extra}  {entry['bytes'] / 1e6:9.1f} MB  "
+              f"updated {entry['updated_at']}")
+    print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
+    report = status["latest_report"]
+    print("latest report: " + (f"{report['path']} (base CER {report['base_cer']:.4f}, fine-tuned CER "
+                               f"{report['finetuned_cer']:.4f})" if report else "(none)"))
+
+
+def cmd_transcribe(args) -> None:
+    from asr_pipeline.core.audio import AudioError, load_16k
+    from asr_pipeline.core.decoding import transcribe_audio
+    from asr_pipeline.core.model import load_model, load_processor
+
+    model_dir = args.model or str(_storage() / "finetuned_checkpoint")
+    if not (Path(model_dir) / "config.json").exists() and not args.model:
+        raise SystemExit(f"no fine-tuned checkpoint at {model_dir}: run `asr-pipeline run` or pass --model DIR")
+    clips, names = [], []
+    for name in args.files:
+        try:
+            clip = load_16k(name)
+        except AudioError as exc:
+            print(f"{name}\t<error: {exc}>")
+            continue
+        if len(clip) > 30 * 16_000:
+            print(f"{name}\t<note: longer than 30 s; only the first 30 s are transcribed>", file=sys.stderr)
+        clips.append(clip)
+        names.append(name)
+    if not clips:
+        raise SystemExit(1)
+    model, processor = load_model(model_dir), load_processor(model_dir)
+    for name, text in zip(names, transcribe_audio(model, processor, clips, emit=lambda m: print(m, file=sys.stderr))):
+        print(f"{name}\t{text}")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-steps", type=int, help="training steps (default 4000; demo 150)")
+    parser.add_argument("--batch-size", type=int, help="per-device batch size (default 16)")
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default 1e-5)")
+    parser.add_argument("--eval-steps", type=int, help="validate and checkpoint every N steps (default 1000)")
+    parser.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 500)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="make an embedded database of synthetic Korean speech, then `run`")
+    demo.add_argument("--rows", type=int, default=120, help="synthetic utterances (default 120)")
+    _add_training_options(demo)
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("ingest", help="materialize raw_manifest, resampled_dataset, featurized_shards").set_defaults(
+        func=cmd_ingest)
+    train = sub.add_parser("train", help="materialize finetuned_checkpoint")
+    _add_training_options(train)
+    train.set_defaults(func=cmd_train)
+    run = sub.add_parser("run", help="ingest + train + evaluate")
+    _add_training_options(run)
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="print the latest evaluation report")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_report)
+    status = sub.add_parser("status", help="rows and bytes of every asset, latest checkpoint and report")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    transcribe = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
+    transcribe.add_argument("files", nargs="+")
+    transcribe.add_argument("--model", help="checkpoint directory (default: the latest finetuned_checkpoint)")
+    transcribe.set_defaults(func=cmd_transcribe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Framework-free building blocks: audio, features, text metrics, training and decoding."""

@@ -1,0 +1,138 @@
+"""Decode audio files of any common format to 16 kHz mono float32, and keep them in a memory-mappable shard.
+
+Shard layout (a directory):
+  audio.f32         every clip's samples, concatenated (float32, 16 kHz, mono)
+  index.parquet     one row a clip: the manifest columns + offset, num_samples, duration, source_rate, channels
+  quarantine.parquet  rows left out, with the reason (missing file, undecodable, too short/long, empty transcript)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import soxr
+
+from asr_pipeline.core.progress import Progress
+from asr_pipeline.core.storage import write_json
+
+SAMPLE_RATE = 16_000
+QUARANTINE_COLUMNS = ["id", "audio_path", "reason"]
+
+
+class AudioError(Exception):
+    """A clip that cannot be used; the message is the quarantine reason."""
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int, int]:
+    """Return (samples as float32 [frames, channels], sample rate, channels). Tries libsndfile, then librosa."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError("missing audio file")
+    if path.stat().st_size == 0:
+        raise AudioError("empty audio file")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as first:  # libsndfile handles wav/flac/ogg/mp3; anything else goes through librosa
+        try:
+            import librosa
+
+            mono_or_multi, rate = librosa.load(str(path), sr=None, mono=False)
+            data = np.atleast_2d(mono_or_multi).T.astype(np.float32)
+        except Exception:
+            raise AudioError(f"undecodable audio ({type(first).__name__}: {str(first)[:120]})") from None
+    if data.size == 0:
+        raise AudioError("audio has no samples")
+    if not np.isfinite(data).all():
+        raise AudioError("audio holds NaN or infinite samples")
+    return data, int(rate), int(data.shape[1])
+
+
+def to_16k_mono(data: np.ndarray, rate: int) -> np.ndarray:
+    """Average the channels, then resample with soxr (high quality)."""
+    mono = data.mean(axis=1) if data.ndim == 2 else data
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    return mono
+
+
+def load_16k(path: str | Path) -> np.ndarray:
+    """Decode one file to 16 kHz mono float32 (what `transcribe` and notebooks need)."""
+    data, rate, _ = decode(path)
+    return to_16k_mono(data, rate)
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    min_seconds: float = 0.1
+    max_seconds: float = 30.0
+
+
+def resample_manifest(
+    manifest: pd.DataFrame,
+    out_dir: Path,
+    limits: AudioLimits = AudioLimits(),
+    emit: Callable[[str], None] = print,
+) -> dict:
+    """Decode and resample every manifest row into an audio shard in out_dir. Returns summary counts."""
+    out_dir = Path(out_dir)
+    index, quarantine = [], []
+    progress = Progress("resampling", len(manifest), emit)
+    offset = 0
+    with open(out_dir / "audio.f32", "wb") as samples_file:
+        for row in manifest.itertuples(index=False):
+            try:
+                if not row.transcript:
+                    raise AudioError("empty transcript")
+                data, rate, channels = decode(row.audio_path)
+                samples = to_16k_mono(data, rate)
+                duration = len(samples) / SAMPLE_RATE
+                if duration < limits.min_seconds:
+                    raise AudioError(f"audio shorter than {limits.min_seconds} s ({duration:.3f} s)")
+                if duration > limits.max_seconds:
+                    raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.1f} s)")
+            except AudioError as exc:
+                quarantine.append({"id": row.id, "audio_path": row.audio_path, "reason": str(exc)})
+            else:
+                samples_file.write(samples.tobytes())
+                index.append(
+                    {**row._asdict(), "offset": offset, "num_samples": len(samples), "duration": duration,
+                     "source_rate": rate, "channels": channels}
+                )
+                offset += len(samples)
+            progress.advance()
+    index_frame = pd.DataFrame(index, columns=[*manifest.columns, "offset", "num_samples", "duration",
+                                               "source_rate", "channels"])
+    index_frame.to_parquet(out_dir / "index.parquet", index=False)
+    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
+    summary = {
+        "rows": len(index_frame),
+        "quarantined": len(quarantine),
+        "sample_rate": SAMPLE_RATE,
+        "total_seconds": round(float(index_frame["duration"].sum()) if len(index_frame) else 0.0, 3),
+    }
+    write_json(out_dir / "meta.json", summary)
+    return summary
+
+
+class AudioShard:
+    """Read side of a resampled shard: clips are memory-mapped, not loaded."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.index = pd.read_parquet(self.path / "index.parquet")
+        self.quarantine = pd.read_parquet(self.path / "quarantine.parquet")
+        size = (self.path / "audio.f32").stat().st_size
+        self._samples = np.memmap(self.path / "audio.f32", dtype=np.float32, mode="r") if size else np.zeros(0, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def samples(self, i: int) -> np.ndarray:
+        row = self.index.iloc[i]
+        return np.asarray(self._samples[int(row["offset"]): int(row["offset"]) + int(row["num_samples"])])

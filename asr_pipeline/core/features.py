@@ -1,0 +1,127 @@
+"""Log-mel features and label ids, stored compactly and rebuilt exactly at batching time.
+
+Whisper's extractor pads every clip to 30 s, and its normalisation clamps the log-mel at (clip max - 8) before
+scaling with (x + 4) / 4. Frames past the clip hold only zeros, so after normalisation every one of them equals
+max(-1.5, max_normalised - 2): a per-clip constant. We keep the frames that touch audio (float16, frames-major)
+and that pad value, and rebuild the padded [n_mels, 3000] input exactly when a batch is made.
+
+Shard layout (a directory):
+  features.f16        frames of every clip, concatenated, shape [total_frames, n_mels]
+  index.parquet       audio index columns + offset, num_frames, pad_value, labels, label_length
+  quarantine.parquet  rows left out here (label too long), with the reason
+  meta.json           num_mel_bins, model, rows
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from asr_pipeline.core.audio import QUARANTINE_COLUMNS, AudioShard
+from asr_pipeline.core.progress import Progress
+from asr_pipeline.core.storage import write_json
+
+HOP_LENGTH = 160
+HALF_WINDOW = 200  # n_fft // 2: a centred STFT frame reaches this far either side of its centre
+FRAMES_30S = 3000
+MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
+
+
+def frames_holding_audio(num_samples: int) -> int:
+    """Frames whose window overlaps the clip; every later frame is pure padding."""
+    return min(FRAMES_30S, math.ceil((num_samples + HALF_WINDOW) / HOP_LENGTH))
+
+
+def padding_value(kept: np.ndarray) -> float:
+    """The normalised value of a silent frame: log10(1e-10) = -10 clamped at (max - 8), then (x + 4) / 4."""
+    return float(max(-1.5, float(kept.max()) - 2.0)) if kept.size else -1.5
+
+
+def rebuild_padded(frames: np.ndarray, pad_value: float, total_frames: int = FRAMES_30S) -> np.ndarray:
+    """frames: [num_frames, n_mels] as stored; returns Whisper's [n_mels, 3000] float32 input."""
+    out = np.full((frames.shape[1], total_frames), pad_value, dtype=np.float32)
+    out[:, : frames.shape[0]] = frames.T
+    return out
+
+
+def featurize_shard(
+    audio: AudioShard,
+    out_dir: Path,
+    feature_extractor,
+    tokenizer,
+    model_name: str,
+    batch_size: int = 32,
+    emit: Callable[[str], None] = print,
+) -> dict:
+    """Compute compact log-mels and label ids for every clip of an audio shard into out_dir."""
+    out_dir = Path(out_dir)
+    n_mels = int(feature_extractor.feature_size)
+    rows, quarantine = [], []
+    offset = 0
+    progress = Progress("featurizing", len(audio), emit)
+    with open(out_dir / "features.f16", "wb") as frames_file:
+        for start in range(0, len(audio), batch_size):
+            stop = min(start + batch_size, len(audio))
+            clips = [audio.samples(i) for i in range(start, stop)]
+            features = feature_extractor(
+                clips, sampling_rate=feature_extractor.sampling_rate, return_tensors="np"
+            ).input_features
+            for i, clip, full in zip(range(start, stop), clips, features):
+                meta = audio.index.iloc[i]
+                labels = tokenizer(meta["transcript"]).input_ids
+                if len(labels) > MAX_LABEL_TOKENS:
+                    quarantine.append({"id": int(meta["id"]), "audio_path": meta["audio_path"],
+                                       "reason": f"label longer than {MAX_LABEL_TOKENS} tokens ({len(labels)})"})
+                    continue
+                kept = full[:, : frames_holding_audio(len(clip))]
+                frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
+                rows.append(
+                    {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
+                     "offset": offset, "num_frames": kept.shape[1], "pad_value": padding_value(kept),
+                     "labels": [int(t) for t in labels], "label_length": len(labels)}
+                )
+                offset += kept.shape[1]
+            progress.advance(stop - start)
+    index = pd.DataFrame(rows, columns=["id", "audio_path", "transcript", "group", "split", "duration", "offset",
+                                        "num_frames", "pad_value", "labels", "label_length"])
+    index.to_parquet(out_dir / "index.parquet", index=False)
+    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
+    summary = {"rows": len(index), "quarantined": len(quarantine), "num_mel_bins": n_mels, "model": model_name,
+               "frames": offset, "splits": index["split"].value_counts().to_dict()}
+    write_json(out_dir / "meta.json", summary)
+    return summary
+
+
+class FeatureShard:
+    """Read side of a featurized shard: frames are memory-mapped; `features(i)` rebuilds the padded input."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.index = pd.read_parquet(self.path / "index.parquet")
+        self.quarantine = pd.read_parquet(self.path / "quarantine.parquet")
+        import json
+
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.n_mels = int(self.meta["num_mel_bins"])
+        size = (self.path / "features.f16").stat().st_size
+        self._frames = (
+            np.memmap(self.path / "features.f16", dtype=np.float16, mode="r").reshape(-1, self.n_mels)
+            if size else np.zeros((0, self.n_mels), np.float16)
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def frames(self, i: int) -> np.ndarray:
+        row = self.index.iloc[i]
+        return self._frames[int(row["offset"]): int(row["offset"]) + int(row["num_frames"])]
+
+    def features(self, i: int) -> np.ndarray:
+        return rebuild_padded(self.frames(i), float(self.index.iloc[i]["pad_value"]))
+
+    def split_positions(self, split: str) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.index["split"].to_numpy() == split)]

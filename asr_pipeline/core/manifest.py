@@ -1,0 +1,72 @@
+"""From database rows to a manifest: path rewriting and a split that is stable forever.
+
+A row's split is a function of its own group key only (a hash), so it never moves when other rows arrive,
+and every clip of one broadcast episode lands in the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from pathlib import PurePosixPath
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+from asr_pipeline.core.settings import DEFAULT_GROUP_PATTERN, PathMap, SplitRatios
+
+MANIFEST_COLUMNS = ["id", "source_path", "audio_path", "transcript", "group", "split"]
+SPLITS = ("train", "valid", "test")
+
+
+def group_key(row_id: object, source_path: str, pattern: str = DEFAULT_GROUP_PATTERN) -> str:
+    """Episode id from the file name when it has the archive's shape, otherwise the row id."""
+    stem = PurePosixPath(str(source_path).replace("\\", "/")).stem
+    match = re.match(pattern, stem)
+    if match and match.group("group"):
+        return match.group("group")
+    return f"id:{row_id}"
+
+
+def assign_split(key: str, ratios: SplitRatios) -> str:
+    """Map a group key to train/valid/test with a stable hash (independent of PYTHONHASHSEED and row order)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    if fraction < ratios.train:
+        return "train"
+    if fraction < ratios.train + ratios.valid:
+        return "valid"
+    return "test"
+
+
+def clean_transcript(text: object) -> str:
+    """NFC (NAS exports mix NFD Hangul jamo with precomposed syllables) and single spaces."""
+    if text is None:
+        return ""
+    return " ".join(unicodedata.normalize("NFC", str(text)).split())
+
+
+def build_manifest(
+    rows: Iterable[Mapping[str, object]],
+    path_map: PathMap,
+    ratios: SplitRatios,
+    pattern: str = DEFAULT_GROUP_PATTERN,
+) -> pd.DataFrame:
+    """rows: mappings with keys id, audio_path, transcript (as read from the database)."""
+    records = []
+    for row in rows:
+        source = str(row["audio_path"] or "")
+        key = group_key(row["id"], source, pattern)
+        records.append(
+            {
+                "id": int(row["id"]),
+                "source_path": source,
+                "audio_path": path_map.rewrite(source),
+                "transcript": clean_transcript(row["transcript"]),
+                "group": key,
+                "split": assign_split(key, ratios),
+            }
+        )
+    frame = pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS)
+    return frame.astype({"id": "int64"}).sort_values("id", kind="stable").reset_index(drop=True)

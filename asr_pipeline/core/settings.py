@@ -1,0 +1,130 @@
+"""Settings read from the environment, validated once, with messages that name the variable at fault.
+
+Every variable is documented in README.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asr_pipeline.core.errors import ConfigError  # noqa: F401  (re-exported)
+
+DEFAULT_BASE_MODEL = "openai/whisper-tiny"
+DEFAULT_SPLIT_RATIOS = "80/10/10"
+# The archive names clips <PROGRAMME>_<12+ digit broadcast stamp>_<segment>; the first two parts name the episode.
+DEFAULT_GROUP_PATTERN = r"^(?P<group>[A-Za-z0-9]+_\d{12,})_\d+$"
+SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def asr_home() -> Path:
+    """Root of everything the pipeline writes (ASR_HOME, default ./.asr_home)."""
+    return Path(os.environ.get("ASR_HOME") or ".asr_home").expanduser().resolve()
+
+
+def default_database_url(home: Path | None = None) -> str:
+    """The embedded default: an SQLite file inside ASR_HOME."""
+    return f"sqlite:///{(home or asr_home()) / 'transcripts.sqlite'}"
+
+
+def database_url() -> str:
+    return os.environ.get("ASR_DB_URL") or default_database_url()
+
+
+def validate_identifier(value: str, what: str) -> str:
+    """Table and column names cannot be bound parameters, so they must be plain SQL identifiers."""
+    if not isinstance(value, str) or not SQL_IDENTIFIER.match(value):
+        raise ConfigError(
+            f"{what} must be a plain SQL identifier (letters, digits, underscore; not starting with a digit; "
+            f"at most 64 characters), got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class SplitRatios:
+    train: float
+    valid: float
+    test: float
+
+    @classmethod
+    def parse(cls, text: str, variable: str = "ASR_SPLIT_RATIOS") -> "SplitRatios":
+        parts = [p.strip() for p in str(text).replace(":", "/").split("/")]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
+            raise ConfigError(f"{variable} must be three non-negative numbers like 80/10/10, got {text!r}")
+        total = sum(values)
+        return cls(*(v / total for v in values))
+
+    def __str__(self) -> str:
+        return f"{self.train:.0%}/{self.valid:.0%}/{self.test:.0%}"
+
+
+@dataclass(frozen=True)
+class PathMap:
+    """Prefix rewrites from database paths to paths this machine can open (the notebook's NAS rewrite).
+
+    ASR_PATH_MAP holds `FROM=TO` pairs separated by `;` or newlines, e.g. `/cul_m01/=/mnt/nas/cul_m01/`.
+    The longest matching prefix wins. Windows and UNC paths (`\\\\nas\\cul_m01\\a.wav`) are compared with `/`
+    separators, so `//nas/cul_m01/=/mnt/nas/cul_m01/` rewrites them.
+    """
+
+    rules: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def parse(cls, text: str | None, variable: str = "ASR_PATH_MAP") -> "PathMap":
+        rules = []
+        for chunk in re.split(r"[;\n]", text or ""):
+            chunk = chunk.strip()
+            if not chunk:
+                continue
+            if "=" not in chunk:
+                raise ConfigError(f"{variable} entries must look like FROM=TO, got {chunk!r}")
+            source, target = (s.strip() for s in chunk.split("=", 1))
+            if not source or not target:
+                raise ConfigError(f"{variable} entry {chunk!r} has an empty side")
+            rules.append((source.replace("\\", "/"), target))
+        rules.sort(key=lambda rule: len(rule[0]), reverse=True)
+        return cls(tuple(rules))
+
+    def rewrite(self, path: str) -> str:
+        normalised = str(path).strip().replace("\\", "/")
+        for source, target in self.rules:
+            if normalised.startswith(source):
+                return target + normalised[len(source):]
+        return normalised
+
+    def __str__(self) -> str:
+        return "; ".join(f"{s}={t}" for s, t in self.rules)
+
+
+def split_ratios() -> SplitRatios:
+    return SplitRatios.parse(os.environ.get("ASR_SPLIT_RATIOS") or DEFAULT_SPLIT_RATIOS)
+
+
+def path_map() -> PathMap:
+    return PathMap.parse(os.environ.get("ASR_PATH_MAP"))
+
+
+def group_pattern() -> str:
+    pattern = os.environ.get("ASR_GROUP_PATTERN") or DEFAULT_GROUP_PATTERN
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"ASR_GROUP_PATTERN is not a valid regular expression: {exc}") from exc
+    if "group" not in compiled.groupindex:
+        raise ConfigError("ASR_GROUP_PATTERN must have a named group (?P<group>...) that captures the episode id")
+    return pattern
+
+
+def base_model() -> str:
+    return os.environ.get("ASR_BASE_MODEL") or DEFAULT_BASE_MODEL
+
+
+def base_model_is_default() -> bool:
+    return not os.environ.get("ASR_BASE_MODEL")

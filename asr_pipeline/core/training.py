@@ -1,0 +1,241 @@
+"""Fine-tuning Whisper with Seq2SeqTrainer on featurized shards (memory-mapped; nothing is loaded up front)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from asr_pipeline.core.features import FeatureShard, rebuild_padded
+from asr_pipeline.core.storage import write_json
+
+
+@dataclass
+class TrainingSettings:
+    """Defaults are the notebook's production values."""
+
+    learning_rate: float = 1e-5
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    warmup_steps: int = 500
+    max_steps: int = 4000
+    eval_steps: int = 1000
+    save_steps: int = 1000
+    logging_steps: int = 25
+    generation_max_length: int = 225
+    max_eval_samples: int = 500  # validation decoding during training is capped; the test report decodes all
+    seed: int = 42
+    dataloader_num_workers: int = 0
+
+    def validate(self) -> None:
+        positive = ["learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps", "eval_steps",
+                    "save_steps", "logging_steps", "generation_max_length", "max_eval_samples"]
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"training setting {name} must be > 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError("training setting warmup_steps must be >= 0")
+        if self.generation_max_length > 444:  # 448 target positions minus the 4-token Korean/transcribe prefix
+            raise ValueError("generation_max_length must be at most 444")
+
+
+class FeatureRows:
+    """A torch-style dataset over chosen rows of one or more feature shards."""
+
+    def __init__(self, shards: Sequence[FeatureShard], split: str, limit: int | None = None):
+        self.shards = list(shards)
+        self.positions = [(s, i) for s, shard in enumerate(self.shards) for i in shard.split_positions(split)]
+        if limit is not None:
+            self.positions = self.positions[:limit]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        s, i = self.positions[k]
+        shard = self.shards[s]
+        row = shard.index.iloc[i]
+        return {"frames": np.asarray(shard.frames(i)), "pad_value": float(row["pad_value"]),
+                "labels": list(row["labels"])}
+
+    def row(self, k: int):
+        s, i = self.positions[k]
+        return self.shards[s].index.iloc[i]
+
+
+@dataclass
+class SpeechSeq2SeqCollator:
+    """Pads a batch: rebuilds Whisper's 30 s inputs and pads labels with -100.
+
+    The tokenizer puts <|startoftranscript|> (decoder_start_token_id, 50258 for OpenAI's models) first; the model
+    prepends it again when it shifts labels right, so it is stripped here. (The notebook compared with BOS, 50257,
+    which never matches, and trained on a doubled start token.)
+    """
+
+    decoder_start_token_id: int
+    pad_label: int = -100
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        inputs = np.stack([rebuild_padded(f["frames"], f["pad_value"]) for f in features])
+        labels = [list(f["labels"]) for f in features]
+        if labels and all(seq and seq[0] == self.decoder_start_token_id for seq in labels):
+            labels = [seq[1:] for seq in labels]
+        width = max(len(seq) for seq in labels)
+        padded = torch.full((len(labels), width), self.pad_label, dtype=torch.long)
+        for row, seq in enumerate(labels):
+            padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return {"input_features": torch.from_numpy(inputs), "labels": padded}
+
+
+def _metrics_function(tokenizer):
+    from asr_pipeline.core.text import error_rates
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        predictions, labels = prediction.predictions, prediction.label_ids
+        labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
+        predictions = np.where(predictions != -100, predictions, tokenizer.pad_token_id)
+        hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
+        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]
+        rates = error_rates([r for r, _ in pairs], [h for _, h in pairs])
+        return {"cer": rates.cer, "cer_normalized": rates.cer_normalized, "wer": rates.wer}
+
+    return compute_metrics
+
+
+def _progress_callback(emit: Callable[[str], None]):
+    from transformers import TrainerCallback
+
+    class EmitLogs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+                emit(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+    return EmitLogs()
+
+
+def train_whisper(
+    base_source: str,
+    shards: Sequence[FeatureShard],
+    out_dir: Path,
+    settings: TrainingSettings,
+    emit: Callable[[str], None] = print,
+) -> dict:
+    """Fine-tune `base_source` on the train split; save model + processor in out_dir (from_pretrained-ready).
+
+    TensorBoard event files go to out_dir/tensorboard, the trainer's log history to out_dir/training_log.json.
+    """
+    import torch
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from asr_pipeline.core.model import load_model, load_processor
+
+    settings.validate()
+    out_dir = Path(out_dir)
+    train_rows = FeatureRows(shards, "train")
+    valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples)
+    if len(train_rows) == 0:
+        raise ValueError("the train split is empty: nothing to fine-tune on (check ASR_SPLIT_RATIOS and the data)")
+    processor = load_processor(base_source)
+    model = load_model(base_source)
+    shard_mels = {shard.n_mels for shard in shards}
+    if shard_mels != {model.config.num_mel_bins}:
+        raise ValueError(f"features have {shard_mels} mel bins but the model expects {model.config.num_mel_bins}: "
+                         "re-materialize featurized_shards for this base model")
+    model.config.use_cache = False  # caching is for generation; training with it only wastes memory
+    evaluate = len(valid_rows) > 0
+    strategy = "steps" if evaluate else "no"
+    on_gpu = torch.cuda.is_available()
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out_dir / "trainer"),
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_steps,
+        max_steps=settings.max_steps,
+        eval_strategy=strategy,
+        eval_steps=settings.eval_steps,
+        save_strategy=strategy,  # best-model selection needs a checkpoint at every evaluation
+        save_steps=settings.eval_steps if evaluate else settings.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="cer" if evaluate else None,
+        greater_is_better=False,
+        predict_with_generate=True,
+        generation_max_length=settings.generation_max_length,
+        fp16=on_gpu,
+        logging_steps=settings.logging_steps,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=settings.dataloader_num_workers,
+        seed=settings.seed,
+        disable_tqdm=False,
+    )
+    previous_logdir = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir / "tensorboard")
+    try:
+        trainer = Seq2SeqTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_rows,
+            eval_dataset=valid_rows if evaluate else None,
+            data_collator=SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
+            processing_class=processor.feature_extractor,
+            compute_metrics=_metrics_function(processor.tokenizer) if evaluate else None,
+            callbacks=[_progress_callback(emit)],
+        )
+        emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation), "
+             f"{settings.max_steps} steps of {settings.batch_size}")
+        result = trainer.train()
+    finally:
+        if previous_logdir is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = previous_logdir
+    model = trainer.model
+    model.config.use_cache = True
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    history = trainer.state.log_history
+    write_json(out_dir / "training_log.json", history)
+    shutil.rmtree(out_dir / "trainer", ignore_errors=True)  # intermediate checkpoints; the best one is saved above
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h for h in history if "eval_cer" in h]
+    summary = {
+        "base_model": base_source,
+        "train_rows": len(train_rows),
+        "valid_rows_decoded": len(valid_rows),
+        "steps": int(trainer.state.global_step),
+        "epochs": round(float(trainer.state.epoch or 0), 3),
+        "train_loss": float(result.training_loss),
+        "first_logged_loss": train_losses[0] if train_losses else None,
+        "last_logged_loss": train_losses[-1] if train_losses else None,
+        "best_valid_cer": trainer.state.best_metric if evaluate else None,
+        "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
+        "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"]} for h in evals],
+        "settings": asdict(settings),
+        "device": "cuda" if on_gpu else "cpu",
+    }
+    if not math.isfinite(summary["train_loss"]):
+        raise FloatingPointError(f"training loss is {summary['train_loss']}: the checkpoint would be garbage")
+    write_json(out_dir / "training_summary.json", summary)
+    return summary
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    if not checkpoint:
+        return None
+    try:
+        return int(Path(checkpoint).name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None

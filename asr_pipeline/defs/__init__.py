@@ -1,0 +1,1 @@
+"""Dagster wiring of asr_pipeline.core: assets, resources and IO managers."""

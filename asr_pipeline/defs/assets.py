@@ -1,0 +1,175 @@
+"""The five assets: MySQL rows -> manifest -> 16 kHz audio -> features -> fine-tuned checkpoint -> report.
+
+Each asset body is a few lines of wiring; the work is in asr_pipeline.core.
+"""
+
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from asr_pipeline.core import audio, evaluation, features, manifest, training
+from asr_pipeline.core.model import load_processor
+from asr_pipeline.core.storage import read_json, write_json
+from asr_pipeline.defs.io_managers import stage
+from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase
+
+GROUP = "asr"
+
+training_datas = dg.AssetSpec(
+    "training_datas",
+    description="The transcript table (id, raw_data = audio path on the NAS, transcript), owned outside Dagster.",
+    group_name="source",
+    kinds={"sql"},
+)
+
+
+def storage_dir(settings: PipelineSettings) -> Path:
+    return Path(settings.home) / "storage"
+
+
+def _preview(frame: pd.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame[columns].head(rows).to_markdown(index=False) if len(frame) else "(empty)")
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[training_datas],
+    kinds={"pandas", "parquet"},
+    description="Rows of the transcript table with NAS paths rewritten (ASR_PATH_MAP) and a stable split "
+    "(a hash of the episode id, so one broadcast never straddles train and test).",
+)
+def raw_manifest(context: dg.AssetExecutionContext, database: TranscriptDatabase,
+                 settings: PipelineSettings) -> Path:
+    context.log.info(f"reading {database.describe()}")
+    rows = list(database.reader().read_rows())
+    frame = manifest.build_manifest(rows, settings.parsed_path_map(), settings.parsed_split_ratios(),
+                                    settings.group_pattern)
+    out = stage(context, storage_dir(settings))
+    frame.to_parquet(out / "manifest.parquet", index=False)
+    splits = frame["split"].value_counts().to_dict()
+    context.log.info(f"{len(frame)} rows, splits {splits}, {frame['group'].nunique()} groups")
+    context.add_output_metadata({
+        "rows": len(frame), "groups": int(frame["group"].nunique()),
+        **{f"{name}_rows": int(splits.get(name, 0)) for name in manifest.SPLITS},
+        "source": database.describe(), "preview": _preview(frame, ["id", "audio_path", "transcript", "split"]),
+    })
+    return out
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy"},
+          description="Every clip decoded (wav/flac/mp3/ogg), downmixed to mono and resampled to 16 kHz (soxr); "
+          "unusable rows are quarantined with a reason.")
+def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, settings: PipelineSettings) -> Path:
+    frame = pd.read_parquet(raw_manifest / "manifest.parquet")
+    out = stage(context, storage_dir(settings))
+    limits = audio.AudioLimits(settings.min_audio_seconds, settings.max_audio_seconds)
+    summary = audio.resample_manifest(frame, out, limits, emit=context.log.info)
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    if len(quarantine):
+        reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
+        context.log.warning(f"{len(quarantine)} rows quarantined: {reasons}")
+    context.add_output_metadata({
+        **summary, "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20),
+    })
+    return out
+
+
+@dg.asset(group_name=GROUP, kinds={"numpy"},
+          description="Log-mel features (mel bins from the base model's config) stored compactly as float16 frames "
+          "that hold audio, plus label ids from the tokenizer with the Korean/transcribe prefix.")
+def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path,
+                      settings: PipelineSettings) -> Path:
+    clips = audio.AudioShard(resampled_dataset)
+    base = settings.resolve_base(corpus=clips.index["transcript"].tolist())
+    if base.warning:
+        context.log.warning(base.warning)
+    processor = load_processor(base.source)
+    out = stage(context, storage_dir(settings))
+    summary = features.featurize_shard(clips, out, processor.feature_extractor, processor.tokenizer, base.source,
+                                       emit=context.log.info)
+    summary["placeholder_model"] = base.placeholder
+    write_json(out / "meta.json", summary)
+    context.add_output_metadata({**{k: v for k, v in summary.items() if k != "splits"},
+                                 **{f"{k}_rows": int(v) for k, v in summary["splits"].items()}})
+    return out
+
+
+class TrainingConfig(dg.Config):
+    """Seq2SeqTrainer knobs; defaults are the notebook's production values."""
+
+    learning_rate: float = Field(default=1e-5, description="peak learning rate (linear warmup, then linear decay)")
+    batch_size: int = Field(default=16, description="per-device train and eval batch size")
+    gradient_accumulation_steps: int = Field(default=1)
+    warmup_steps: int = Field(default=500)
+    max_steps: int = Field(default=4000)
+    eval_steps: int = Field(default=1000, description="validate (and checkpoint) every N steps")
+    save_steps: int = Field(default=1000, description="checkpoint interval when there is no validation split")
+    logging_steps: int = Field(default=25)
+    generation_max_length: int = Field(default=225)
+    max_eval_samples: int = Field(default=500, description="cap on validation clips decoded at each evaluation")
+    seed: int = Field(default=42)
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch"},
+          description="Whisper fine-tuned on the train split with Seq2SeqTrainer; best checkpoint by validation CER. "
+          "The directory loads with WhisperForConditionalGeneration/WhisperProcessor.from_pretrained; "
+          "TensorBoard logs in tensorboard/.")
+def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, featurized_shards: Path,
+                         settings: PipelineSettings) -> Path:
+    shard = features.FeatureShard(featurized_shards)
+    base_source = shard.meta["model"]
+    out = stage(context, storage_dir(settings))
+    summary = training.train_whisper(base_source, [shard], out, training.TrainingSettings(**config.model_dump()),
+                                     emit=context.log.info)
+    context.add_output_metadata({
+        k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None
+    } | {"tensorboard": dg.MetadataValue.path(str(storage_dir(settings) / "finetuned_checkpoint" / "tensorboard"))})
+    return out
+
+
+class EvaluationConfig(dg.Config):
+    batch_size: int = Field(default=16, description="utterances decoded together")
+    max_new_tokens: int = Field(default=225, description="decoding budget per utterance")
+
+
+@dg.asset(group_name=GROUP, kinds={"json", "markdown"},
+          description="Base model vs fine-tuned checkpoint on the test split: CER (spaces counted), normalised CER "
+          "and WER with jiwer; report.json and report.md.")
+def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, featurized_shards: Path,
+                      finetuned_checkpoint: Path, settings: PipelineSettings) -> Path:
+    shard = features.FeatureShard(featurized_shards)
+    out = stage(context, storage_dir(settings))
+    warning = None
+    if shard.meta.get("placeholder_model"):
+        from asr_pipeline.core.model import PLACEHOLDER_WARNING
+
+        warning = PLACEHOLDER_WARNING
+        context.log.warning(warning)
+    final_dir = storage_dir(settings) / "evaluation_report"
+    report = evaluation.evaluate_on_test(shard.meta["model"], str(finetuned_checkpoint), [shard], out,
+                                         batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+                                         warning=warning, emit=context.log.info)
+    # paths inside the report point where the IO manager publishes it, not at the staging directory
+    report["json_path"] = str(final_dir / "report.json")
+    report["markdown_path"] = str(final_dir / "report.md")
+    write_json(out / "report.json", report)
+    context.add_output_metadata({
+        "report": dg.MetadataValue.md(evaluation.render_markdown(report)),
+        "test_rows": report["test_rows"],
+        "base_cer": report["base"]["cer"], "finetuned_cer": report["finetuned"]["cer"],
+        "base_cer_normalized": report["base"]["cer_normalized"],
+        "finetuned_cer_normalized": report["finetuned"]["cer_normalized"],
+        "base_wer": report["base"]["wer"], "finetuned_wer": report["finetuned"]["wer"],
+        "json_path": dg.MetadataValue.path(report["json_path"]),
+        **({"warning": warning} if warning else {}),
+    })
+    return out
+
+
+ASSETS = [training_datas, raw_manifest, resampled_dataset, featurized_shards, finetuned_checkpoint, evaluation_report]
+INGEST_ASSETS = ["raw_manifest", "resampled_dataset", "featurized_shards"]
+TRAIN_ASSETS = ["finetuned_checkpoint"]
+ALL_ASSETS = INGEST_ASSETS + TRAIN_ASSETS + ["evaluation_report"]

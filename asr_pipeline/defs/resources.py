@@ -1,0 +1,112 @@
+"""Dagster resources: the transcript database and the pipeline's settings (both read from the environment)."""
+
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from asr_pipeline.core import settings as env
+from asr_pipeline.core.database import TableSpec, TranscriptTable, masked
+from asr_pipeline.core.model import BaseModel, resolve_base_model
+from asr_pipeline.core.settings import PathMap, SplitRatios
+
+
+class TranscriptDatabase(dg.ConfigurableResource):
+    """The table of (id, audio path, transcript) rows. The URL comes from ASR_DB_URL through dg.EnvVar, so the
+    UI shows the variable's name, never the password."""
+
+    url: str = Field(description="SQLAlchemy URL, e.g. mysql+pymysql://user:pw@host/db (from ASR_DB_URL)")
+    table: str = Field(default="training_datas", description="source table (ASR_DB_TABLE)")
+    id_column: str = Field(default="id", description="integer primary key column (ASR_DB_ID_COLUMN)")
+    audio_column: str = Field(default="raw_data", description="audio path column (ASR_DB_AUDIO_COLUMN)")
+    transcript_column: str = Field(default="transcript", description="transcript column (ASR_DB_TRANSCRIPT_COLUMN)")
+
+    _reader: TranscriptTable | None = PrivateAttr(default=None)
+
+    def spec(self) -> TableSpec:
+        return TableSpec(self.table, self.id_column, self.audio_column, self.transcript_column)
+
+    def reader(self) -> TranscriptTable:
+        if self._reader is None:
+            self._reader = TranscriptTable(self.url, self.spec())
+        return self._reader
+
+    def describe(self) -> str:
+        return f"{self.spec().table} at {masked(self.url)}"
+
+    def teardown_after_execution(self, context) -> None:
+        if self._reader is not None:
+            self._reader.dispose()
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Where things live and how rows become examples; every field has an environment variable (README)."""
+
+    home: str = Field(description="ASR_HOME: root of everything the pipeline writes")
+    path_map: str = Field(default="", description="ASR_PATH_MAP: FROM=TO prefix rewrites, ';'-separated")
+    split_ratios: str = Field(default=env.DEFAULT_SPLIT_RATIOS, description="ASR_SPLIT_RATIOS: train/valid/test")
+    group_pattern: str = Field(default=env.DEFAULT_GROUP_PATTERN,
+                               description="ASR_GROUP_PATTERN: regex with (?P<group>) for the episode id")
+    base_model: str = Field(default=env.DEFAULT_BASE_MODEL, description="ASR_BASE_MODEL: hub id or local dir")
+    allow_placeholder_model: bool = Field(
+        default=True, description="use a tiny offline Whisper when the default base model cannot be reached")
+    max_audio_seconds: float = Field(default=30.0, description="ASR_MAX_AUDIO_SECONDS: longer clips are left out")
+    min_audio_seconds: float = Field(default=0.1, description="ASR_MIN_AUDIO_SECONDS: shorter clips are left out")
+
+    def parsed_path_map(self) -> PathMap:
+        return PathMap.parse(self.path_map)
+
+    def parsed_split_ratios(self) -> SplitRatios:
+        return SplitRatios.parse(self.split_ratios)
+
+    def home_dir(self) -> Path:
+        return Path(self.home)
+
+    def resolve_base(self, corpus=()) -> BaseModel:
+        return resolve_base_model(self.base_model, self.allow_placeholder_model, self.home_dir(), corpus)
+
+
+def settings_from_environment() -> PipelineSettings:
+    """Validate every variable now, so a typo fails at load time with the variable's name in the message."""
+    home = env.asr_home()
+    path_map = os.environ.get("ASR_PATH_MAP", "")
+    PathMap.parse(path_map)
+    ratios = env.split_ratios()
+    pattern = env.group_pattern()
+    return PipelineSettings(
+        home=str(home),
+        path_map=path_map,
+        split_ratios=f"{ratios.train}/{ratios.valid}/{ratios.test}",
+        group_pattern=pattern,
+        base_model=env.base_model(),
+        allow_placeholder_model=env.base_model_is_default(),
+        max_audio_seconds=_float_env("ASR_MAX_AUDIO_SECONDS", 30.0),
+        min_audio_seconds=_float_env("ASR_MIN_AUDIO_SECONDS", 0.1),
+    )
+
+
+def database_from_environment() -> TranscriptDatabase:
+    names = {
+        "table": os.environ.get("ASR_DB_TABLE", "training_datas"),
+        "id_column": os.environ.get("ASR_DB_ID_COLUMN", "id"),
+        "audio_column": os.environ.get("ASR_DB_AUDIO_COLUMN", "raw_data"),
+        "transcript_column": os.environ.get("ASR_DB_TRANSCRIPT_COLUMN", "transcript"),
+    }
+    TableSpec(**names)  # validates the identifiers
+    url = dg.EnvVar("ASR_DB_URL") if os.environ.get("ASR_DB_URL") else env.default_database_url()
+    return TranscriptDatabase(url=url, **names)
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise env.ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise env.ConfigError(f"{name} must be positive, got {raw!r}")
+    return value
