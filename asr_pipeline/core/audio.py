@@ -8,6 +8,7 @@ Shard layout (a directory):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,7 +42,9 @@ def decode(path: str | Path) -> tuple[np.ndarray, int, int]:
         try:
             import librosa
 
-            mono_or_multi, rate = librosa.load(str(path), sr=None, mono=False)
+            with warnings.catch_warnings():  # its fallback chatter; a failure is reported below
+                warnings.simplefilter("ignore")
+                mono_or_multi, rate = librosa.load(str(path), sr=None, mono=False)
             data = np.atleast_2d(mono_or_multi).T.astype(np.float32)
         except Exception:
             raise AudioError(f"undecodable audio ({type(first).__name__}: {str(first)[:120]})") from None

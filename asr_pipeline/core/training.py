@@ -178,6 +178,7 @@ def train_whisper(
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=settings.dataloader_num_workers,
+        dataloader_pin_memory=on_gpu,
         seed=settings.seed,
         disable_tqdm=False,
     )

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real MariaDB database per session, real synthetic Korean audio, a real tiny Whisper.
+
+MySQL: ASR_TEST_MYSQL_URL (default the local server, root without password, database `test`). The tests create a
+database of their own and drop it afterwards. With ASR_TEST_REQUIRE_MYSQL=1 (CI) an unreachable server fails the
+run instead of skipping the MySQL tests.
+whisper-base: ASR_TEST_BASE_MODEL points at a directory built by shared/tools/whisper_base_offline/build.sh;
+with ASR_TEST_REQUIRE_BASE_MODEL=1 its absence is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from asr_pipeline.core.model import build_tiny_whisper
+from asr_pipeline.core.synth import demo_sentences, write_demo_corpus
+
+DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+ASR_VARIABLES = ["ASR_HOME", "ASR_DB_URL", "ASR_PATH_MAP", "ASR_SPLIT_RATIOS", "ASR_BASE_MODEL", "ASR_GROUP_PATTERN",
+                 "ASR_DB_TABLE", "ASR_DB_ID_COLUMN", "ASR_DB_AUDIO_COLUMN", "ASR_DB_TRANSCRIPT_COLUMN",
+                 "ASR_MAX_AUDIO_SECONDS", "ASR_MIN_AUDIO_SECONDS", "DAGSTER_HOME"]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """No test sees the developer's own ASR_* settings."""
+    for name in ASR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def mysql_server_url() -> str:
+    url = os.environ.get("ASR_TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        message = f"MySQL/MariaDB not reachable at {sa.make_url(url).render_as_string(hide_password=True)}: {exc}"
+        if os.environ.get("ASR_TEST_REQUIRE_MYSQL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture()
+def mysql_database(mysql_server_url):
+    """A fresh database on the real server, dropped afterwards; yields its URL."""
+    name = f"asr_test_{uuid.uuid4().hex[:10]}"
+    server = sa.create_engine(mysql_server_url)
+    with server.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+    url = sa.make_url(mysql_server_url).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with server.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
+        server.dispose()
+
+
+def create_notebook_table(url: str, table: str = "training_datas") -> sa.Engine:
+    """The table as the notebook's database has it (id, raw_data, transcript)."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            f"CREATE TABLE `{table}` (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, raw_data VARCHAR(512), "
+            "transcript TEXT) DEFAULT CHARSET=utf8mb4"))
+    return engine
+
+
+@pytest.fixture(scope="session")
+def korean_clips(tmp_path_factory) -> list[dict]:
+    """40 espeak-ng Korean utterances (22.05 kHz WAV, every 10th 44.1 kHz stereo FLAC), 5 per episode."""
+    return write_demo_corpus(tmp_path_factory.mktemp("korean_audio"), 40, emit=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_whisper(tmp_path_factory.mktemp("models") / "tiny", demo_sentences(200))
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir() -> Path:
+    path = os.environ.get("ASR_TEST_BASE_MODEL")
+    if not path or not (Path(path) / "model.safetensors").is_file():
+        message = "ASR_TEST_BASE_MODEL does not point at a whisper-base built by whisper_base_offline/build.sh"
+        if os.environ.get("ASR_TEST_REQUIRE_BASE_MODEL") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(path)

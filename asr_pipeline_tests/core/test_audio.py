@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from asr_pipeline.core.audio import AudioError, AudioLimits, AudioShard, decode, load_16k, resample_manifest
+
+
+def _tone(seconds, rate, channels=1):
+    t = np.arange(int(seconds * rate)) / rate
+    mono = (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return np.stack([mono] * channels, axis=1) if channels > 1 else mono
+
+
+@pytest.mark.parametrize("fmt,rate,channels,subtype", [
+    ("wav", 22_050, 1, "PCM_16"), ("flac", 44_100, 2, None), ("ogg", 48_000, 2, "VORBIS"),
+    ("mp3", 44_100, 1, "MPEG_LAYER_III"), ("wav", 8_000, 1, "FLOAT"), ("wav", 16_000, 1, "PCM_24"),
+])
+def test_common_formats_decode_to_16k_mono_with_their_duration(tmp_path, fmt, rate, channels, subtype):
+    path = tmp_path / f"clip.{fmt}"
+    sf.write(path, _tone(1.5, rate, channels), rate, subtype=subtype)
+    _, source_rate, source_channels = decode(path)
+    assert (source_rate, source_channels) == (rate, channels)
+    samples = load_16k(path)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(len(samples) / 16_000 - 1.5) < 0.06  # mp3 adds encoder padding
+    assert 0.2 < np.abs(samples).max() < 0.6
+
+
+def test_resampled_spectrum_keeps_the_tone(tmp_path):
+    sf.write(tmp_path / "a.wav", _tone(1.0, 22_050), 22_050)
+    samples = load_16k(tmp_path / "a.wav")
+    peak_hz = np.argmax(np.abs(np.fft.rfft(samples))) * 16_000 / len(samples)
+    assert abs(peak_hz - 440) < 2
+
+
+def test_unusable_files_raise_audio_errors_with_reasons(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF\x00\x00not really a wave file" * 10)
+    with pytest.raises(AudioError, match="missing"):
+        decode(tmp_path / "nope.wav")
+    with pytest.raises(AudioError, match="empty audio file"):
+        decode(tmp_path / "empty.wav")
+    with pytest.raises(AudioError, match="undecodable"):
+        decode(tmp_path / "garbage.wav")
+
+
+def test_resample_manifest_quarantines_bad_rows_and_keeps_good_ones(tmp_path):
+    sf.write(tmp_path / "good.wav", _tone(1.0, 22_050), 22_050)
+    sf.write(tmp_path / "stereo.flac", _tone(2.0, 44_100, 2), 44_100)
+    sf.write(tmp_path / "long.wav", _tone(31.0, 8_000), 8_000)
+    sf.write(tmp_path / "short.wav", _tone(0.05, 16_000), 16_000)
+    (tmp_path / "corrupt.wav").write_bytes(b"\x00" * 1000)
+    rows = [(1, "good.wav", "좋은 문장"), (2, "stereo.flac", "스테레오"), (3, "long.wav", "긴 문장"),
+            (4, "short.wav", "짧다"), (5, "corrupt.wav", "깨진 파일"), (6, "missing.wav", "없는 파일"),
+            (7, "good.wav", "")]
+    manifest = pd.DataFrame([{"id": i, "source_path": p, "audio_path": str(tmp_path / p), "transcript": t,
+                              "group": f"id:{i}", "split": "train"} for i, p, t in rows])
+    out = tmp_path / "shard"
+    out.mkdir()
+    summary = resample_manifest(manifest, out, AudioLimits(0.1, 30.0), emit=lambda _: None)
+    shard = AudioShard(out)
+    assert summary["rows"] == 2 and summary["quarantined"] == 5
+    assert shard.index["id"].tolist() == [1, 2]
+    assert shard.index["duration"].round(3).tolist() == [1.0, 2.0]
+    assert len(shard.samples(1)) == 32_000
+    reasons = dict(zip(shard.quarantine["id"], shard.quarantine["reason"]))
+    assert "longer than 30.0 s" in reasons[3] and "shorter than 0.1 s" in reasons[4]
+    assert "undecodable" in reasons[5] and reasons[6] == "missing audio file" and reasons[7] == "empty transcript"

@@ -1,0 +1,129 @@
+"""The whole graph, materialized for real: MariaDB rows with NAS-style paths -> evaluation report, on a tiny Whisper."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import jiwer
+import pytest
+import sqlalchemy as sa
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from asr_pipeline import cli
+from asr_pipeline.core.features import FeatureShard
+from asr_pipeline_tests.conftest import create_notebook_table
+
+pytestmark = [pytest.mark.mysql, pytest.mark.slow]
+
+
+@pytest.fixture()
+def pipeline_env(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir):
+    """Rows stored the way the archive stores them (/cul_m01/...), mapped to where the files really are."""
+    audio_dir = Path(korean_clips[0]["audio_path"]).parent
+    engine = create_notebook_table(mysql_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                     [{"p": "/cul_m01/archive/" + Path(c["audio_path"]).name, "t": c["transcript"]}
+                      for c in korean_clips]
+                     + [{"p": "/cul_m01/archive/DEMO_202601019999_00001.wav", "t": "파일이 없는 행"}])
+    engine.dispose()
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("ASR_DB_URL", mysql_database)
+    monkeypatch.setenv("ASR_PATH_MAP", f"/cul_m01/archive/={audio_dir}/")
+    monkeypatch.setenv("ASR_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("ASR_SPLIT_RATIOS", "60/20/20")
+    return tmp_path / "home"
+
+
+def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipeline_env, korean_clips, capsys):
+    cli.main(["run", "--max-steps", "6", "--batch-size", "4", "--eval-steps", "3", "--warmup-steps", "1"])
+    storage = pipeline_env / "storage"
+
+    report = json.loads((storage / "evaluation_report" / "report.json").read_text())
+    shard = FeatureShard(storage / "featurized_shards")
+    test_rows = shard.index[shard.index["split"] == "test"]
+    assert report["test_rows"] == len(test_rows) > 0
+    utterances = report["per_utterance"]
+    assert {u["id"] for u in utterances} == set(test_rows["id"])
+    assert set(utterances[0]) >= {"id", "audio_path", "reference", "base_hypothesis", "finetuned_hypothesis",
+                                  "duration"}
+    refs = [u["reference"] for u in utterances]
+    for name in ("base", "finetuned"):
+        hyps = [u[f"{name}_hypothesis"] for u in utterances]
+        assert report[name]["cer"] == pytest.approx(jiwer.cer(refs, hyps))
+        assert report[name]["wer"] == pytest.approx(jiwer.wer(refs, hyps))
+        assert {"cer", "cer_normalized", "wer"} <= set(report[name])
+    assert (storage / "evaluation_report" / "report.md").read_text().startswith("# Evaluation report")
+
+    # the missing file was quarantined, not fatal; every real clip made it through
+    resampled = storage / "resampled_dataset"
+    import pandas as pd
+    quarantine = pd.read_parquet(resampled / "quarantine.parquet")
+    assert quarantine["reason"].tolist() == ["missing audio file"]
+    assert len(pd.read_parquet(resampled / "index.parquet")) == len(korean_clips)
+
+    # the checkpoint loads the documented way, with its generation settings
+    checkpoint = storage / "finetuned_checkpoint"
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint)
+    processor = WhisperProcessor.from_pretrained(checkpoint)
+    assert model.generation_config.language == "korean" and model.generation_config.task == "transcribe"
+    assert processor.feature_extractor.feature_size == model.config.num_mel_bins
+    assert list((checkpoint / "tensorboard").rglob("events.out.tfevents.*"))
+    summary = json.loads((checkpoint / "training_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["valid_cer_history"]
+
+    # the run is in the Dagster instance with the report table as metadata
+    instance = dg.DagsterInstance.get()
+    event = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report"))
+    metadata = event.asset_materialization.metadata
+    assert "| model | CER |" in metadata["report"].value
+    assert metadata["finetuned_cer"].value == pytest.approx(report["finetuned"]["cer"])
+    manifest_event = instance.get_latest_materialization_event(dg.AssetKey("raw_manifest"))
+    assert manifest_event.asset_materialization.metadata["rows"].value == len(korean_clips) + 1
+
+    capsys.readouterr()
+    cli.main(["status", "--json"])
+    status = json.loads(capsys.readouterr().out)
+    assert status["assets"]["featurized_shards"]["rows"] == len(korean_clips)
+    assert status["assets"]["raw_manifest"]["rows"] == len(korean_clips) + 1
+    assert all(status["assets"][name]["bytes"] > 0 for name in status["assets"])
+    assert status["latest_checkpoint"] == str(checkpoint)
+    assert status["latest_report"]["finetuned_cer"] == pytest.approx(report["finetuned"]["cer"])
+
+    cli.main(["report", "--json"])
+    assert json.loads(capsys.readouterr().out)["test_rows"] == report["test_rows"]
+
+    cli.main(["transcribe", korean_clips[0]["audio_path"]])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(korean_clips[0]["audio_path"] + "\t")
+
+
+def test_train_alone_reuses_stored_features(pipeline_env):
+    cli.main(["ingest"])
+    cli.main(["train", "--max-steps", "2", "--batch-size", "2", "--eval-steps", "2", "--warmup-steps", "0"])
+    summary = json.loads((pipeline_env / "storage" / "finetuned_checkpoint" / "training_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["settings"]["batch_size"] == 2
+    assert not (pipeline_env / "storage" / "evaluation_report").exists()
+
+
+def test_a_bad_setting_fails_with_the_variable_name(pipeline_env, monkeypatch):
+    monkeypatch.setenv("ASR_SPLIT_RATIOS", "90/10")
+    with pytest.raises(SystemExit, match="ASR_SPLIT_RATIOS"):
+        cli.main(["ingest"])
+    monkeypatch.setenv("ASR_SPLIT_RATIOS", "80/10/10")
+    monkeypatch.setenv("ASR_DB_TABLE", "training_datas; DROP TABLE training_datas")
+    with pytest.raises(SystemExit, match="ASR_DB_TABLE"):
+        cli.main(["ingest"])
+
+
+def test_database_password_is_not_shown_in_metadata(pipeline_env, monkeypatch, mysql_server_url):
+    url = sa.make_url(mysql_server_url).set(password="hunter2-secret", port=1)
+    monkeypatch.setenv("ASR_DB_URL", url.render_as_string(hide_password=False))
+    from asr_pipeline.definitions import build_definitions
+    defs = build_definitions()
+    database = defs.resources["database"]
+    assert "hunter2-secret" not in database.describe()
+    with pytest.raises(SystemExit) as failure:
+        cli.main(["ingest"])
+    assert "hunter2-secret" not in str(failure.value)

@@ -1,0 +1,106 @@
+"""With the real pretrained whisper-base (ASR_TEST_BASE_MODEL, built by shared/tools/whisper_base_offline/build.sh)."""
+
+import json
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import torch
+
+from asr_pipeline import cli
+from asr_pipeline.core.audio import load_16k
+from asr_pipeline.core.decoding import transcribe_audio
+from asr_pipeline.core.model import load_model, load_processor
+from asr_pipeline.core.synth import SEED_SENTENCE
+from asr_pipeline.core.text import error_rates
+from asr_pipeline.core.training import SpeechSeq2SeqCollator, TrainingSettings, train_whisper
+from asr_pipeline_tests.conftest import create_notebook_table
+
+pytestmark = pytest.mark.whisper_base
+
+# What the original notebook printed for WhisperTokenizer(language="Korean", task="transcribe")(SEED_SENTENCE)
+NOTEBOOK_IDS = [50258, 50264, 50359, 50363, 11738, 1098, 31039, 13907, 48808, 1831, 1368, 222, 4704, 16102,
+                15810, 242, 3354, 226, 8449, 5727, 169, 3638, 14571, 4215, 14705, 20282, 5727, 7416, 13, 50257]
+
+
+def test_tokenizer_reproduces_the_notebooks_ids(whisper_base_dir):
+    processor = load_processor(str(whisper_base_dir))
+    assert processor.tokenizer(SEED_SENTENCE).input_ids == NOTEBOOK_IDS
+    assert processor.feature_extractor.feature_size == 80
+
+
+def test_synthetic_korean_speech_transcribes_with_cer_below_0_8(whisper_base_dir, korean_clips):
+    clips = korean_clips[:6]
+    model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
+    hypotheses = transcribe_audio(model, processor, [load_16k(c["audio_path"]) for c in clips], emit=lambda _: None)
+    rates = error_rates([c["transcript"] for c in clips], hypotheses)
+    assert rates.cer < 0.8, list(zip([c["transcript"] for c in clips], hypotheses))
+
+
+def test_a_few_training_steps_lower_the_training_loss(whisper_base_dir, korean_clips, tmp_path):
+    from asr_pipeline.core.audio import resample_manifest, AudioShard
+    from asr_pipeline.core.features import FeatureShard, featurize_shard
+    import pandas as pd
+
+    clips = korean_clips[:4]
+    manifest = pd.DataFrame([{"id": i, "source_path": c["audio_path"], "audio_path": c["audio_path"],
+                              "transcript": c["transcript"], "group": f"id:{i}", "split": "train"}
+                             for i, c in enumerate(clips)])
+    (tmp_path / "audio").mkdir(), (tmp_path / "features").mkdir()
+    resample_manifest(manifest, tmp_path / "audio", emit=lambda _: None)
+    processor = load_processor(str(whisper_base_dir))
+    featurize_shard(AudioShard(tmp_path / "audio"), tmp_path / "features", processor.feature_extractor,
+                    processor.tokenizer, str(whisper_base_dir), emit=lambda _: None)
+    shard = FeatureShard(tmp_path / "features")
+    batch = SpeechSeq2SeqCollator(50258)([{"frames": np.asarray(shard.frames(i)), "pad_value": shard.index.iloc[i][
+        "pad_value"], "labels": list(shard.index.iloc[i]["labels"])} for i in range(len(shard))])
+
+    def loss_of(model_dir):
+        model = load_model(str(model_dir))
+        model.eval()
+        with torch.no_grad():
+            return float(model(**batch).loss)
+
+    before = loss_of(whisper_base_dir)
+    settings = TrainingSettings(learning_rate=1e-4, batch_size=4, warmup_steps=0, max_steps=4, logging_steps=1)
+    summary = train_whisper(str(whisper_base_dir), [shard], tmp_path / "checkpoint", settings, emit=lambda _: None)
+    after = loss_of(tmp_path / "checkpoint")
+    assert after < before, (before, after, summary)
+    assert summary["last_logged_loss"] < summary["first_logged_loss"]
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_pipeline_report_agrees_with_jiwer_and_an_independent_greedy_decode(
+        whisper_base_dir, korean_clips, mysql_database, tmp_path, monkeypatch, capsys):
+    engine = create_notebook_table(mysql_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                     [{"p": c["audio_path"], "t": c["transcript"]} for c in korean_clips[:25]])
+    engine.dispose()
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("ASR_DB_URL", mysql_database)
+    monkeypatch.setenv("ASR_BASE_MODEL", str(whisper_base_dir))
+    monkeypatch.setenv("ASR_SPLIT_RATIOS", "60/10/30")
+    cli.main(["run", "--max-steps", "2", "--batch-size", "2", "--eval-steps", "2", "--warmup-steps", "0"])
+    report = json.loads((tmp_path / "home/storage/evaluation_report/report.json").read_text())
+    assert report["warning"] is None and report["test_rows"] >= 3
+    utterances = report["per_utterance"]
+    refs = [u["reference"] for u in utterances]
+    for name in ("base", "finetuned"):
+        assert report[name]["cer"] == pytest.approx(jiwer.cer(refs, [u[f"{name}_hypothesis"] for u in utterances]))
+
+    # independent: decode each file on its own, straight from disk through the stock processor, greedy
+    model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
+    for u in utterances:
+        import librosa
+        audio, _ = librosa.load(u["audio_path"], sr=16_000)
+        features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
+        with torch.no_grad():
+            tokens = model.generate(features, language="korean", task="transcribe", num_beams=1, do_sample=False,
+                                    max_new_tokens=225)
+        text = " ".join(processor.tokenizer.decode(tokens[0], skip_special_tokens=True).split())
+        assert u["base_hypothesis"] == text, u["audio_path"]
