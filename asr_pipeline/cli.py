@@ -153,7 +153,8 @@ def collect_status() -> dict:
             entry["rows"] = report["test_rows"]
         entry["updated_at"] = _mtime(path)
         assets[name] = entry
-    status = {"asr_home": str(env.asr_home()), "assets": assets}
+    status = {"asr_home": str(env.asr_home()), "assets": assets, "quarantined": len(collect_quarantine()),
+              "partitions": []}  # the assets are not partitioned yet
     checkpoint = storage / "finetuned_checkpoint"
     status["latest_checkpoint"] = str(checkpoint) if (checkpoint / "config.json").exists() else None
     if _report_path().exists():
@@ -185,10 +186,36 @@ def cmd_status(args) -> None:
         extra = f", {entry['quarantined']} quarantined" if entry.get("quarantined") else ""
         print(f"  {name:22s} {entry.get('rows', '?'):>7} rows{extra}  {entry['bytes'] / 1e6:9.1f} MB  "
               f"updated {entry['updated_at']}")
+    print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
     print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
     report = status["latest_report"]
     print("latest report: " + (f"{report['path']} (base CER {report['base_cer']:.4f}, fine-tuned CER "
                                f"{report['finetuned_cer']:.4f})" if report else "(none)"))
+
+
+def collect_quarantine() -> list[dict]:
+    """Rows left out anywhere in the pipeline: {id, audio_path, reason, stage}."""
+    import pandas as pd
+
+    rows = []
+    for stage in ("resampled_dataset", "featurized_shards"):
+        path = _storage() / stage / "quarantine.parquet"
+        if path.exists():
+            frame = pd.read_parquet(path)
+            rows += [{"id": int(r.id), "audio_path": r.audio_path, "reason": r.reason, "stage": stage}
+                     for r in frame.itertuples(index=False)]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def cmd_quarantine(args) -> None:
+    rows = collect_quarantine()
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        print("no quarantined rows")
+    for r in rows:
+        print(f"{r['id']}\t{r['audio_path']}\t{r['reason']}")
 
 
 def cmd_transcribe(args) -> None:
@@ -247,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="rows and bytes of every asset, latest checkpoint and report")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    quarantine = sub.add_parser("quarantine", help="rows left out, with the reason")
+    quarantine.add_argument("--json", action="store_true")
+    quarantine.set_defaults(func=cmd_quarantine)
     transcribe = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
     transcribe.add_argument("files", nargs="+")
     transcribe.add_argument("--model", help="checkpoint directory (default: the latest finetuned_checkpoint)")

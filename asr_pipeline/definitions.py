@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from asr_pipeline.defs.assets import ALL_ASSETS, ASSETS, INGEST_ASSETS, storage_dir
+from asr_pipeline.defs.checks import CHECKS
 from asr_pipeline.defs.io_managers import AssetDirectoryIOManager
 from asr_pipeline.defs.resources import database_from_environment, settings_from_environment
 
@@ -29,6 +30,7 @@ def build_definitions() -> dg.Definitions:
     ]
     return dg.Definitions(
         assets=ASSETS,
+        asset_checks=CHECKS,
         jobs=jobs,
         resources={
             "database": database_from_environment(),

@@ -22,7 +22,8 @@ from asr_pipeline.core.synth import demo_sentences, write_demo_corpus
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 ASR_VARIABLES = ["ASR_HOME", "ASR_DB_URL", "ASR_PATH_MAP", "ASR_SPLIT_RATIOS", "ASR_BASE_MODEL", "ASR_GROUP_PATTERN",
                  "ASR_DB_TABLE", "ASR_DB_ID_COLUMN", "ASR_DB_AUDIO_COLUMN", "ASR_DB_TRANSCRIPT_COLUMN",
-                 "ASR_MAX_AUDIO_SECONDS", "ASR_MIN_AUDIO_SECONDS", "DAGSTER_HOME"]
+                 "ASR_MAX_AUDIO_SECONDS", "ASR_MIN_AUDIO_SECONDS", "ASR_AUDIO_ROOTS", "ASR_MAX_QUARANTINE_RATE",
+                 "DAGSTER_HOME"]
 
 
 @pytest.fixture(autouse=True)

@@ -85,6 +85,7 @@ def test_pipeline_report_agrees_with_jiwer_and_an_independent_greedy_decode(
     monkeypatch.setenv("ASR_DB_URL", mysql_database)
     monkeypatch.setenv("ASR_BASE_MODEL", str(whisper_base_dir))
     monkeypatch.setenv("ASR_SPLIT_RATIOS", "60/10/30")
+    monkeypatch.setenv("ASR_AUDIO_ROOTS", str(Path(korean_clips[0]["audio_path"]).parent))
     cli.main(["run", "--max-steps", "2", "--batch-size", "2", "--eval-steps", "2", "--warmup-steps", "0"])
     report = json.loads((tmp_path / "home/storage/evaluation_report/report.json").read_text())
     assert report["warning"] is None and report["test_rows"] >= 3

@@ -19,6 +19,7 @@ import soundfile as sf
 import soxr
 
 from asr_pipeline.core.progress import Progress
+from asr_pipeline.core.settings import AudioRoots
 from asr_pipeline.core.storage import write_json
 
 SAMPLE_RATE = 16_000
@@ -81,8 +82,11 @@ def resample_manifest(
     out_dir: Path,
     limits: AudioLimits = AudioLimits(),
     emit: Callable[[str], None] = print,
+    roots: AudioRoots | None = None,
 ) -> dict:
-    """Decode and resample every manifest row into an audio shard in out_dir. Returns summary counts."""
+    """Decode and resample every manifest row into an audio shard in out_dir. Returns summary counts.
+
+    roots: when given, a path that does not resolve under one of them is quarantined, never opened."""
     out_dir = Path(out_dir)
     index, quarantine = [], []
     progress = Progress("resampling", len(manifest), emit)
@@ -92,7 +96,12 @@ def resample_manifest(
             try:
                 if not row.transcript:
                     raise AudioError("empty transcript")
-                data, rate, channels = decode(row.audio_path)
+                path = row.audio_path
+                if roots is not None:
+                    path = roots.resolve(row.audio_path)
+                    if path is None:
+                        raise AudioError(roots.reason())
+                data, rate, channels = decode(path)
                 samples = to_16k_mono(data, rate)
                 duration = len(samples) / SAMPLE_RATE
                 if duration < limits.min_seconds:

@@ -128,3 +128,29 @@ def base_model() -> str:
 
 def base_model_is_default() -> bool:
     return not os.environ.get("ASR_BASE_MODEL")
+
+
+@dataclass(frozen=True)
+class AudioRoots:
+    """Directories audio may be read from. Paths are resolved first (symlinks and `..`), so a link or a
+    `../../etc/passwd` in the database cannot reach outside them."""
+
+    roots: tuple[Path, ...]
+    source: str
+
+    @classmethod
+    def from_settings(cls, audio_roots: str | None, path_map: PathMap, home: Path) -> "AudioRoots":
+        if audio_roots:
+            entries = [p for p in audio_roots.split(":") if p.strip()]
+            return cls(tuple(Path(p).expanduser().resolve() for p in entries), "ASR_AUDIO_ROOTS")
+        targets = [Path(target).expanduser().resolve() for _, target in path_map.rules]
+        return cls(tuple([*targets, Path(home).resolve()]),
+                   "ASR_AUDIO_ROOTS is unset, so the ASR_PATH_MAP targets and ASR_HOME")
+
+    def resolve(self, path: str) -> Path | None:
+        """The resolved path when it lies under a root, else None."""
+        resolved = Path(path).expanduser().resolve()
+        return resolved if any(resolved.is_relative_to(root) for root in self.roots) else None
+
+    def reason(self) -> str:
+        return f"path outside the allowed audio roots ({self.source}; set ASR_AUDIO_ROOTS to allow it)"

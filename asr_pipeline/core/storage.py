@@ -14,11 +14,40 @@ from pathlib import Path
 
 
 def staging_dir(final: Path) -> Path:
-    """A fresh sibling of `final` to write into; publish() moves it into place."""
+    """A fresh sibling of `final` to write into; publish() moves it into place.
+
+    Its name carries our PID, so leftovers of killed runs (whose PID is gone) are recognised and removed.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    path = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_staging(final)
+    path = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir()
     return path
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Delete staging directories of `final` left by processes that no longer run."""
+    removed = []
+    for candidate in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = candidate.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    for candidate in final.parent.glob(f".{final.name}.old-*"):  # publish() died between its two renames
+        if final.exists():
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(staged: Path, final: Path) -> Path:

@@ -128,18 +128,23 @@ def train_whisper(
     out_dir: Path,
     settings: TrainingSettings,
     emit: Callable[[str], None] = print,
+    work_dir: Path | None = None,
 ) -> dict:
     """Fine-tune `base_source` on the train split; save model + processor in out_dir (from_pretrained-ready).
 
     TensorBoard event files go to out_dir/tensorboard, the trainer's log history to out_dir/training_log.json.
+    work_dir holds the trainer's intermediate checkpoints; when a killed run left some there, training resumes
+    from the last one. Callers make work_dir specific to the data and settings (see training_fingerprint).
     """
     import torch
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
 
     from asr_pipeline.core.model import load_model, load_processor
 
     settings.validate()
     out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir is not None else out_dir / "trainer"
     train_rows = FeatureRows(shards, "train")
     valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples)
     if len(train_rows) == 0:
@@ -155,7 +160,7 @@ def train_whisper(
     strategy = "steps" if evaluate else "no"
     on_gpu = torch.cuda.is_available()
     args = Seq2SeqTrainingArguments(
-        output_dir=str(out_dir / "trainer"),
+        output_dir=str(work_dir),
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
@@ -164,7 +169,8 @@ def train_whisper(
         max_steps=settings.max_steps,
         eval_strategy=strategy,
         eval_steps=settings.eval_steps,
-        save_strategy=strategy,  # best-model selection needs a checkpoint at every evaluation
+        # checkpoints: at every evaluation (best-model selection needs them) and to resume a killed run
+        save_strategy="steps",
         save_steps=settings.eval_steps if evaluate else settings.save_steps,
         save_total_limit=2,
         load_best_model_at_end=evaluate,
@@ -183,7 +189,8 @@ def train_whisper(
         disable_tqdm=False,
     )
     previous_logdir = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir / "tensorboard")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(work_dir / "tensorboard")
+    resume_from = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
     try:
         trainer = Seq2SeqTrainer(
             model=model,
@@ -197,7 +204,9 @@ def train_whisper(
         )
         emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation), "
              f"{settings.max_steps} steps of {settings.batch_size}")
-        result = trainer.train()
+        if resume_from:
+            emit(f"resuming from {resume_from} (a previous run of the same data and settings was interrupted)")
+        result = trainer.train(resume_from_checkpoint=resume_from)
     finally:
         if previous_logdir is None:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
@@ -209,7 +218,9 @@ def train_whisper(
     processor.save_pretrained(out_dir)
     history = trainer.state.log_history
     write_json(out_dir / "training_log.json", history)
-    shutil.rmtree(out_dir / "trainer", ignore_errors=True)  # intermediate checkpoints; the best one is saved above
+    if (work_dir / "tensorboard").is_dir():
+        shutil.move(str(work_dir / "tensorboard"), str(out_dir / "tensorboard"))
+    shutil.rmtree(work_dir, ignore_errors=True)  # intermediate checkpoints; the best one is saved above
     train_losses = [h["loss"] for h in history if "loss" in h]
     evals = [h for h in history if "eval_cer" in h]
     summary = {
@@ -226,6 +237,7 @@ def train_whisper(
         "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"]} for h in evals],
         "settings": asdict(settings),
         "device": "cuda" if on_gpu else "cpu",
+        "resumed_from_step": _step_of(resume_from),
     }
     if not math.isfinite(summary["train_loss"]):
         raise FloatingPointError(f"training loss is {summary['train_loss']}: the checkpoint would be garbage")
@@ -240,3 +252,12 @@ def _step_of(checkpoint: str | None) -> int | None:
         return int(Path(checkpoint).name.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return None
+
+
+def training_fingerprint(base_source: str, shard_metas: Sequence[dict], settings: TrainingSettings) -> str:
+    """Identifies a training job: the same base model, features and settings give the same work directory."""
+    import hashlib
+    import json
+
+    payload = json.dumps([base_source, list(shard_metas), asdict(settings)], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

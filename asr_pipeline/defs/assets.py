@@ -66,7 +66,8 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
     frame = pd.read_parquet(raw_manifest / "manifest.parquet")
     out = stage(context, storage_dir(settings))
     limits = audio.AudioLimits(settings.min_audio_seconds, settings.max_audio_seconds)
-    summary = audio.resample_manifest(frame, out, limits, emit=context.log.info)
+    summary = audio.resample_manifest(frame, out, limits, emit=context.log.info,
+                                      roots=settings.parsed_audio_roots())
     quarantine = pd.read_parquet(out / "quarantine.parquet")
     if len(quarantine):
         reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
@@ -122,8 +123,12 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     shard = features.FeatureShard(featurized_shards)
     base_source = shard.meta["model"]
     out = stage(context, storage_dir(settings))
-    summary = training.train_whisper(base_source, [shard], out, training.TrainingSettings(**config.model_dump()),
-                                     emit=context.log.info)
+    train_settings = training.TrainingSettings(**config.model_dump())
+    # Same features + settings -> same work directory, so a killed training resumes from its last checkpoint.
+    fingerprint = training.training_fingerprint(base_source, [shard.meta], train_settings)
+    work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
+    summary = training.train_whisper(base_source, [shard], out, train_settings, emit=context.log.info,
+                                     work_dir=work_dir)
     context.add_output_metadata({
         k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None
     } | {"tensorboard": dg.MetadataValue.path(str(storage_dir(settings) / "finetuned_checkpoint" / "tensorboard"))})

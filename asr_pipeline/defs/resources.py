@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr
 from asr_pipeline.core import settings as env
 from asr_pipeline.core.database import TableSpec, TranscriptTable, masked
 from asr_pipeline.core.model import BaseModel, resolve_base_model
-from asr_pipeline.core.settings import PathMap, SplitRatios
+from asr_pipeline.core.settings import AudioRoots, PathMap, SplitRatios
 
 
 class TranscriptDatabase(dg.ConfigurableResource):
@@ -52,6 +52,10 @@ class PipelineSettings(dg.ConfigurableResource):
     base_model: str = Field(default=env.DEFAULT_BASE_MODEL, description="ASR_BASE_MODEL: hub id or local dir")
     allow_placeholder_model: bool = Field(
         default=True, description="use a tiny offline Whisper when the default base model cannot be reached")
+    audio_roots: str = Field(default="", description="ASR_AUDIO_ROOTS: colon-separated directories audio may "
+                             "come from (default: the ASR_PATH_MAP targets and ASR_HOME)")
+    max_quarantine_rate: float = Field(default=0.2, description="ASR_MAX_QUARANTINE_RATE: above it, the "
+                                       "quarantine check fails and blocks featurization")
     max_audio_seconds: float = Field(default=30.0, description="ASR_MAX_AUDIO_SECONDS: longer clips are left out")
     min_audio_seconds: float = Field(default=0.1, description="ASR_MIN_AUDIO_SECONDS: shorter clips are left out")
 
@@ -60,6 +64,9 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def parsed_split_ratios(self) -> SplitRatios:
         return SplitRatios.parse(self.split_ratios)
+
+    def parsed_audio_roots(self) -> AudioRoots:
+        return AudioRoots.from_settings(self.audio_roots, self.parsed_path_map(), self.home_dir())
 
     def home_dir(self) -> Path:
         return Path(self.home)
@@ -82,6 +89,8 @@ def settings_from_environment() -> PipelineSettings:
         group_pattern=pattern,
         base_model=env.base_model(),
         allow_placeholder_model=env.base_model_is_default(),
+        audio_roots=os.environ.get("ASR_AUDIO_ROOTS", ""),
+        max_quarantine_rate=_rate_env("ASR_MAX_QUARANTINE_RATE", 0.2),
         max_audio_seconds=_float_env("ASR_MAX_AUDIO_SECONDS", 30.0),
         min_audio_seconds=_float_env("ASR_MIN_AUDIO_SECONDS", 0.1),
     )
@@ -109,4 +118,17 @@ def _float_env(name: str, default: float) -> float:
         raise env.ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
     if value <= 0:
         raise env.ConfigError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _rate_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise env.ConfigError(f"{name} must be a fraction between 0 and 1, got {raw!r}")
     return value
