@@ -96,3 +96,23 @@ def whisper_base_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return Path(path)
+
+
+@pytest.fixture()
+def pipeline_env(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir):
+    """Rows stored the way the archive stores them (/cul_m01/...), mapped to where the files really are."""
+    audio_dir = Path(korean_clips[0]["audio_path"]).parent
+    engine = create_notebook_table(mysql_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                     [{"p": "/cul_m01/archive/" + Path(c["audio_path"]).name, "t": c["transcript"]}
+                      for c in korean_clips]
+                     + [{"p": "/cul_m01/archive/DEMO_202601019999_00001.wav", "t": "파일이 없는 행"}])
+    engine.dispose()
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("ASR_DB_URL", mysql_database)
+    monkeypatch.setenv("ASR_PATH_MAP", f"/cul_m01/archive/={audio_dir}/")
+    monkeypatch.setenv("ASR_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("ASR_SPLIT_RATIOS", "60/20/20")
+    return tmp_path / "home"

@@ -97,6 +97,8 @@ def resample_manifest(
                 if not row.transcript:
                     raise AudioError("empty transcript")
                 path = row.audio_path
+                if not path:
+                    raise AudioError("no audio path")
                 if roots is not None:
                     path = roots.resolve(row.audio_path)
                     if path is None:

@@ -1,0 +1,128 @@
+"""Inputs an archive really contains, and some an attacker could put in a shared database."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.manifest import build_manifest
+from asr_pipeline.core.settings import AudioRoots, PathMap, SplitRatios
+
+
+def _tone(path, seconds=1.0, rate=22_050):
+    sf.write(path, (0.3 * np.sin(np.arange(int(seconds * rate)) / 7)).astype(np.float32), rate)
+
+
+def _resample(rows, roots, tmp_path):
+    manifest = build_manifest(rows, PathMap.parse(f"/cul_m01/={tmp_path}/nas/"), SplitRatios.parse("80/10/10"))
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    resample_manifest(manifest, out, emit=lambda _: None, roots=roots)
+    shard = AudioShard(out)
+    return shard, dict(zip(shard.quarantine["id"], shard.quarantine["reason"]))
+
+
+def test_paths_escaping_the_roots_are_quarantined_not_opened(tmp_path):
+    nas, outside = tmp_path / "nas", tmp_path / "outside"
+    nas.mkdir(), outside.mkdir()
+    _tone(nas / "good.wav")
+    _tone(outside / "secret.wav")
+    os.symlink(outside / "secret.wav", nas / "link.wav")  # a symlink on the share pointing out of it
+    os.symlink(nas / "good.wav", nas / "inner_link.wav")   # a symlink that stays inside is fine
+    roots = AudioRoots.from_settings("", PathMap.parse(f"/cul_m01/={nas}/"), tmp_path / "home")
+    rows = [{"id": 1, "audio_path": "/cul_m01/good.wav", "transcript": "좋다"},
+            {"id": 2, "audio_path": "/cul_m01/link.wav", "transcript": "링크"},
+            {"id": 3, "audio_path": "/cul_m01/../outside/secret.wav", "transcript": "상위 폴더"},
+            {"id": 4, "audio_path": str(outside / "secret.wav"), "transcript": "절대 경로"},
+            {"id": 5, "audio_path": "/etc/passwd", "transcript": "시스템 파일"},
+            {"id": 6, "audio_path": "/cul_m01/inner_link.wav", "transcript": "내부 링크"}]
+    shard, reasons = _resample(rows, roots, tmp_path)
+    assert shard.index["id"].tolist() == [1, 6]
+    assert set(reasons) == {2, 3, 4, 5}
+    assert all("outside the allowed audio roots" in r and "ASR_AUDIO_ROOTS" in r for r in reasons.values())
+
+
+def test_explicit_roots_replace_the_defaults(tmp_path):
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    _tone(nas / "a.wav")
+    roots = AudioRoots.from_settings(f"{tmp_path}/elsewhere:{nas}", PathMap(), tmp_path)
+    assert roots.source == "ASR_AUDIO_ROOTS"
+    assert roots.resolve(str(nas / "a.wav")) == (nas / "a.wav").resolve()
+    assert AudioRoots.from_settings(f"{tmp_path}/elsewhere", PathMap(), tmp_path).resolve(str(nas / "a.wav")) is None
+
+
+def test_windows_and_unc_paths_from_the_database_are_mapped(tmp_path):
+    nas = tmp_path / "nas"
+    (nas / "2021").mkdir(parents=True)
+    _tone(nas / "2021" / "PRGTM_202106270005_00001.wav")
+    _tone(nas / "2021" / "PRGTM_202106270005_00002.wav")
+    path_map = PathMap.parse(f"//nas01/cul_m01/={nas}/; C:/cul_m01/={nas}/")
+    roots = AudioRoots.from_settings("", path_map, tmp_path / "home")
+    rows = [{"id": 1, "audio_path": r"\\nas01\cul_m01\2021\PRGTM_202106270005_00001.wav", "transcript": "유엔씨"},
+            {"id": 2, "audio_path": r"C:\cul_m01\2021\PRGTM_202106270005_00002.wav", "transcript": "윈도우"}]
+    manifest = build_manifest(rows, path_map, SplitRatios.parse("80/10/10"))
+    assert manifest["group"].tolist() == ["PRGTM_202106270005"] * 2
+    out = tmp_path / "out"
+    out.mkdir()
+    resample_manifest(manifest, out, emit=lambda _: None, roots=roots)
+    assert AudioShard(out).index["id"].tolist() == [1, 2]
+
+
+def test_nfd_and_nfc_korean_transcripts_become_the_same_text():
+    nfc = "서울중앙지검"
+    import unicodedata
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    frame = build_manifest([{"id": 1, "audio_path": "a.wav", "transcript": nfd},
+                            {"id": 2, "audio_path": "b.wav", "transcript": nfc}], PathMap(), SplitRatios(1, 0, 0))
+    assert frame["transcript"].tolist() == [nfc, nfc]
+
+
+def test_blank_transcripts_and_odd_audio_are_told_apart(tmp_path):
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    _tone(nas / "ok.wav")
+    sf.write(nas / "nan.wav", np.array([0.1, np.nan] * 8000, np.float32), 16_000, subtype="FLOAT")
+    sf.write(nas / "silence.wav", np.zeros(16_000, np.float32), 16_000)
+    (nas / "text.wav").write_text("this is not audio")
+    (nas / "dir.wav").mkdir()
+    roots = AudioRoots.from_settings("", PathMap.parse(f"/cul_m01/={nas}/"), tmp_path)
+    rows = [{"id": 1, "audio_path": "/cul_m01/ok.wav", "transcript": " \t "},
+            {"id": 2, "audio_path": "/cul_m01/ok.wav", "transcript": None},
+            {"id": 3, "audio_path": "/cul_m01/nan.wav", "transcript": "숫자가 아님"},
+            {"id": 4, "audio_path": "/cul_m01/silence.wav", "transcript": "조용"},
+            {"id": 5, "audio_path": "/cul_m01/text.wav", "transcript": "텍스트"},
+            {"id": 6, "audio_path": "/cul_m01/dir.wav", "transcript": "폴더"},
+            {"id": 7, "audio_path": None, "transcript": "경로 없음"}]
+    shard, reasons = _resample(rows, roots, tmp_path)
+    assert shard.index["id"].tolist() == [4]  # silence is valid audio
+    assert reasons[1] == reasons[2] == "empty transcript"
+    assert "NaN" in reasons[3] and "undecodable" in reasons[5]
+    assert reasons[6] == "missing audio file"
+    assert reasons[7] == "no audio path"
+
+
+def test_labels_longer_than_448_tokens_are_quarantined_at_featurization(tmp_path, tiny_model_dir):
+    from asr_pipeline.core.features import FeatureShard, featurize_shard
+    from asr_pipeline.core.model import load_processor
+
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    _tone(nas / "a.wav", seconds=2.0)
+    roots = AudioRoots.from_settings("", PathMap.parse(f"/cul_m01/={nas}/"), tmp_path)
+    rows = [{"id": 1, "audio_path": "/cul_m01/a.wav", "transcript": "짧은 문장"},
+            {"id": 2, "audio_path": "/cul_m01/a.wav", "transcript": " ".join(["뷁꿻"] * 400)}]
+    _, reasons = _resample(rows, roots, tmp_path)
+    assert not reasons
+    processor = load_processor(str(tiny_model_dir))
+    features_dir = tmp_path / "features"
+    features_dir.mkdir()
+    summary = featurize_shard(AudioShard(tmp_path / "out"), features_dir, processor.feature_extractor,
+                              processor.tokenizer, str(tiny_model_dir), emit=lambda _: None)
+    shard = FeatureShard(features_dir)
+    assert summary["rows"] == 1 and shard.index["id"].tolist() == [1]
+    assert shard.quarantine["id"].tolist() == [2]
+    assert shard.quarantine["reason"].iloc[0].startswith("label longer than 448 tokens")

@@ -1,0 +1,185 @@
+"""Fault injection: the database vanishing mid-read, and kill -9 during featurization and during training.
+
+Each interrupted run is re-run and compared with an uninterrupted one: nothing lost, nothing half-written read.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from safetensors.numpy import load_file
+
+from asr_pipeline.core.database import TranscriptTable
+
+pytestmark = [pytest.mark.mysql, pytest.mark.slow]
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the real MariaDB that can drop every connection and refuse new ones for a while."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = _free_port()
+        self.connections: list[socket.socket] = []
+        self.listener = None
+        self.start()
+
+    def start(self):
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def outage(self, seconds: float):
+        """Drop everything now; accept connections again after `seconds`."""
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone may not
+        self.listener.close()
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self.connections = []
+        threading.Timer(seconds, self.start).start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_database_that_goes_away_mid_ingest_loses_no_rows(mysql_database):
+    url = sa.make_url(mysql_database)
+    TranscriptTable(mysql_database).insert_rows(
+        [{"audio_path": f"/cul_m01/{i}.wav", "transcript": f"{i}번 문장"} for i in range(1, 101)])
+    proxy = FlakyProxy(url.host, url.port or 3306)
+    table = TranscriptTable(url.set(host="127.0.0.1", port=proxy.port), retries=4, backoff_s=0.5)
+    rows = table.read_rows(page_size=10)
+    seen = [next(rows)["id"] for _ in range(15)]  # into the second page
+    proxy.outage(1.5)
+    started = time.monotonic()
+    seen += [r["id"] for r in rows]
+    assert time.monotonic() - started >= 1.0  # it really waited for the server to come back
+    assert seen == list(range(1, 101))
+    table.dispose()
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "asr_pipeline.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy())
+
+
+def _kill_when(args, condition, timeout=120):
+    """Start the CLI, SIGKILL it the moment condition() holds; returns True if it was killed in time."""
+    process = subprocess.Popen([sys.executable, "-m", "asr_pipeline.cli", *args], env=os.environ.copy(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if condition():
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return True
+            time.sleep(0.005)
+        return False
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_kill_during_featurization_then_rerun_equals_an_uninterrupted_run(pipeline_env, monkeypatch, tmp_path):
+    storage = pipeline_env / "storage"
+
+    def featurizing():
+        return any((p / "features.f16").exists() and (p / "features.f16").stat().st_size > 0
+                   for p in storage.glob(".featurized_shards.tmp-*"))
+
+    assert _kill_when(["ingest"], featurizing), "the run finished before it could be killed"
+    assert not (storage / "featurized_shards").exists()  # nothing half-written was published
+    assert list(storage.glob(".featurized_shards.tmp-*"))  # the killed run's staging directory is there...
+    rerun = _cli("ingest")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not list(storage.glob(".featurized_shards.tmp-*"))  # ...and the re-run removed it
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "uninterrupted"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "uninterrupted_dagster"))
+    clean = _cli("ingest")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    reference = tmp_path / "uninterrupted" / "storage" / "featurized_shards"
+    assert (storage / "featurized_shards" / "features.f16").read_bytes() == (reference / "features.f16").read_bytes()
+    columns = ["id", "split", "offset", "num_frames", "pad_value", "label_length"]
+    pd.testing.assert_frame_equal(pd.read_parquet(storage / "featurized_shards" / "index.parquet")[columns],
+                                  pd.read_parquet(reference / "index.parquet")[columns])
+
+
+def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, monkeypatch, tmp_path):
+    assert _cli("ingest").returncode == 0
+    train = ["train", "--max-steps", "24", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2"]
+    work = pipeline_env / "work" / "finetuned_checkpoint"
+
+    def first_checkpoint_written():
+        return any((c / "trainer_state.json").exists() and (c / "scheduler.pt").exists()
+                   for c in work.glob("*/checkpoint-8"))
+
+    assert _kill_when(train, first_checkpoint_written), "training finished before it could be killed"
+    assert not (pipeline_env / "storage" / "finetuned_checkpoint").exists()
+    resumed = _cli(*train)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    checkpoint = pipeline_env / "storage" / "finetuned_checkpoint"
+    summary = json.loads((checkpoint / "training_summary.json").read_text())
+    assert summary["resumed_from_step"] in (8, 16) and summary["steps"] == 24
+    assert not any(work.iterdir())  # the work directory is cleaned once the checkpoint is published
+
+    # the same training without the kill, from the same features
+    reference_home = tmp_path / "uninterrupted"
+    reference_home.mkdir()
+    (reference_home / "storage").mkdir()
+    for name in ("raw_manifest", "resampled_dataset", "featurized_shards"):
+        os.symlink(pipeline_env / "storage" / name, reference_home / "storage" / name)
+    monkeypatch.setenv("ASR_HOME", str(reference_home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "uninterrupted_dagster"))
+    clean = _cli(*train)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    reference = json.loads((reference_home / "storage/finetuned_checkpoint/training_summary.json").read_text())
+    assert reference["resumed_from_step"] is None
+    assert summary["best_checkpoint_step"] == reference["best_checkpoint_step"]
+    a = load_file(str(checkpoint / "model.safetensors"))
+    b = load_file(str(reference_home / "storage/finetuned_checkpoint/model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < 1e-4, worst
