@@ -158,6 +158,8 @@ def train_whisper(
     model.config.use_cache = False  # caching is for generation; training with it only wastes memory
     evaluate = len(valid_rows) > 0
     strategy = "steps" if evaluate else "no"
+    # a short run (max_steps < eval_steps) still validates once, at its end, so best-model selection has a score
+    eval_steps = min(settings.eval_steps, settings.max_steps)
     on_gpu = torch.cuda.is_available()
     args = Seq2SeqTrainingArguments(
         output_dir=str(work_dir),
@@ -168,10 +170,10 @@ def train_whisper(
         warmup_steps=settings.warmup_steps,
         max_steps=settings.max_steps,
         eval_strategy=strategy,
-        eval_steps=settings.eval_steps,
+        eval_steps=eval_steps,
         # checkpoints: at every evaluation (best-model selection needs them) and to resume a killed run
         save_strategy="steps",
-        save_steps=settings.eval_steps if evaluate else settings.save_steps,
+        save_steps=eval_steps if evaluate else min(settings.save_steps, settings.max_steps),
         save_total_limit=2,
         load_best_model_at_end=evaluate,
         metric_for_best_model="cer" if evaluate else None,

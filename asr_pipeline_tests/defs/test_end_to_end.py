@@ -106,3 +106,21 @@ def test_database_password_is_not_shown_in_metadata(pipeline_env, monkeypatch, m
     with pytest.raises(SystemExit) as failure:
         cli.main(["ingest"])
     assert "hunter2-secret" not in str(failure.value)
+
+
+def test_a_failed_blocking_check_stops_featurization(pipeline_env, monkeypatch, capsys):
+    monkeypatch.setenv("ASR_MAX_QUARANTINE_RATE", "0.0")  # the one missing file is already too many
+    with pytest.raises(SystemExit, match="failed"):
+        cli.main(["ingest"])
+    storage = pipeline_env / "storage"
+    assert (storage / "resampled_dataset").is_dir() and not (storage / "featurized_shards").exists()
+    instance = dg.DagsterInstance.get()
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("resampled_dataset"), "quarantine_rate_below_threshold")])
+    evaluation = next(iter(check.values())).event.dagster_event.event_specific_data
+    assert evaluation.passed is False
+    capsys.readouterr()
+    cli.main(["quarantine", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["reason"], r["stage"]) for r in rows] == [("missing audio file", "resampled_dataset")]
+    assert set(rows[0]) >= {"id", "audio_path", "reason"}
