@@ -8,7 +8,9 @@ Shard layout (a directory):
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -83,6 +85,7 @@ def resample_manifest(
     limits: AudioLimits = AudioLimits(),
     emit: Callable[[str], None] = print,
     roots: AudioRoots | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Decode and resample every manifest row into an audio shard in out_dir. Returns summary counts.
 
@@ -91,28 +94,21 @@ def resample_manifest(
     index, quarantine = [], []
     progress = Progress("resampling", len(manifest), emit)
     offset = 0
-    with open(out_dir / "audio.f32", "wb") as samples_file:
-        for row in manifest.itertuples(index=False):
-            try:
-                if not row.transcript:
-                    raise AudioError("empty transcript")
-                path = row.audio_path
-                if not path:
-                    raise AudioError("no audio path")
-                if roots is not None:
-                    path = roots.resolve(row.audio_path)
-                    if path is None:
-                        raise AudioError(roots.reason())
-                data, rate, channels = decode(path)
-                samples = to_16k_mono(data, rate)
-                duration = len(samples) / SAMPLE_RATE
-                if duration < limits.min_seconds:
-                    raise AudioError(f"audio shorter than {limits.min_seconds} s ({duration:.3f} s)")
-                if duration > limits.max_seconds:
-                    raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.1f} s)")
-            except AudioError as exc:
-                quarantine.append({"id": row.id, "audio_path": row.audio_path, "reason": str(exc)})
+    rows = list(manifest.itertuples(index=False))
+
+    def prepare(row):
+        try:
+            return _prepare_clip(row, limits, roots)
+        except AudioError as exc:
+            return exc
+
+    # libsndfile (through cffi) and soxr release the GIL, so threads decode and resample on every core.
+    with open(out_dir / "audio.f32", "wb") as samples_file, ThreadPoolExecutor(workers or _default_workers()) as pool:
+        for row, prepared in _ordered_map(pool, prepare, rows):
+            if isinstance(prepared, AudioError):
+                quarantine.append({"id": row.id, "audio_path": row.audio_path, "reason": str(prepared)})
             else:
+                samples, rate, channels, duration = prepared
                 samples_file.write(samples.tobytes())
                 index.append(
                     {**row._asdict(), "offset": offset, "num_samples": len(samples), "duration": duration,
@@ -132,6 +128,38 @@ def resample_manifest(
     }
     write_json(out_dir / "meta.json", summary)
     return summary
+
+
+def _ordered_map(pool, fn, items, window: int = 256):
+    """pool.map in windows, so at most `window` decoded clips wait in memory for their turn to be written."""
+    for start in range(0, len(items), window):
+        chunk = items[start: start + window]
+        yield from zip(chunk, pool.map(fn, chunk))
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
+    """(16 kHz samples, source rate, channels, duration) for a manifest row, or AudioError with the reason."""
+    if not row.transcript:
+        raise AudioError("empty transcript")
+    path = row.audio_path
+    if not path:
+        raise AudioError("no audio path")
+    if roots is not None:
+        path = roots.resolve(row.audio_path)
+        if path is None:
+            raise AudioError(roots.reason())
+    data, rate, channels = decode(path)
+    samples = to_16k_mono(data, rate)
+    duration = len(samples) / SAMPLE_RATE
+    if duration < limits.min_seconds:
+        raise AudioError(f"audio shorter than {limits.min_seconds} s ({duration:.3f} s)")
+    if duration > limits.max_seconds:
+        raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.1f} s)")
+    return samples, rate, channels, duration
 
 
 class AudioShard:

@@ -4,6 +4,8 @@ Whisper's extractor pads every clip to 30 s, and its normalisation clamps the lo
 scaling with (x + 4) / 4. Frames past the clip hold only zeros, so after normalisation every one of them equals
 max(-1.5, max_normalised - 2): a per-clip constant. We keep the frames that touch audio (float16, frames-major)
 and that pad value, and rebuild the padded [n_mels, 3000] input exactly when a batch is made.
+The frames are also *computed* from the clip alone (zero-padded just past its last window) rather than from
+30 s of padding: identical values (tests compare with the extractor's padded output) for a fraction of the work.
 
 Shard layout (a directory):
   features.f16        frames of every clip, concatenated, shape [total_frames, n_mels]
@@ -41,6 +43,22 @@ def padding_value(kept: np.ndarray) -> float:
     return float(max(-1.5, float(kept.max()) - 2.0)) if kept.size else -1.5
 
 
+def log_mel_frames(feature_extractor, clip: np.ndarray) -> np.ndarray:
+    """[n_mels, frames_holding_audio] exactly as the extractor's 30 s-padded output has them.
+
+    Zero-padding the clip to frames*hop samples gives every kept frame the same window contents as in the padded
+    30 s signal (the final reflect-pad mirrors zeros), and the clip's maximum is the padded signal's maximum.
+    """
+    kept = frames_holding_audio(len(clip))
+    padded = np.zeros(max(kept * HOP_LENGTH, len(clip)), dtype=np.float32)
+    padded[: min(len(clip), len(padded))] = clip[: len(padded)]
+    if len(padded) > FRAMES_30S * HOP_LENGTH:  # longer than 30 s: Whisper truncates to 30 s
+        padded = padded[: FRAMES_30S * HOP_LENGTH]
+    features = feature_extractor(padded, sampling_rate=feature_extractor.sampling_rate, padding="longest",
+                                 return_tensors="np").input_features[0]
+    return features[:, :kept]
+
+
 def rebuild_padded(frames: np.ndarray, pad_value: float, total_frames: int = FRAMES_30S) -> np.ndarray:
     """frames: [num_frames, n_mels] as stored; returns Whisper's [n_mels, 3000] float32 input."""
     out = np.full((frames.shape[1], total_frames), pad_value, dtype=np.float32)
@@ -66,18 +84,14 @@ def featurize_shard(
     with open(out_dir / "features.f16", "wb") as frames_file:
         for start in range(0, len(audio), batch_size):
             stop = min(start + batch_size, len(audio))
-            clips = [audio.samples(i) for i in range(start, stop)]
-            features = feature_extractor(
-                clips, sampling_rate=feature_extractor.sampling_rate, return_tensors="np"
-            ).input_features
-            for i, clip, full in zip(range(start, stop), clips, features):
+            for i in range(start, stop):
                 meta = audio.index.iloc[i]
                 labels = tokenizer(meta["transcript"]).input_ids
                 if len(labels) > MAX_LABEL_TOKENS:
                     quarantine.append({"id": int(meta["id"]), "audio_path": meta["audio_path"],
                                        "reason": f"label longer than {MAX_LABEL_TOKENS} tokens ({len(labels)})"})
                     continue
-                kept = full[:, : frames_holding_audio(len(clip))]
+                kept = log_mel_frames(feature_extractor, audio.samples(i))
                 frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
                 rows.append(
                     {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
