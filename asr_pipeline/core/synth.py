@@ -33,8 +33,10 @@ def demo_sentences(count: int) -> list[str]:
     sentences = [SEED_SENTENCE]
     i = 0
     while len(sentences) < count:
+        # every (time, subject, predicate) triple once: 7 is coprime with the 18 predicates
+        block = i // (len(_TIMES) * len(_SUBJECTS))
         s = f"{_TIMES[i % len(_TIMES)]} {_SUBJECTS[(i // len(_TIMES)) % len(_SUBJECTS)]} " \
-            f"{_PREDICATES[(i * 7 + i // 5) % len(_PREDICATES)]}"
+            f"{_PREDICATES[7 * (i + block) % len(_PREDICATES)]}"
         if s not in sentences:
             sentences.append(s)
         i += 1
