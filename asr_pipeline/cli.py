@@ -13,11 +13,30 @@ import sys
 from pathlib import Path
 
 from asr_pipeline.core import settings as env
-from asr_pipeline.core.errors import ConfigError
+from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable
 
 DEMO_TRAINING = {"learning_rate": 1e-3, "batch_size": 8, "warmup_steps": 20, "max_steps": 150, "eval_steps": 50,
                  "logging_steps": 10, "generation_max_length": 64}
 DEMO_EVALUATION = {"max_new_tokens": 64}
+
+
+INSTANCE_CONFIG = """\
+# written by asr-pipeline; `make ui` (dagster dev) uses this instance too
+telemetry:
+  enabled: false
+run_retries:
+  enabled: true
+  max_retries: 2              # a sensor-launched ingest run killed or failed part way is retried
+concurrency:
+  pools:
+    default_limit: 1          # pool asr_training: one training or evaluation at a time
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: asr/stage
+        value: ingest
+        limit: 2              # ingest batches run in parallel, at most two at once
+"""
 
 
 def _instance():
@@ -27,14 +46,45 @@ def _instance():
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(INSTANCE_CONFIG)
     return DagsterInstance.get()
 
 
-def _run(job_name: str, training: dict | None = None, evaluation: dict | None = None) -> None:
+def _reap_dead_runs(instance) -> None:
+    """Runs this CLI started on this host whose process is gone (kill -9, power cut) stay 'started' forever and keep
+    their concurrency slot, which would block every later training. Mark them failed and free their slots."""
+    import socket
+
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from asr_pipeline.core.storage import process_alive
+
+    runs = instance.get_runs(filters=RunsFilter(
+        statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
+        tags={"asr/launcher": "cli", "asr/host": socket.gethostname()}))
+    for run in runs:
+        pid = int(run.tags.get("asr/pid", "0") or 0)
+        if pid and not process_alive(pid):
+            instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it is gone")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            print(f"marked run {run.run_id} failed: its process {pid} is gone", file=sys.stderr)
+
+
+def _run_tags() -> dict[str, str]:
+    import socket
+
+    return {"asr/launcher": "cli", "asr/host": socket.gethostname(), "asr/pid": str(os.getpid())}
+
+
+def _definitions():
     from asr_pipeline.definitions import build_definitions
 
-    defs = build_definitions()
+    return build_definitions()
+
+
+def _run(job_name: str, training: dict | None = None, evaluation: dict | None = None,
+         partition_key: str | None = None, defs=None) -> None:
+    defs = defs or _definitions()
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": {}}
     if training:
         run_config["ops"]["finetuned_checkpoint"] = {"config": training}
@@ -43,14 +93,44 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
     job = defs.resolve_job_def(job_name)
     op_names = {node.name for node in job.graph.node_dict.values()}
     run_config["ops"] = {name: cfg for name, cfg in run_config["ops"].items() if name in op_names}
-    result = job.execute_in_process(run_config=run_config, instance=_instance(), raise_on_error=False)
+    instance = _instance()
+    _reap_dead_runs(instance)
+    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                    partition_key=partition_key, tags=_run_tags())
+    where = f" for batch {partition_key}" if partition_key else ""
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
                 error = event.step_failure_data.error
                 print(f"\nstep {event.step_key} failed: {error.message.strip() if error else ''}", file=sys.stderr)
-        raise SystemExit(f"run {result.run_id} of {job_name} failed (details above and in the Dagster UI)")
-    print(f"run {result.run_id} of {job_name} succeeded")
+        raise SystemExit(f"run {result.run_id} of {job_name}{where} failed (details above and in the Dagster UI)")
+    print(f"run {result.run_id} of {job_name}{where} succeeded")
+
+
+def ingest(defs=None) -> list[str]:
+    """What new_transcripts_sensor does, without the daemon: register new batches, (re)process new, changed and
+    never-materialized ones. Every registered batch is checked (a person runs this, not a 60 s tick)."""
+    from asr_pipeline.core.batches import IngestCursor
+    from asr_pipeline.defs.ingest import plan_for_instance
+    from asr_pipeline.defs.partitions import INGEST_BATCHES
+
+    defs = defs or _definitions()
+    instance = _instance()
+    database, settings = defs.resources["database"], defs.resources["settings"]
+    settings = settings.model_copy(update={"check_batches_per_tick": 1_000_000_000})
+    table = database.open_table()
+    try:
+        # no remembered fingerprints: each batch is compared with what raw_manifest last materialized
+        plan = plan_for_instance(instance, table, IngestCursor(), settings)
+    finally:
+        table.dispose()
+    print(f"ingest: {plan.summary()}")
+    if plan.new_keys:
+        instance.add_dynamic_partitions(INGEST_BATCHES.name, plan.new_keys)
+    for request in plan.requests:
+        print(f"ingest: batch {request.key} ({request.reason})")
+        _run("asr_ingest", partition_key=request.key, defs=defs)
+    return [r.key for r in plan.requests]
 
 
 def _training_overrides(args) -> dict:
@@ -96,14 +176,39 @@ def cmd_demo(args) -> None:
         table.insert_rows(rows[existing:])
     table.dispose()
     training = {**DEMO_TRAINING, **_training_overrides(args)}
-    _run("asr_end_to_end", training=training, evaluation=DEMO_EVALUATION)
+    defs = _definitions()
+    ingest(defs)
+    _run("asr_retrain", training=training, evaluation=DEMO_EVALUATION, defs=defs)
     _print_report_summary()
     print(f"\nSee it in the UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml "
           "(then open http://127.0.0.1:3000)")
 
 
 def cmd_ingest(args) -> None:
-    _run("asr_ingest")
+    ingest()
+
+
+def cmd_backfill(args) -> None:
+    """Re-process registered batches (after a featurizer change, say): in-process, one after another."""
+    from asr_pipeline.core.batches import parse_batch_key
+    from asr_pipeline.defs.partitions import INGEST_BATCHES
+
+    defs = _definitions()
+    registered = sorted(_instance().get_dynamic_partitions(INGEST_BATCHES.name))
+    if args.partitions:
+        unknown = sorted(set(args.partitions) - set(registered))
+        if unknown:
+            raise SystemExit(f"not registered ingest batches: {unknown}; `asr-pipeline status` lists them")
+        chosen = sorted(set(args.partitions))
+    else:
+        low = parse_batch_key(args.from_key)[0] if args.from_key else 0
+        high = parse_batch_key(args.to_key)[1] if args.to_key else float("inf")
+        chosen = [k for k in registered if parse_batch_key(k)[0] >= low and parse_batch_key(k)[1] <= high]
+    if not chosen:
+        raise SystemExit("no registered ingest batch matches; run `asr-pipeline ingest` first")
+    for n, key in enumerate(chosen, 1):
+        print(f"backfill: {n}/{len(chosen)} {key}")
+        _run("asr_ingest", partition_key=key, defs=defs)
 
 
 def cmd_train(args) -> None:
@@ -111,7 +216,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_run(args) -> None:
-    _run("asr_end_to_end", training=_training_overrides(args))
+    defs = _definitions()
+    ingest(defs)
+    _run("asr_retrain", training=_training_overrides(args), defs=defs)
     _print_report_summary()
 
 
@@ -125,36 +232,57 @@ def cmd_report(args) -> None:
         print((path.parent / "report.md").read_text(encoding="utf-8"))
 
 
+PARTITIONED = ("raw_manifest", "resampled_dataset", "featurized_shards")
+ROWS_FILE = {"raw_manifest": "manifest.parquet", "resampled_dataset": "index.parquet",
+             "featurized_shards": "index.parquet"}
+
+
+def _batch_dirs(name: str) -> dict[str, Path]:
+    root = _storage() / name
+    return {p.name: p for p in sorted(root.glob("ids-*")) if p.is_dir()} if root.is_dir() else {}
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
 def collect_status() -> dict:
     from asr_pipeline.core.storage import directory_bytes, read_json
 
     storage = _storage()
-    assets = {}
-    for name, rows_file in [("raw_manifest", "manifest.parquet"), ("resampled_dataset", "index.parquet"),
-                            ("featurized_shards", "index.parquet"), ("finetuned_checkpoint", None),
-                            ("evaluation_report", None)]:
-        path = storage / name
-        if not path.is_dir():
+    assets: dict = {}
+    batches: dict[str, dict] = {}
+    for name in PARTITIONED:
+        dirs = _batch_dirs(name)
+        if not dirs:
             assets[name] = {"materialized": False}
             continue
-        entry: dict = {"materialized": True, "path": str(path), "bytes": directory_bytes(path)}
-        if rows_file:
-            import pyarrow.parquet as pq
-
-            entry["rows"] = pq.ParquetFile(path / rows_file).metadata.num_rows
-            if (path / "quarantine.parquet").exists():
-                entry["quarantined"] = pq.ParquetFile(path / "quarantine.parquet").metadata.num_rows
-        elif name == "finetuned_checkpoint" and (path / "training_summary.json").exists():
-            summary = read_json(path / "training_summary.json")
-            entry["rows"] = summary["train_rows"]
-            entry.update({k: summary.get(k) for k in ("steps", "train_loss", "best_valid_cer", "base_model")})
-        elif name == "evaluation_report" and (path / "report.json").exists():
-            report = read_json(path / "report.json")
-            entry["rows"] = report["test_rows"]
-        entry["updated_at"] = _mtime(path)
+        entry = {"materialized": True, "path": str(storage / name), "partitions": len(dirs), "rows": 0,
+                 "bytes": 0, "quarantined": 0}
+        for key, path in dirs.items():
+            rows = _parquet_rows(path / ROWS_FILE[name])
+            entry["rows"] += rows
+            entry["bytes"] += directory_bytes(path)
+            entry["quarantined"] += _parquet_rows(path / "quarantine.parquet")
+            batches.setdefault(key, {})[name] = rows
+        entry["updated_at"] = max(_mtime(p) for p in dirs.values())
         assets[name] = entry
+    for name, summary_file, rows_key in [("finetuned_checkpoint", "training_summary.json", "train_rows"),
+                                         ("evaluation_report", "report.json", "test_rows")]:
+        path = storage / name
+        if not (path / summary_file).exists():
+            assets[name] = {"materialized": False}
+            continue
+        summary = read_json(path / summary_file)
+        assets[name] = {"materialized": True, "path": str(path), "bytes": directory_bytes(path),
+                        "rows": summary[rows_key], "partitions": len(summary.get("partitions", [])),
+                        "updated_at": _mtime(path)}
+        if name == "finetuned_checkpoint":
+            assets[name].update({k: summary.get(k) for k in ("steps", "train_loss", "best_valid_cer", "base_model")})
     status = {"asr_home": str(env.asr_home()), "assets": assets, "quarantined": len(collect_quarantine()),
-              "partitions": []}  # the assets are not partitioned yet
+              "partitions": [{"key": key, **rows} for key, rows in sorted(batches.items())]}
     checkpoint = storage / "finetuned_checkpoint"
     status["latest_checkpoint"] = str(checkpoint) if (checkpoint / "config.json").exists() else None
     if _report_path().exists():
@@ -184,8 +312,10 @@ def cmd_status(args) -> None:
             print(f"  {name:22s} not materialized")
             continue
         extra = f", {entry['quarantined']} quarantined" if entry.get("quarantined") else ""
-        print(f"  {name:22s} {entry.get('rows', '?'):>7} rows{extra}  {entry['bytes'] / 1e6:9.1f} MB  "
-              f"updated {entry['updated_at']}")
+        print(f"  {name:22s} {entry.get('rows', '?'):>7} rows in {entry.get('partitions', 0)} batches{extra}  "
+              f"{entry['bytes'] / 1e6:9.1f} MB  updated {entry['updated_at']}")
+    for batch in status["partitions"]:
+        print(f"  batch {batch['key']}: " + ", ".join(f"{k} {v}" for k, v in batch.items() if k != "key"))
     print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
     print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
     report = status["latest_report"]
@@ -199,11 +329,11 @@ def collect_quarantine() -> list[dict]:
 
     rows = []
     for stage in ("resampled_dataset", "featurized_shards"):
-        path = _storage() / stage / "quarantine.parquet"
-        if path.exists():
-            frame = pd.read_parquet(path)
-            rows += [{"id": int(r.id), "audio_path": r.audio_path, "reason": r.reason, "stage": stage}
-                     for r in frame.itertuples(index=False)]
+        for key, path in _batch_dirs(stage).items():
+            if (path / "quarantine.parquet").exists():
+                frame = pd.read_parquet(path / "quarantine.parquet")
+                rows += [{"id": int(r.id), "audio_path": r.audio_path, "reason": r.reason, "stage": stage,
+                          "partition": key} for r in frame.itertuples(index=False)]
     return sorted(rows, key=lambda r: r["id"])
 
 
@@ -260,8 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=120, help="synthetic utterances (default 120)")
     _add_training_options(demo)
     demo.set_defaults(func=cmd_demo)
-    sub.add_parser("ingest", help="materialize raw_manifest, resampled_dataset, featurized_shards").set_defaults(
-        func=cmd_ingest)
+    sub.add_parser("ingest", help="what new_transcripts_sensor does: new batches for new rows, re-process changed "
+                   "batches (raw_manifest, resampled_dataset, featurized_shards)").set_defaults(func=cmd_ingest)
+    backfill = sub.add_parser("backfill", help="re-process registered ingest batches (all, a range, or named)")
+    backfill.add_argument("partitions", nargs="*", help="batch keys, e.g. ids-0000000001-0000010000")
+    backfill.add_argument("--from", dest="from_key", help="first batch key of a range")
+    backfill.add_argument("--to", dest="to_key", help="last batch key of a range")
+    backfill.set_defaults(func=cmd_backfill)
     train = sub.add_parser("train", help="materialize finetuned_checkpoint")
     _add_training_options(train)
     train.set_defaults(func=cmd_train)
@@ -290,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+    except DatabaseUnavailable as exc:
+        raise SystemExit(f"database error: {exc}") from None
 
 
 if __name__ == "__main__":

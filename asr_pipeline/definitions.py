@@ -1,18 +1,17 @@
 """The code location `asr_pipeline` (workspace.yaml, `dg`, and the `asr-pipeline` CLI all load this)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg
 
-from asr_pipeline.defs.assets import ALL_ASSETS, ASSETS, INGEST_ASSETS, storage_dir
-from asr_pipeline.defs.checks import CHECKS
+from asr_pipeline.core.errors import ConfigError
+from asr_pipeline.defs.assets import ASSETS, INGEST_ASSETS, RETRAIN_ASSETS, storage_dir
+from asr_pipeline.defs.ingest import INGEST_TAGS
 from asr_pipeline.defs.io_managers import AssetDirectoryIOManager
 from asr_pipeline.defs.resources import database_from_environment, settings_from_environment
+from asr_pipeline.defs.schedules import RETRAIN_JOB, build_nightly_retraining
+from asr_pipeline.defs.sensors import INGEST_JOB, new_transcripts_sensor
 
-END_TO_END_JOB = "asr_end_to_end"
-INGEST_JOB = "asr_ingest"
 TRAIN_JOB = "asr_train"
 EVALUATE_JOB = "asr_evaluate"
 
@@ -22,16 +21,22 @@ def build_definitions() -> dg.Definitions:
     settings = settings_from_environment()
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     jobs = [
-        dg.define_asset_job(END_TO_END_JOB, selection=ALL_ASSETS,
-                            description="Rows to evaluated checkpoint: every asset, in order."),
-        dg.define_asset_job(INGEST_JOB, selection=INGEST_ASSETS, description="Manifest, resampling, features."),
+        dg.define_asset_job(INGEST_JOB, selection=INGEST_ASSETS, tags=INGEST_TAGS,
+                            description="One ingest batch: manifest, 16 kHz audio, features."),
+        dg.define_asset_job(RETRAIN_JOB, selection=RETRAIN_ASSETS,
+                            description="Fine-tune on every featurized batch, then evaluate."),
         dg.define_asset_job(TRAIN_JOB, selection=["finetuned_checkpoint"], description="Fine-tune only."),
         dg.define_asset_job(EVALUATE_JOB, selection=["evaluation_report"], description="Evaluate only."),
     ]
+    try:
+        schedule = build_nightly_retraining()
+    except Exception as exc:  # an invalid cron string or timezone
+        raise ConfigError(f"ASR_RETRAIN_CRON / ASR_RETRAIN_TIMEZONE: {exc}") from None
     return dg.Definitions(
         assets=ASSETS,
-        asset_checks=CHECKS,
         jobs=jobs,
+        sensors=[new_transcripts_sensor],
+        schedules=[schedule],
         resources={
             "database": database_from_environment(),
             "settings": settings,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-from asr_pipeline.core.errors import ConfigError
+from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable
 from asr_pipeline.core.settings import validate_identifier
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,23 @@ def masked(url: str | URL) -> str:
         return "<unparseable database URL>"
 
 
+def _sqlite_functions(dbapi_connection, _record) -> None:
+    """SQLite lacks CRC32; give it MySQL's (over the UTF-8 bytes), so fingerprints are computed in SQL there too."""
+    dbapi_connection.create_function(
+        "crc32", 1, lambda text: None if text is None else zlib.crc32(str(text).encode("utf-8")), deterministic=True)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     table: str = "training_datas"
     id_column: str = "id"
     audio_column: str = "raw_data"
     transcript_column: str = "transcript"
+    updated_column: str | None = "updated_at"  # used for change detection when the table has it
 
     def __post_init__(self) -> None:
+        if self.updated_column is not None:
+            validate_identifier(self.updated_column, "updated column (ASR_DB_UPDATED_COLUMN)")
         validate_identifier(self.table, "table name (ASR_DB_TABLE)")
         validate_identifier(self.id_column, "id column (ASR_DB_ID_COLUMN)")
         validate_identifier(self.audio_column, "audio column (ASR_DB_AUDIO_COLUMN)")
@@ -67,11 +77,14 @@ class TranscriptTable:
         self.retries = retries
         self.backoff_s = backoff_s
         self._engine: sa.Engine | None = None
+        self._has_updated_column: bool | None = None
 
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
             self._engine = sa.create_engine(self.url, pool_pre_ping=True)
+            if self.url.get_backend_name() == "sqlite":
+                sa.event.listen(self._engine, "connect", _sqlite_functions)
         return self._engine
 
     def dispose(self) -> None:
@@ -86,7 +99,7 @@ class TranscriptTable:
                 return fn()
             except sa.exc.OperationalError as exc:
                 if attempt == self.retries:
-                    raise RuntimeError(
+                    raise DatabaseUnavailable(
                         f"{what} failed after {self.retries + 1} attempts against {masked(self.url)}: "
                         f"{type(exc.orig).__name__}: {exc.orig}"
                     ) from None
@@ -94,8 +107,9 @@ class TranscriptTable:
                 log.warning("%s failed (%s); retrying in %.1f s", what, type(exc.orig).__name__, delay)
                 time.sleep(delay)
 
-    def read_rows(self, after_id: int | None = None, page_size: int = 5000) -> Iterator[dict]:
-        """All rows with id > after_id, in id order, one indexed range query a page (no OFFSET scans)."""
+    def read_rows(self, after_id: int | None = None, page_size: int = 5000,
+                  last_id: int | None = None) -> Iterator[dict]:
+        """Rows with after_id < id <= last_id, in id order, one indexed range query a page (no OFFSET scans)."""
         spec, t = self.spec, self.spec.table_clause()
         id_col, audio_col, text_col = t.c[spec.id_column], t.c[spec.audio_column], t.c[spec.transcript_column]
         last = after_id
@@ -103,6 +117,8 @@ class TranscriptTable:
             query = sa.select(id_col, audio_col, text_col).order_by(id_col).limit(page_size)
             if last is not None:
                 query = query.where(id_col > sa.bindparam("after", last))
+            if last_id is not None:
+                query = query.where(id_col <= sa.bindparam("upto", last_id))
 
             def fetch(q=query):
                 with self.engine.connect() as conn:
@@ -114,6 +130,75 @@ class TranscriptTable:
             if len(page) < page_size:
                 return
             last = int(page[-1][0])
+
+    def read_range(self, first_id: int, last_id: int, page_size: int = 5000) -> Iterator[dict]:
+        """The rows of one ingest batch: first_id <= id <= last_id."""
+        return self.read_rows(after_id=first_id - 1, last_id=last_id, page_size=page_size)
+
+    # --- ingest batches: boundaries and fingerprints, each an indexed range query ------------------------------
+    def _scalar(self, what: str, query):
+        def fetch():
+            with self.engine.connect() as conn:
+                return conn.execute(query).scalar()
+
+        return self._with_retries(what, fetch)
+
+    def first_id_after(self, after_id: int) -> int | None:
+        id_col = self.spec.table_clause().c[self.spec.id_column]
+        query = sa.select(sa.func.min(id_col)).where(id_col > sa.bindparam("after", after_id))
+        value = self._scalar(f"looking for new rows in {self.spec.table}", query)
+        return None if value is None else int(value)
+
+    def batch_end_after(self, after_id: int, batch_rows: int) -> int | None:
+        """The id of the batch_rows-th row after after_id, or the last id when fewer rows follow (None: none)."""
+        t = self.spec.table_clause()
+        id_col = t.c[self.spec.id_column]
+        nth = (sa.select(id_col).where(id_col > sa.bindparam("after", after_id)).order_by(id_col)
+               .limit(1).offset(batch_rows - 1))
+        value = self._scalar(f"planning batches of {self.spec.table}", nth)
+        if value is None:
+            value = self._scalar(f"planning batches of {self.spec.table}",
+                                 sa.select(sa.func.max(id_col)).where(id_col > sa.bindparam("after", after_id)))
+        return None if value is None else int(value)
+
+    def updated_column(self) -> str | None:
+        """The change-tracking column when the table has one (spec.updated_column), else None."""
+        if self.spec.updated_column is None:
+            return None
+        if self._has_updated_column is None:
+            columns = self._with_retries(f"inspecting {self.spec.table}",
+                                         lambda: sa.inspect(self.engine).get_columns(self.spec.table))
+            self._has_updated_column = any(c["name"] == self.spec.updated_column for c in columns)
+        return self.spec.updated_column if self._has_updated_column else None
+
+    def batch_fingerprint(self, first_id: int, last_id: int) -> str:
+        """Changes when a row of the batch is inserted, updated or deleted.
+
+        COUNT(*) plus MAX(updated_at) when the table has that column, otherwise plus SUM(CRC32(path|transcript)),
+        computed by the database over the batch's id range.
+        """
+        spec = self.spec
+        updated = self.updated_column()
+        columns = [sa.column(spec.id_column), sa.column(spec.audio_column), sa.column(spec.transcript_column)]
+        if updated:
+            columns.append(sa.column(updated))
+        t = sa.table(spec.table, *columns)
+        id_col = t.c[spec.id_column]
+        if updated:
+            digest = sa.func.max(t.c[updated])
+        else:
+            text = sa.func.coalesce(t.c[spec.audio_column], "").concat("|").concat(
+                sa.func.coalesce(t.c[spec.transcript_column], ""))
+            digest = sa.func.sum(sa.func.crc32(text))
+        query = sa.select(sa.func.count(), digest).where(
+            id_col.between(sa.bindparam("first", first_id), sa.bindparam("last", last_id)))
+
+        def fetch():
+            with self.engine.connect() as conn:
+                return conn.execute(query).one()
+
+        count, value = self._with_retries(f"fingerprinting {spec.table} ids {first_id}-{last_id}", fetch)
+        return f"{int(count)}:{value if value is not None else 0}"
 
     def count(self) -> int:
         t = self.spec.table_clause()

@@ -30,7 +30,7 @@ def remove_stale_staging(final: Path) -> list[Path]:
     removed = []
     for candidate in final.parent.glob(f".{final.name}.tmp-*"):
         pid = candidate.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
     for candidate in final.parent.glob(f".{final.name}.old-*"):  # publish() died between its two renames
@@ -40,7 +40,7 @@ def remove_stale_staging(final: Path) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,8 +1,8 @@
-"""The five assets: MySQL rows -> manifest -> 16 kHz audio -> features -> fine-tuned checkpoint -> report.
+"""The five assets: transcript rows -> manifest -> 16 kHz audio -> features -> fine-tuned checkpoint -> report.
 
-Each asset body is a few lines of wiring; the work is in asr_pipeline.core.
+The first three are partitioned by ingest batch (an id range of the table, see asr_pipeline.core.batches); the
+checkpoint and the report use every featurized batch. Each asset body is wiring; the work is in asr_pipeline.core.
 """
-
 
 from pathlib import Path
 
@@ -11,12 +11,16 @@ import pandas as pd
 from pydantic import Field
 
 from asr_pipeline.core import audio, evaluation, features, manifest, training
-from asr_pipeline.core.model import load_processor
-from asr_pipeline.core.storage import read_json, write_json
+from asr_pipeline.core.batches import parse_batch_key
+from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
+from asr_pipeline.core.storage import write_json
+from asr_pipeline.defs import checks
 from asr_pipeline.defs.io_managers import stage
+from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase
 
 GROUP = "asr"
+TRAINING_POOL = "asr_training"  # dagster.yaml limits it to 1: one training (or evaluation) at a time
 
 training_datas = dg.AssetSpec(
     "training_datas",
@@ -35,54 +39,54 @@ def _preview(frame: pd.DataFrame, columns: list[str], rows: int = 10) -> dg.Meta
 
 
 @dg.asset(
-    group_name=GROUP,
-    deps=[training_datas],
-    kinds={"pandas", "parquet"},
-    description="Rows of the transcript table with NAS paths rewritten (ASR_PATH_MAP) and a stable split "
-    "(a hash of the episode id, so one broadcast never straddles train and test).",
+    group_name=GROUP, deps=[training_datas], partitions_def=INGEST_BATCHES, kinds={"pandas", "parquet"},
+    description="One ingest batch of the transcript table (rows first..last of its key) with NAS paths rewritten "
+    "(ASR_PATH_MAP) and a stable split (a hash of the episode id: one broadcast never straddles train and test).",
 )
 def raw_manifest(context: dg.AssetExecutionContext, database: TranscriptDatabase,
-                 settings: PipelineSettings) -> Path:
-    context.log.info(f"reading {database.describe()}")
-    rows = list(database.reader().read_rows())
+                 settings: PipelineSettings) -> dg.Output:
+    first, last = parse_batch_key(context.partition_key)
+    table = database.reader()
+    # fingerprint first: a change that lands while we read makes the sensor re-request, never go unnoticed
+    fingerprint = table.batch_fingerprint(first, last)
+    context.log.info(f"reading ids {first}..{last} of {database.describe()}")
+    rows = list(table.read_range(first, last))
     frame = manifest.build_manifest(rows, settings.parsed_path_map(), settings.parsed_split_ratios(),
                                     settings.group_pattern)
     out = stage(context, storage_dir(settings))
     frame.to_parquet(out / "manifest.parquet", index=False)
     splits = frame["split"].value_counts().to_dict()
     context.log.info(f"{len(frame)} rows, splits {splits}, {frame['group'].nunique()} groups")
-    context.add_output_metadata({
-        "rows": len(frame), "groups": int(frame["group"].nunique()),
+    return dg.Output(out, metadata={
+        "rows": len(frame), "groups": int(frame["group"].nunique()), "fingerprint": fingerprint,
+        "first_id": first, "last_id": last,
         **{f"{name}_rows": int(splits.get(name, 0)) for name in manifest.SPLITS},
         "source": database.describe(), "preview": _preview(frame, ["id", "audio_path", "transcript", "split"]),
     })
-    return out
 
 
-@dg.asset(group_name=GROUP, kinds={"numpy"},
+@dg.asset(group_name=GROUP, partitions_def=INGEST_BATCHES, kinds={"numpy"}, check_specs=checks.RESAMPLED_CHECKS,
           description="Every clip decoded (wav/flac/mp3/ogg), downmixed to mono and resampled to 16 kHz (soxr); "
           "unusable rows are quarantined with a reason.")
-def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, settings: PipelineSettings) -> Path:
+def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, settings: PipelineSettings):
     frame = pd.read_parquet(raw_manifest / "manifest.parquet")
     out = stage(context, storage_dir(settings))
     limits = audio.AudioLimits(settings.min_audio_seconds, settings.max_audio_seconds)
-    summary = audio.resample_manifest(frame, out, limits, emit=context.log.info,
-                                      roots=settings.parsed_audio_roots())
+    summary = audio.resample_manifest(frame, out, limits, emit=context.log.info, roots=settings.parsed_audio_roots())
     quarantine = pd.read_parquet(out / "quarantine.parquet")
     if len(quarantine):
         reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
         context.log.warning(f"{len(quarantine)} rows quarantined: {reasons}")
-    context.add_output_metadata({
-        **summary, "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20),
-    })
-    return out
+    results = [checks.quarantine_rate(out, settings.max_quarantine_rate), checks.clips_are_16k_mono(out)]
+    yield dg.Output(out, metadata={**summary,
+                                   "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20)})
+    yield from results
 
 
-@dg.asset(group_name=GROUP, kinds={"numpy"},
+@dg.asset(group_name=GROUP, partitions_def=INGEST_BATCHES, kinds={"numpy"}, check_specs=checks.FEATURE_CHECKS,
           description="Log-mel features (mel bins from the base model's config) stored compactly as float16 frames "
           "that hold audio, plus label ids from the tokenizer with the Korean/transcribe prefix.")
-def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path,
-                      settings: PipelineSettings) -> Path:
+def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path, settings: PipelineSettings):
     clips = audio.AudioShard(resampled_dataset)
     base = settings.resolve_base(corpus=clips.index["transcript"].tolist())
     if base.warning:
@@ -93,9 +97,28 @@ def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path
                                        emit=context.log.info)
     summary["placeholder_model"] = base.placeholder
     write_json(out / "meta.json", summary)
-    context.add_output_metadata({**{k: v for k, v in summary.items() if k != "splits"},
-                                 **{f"{k}_rows": int(v) for k, v in summary["splits"].items()}})
-    return out
+    result = checks.features_match_model(out)
+    yield dg.Output(out, metadata={**{k: v for k, v in summary.items() if k != "splits"},
+                                   **{f"{k}_rows": int(v) for k, v in summary["splits"].items()}})
+    yield result
+
+
+def _load_shards(context: dg.AssetExecutionContext, shard_dirs: dict[str, Path]) -> list[features.FeatureShard]:
+    if not shard_dirs:
+        raise ValueError("no featurized_shards partition is materialized yet: run the ingest first "
+                         "(`asr-pipeline ingest`, or turn on new_transcripts_sensor)")
+    shards = [features.FeatureShard(shard_dirs[key]) for key in sorted(shard_dirs)]
+    models = {shard.meta["model"] for shard in shards}
+    if len(models) > 1:
+        raise ValueError(f"featurized batches were made with different base models {sorted(models)}: backfill "
+                         "featurized_shards so every batch uses the current ASR_BASE_MODEL")
+    context.log.info(f"using {len(shards)} featurized batches, {sum(len(s) for s in shards)} rows")
+    return shards
+
+
+def _partitions_metadata(shard_dirs: dict[str, Path], shards: list[features.FeatureShard]) -> dict:
+    return {"partitions_used": len(shards), "rows_available": sum(len(s) for s in shards),
+            "partitions": dg.MetadataValue.json({key: len(s) for key, s in zip(sorted(shard_dirs), shards)})}
 
 
 class TrainingConfig(dg.Config):
@@ -114,25 +137,30 @@ class TrainingConfig(dg.Config):
     seed: int = Field(default=42)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"},
-          description="Whisper fine-tuned on the train split with Seq2SeqTrainer; best checkpoint by validation CER. "
-          "The directory loads with WhisperForConditionalGeneration/WhisperProcessor.from_pretrained; "
-          "TensorBoard logs in tensorboard/.")
-def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig, featurized_shards: Path,
-                         settings: PipelineSettings) -> Path:
-    shard = features.FeatureShard(featurized_shards)
-    base_source = shard.meta["model"]
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=TRAINING_POOL, check_specs=checks.TRAINING_CHECKS,
+          description="Whisper fine-tuned on the train split of every featurized batch (memory-mapped, not loaded) "
+          "with Seq2SeqTrainer; best checkpoint by validation CER. Loads with WhisperForConditionalGeneration/"
+          "WhisperProcessor.from_pretrained; TensorBoard logs in tensorboard/.")
+def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig,
+                         featurized_shards: dict[str, Path], settings: PipelineSettings):
+    shards = _load_shards(context, featurized_shards)
+    base_source = shards[0].meta["model"]
     out = stage(context, storage_dir(settings))
     train_settings = training.TrainingSettings(**config.model_dump())
     # Same features + settings -> same work directory, so a killed training resumes from its last checkpoint.
-    fingerprint = training.training_fingerprint(base_source, [shard.meta], train_settings)
+    fingerprint = training.training_fingerprint(base_source, [s.meta for s in shards], train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
-    summary = training.train_whisper(base_source, [shard], out, train_settings, emit=context.log.info,
+    summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
                                      work_dir=work_dir)
-    context.add_output_metadata({
-        k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None
-    } | {"tensorboard": dg.MetadataValue.path(str(storage_dir(settings) / "finetuned_checkpoint" / "tensorboard"))})
-    return out
+    summary["partitions"] = sorted(featurized_shards)
+    write_json(out / "training_summary.json", summary)
+    result = checks.training_loss_finite(out)
+    yield dg.Output(out, metadata={
+        **{k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None},
+        **_partitions_metadata(featurized_shards, shards),
+        "tensorboard": dg.MetadataValue.path(str(storage_dir(settings) / "finetuned_checkpoint" / "tensorboard")),
+    })
+    yield result
 
 
 class EvaluationConfig(dg.Config):
@@ -140,28 +168,27 @@ class EvaluationConfig(dg.Config):
     max_new_tokens: int = Field(default=225, description="decoding budget per utterance")
 
 
-@dg.asset(group_name=GROUP, kinds={"json", "markdown"},
-          description="Base model vs fine-tuned checkpoint on the test split: CER (spaces counted), normalised CER "
-          "and WER with jiwer; report.json and report.md.")
-def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, featurized_shards: Path,
-                      finetuned_checkpoint: Path, settings: PipelineSettings) -> Path:
-    shard = features.FeatureShard(featurized_shards)
+@dg.asset(group_name=GROUP, kinds={"json", "markdown"}, pool=TRAINING_POOL,
+          description="Base model vs fine-tuned checkpoint on the test split of every batch: CER (spaces counted), "
+          "normalised CER and WER with jiwer; report.json and report.md.")
+def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
+                      featurized_shards: dict[str, Path], finetuned_checkpoint: Path,
+                      settings: PipelineSettings) -> dg.Output:
+    shards = _load_shards(context, featurized_shards)
     out = stage(context, storage_dir(settings))
-    warning = None
-    if shard.meta.get("placeholder_model"):
-        from asr_pipeline.core.model import PLACEHOLDER_WARNING
-
-        warning = PLACEHOLDER_WARNING
+    warning = PLACEHOLDER_WARNING if any(s.meta.get("placeholder_model") for s in shards) else None
+    if warning:
         context.log.warning(warning)
     final_dir = storage_dir(settings) / "evaluation_report"
-    report = evaluation.evaluate_on_test(shard.meta["model"], str(finetuned_checkpoint), [shard], out,
+    report = evaluation.evaluate_on_test(shards[0].meta["model"], str(finetuned_checkpoint), shards, out,
                                          batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
                                          warning=warning, emit=context.log.info)
     # paths inside the report point where the IO manager publishes it, not at the staging directory
     report["json_path"] = str(final_dir / "report.json")
     report["markdown_path"] = str(final_dir / "report.md")
+    report["partitions"] = sorted(featurized_shards)
     write_json(out / "report.json", report)
-    context.add_output_metadata({
+    return dg.Output(out, metadata={
         "report": dg.MetadataValue.md(evaluation.render_markdown(report)),
         "test_rows": report["test_rows"],
         "base_cer": report["base"]["cer"], "finetuned_cer": report["finetuned"]["cer"],
@@ -169,12 +196,11 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         "finetuned_cer_normalized": report["finetuned"]["cer_normalized"],
         "base_wer": report["base"]["wer"], "finetuned_wer": report["finetuned"]["wer"],
         "json_path": dg.MetadataValue.path(report["json_path"]),
+        **_partitions_metadata(featurized_shards, shards),
         **({"warning": warning} if warning else {}),
     })
-    return out
 
 
 ASSETS = [training_datas, raw_manifest, resampled_dataset, featurized_shards, finetuned_checkpoint, evaluation_report]
 INGEST_ASSETS = ["raw_manifest", "resampled_dataset", "featurized_shards"]
-TRAIN_ASSETS = ["finetuned_checkpoint"]
-ALL_ASSETS = INGEST_ASSETS + TRAIN_ASSETS + ["evaluation_report"]
+RETRAIN_ASSETS = ["finetuned_checkpoint", "evaluation_report"]

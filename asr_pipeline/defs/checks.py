@@ -1,4 +1,5 @@
-"""Blocking asset checks: a failed one stops the run before a bad result reaches the next asset."""
+"""Blocking asset checks, evaluated by the assets themselves (check_specs) on the data they are about to publish,
+so they work per ingest batch: a failed one stops the run before the bad batch reaches the next asset."""
 
 import json
 import math
@@ -10,51 +11,61 @@ import pandas as pd
 
 from asr_pipeline.core.audio import SAMPLE_RATE
 from asr_pipeline.core.features import FRAMES_30S, MAX_LABEL_TOKENS
-from asr_pipeline.defs.assets import featurized_shards, finetuned_checkpoint, resampled_dataset
-from asr_pipeline.defs.resources import PipelineSettings
+
+QUARANTINE_RATE = "quarantine_rate_below_threshold"
+CLIPS_16K = "clips_are_16k_mono"
+FEATURE_SHAPES = "features_match_model"
+LOSS_FINITE = "training_loss_finite"
+
+RESAMPLED_CHECKS = [
+    dg.AssetCheckSpec(QUARANTINE_RATE, asset="resampled_dataset", blocking=True,
+                      description="The share of rows quarantined stays under ASR_MAX_QUARANTINE_RATE."),
+    dg.AssetCheckSpec(CLIPS_16K, asset="resampled_dataset", blocking=True,
+                      description="Every kept clip is 16 kHz mono float32; the sample file matches the index."),
+]
+FEATURE_CHECKS = [
+    dg.AssetCheckSpec(FEATURE_SHAPES, asset="featurized_shards", blocking=True,
+                      description="Mel bins match the base model, 1..3000 frames a clip, labels <= 448 tokens."),
+]
+TRAINING_CHECKS = [
+    dg.AssetCheckSpec(LOSS_FINITE, asset="finetuned_checkpoint", blocking=True,
+                      description="Every logged training loss is finite (a NaN/inf run must not be evaluated)."),
+]
 
 
-@dg.asset_check(asset=resampled_dataset, blocking=True,
-                description="The share of rows quarantined stays under ASR_MAX_QUARANTINE_RATE.")
-def quarantine_rate_below_threshold(resampled_dataset: Path, settings: PipelineSettings) -> dg.AssetCheckResult:
-    kept = len(pd.read_parquet(resampled_dataset / "index.parquet", columns=["id"]))
-    quarantine = pd.read_parquet(resampled_dataset / "quarantine.parquet")
+def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:
+    kept = len(pd.read_parquet(shard_dir / "index.parquet", columns=["id"]))
+    quarantine = pd.read_parquet(shard_dir / "quarantine.parquet")
     total = kept + len(quarantine)
-    rate = len(quarantine) / total if total else 1.0
+    rate = len(quarantine) / total if total else 0.0
     reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
     return dg.AssetCheckResult(
-        passed=bool(total) and rate <= settings.max_quarantine_rate,
-        metadata={"quarantine_rate": rate, "threshold": settings.max_quarantine_rate, "quarantined": len(quarantine),
-                  "rows": total, "reasons": dg.MetadataValue.json(reasons)},
-        description=None if total else "no rows at all",
-    )
+        check_name=QUARANTINE_RATE, asset_key="resampled_dataset", passed=rate <= threshold,
+        metadata={"quarantine_rate": rate, "threshold": threshold, "quarantined": len(quarantine), "rows": total,
+                  "reasons": dg.MetadataValue.json(reasons)})
 
 
-@dg.asset_check(asset=resampled_dataset, blocking=True,
-                description="Every kept clip is 16 kHz mono float32 and the sample file holds exactly the index's clips.")
-def clips_are_16k_mono(resampled_dataset: Path) -> dg.AssetCheckResult:
-    meta = json.loads((resampled_dataset / "meta.json").read_text())
-    index = pd.read_parquet(resampled_dataset / "index.parquet")
-    stored = (resampled_dataset / "audio.f32").stat().st_size // 4
-    durations_agree = np.allclose(index["num_samples"] / SAMPLE_RATE, index["duration"], atol=1e-6)
+def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
+    meta = json.loads((shard_dir / "meta.json").read_text())
+    index = pd.read_parquet(shard_dir / "index.parquet")
+    stored = (shard_dir / "audio.f32").stat().st_size // 4
     sizes = index["num_samples"].to_numpy()
-    contiguous = (index["offset"].to_numpy() == np.concatenate([[0], np.cumsum(sizes)[:-1]])).all() if len(index) else True
-    passed = meta["sample_rate"] == SAMPLE_RATE and stored == int(index["num_samples"].sum()) and durations_agree \
-        and bool(contiguous)
-    return dg.AssetCheckResult(passed=bool(passed), metadata={"sample_rate": meta["sample_rate"],
-                                                              "samples_stored": int(stored),
-                                                              "samples_indexed": int(index["num_samples"].sum())})
+    contiguous = bool((index["offset"].to_numpy() == np.concatenate([[0], np.cumsum(sizes)[:-1]])).all()) \
+        if len(index) else True
+    durations_agree = bool(np.allclose(sizes / SAMPLE_RATE, index["duration"], atol=1e-6)) if len(index) else True
+    passed = meta["sample_rate"] == SAMPLE_RATE and stored == int(sizes.sum()) and durations_agree and contiguous
+    return dg.AssetCheckResult(check_name=CLIPS_16K, asset_key="resampled_dataset", passed=bool(passed),
+                               metadata={"sample_rate": meta["sample_rate"], "samples_stored": int(stored),
+                                         "samples_indexed": int(sizes.sum())})
 
 
-@dg.asset_check(asset=featurized_shards, blocking=True,
-                description="Feature shapes match the base model (mel bins, at most 3000 frames, labels <= 448).")
-def features_match_model(featurized_shards: Path) -> dg.AssetCheckResult:
+def features_match_model(shard_dir: Path) -> dg.AssetCheckResult:
     from transformers import WhisperConfig
 
-    meta = json.loads((featurized_shards / "meta.json").read_text())
-    index = pd.read_parquet(featurized_shards / "index.parquet", columns=["num_frames", "label_length"])
+    meta = json.loads((shard_dir / "meta.json").read_text())
+    index = pd.read_parquet(shard_dir / "index.parquet", columns=["num_frames", "label_length"])
     model_mels = WhisperConfig.from_pretrained(meta["model"]).num_mel_bins
-    stored = (featurized_shards / "features.f16").stat().st_size
+    stored = (shard_dir / "features.f16").stat().st_size
     problems = []
     if meta["num_mel_bins"] != model_mels:
         problems.append(f"{meta['num_mel_bins']} mel bins stored, model expects {model_mels}")
@@ -64,19 +75,15 @@ def features_match_model(featurized_shards: Path) -> dg.AssetCheckResult:
         problems.append("a clip has no frames or more than 3000")
     if len(index) and index["label_length"].max() > MAX_LABEL_TOKENS:
         problems.append("a label is longer than 448 tokens")
-    return dg.AssetCheckResult(passed=not problems, description="; ".join(problems) or None,
+    return dg.AssetCheckResult(check_name=FEATURE_SHAPES, asset_key="featurized_shards", passed=not problems,
+                               description="; ".join(problems) or None,
                                metadata={"num_mel_bins": meta["num_mel_bins"], "model_num_mel_bins": model_mels})
 
 
-@dg.asset_check(asset=finetuned_checkpoint, blocking=True,
-                description="Every logged training loss is finite (a NaN/inf run must not be evaluated or deployed).")
-def training_loss_finite(finetuned_checkpoint: Path) -> dg.AssetCheckResult:
-    history = json.loads((finetuned_checkpoint / "training_log.json").read_text())
+def training_loss_finite(checkpoint_dir: Path) -> dg.AssetCheckResult:
+    history = json.loads((checkpoint_dir / "training_log.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h] + [h["train_loss"] for h in history if "train_loss" in h]
     bad = [x for x in losses if not math.isfinite(x)]
-    return dg.AssetCheckResult(passed=bool(losses) and not bad,
-                               metadata={"logged_losses": len(losses), "non_finite": len(bad),
-                                         "last_loss": losses[-1] if losses and not bad else -1.0})
-
-
-CHECKS = [quarantine_rate_below_threshold, clips_are_16k_mono, features_match_model, training_loss_finite]
+    return dg.AssetCheckResult(check_name=LOSS_FINITE, asset_key="finetuned_checkpoint",
+                               passed=bool(losses) and not bad,
+                               metadata={"logged_losses": len(losses), "non_finite": len(bad)})

@@ -21,7 +21,10 @@ class AssetDirectoryIOManager(dg.ConfigurableIOManager):
         return path / partition if partition else path
 
     def asset_path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        partition = context.partition_key if context.has_partition_key else None
+        if isinstance(context, dg.InputContext):
+            partition = context.asset_partition_key if context.has_asset_partitions else None
+        else:
+            partition = context.partition_key if context.has_partition_key else None
         return self._path(context.asset_key, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: Path) -> None:
@@ -31,7 +34,16 @@ class AssetDirectoryIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"path": dg.MetadataValue.path(str(final)),
                                      "bytes_on_disk": directory_bytes(final)})
 
-    def load_input(self, context: dg.InputContext) -> Path:
+    def load_input(self, context: dg.InputContext) -> Path | dict[str, Path]:
+        """A partitioned run gets its own batch's directory; an unpartitioned one (training, evaluation) gets
+        {batch key: directory} for every materialized batch."""
+        if context.has_asset_partitions and not context.has_partition_key:
+            found = {key: self._path(context.asset_key, key) for key in context.asset_partition_keys}
+            missing = sorted(key for key, path in found.items() if not path.is_dir())
+            if missing:
+                context.log.warning(f"{len(missing)} registered batches of {context.asset_key.to_user_string()} "
+                                    f"are not materialized yet and are left out: {missing[:5]}")
+            return {key: path for key, path in found.items() if key not in missing}
         path = self.asset_path(context)
         if not path.is_dir():
             raise FileNotFoundError(

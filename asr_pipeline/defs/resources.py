@@ -22,19 +22,35 @@ class TranscriptDatabase(dg.ConfigurableResource):
     id_column: str = Field(default="id", description="integer primary key column (ASR_DB_ID_COLUMN)")
     audio_column: str = Field(default="raw_data", description="audio path column (ASR_DB_AUDIO_COLUMN)")
     transcript_column: str = Field(default="transcript", description="transcript column (ASR_DB_TRANSCRIPT_COLUMN)")
+    updated_column: str = Field(default="updated_at", description="change-tracking timestamp column, used when the "
+                                "table has it (ASR_DB_UPDATED_COLUMN)")
 
     _reader: TranscriptTable | None = PrivateAttr(default=None)
 
     def spec(self) -> TableSpec:
-        return TableSpec(self.table, self.id_column, self.audio_column, self.transcript_column)
+        return TableSpec(self.table, self.id_column, self.audio_column, self.transcript_column,
+                         self.updated_column or None)
+
+    def resolved_url(self) -> str:
+        """Inside a run Dagster has resolved dg.EnvVar already; outside one (the CLI, a sensor's own reader) we do."""
+        if isinstance(self.url, dg.EnvVar):
+            value = self.url.get_value()
+            if not value:
+                raise env.ConfigError(f"{self.url.env_var_name} is not set")
+            return value
+        return self.url
+
+    def open_table(self, retries: int = 3, backoff_s: float = 1.0) -> TranscriptTable:
+        """A new reader the caller disposes (sensors: one per tick, short retries)."""
+        return TranscriptTable(self.resolved_url(), self.spec(), retries=retries, backoff_s=backoff_s)
 
     def reader(self) -> TranscriptTable:
         if self._reader is None:
-            self._reader = TranscriptTable(self.url, self.spec())
+            self._reader = self.open_table()
         return self._reader
 
     def describe(self) -> str:
-        return f"{self.spec().table} at {masked(self.url)}"
+        return f"{self.spec().table} at {masked(self.resolved_url())}"
 
     def teardown_after_execution(self, context) -> None:
         if self._reader is not None:
@@ -56,6 +72,9 @@ class PipelineSettings(dg.ConfigurableResource):
                              "come from (default: the ASR_PATH_MAP targets and ASR_HOME)")
     max_quarantine_rate: float = Field(default=0.2, description="ASR_MAX_QUARANTINE_RATE: above it, the "
                                        "quarantine check fails and blocks featurization")
+    batch_rows: int = Field(default=10_000, description="ASR_BATCH_ROWS: most rows in one ingest batch")
+    check_batches_per_tick: int = Field(default=20, description="ASR_CHECK_BATCHES_PER_TICK: existing batches whose "
+                                        "fingerprint one sensor tick re-checks, in rotation")
     max_audio_seconds: float = Field(default=30.0, description="ASR_MAX_AUDIO_SECONDS: longer clips are left out")
     min_audio_seconds: float = Field(default=0.1, description="ASR_MIN_AUDIO_SECONDS: shorter clips are left out")
 
@@ -91,6 +110,8 @@ def settings_from_environment() -> PipelineSettings:
         allow_placeholder_model=env.base_model_is_default(),
         audio_roots=os.environ.get("ASR_AUDIO_ROOTS", ""),
         max_quarantine_rate=_rate_env("ASR_MAX_QUARANTINE_RATE", 0.2),
+        batch_rows=_int_env("ASR_BATCH_ROWS", 10_000),
+        check_batches_per_tick=_int_env("ASR_CHECK_BATCHES_PER_TICK", 20),
         max_audio_seconds=_float_env("ASR_MAX_AUDIO_SECONDS", 30.0),
         min_audio_seconds=_float_env("ASR_MIN_AUDIO_SECONDS", 0.1),
     )
@@ -102,6 +123,7 @@ def database_from_environment() -> TranscriptDatabase:
         "id_column": os.environ.get("ASR_DB_ID_COLUMN", "id"),
         "audio_column": os.environ.get("ASR_DB_AUDIO_COLUMN", "raw_data"),
         "transcript_column": os.environ.get("ASR_DB_TRANSCRIPT_COLUMN", "transcript"),
+        "updated_column": os.environ.get("ASR_DB_UPDATED_COLUMN", "updated_at"),
     }
     TableSpec(**names)  # validates the identifiers
     url = dg.EnvVar("ASR_DB_URL") if os.environ.get("ASR_DB_URL") else env.default_database_url()
@@ -131,4 +153,17 @@ def _rate_env(name: str, default: float) -> float:
         value = -1.0
     if not 0.0 <= value <= 1.0:
         raise env.ConfigError(f"{name} must be a fraction between 0 and 1, got {raw!r}")
+    return value
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise env.ConfigError(f"{name} must be a positive whole number, got {raw!r}")
     return value

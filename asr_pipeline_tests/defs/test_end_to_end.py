@@ -20,7 +20,9 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     storage = pipeline_env / "storage"
 
     report = json.loads((storage / "evaluation_report" / "report.json").read_text())
-    shard = FeatureShard(storage / "featurized_shards")
+    batches = sorted((storage / "featurized_shards").glob("ids-*"))
+    assert [b.name for b in batches] == [f"ids-0000000001-{len(korean_clips) + 1:010d}"]  # one batch of every row
+    shard = FeatureShard(batches[0])
     test_rows = shard.index[shard.index["split"] == "test"]
     assert report["test_rows"] == len(test_rows) > 0
     utterances = report["per_utterance"]
@@ -36,7 +38,7 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     assert (storage / "evaluation_report" / "report.md").read_text().startswith("# Evaluation report")
 
     # the missing file was quarantined, not fatal; every real clip made it through
-    resampled = storage / "resampled_dataset"
+    resampled = storage / "resampled_dataset" / batches[0].name
     import pandas as pd
     quarantine = pd.read_parquet(resampled / "quarantine.parquet")
     assert quarantine["reason"].tolist() == ["missing audio file"]
@@ -51,6 +53,7 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     assert list((checkpoint / "tensorboard").rglob("events.out.tfevents.*"))
     summary = json.loads((checkpoint / "training_summary.json").read_text())
     assert summary["steps"] == 6 and summary["valid_cer_history"]
+    assert summary["partitions"] == [batches[0].name]
 
     # the run is in the Dagster instance with the report table as metadata
     instance = dg.DagsterInstance.get()
