@@ -23,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: install
-	DAGSTER_HOME=$(ASR_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1
+	$(BIN)/asr-pipeline ui    # = DAGSTER_HOME=$$ASR_HOME/dagster dagster dev -w workspace.yaml -h 127.0.0.1
 
 clean:
 	rm -rf $(VENV) .asr_home .pytest_cache

@@ -180,8 +180,8 @@ def cmd_demo(args) -> None:
     ingest(defs)
     _run("asr_retrain", training=training, evaluation=DEMO_EVALUATION, defs=defs)
     _print_report_summary()
-    print(f"\nSee it in the UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml "
-          "(then open http://127.0.0.1:3000)")
+    print(f"\nSee it in the UI:  make ui   (= DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
+          ".venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1), then open http://127.0.0.1:3000")
 
 
 def cmd_ingest(args) -> None:
@@ -374,6 +374,16 @@ def cmd_transcribe(args) -> None:
         print(f"{name}\t{text}")
 
 
+def cmd_ui(args) -> None:
+    """dagster dev on this project's instance (concurrency pool, run queue limits and retries configured)."""
+    _instance()  # writes $DAGSTER_HOME/dagster.yaml on first use
+    target = ["-w", "workspace.yaml"] if Path("workspace.yaml").exists() else ["-m", "asr_pipeline.definitions"]
+    command = ["dagster", "dev", *target, "-h", args.host, "-p", str(args.port)]
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}", file=sys.stderr)
+    executable = Path(sys.executable).with_name("dagster")
+    os.execv(str(executable), command)
+
+
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="training steps (default 4000; demo 150)")
     parser.add_argument("--batch-size", type=int, help="per-device batch size (default 16)")
@@ -409,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="rows and bytes of every asset, latest checkpoint and report")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    ui = sub.add_parser("ui", help="dagster dev on this project's instance (localhost only by default)")
+    ui.add_argument("--host", default="127.0.0.1", help="keep 127.0.0.1: the webserver has no authentication")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
     quarantine = sub.add_parser("quarantine", help="rows left out, with the reason")
     quarantine.add_argument("--json", action="store_true")
     quarantine.set_defaults(func=cmd_quarantine)

@@ -28,20 +28,27 @@ _PREDICATES = ["많은 비가 내리겠습니다.", "새로운 정책을 발표�
 SEED_SENTENCE = "저는 서울중앙지검 지능범죄수사팀 최인호 검사입니다."
 
 
+_PLACES = ["서울에서", "부산에서", "대구에서", "인천에서", "광주에서", "대전에서", "울산에서", "제주에서"]
+
+
 def demo_sentences(count: int) -> list[str]:
-    """`count` distinct news-style Korean sentences, the same every time."""
-    sentences = [SEED_SENTENCE]
+    """`count` distinct news-style Korean sentences (up to 27,216), the same every time."""
+    per_block = len(_TIMES) * len(_SUBJECTS) * len(_PREDICATES)
+    if count > per_block * (len(_PLACES) + 1):
+        raise ValueError(f"cannot make {count} distinct demo sentences")
+    sentences, seen = [SEED_SENTENCE], {SEED_SENTENCE}
     i = 0
     while len(sentences) < count:
-        # every (time, subject, predicate) triple once: 7 is coprime with the 18 predicates
-        block = i // (len(_TIMES) * len(_SUBJECTS))
-        s = f"{_TIMES[i % len(_TIMES)]} {_SUBJECTS[(i // len(_TIMES)) % len(_SUBJECTS)]} " \
-            f"{_PREDICATES[7 * (i + block) % len(_PREDICATES)]}"
-        if s not in sentences:
+        j, block = i % per_block, i // per_block
+        # every (time, subject, predicate) triple once per block: 7 is coprime with the 18 predicates
+        s = f"{_TIMES[j % len(_TIMES)]} {_SUBJECTS[(j // len(_TIMES)) % len(_SUBJECTS)]} " \
+            f"{_PREDICATES[7 * (j + j // (len(_TIMES) * len(_SUBJECTS))) % len(_PREDICATES)]}"
+        if block:  # later blocks say where
+            s = f"{_PLACES[block - 1]} {s}"
+        if s not in seen:
             sentences.append(s)
+            seen.add(s)
         i += 1
-        if i > count * 50:
-            raise ValueError(f"cannot make {count} distinct demo sentences")
     return sentences[:count]
 
 

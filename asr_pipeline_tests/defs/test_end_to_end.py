@@ -127,3 +127,27 @@ def test_a_failed_blocking_check_stops_featurization(pipeline_env, monkeypatch, 
     rows = json.loads(capsys.readouterr().out)
     assert [(r["reason"], r["stage"]) for r in rows] == [("missing audio file", "resampled_dataset")]
     assert set(rows[0]) >= {"id", "audio_path", "reason"}
+
+
+def test_backfill_reprocesses_registered_batches(pipeline_env, monkeypatch, capsys):
+    monkeypatch.setenv("ASR_BATCH_ROWS", "15")  # 41 rows: 15 + 15 + 11 (the last holds the one missing file)
+    cli.main(["ingest"])
+    keys = sorted(p.name for p in (pipeline_env / "storage" / "featurized_shards").glob("ids-*"))
+    assert keys == ["ids-0000000001-0000000015", "ids-0000000016-0000000030", "ids-0000000031-0000000041"]
+    instance = dg.DagsterInstance.get()
+
+    def materializations(key):
+        return len(instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("featurized_shards"), asset_partitions=[key]), 10).records)
+
+    cli.main(["backfill", "--from", keys[1], "--to", keys[2]])
+    assert [materializations(k) for k in keys] == [1, 2, 2]
+    cli.main(["backfill", keys[0]])
+    assert materializations(keys[0]) == 2
+    with pytest.raises(SystemExit, match="not registered"):
+        cli.main(["backfill", "ids-0000009999-0000010000"])
+    capsys.readouterr()
+    cli.main(["status", "--json"])
+    status = json.loads(capsys.readouterr().out)
+    assert [p["key"] for p in status["partitions"]] == keys
+    assert status["assets"]["featurized_shards"]["partitions"] == 3
