@@ -20,25 +20,40 @@ def transcribe_features(
     max_new_tokens: int = 225,
     emit: Callable[[str], None] = print,
     what: str = "decoding",
+    expected_tokens: Sequence[int] | None = None,
 ) -> list[str]:
-    """features: padded [n_mels, 3000] inputs, or a function i -> input for i < count. Returns cleaned texts."""
+    """features: padded [n_mels, 3000] inputs, or a function i -> input for i < count. Returns cleaned texts in input
+    order.
+
+    expected_tokens (e.g. the reference label lengths): utterances are decoded longest first, so a batch holds
+    utterances of similar length, and each batch may generate at most 2x its longest expected length + 10 tokens
+    (never more than max_new_tokens): enough for any real transcript, while a hallucination loop stops early
+    instead of running to max_new_tokens and holding its whole batch up.
+    """
     import torch
 
     get = features if callable(features) else features.__getitem__
     total = len(features) if count is None else count
+    order = list(range(total))
+    if expected_tokens is not None:
+        order.sort(key=lambda i: -int(expected_tokens[i]))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     model.eval()
-    texts: list[str] = []
+    texts: list[str | None] = [None] * total
     progress = Progress(what, total, emit)
     for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        batch = torch.from_numpy(np.stack([get(i) for i in range(start, stop)])).to(device=device, dtype=dtype)
+        chosen = order[start: start + batch_size]
+        budget = max_new_tokens
+        if expected_tokens is not None:
+            budget = min(max_new_tokens, 2 * max(int(expected_tokens[i]) for i in chosen) + 10)
+        batch = torch.from_numpy(np.stack([get(i) for i in chosen])).to(device=device, dtype=dtype)
         with torch.inference_mode():
             tokens = model.generate(batch, language=LANGUAGE, task=TASK, num_beams=1, do_sample=False,
-                                    max_new_tokens=max_new_tokens)
-        texts.extend(clean(t) for t in processor.tokenizer.batch_decode(tokens, skip_special_tokens=True))
-        progress.advance(stop - start)
+                                    max_new_tokens=budget)
+        for i, text in zip(chosen, processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)):
+            texts[i] = clean(text)
+        progress.advance(len(chosen))
     return texts
 
 

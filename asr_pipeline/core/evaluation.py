@@ -23,8 +23,12 @@ def evaluate_on_test(
     max_new_tokens: int = 225,
     warning: str | None = None,
     emit: Callable[[str], None] = print,
+    budget_from_labels: bool = True,
 ) -> dict:
-    """Decode the test split with both models, score with jiwer, write report.json and report.md to out_dir."""
+    """Decode the test split with both models, score with jiwer, write report.json and report.md to out_dir.
+
+    budget_from_labels: decode longest-first with a token budget of 2x the reference label length + 10 per batch
+    (see decoding.transcribe_features); off, every utterance may run to max_new_tokens."""
     from asr_pipeline.core.model import load_model, load_processor
 
     rows = FeatureRows(shards, "test")
@@ -37,19 +41,24 @@ def evaluate_on_test(
 
     meta = [rows.row(i) for i in range(len(rows))]
     references = [clean(m["transcript"]) for m in meta]
+    expected = [int(m["label_length"]) for m in meta] if budget_from_labels else None
     report: dict = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "test_rows": len(rows),
         "base_model": base_source,
         "finetuned_model": str(checkpoint_dir),
         "warning": warning,
+        "decoding": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                     "token_budget": "2 x reference label length + 10, longest first" if budget_from_labels
+                     else "max_new_tokens"},
     }
     hypotheses = {}
     for name, source in (("base", base_source), ("finetuned", str(checkpoint_dir))):
         model, processor = load_model(source), load_processor(source)
         started = time.perf_counter()
         hypotheses[name] = transcribe_features(model, processor, features, count=len(rows), batch_size=batch_size,
-                                               max_new_tokens=max_new_tokens, emit=emit, what=f"decoding ({name})")
+                                               max_new_tokens=max_new_tokens, emit=emit, what=f"decoding ({name})",
+                                               expected_tokens=expected)
         seconds = time.perf_counter() - started
         rates = error_rates(references, hypotheses[name])
         report[name] = {**rates.as_dict(), "model": source, "decode_seconds": round(seconds, 3),

@@ -30,7 +30,11 @@ class TrainingSettings:
     generation_max_length: int = 225
     max_eval_samples: int = 500  # validation decoding during training is capped; the test report decodes all
     seed: int = 42
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int | None = None  # None: 4 with a GPU (pinned memory), 0 on CPU
+    group_by_length: bool = True  # batches of similar label length: less padding in the decoder
+    freeze_encoder: bool = False  # train the decoder only: no encoder backward pass
+    gradient_checkpointing: bool = False  # less activation memory for more compute
+    torch_compile: bool = False
 
     def validate(self) -> None:
         positive = ["learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps", "eval_steps",
@@ -55,6 +59,9 @@ class FeatureRows:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def label_lengths(self) -> list[int]:
+        return [int(self.shards[s].index["label_length"].iloc[i]) for s, i in self.positions]
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         s, i = self.positions[k]
@@ -92,6 +99,28 @@ class SpeechSeq2SeqCollator:
         for row, seq in enumerate(labels):
             padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         return {"input_features": torch.from_numpy(inputs), "labels": padded}
+
+
+def _shard_trainer_class():
+    from transformers import Seq2SeqTrainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class ShardTrainer(Seq2SeqTrainer):
+        """Groups by the label lengths stored in the shard index, instead of reading every item to measure it."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, FeatureRows):
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            lengths=dataset.label_lengths())
+            return super()._get_train_sampler(train_dataset)
+
+        def _get_eval_sampler(self, eval_dataset):
+            if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, FeatureRows):
+                return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.label_lengths())
+            return super()._get_eval_sampler(eval_dataset)
+
+    return ShardTrainer
 
 
 def _metrics_function(tokenizer):
@@ -137,7 +166,7 @@ def train_whisper(
     from the last one. Callers make work_dir specific to the data and settings (see training_fingerprint).
     """
     import torch
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+    from transformers import Seq2SeqTrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     from asr_pipeline.core.model import load_model, load_processor
@@ -156,11 +185,15 @@ def train_whisper(
         raise ValueError(f"features have {shard_mels} mel bins but the model expects {model.config.num_mel_bins}: "
                          "re-materialize featurized_shards for this base model")
     model.config.use_cache = False  # caching is for generation; training with it only wastes memory
+    if settings.freeze_encoder:
+        model.freeze_encoder()  # the frozen encoder runs forward only: no activations kept, no backward
     evaluate = len(valid_rows) > 0
     strategy = "steps" if evaluate else "no"
     # a short run (max_steps < eval_steps) still validates once, at its end, so best-model selection has a score
     eval_steps = min(settings.eval_steps, settings.max_steps)
     on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    workers = settings.dataloader_num_workers if settings.dataloader_num_workers is not None else (4 if on_gpu else 0)
     args = Seq2SeqTrainingArguments(
         output_dir=str(work_dir),
         per_device_train_batch_size=settings.batch_size,
@@ -180,21 +213,27 @@ def train_whisper(
         greater_is_better=False,
         predict_with_generate=True,
         generation_max_length=settings.generation_max_length,
-        fp16=on_gpu,
+        bf16=bf16,
+        fp16=on_gpu and not bf16,
+        optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        torch_compile=settings.torch_compile,
         logging_steps=settings.logging_steps,
         report_to=["tensorboard"],
         remove_unused_columns=False,
         label_names=["labels"],
-        dataloader_num_workers=settings.dataloader_num_workers,
+        dataloader_num_workers=workers,
         dataloader_pin_memory=on_gpu,
         seed=settings.seed,
         disable_tqdm=False,
     )
+    ShardTrainer = _shard_trainer_class()
     previous_logdir = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(work_dir / "tensorboard")
     resume_from = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
     try:
-        trainer = Seq2SeqTrainer(
+        trainer = ShardTrainer(
             model=model,
             args=args,
             train_dataset=train_rows,
@@ -239,6 +278,8 @@ def train_whisper(
         "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"]} for h in evals],
         "settings": asdict(settings),
         "device": "cuda" if on_gpu else "cpu",
+        "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
+        "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),
         "resumed_from_step": _step_of(resume_from),
     }
     if not math.isfinite(summary["train_loss"]):

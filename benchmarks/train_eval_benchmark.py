@@ -1,0 +1,187 @@
+"""Training and evaluation: the seed recipe (../shared/reference/seed_recipe.py) and ours, same corpus, one run.
+
+    .venv/bin/python benchmarks/train_eval_benchmark.py --base-model DIR [--clips 1000] [--steps 8]
+        [--batch-size 4] [--valid 32] [--work DIR] [--variants full,frozen]
+
+Corpus: --clips espeak-ng Korean utterances (as in featurize_benchmark.py). The last --valid clips are held out.
+Training: the seed's `train` (Seq2SeqTrainer, its collator, its arguments) and ours (`train_whisper`) with the same
+learning rate, warmup, batch size and number of steps, so both have seen the same number of samples. Each trained
+model's validation loss is then computed the same way for both (our collator, i.e. labels without the doubled start
+token, on the held-out clips). Evaluation: the notebook's way (Seq2SeqTrainer.predict with predict_with_generate,
+generation_max_length=225, batch 16) against ours (evaluate_on_test's decoding), on the held-out clips with the base
+model. Prints one JSON object.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.decoding import transcribe_features
+from asr_pipeline.core.features import FeatureShard, featurize_shard
+from asr_pipeline.core.model import load_model, load_processor
+from asr_pipeline.core.synth import write_demo_corpus
+from asr_pipeline.core.training import FeatureRows, SpeechSeq2SeqCollator, TrainingSettings, train_whisper
+
+SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
+
+
+def _seed_module():
+    spec = importlib.util.spec_from_file_location("seed_recipe", SEED_RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _our_shard(frame: pd.DataFrame, split: str, out: Path, model: str) -> FeatureShard:
+    manifest = pd.DataFrame({"id": range(len(frame)), "source_path": frame["audio_path"], "audio_path":
+                             frame["audio_path"], "transcript": frame["transcript"],
+                             "group": [f"id:{i}" for i in range(len(frame))], "split": split})
+    (out / "audio").mkdir(parents=True), (out / "features").mkdir(parents=True)
+    resample_manifest(manifest, out / "audio", emit=lambda _: None)
+    processor = load_processor(model)
+    featurize_shard(AudioShard(out / "audio"), out / "features", processor.feature_extractor, processor.tokenizer,
+                    model, emit=lambda _: None)
+    return FeatureShard(out / "features")
+
+
+def _validation_loss(model, shard: FeatureShard, batch_size: int = 8) -> float:
+    import torch
+
+    rows = FeatureRows([shard], "valid")
+    collate = SpeechSeq2SeqCollator(model.config.decoder_start_token_id)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            items = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+            batch = collate(items)
+            tokens = int((batch["labels"] != -100).sum())
+            total += float(model(**batch).loss) * tokens
+            count += tokens
+    return total / count
+
+
+def seed_train(seed, features_dir: Path, out: Path, model_dir: str, steps: int, batch_size: int):
+    """The seed's own train(); its Trainer is captured (the seed does not save the model) to score the result."""
+    import transformers
+
+    captured = {}
+    original = transformers.Seq2SeqTrainer
+
+    class Capturing(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            captured["trainer"] = self
+
+    transformers.Seq2SeqTrainer = Capturing
+    try:
+        result = seed.train(str(features_dir), str(out), model_dir, steps, batch_size)
+    finally:
+        transformers.Seq2SeqTrainer = original
+    return result, captured["trainer"].model
+
+
+def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16) -> dict:
+    """The notebook's evaluation: Seq2SeqTrainer.predict, predict_with_generate, generation_max_length=225."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration, \\
+        WhisperProcessor
+
+    seed = _seed_module()
+    dataset = load_from_disk(str(features_dir))
+    processor = WhisperProcessor.from_pretrained(model_dir, language="Korean", task="transcribe")
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir)
+    model.generation_config.forced_decoder_ids = None
+    model.generation_config.language, model.generation_config.task = "korean", "transcribe"
+    args = Seq2SeqTrainingArguments(output_dir="/tmp/seed_eval", per_device_eval_batch_size=batch_size,
+                                    predict_with_generate=True, generation_max_length=225, report_to=[],
+                                    fp16=torch.cuda.is_available())
+    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=seed.SeedCollator(processor),
+                             processing_class=processor.feature_extractor)
+    started = time.perf_counter()
+    trainer.predict(dataset)
+    seconds = time.perf_counter() - started
+    return {"utterances": len(dataset), "seconds": round(seconds, 3), "utterances_per_s": round(len(dataset) / seconds, 4)}
+
+
+def our_evaluate(shard: FeatureShard, model_dir: str, batch_size: int = 16) -> dict:
+    rows = FeatureRows([shard], "valid")
+    model, processor = load_model(model_dir), load_processor(model_dir)
+    expected = [int(rows.row(i)["label_length"]) for i in range(len(rows))]
+    started = time.perf_counter()
+    transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), count=len(rows),
+                        batch_size=batch_size, emit=lambda _: None, expected_tokens=expected)
+    seconds = time.perf_counter() - started
+    return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--valid", type=int, default=32)
+    parser.add_argument("--variants", default="full,frozen")
+    parser.add_argument("--work", default="/tmp/asr_featurize_benchmark")
+    args = parser.parse_args()
+    work = Path(args.work)
+    manifest = work / f"corpus_{args.clips}.csv"
+    if not manifest.exists():
+        pd.DataFrame(write_demo_corpus(work / f"corpus_{args.clips}", args.clips,
+                                       emit=lambda m: print(m, file=sys.stderr))).to_csv(manifest, index=False)
+    frame = pd.read_csv(manifest)
+    train_frame, valid_frame = frame.iloc[:-args.valid], frame.iloc[-args.valid:]
+    run = work / f"train_eval_{os.getpid()}"
+    run.mkdir(parents=True)
+    seed = _seed_module()
+    print("featurizing (seed: train and held-out; ours: train and held-out)", file=sys.stderr)
+    train_frame[["audio_path", "transcript"]].to_csv(run / "seed_train.csv", index=False)
+    valid_frame[["audio_path", "transcript"]].to_csv(run / "seed_valid.csv", index=False)
+    seed.featurize(str(run / "seed_train.csv"), str(run / "seed_train_features"), args.base_model)
+    seed.featurize(str(run / "seed_valid.csv"), str(run / "seed_valid_features"), args.base_model)
+    ours_train = _our_shard(train_frame, "train", run / "ours_train", args.base_model)
+    ours_valid = _our_shard(valid_frame, "valid", run / "ours_valid", args.base_model)
+
+    results = {"clips": args.clips, "held_out": args.valid, "steps": args.steps, "batch_size": args.batch_size,
+               "samples_seen": args.steps * args.batch_size, "cpu_count": os.cpu_count()}
+    base = load_model(args.base_model)
+    results["base_validation_loss"] = round(_validation_loss(base, ours_valid), 4)
+    del base
+
+    print("training: seed recipe", file=sys.stderr)
+    seed_result, seed_model = seed_train(seed, run / "seed_train_features", run / "seed_out", args.base_model,
+                                         args.steps, args.batch_size)
+    results["seed_train"] = {**seed_result, "validation_loss": round(_validation_loss(seed_model, ours_valid), 4)}
+    del seed_model
+    for variant in args.variants.split(","):
+        print(f"training: ours ({variant})", file=sys.stderr)
+        settings = TrainingSettings(learning_rate=1e-5, batch_size=args.batch_size, warmup_steps=min(5, args.steps),
+                                    max_steps=args.steps, logging_steps=max(1, args.steps // 4),
+                                    freeze_encoder=variant == "frozen", gradient_checkpointing=variant == "checkpointing")
+        summary = train_whisper(args.base_model, [ours_train], run / f"ours_{variant}", settings, emit=lambda _: None)
+        trained = load_model(str(run / f"ours_{variant}"))
+        results[f"ours_train_{variant}"] = {
+            "seconds": summary["train_runtime_s"], "samples_per_s": summary["train_samples_per_s"],
+            "validation_loss": round(_validation_loss(trained, ours_valid), 4),
+            "speedup": round(summary["train_samples_per_s"] / seed_result["samples_per_s"], 2)}
+        del trained
+
+    print("evaluation: seed recipe vs ours (base model, held-out clips)", file=sys.stderr)
+    results["seed_eval"] = seed_evaluate(run / "seed_valid_features", args.base_model)
+    results["ours_eval"] = our_evaluate(ours_valid, args.base_model)
+    results["eval_speedup"] = round(results["ours_eval"]["utterances_per_s"] / results["seed_eval"]["utterances_per_s"], 2)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
