@@ -217,7 +217,7 @@ def train_whisper(
         fp16=on_gpu and not bf16,
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name for gradient checkpointing
         torch_compile=settings.torch_compile,
         logging_steps=settings.logging_steps,
         report_to=["tensorboard"],
