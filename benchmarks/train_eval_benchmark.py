@@ -93,8 +93,8 @@ def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16) -> d
     """The notebook's evaluation: Seq2SeqTrainer.predict, predict_with_generate, generation_max_length=225."""
     import torch
     from datasets import load_from_disk
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration, \\
-        WhisperProcessor
+    from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration,
+                              WhisperProcessor)
 
     seed = _seed_module()
     dataset = load_from_disk(str(features_dir))
