@@ -130,40 +130,27 @@ def database_from_environment() -> TranscriptDatabase:
     return TranscriptDatabase(url=url, **names)
 
 
-def _float_env(name: str, default: float) -> float:
+def _number_env(name: str, default, cast, valid, expected: str):
+    """A numeric environment variable, or a ConfigError that names it and says what it must be."""
     raw = os.environ.get(name)
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = cast(raw)
     except ValueError:
-        raise env.ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise env.ConfigError(f"{name} must be positive, got {raw!r}")
+        value = None
+    if value is None or not valid(value):
+        raise env.ConfigError(f"{name} must be {expected}, got {raw!r}")
     return value
+
+
+def _float_env(name: str, default: float) -> float:
+    return _number_env(name, default, float, lambda v: v > 0, "a positive number of seconds")
 
 
 def _rate_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise env.ConfigError(f"{name} must be a fraction between 0 and 1, got {raw!r}")
-    return value
+    return _number_env(name, default, float, lambda v: 0.0 <= v <= 1.0, "a fraction between 0 and 1")
 
 
 def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise env.ConfigError(f"{name} must be a positive whole number, got {raw!r}")
-    return value
+    return _number_env(name, default, int, lambda v: v >= 1, "a positive whole number")
