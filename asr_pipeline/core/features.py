@@ -16,6 +16,7 @@ Shard layout (a directory):
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -72,7 +73,6 @@ def featurize_shard(
     feature_extractor,
     tokenizer,
     model_name: str,
-    batch_size: int = 32,
     emit: Callable[[str], None] = print,
 ) -> dict:
     """Compute compact log-mels and label ids for every clip of an audio shard into out_dir."""
@@ -82,24 +82,22 @@ def featurize_shard(
     offset = 0
     progress = Progress("featurizing", len(audio), emit)
     with open(out_dir / "features.f16", "wb") as frames_file:
-        for start in range(0, len(audio), batch_size):
-            stop = min(start + batch_size, len(audio))
-            for i in range(start, stop):
-                meta = audio.index.iloc[i]
-                labels = tokenizer(meta["transcript"]).input_ids
-                if len(labels) > MAX_LABEL_TOKENS:
-                    quarantine.append({"id": int(meta["id"]), "audio_path": meta["audio_path"],
-                                       "reason": f"label longer than {MAX_LABEL_TOKENS} tokens ({len(labels)})"})
-                    continue
-                kept = log_mel_frames(feature_extractor, audio.samples(i))
-                frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
-                rows.append(
-                    {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
-                     "offset": offset, "num_frames": kept.shape[1], "pad_value": padding_value(kept),
-                     "labels": [int(t) for t in labels], "label_length": len(labels)}
-                )
-                offset += kept.shape[1]
-            progress.advance(stop - start)
+        for i in range(len(audio)):
+            progress.advance()
+            meta = audio.index.iloc[i]
+            labels = tokenizer(meta["transcript"]).input_ids
+            if len(labels) > MAX_LABEL_TOKENS:
+                quarantine.append({"id": int(meta["id"]), "audio_path": meta["audio_path"],
+                                   "reason": f"label longer than {MAX_LABEL_TOKENS} tokens ({len(labels)})"})
+                continue
+            kept = log_mel_frames(feature_extractor, audio.samples(i))
+            frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
+            rows.append(
+                {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
+                 "offset": offset, "num_frames": kept.shape[1], "pad_value": padding_value(kept),
+                 "labels": [int(t) for t in labels], "label_length": len(labels)}
+            )
+            offset += kept.shape[1]
     index = pd.DataFrame(rows, columns=["id", "audio_path", "transcript", "group", "split", "duration", "offset",
                                         "num_frames", "pad_value", "labels", "label_length"])
     index.to_parquet(out_dir / "index.parquet", index=False)
@@ -117,8 +115,6 @@ class FeatureShard:
         self.path = Path(path)
         self.index = pd.read_parquet(self.path / "index.parquet")
         self.quarantine = pd.read_parquet(self.path / "quarantine.parquet")
-        import json
-
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.n_mels = int(self.meta["num_mel_bins"])
         size = (self.path / "features.f16").stat().st_size
