@@ -42,7 +42,9 @@ concurrency:
 def _instance():
     from dagster import DagsterInstance
 
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(env.asr_home() / "dagster")))
+    if not os.environ.get("DAGSTER_HOME"):  # unset or empty (an empty one would put the instance in the cwd)
+        os.environ["DAGSTER_HOME"] = str(env.asr_home() / "dagster")
+    home = Path(os.environ["DAGSTER_HOME"]).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -98,6 +100,10 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                     partition_key=partition_key, tags=_run_tags())
     where = f" for batch {partition_key}" if partition_key else ""
+    if not result.success and _only_not_promoted(result):
+        print(f"run {result.run_id} of {job_name}: the challenger was evaluated but not promoted; the champion stays "
+              "(see the report's promotion line)")
+        return
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
@@ -105,6 +111,16 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
                 print(f"\nstep {event.step_key} failed: {error.message.strip() if error else ''}", file=sys.stderr)
         raise SystemExit(f"run {result.run_id} of {job_name}{where} failed (details above and in the Dagster UI)")
     print(f"run {result.run_id} of {job_name}{where} succeeded")
+
+
+def _only_not_promoted(result) -> bool:
+    """The run failed only because the blocking check challenger_beats_champion said no: an answer, not an error."""
+    from asr_pipeline.defs.checks import BEATS_CHAMPION
+
+    evaluations = result.get_asset_check_evaluations()
+    failed_checks = {e.check_name for e in evaluations if not e.passed}
+    failed_steps = {e.step_key for e in result.all_events if e.is_step_failure}
+    return failed_checks == {BEATS_CHAMPION} and failed_steps <= {"evaluation_report"}
 
 
 def ingest(defs=None) -> list[str]:
@@ -147,13 +163,20 @@ def _report_path() -> Path:
 
 
 def _print_report_summary() -> None:
-    from asr_pipeline.core.evaluation import metrics_table
+    from asr_pipeline.core.report import metrics_table
 
     report = json.loads(_report_path().read_text(encoding="utf-8"))
     if report.get("warning"):
         print(f"\n*** {report['warning']} ***\n")
     print(metrics_table(report))
-    print(f"\nreport: {report.get('markdown_path')} and {report.get('json_path', _report_path())}")
+    if report.get("promotion"):
+        verdict = "promoted to champion" if report["promotion"]["promote"] else "not promoted"
+        print(f"\n{verdict}: {report['promotion']['reason']}")
+    if report.get("ctranslate2"):
+        c = report["ctranslate2"]
+        print(f"CTranslate2 int8 export: CER {c['cer']:.4f}, {c['utterances_per_s']:.2f} utterances/s at {c['path']}")
+    print(f"\nreport: {report.get('html_path')} (open it in a browser), {report.get('markdown_path')}, "
+          f"{report.get('json_path', _report_path())}")
 
 
 def cmd_demo(args) -> None:
@@ -348,14 +371,58 @@ def cmd_quarantine(args) -> None:
         print(f"{r['id']}\t{r['audio_path']}\t{r['reason']}")
 
 
+def cmd_champion(args) -> None:
+    from asr_pipeline.core.champion import current_champion, promotion_history
+
+    home = env.asr_home()
+    if args.history:
+        history = promotion_history(home)
+        if args.json:
+            print(json.dumps(history, indent=2, ensure_ascii=False))
+            return
+        for entry in history:
+            print(f"{entry['promoted_at']}\tCER {entry['test_cer']:.4f}\tnormalised {entry['test_cer_normalized']:.4f}"
+                  f"\t{entry['model_path']}")
+        if not history:
+            print("no promotions yet")
+        return
+    pointer = current_champion(home)
+    if pointer is None:
+        if args.json:
+            print("null")
+            return
+        raise SystemExit(f"no champion yet in {home / 'champion'}: the first evaluated checkpoint becomes it "
+                         "(`asr-pipeline run`)")
+    if args.json:
+        print(json.dumps(pointer, indent=2, ensure_ascii=False))
+        return
+    for key in ("model_path", "ctranslate2_path", "test_cer", "test_cer_normalized", "test_wer", "test_rows",
+                "promoted_at", "run_id", "report_path", "previous_model_path"):
+        print(f"{key}: {pointer.get(key)}")
+
+
+def _default_model_dir() -> str:
+    """The champion when there is one (the model in service), else the latest fine-tuned checkpoint."""
+    from asr_pipeline.core.champion import current_champion
+
+    pointer = current_champion(env.asr_home())
+    if pointer and (Path(pointer["model_path"]) / "config.json").exists():
+        print(f"using the champion {pointer['model_path']} (test CER {pointer['test_cer']:.4f})", file=sys.stderr)
+        return pointer["model_path"]
+    model_dir = str(_storage() / "finetuned_checkpoint")
+    if not (Path(model_dir) / "config.json").exists():
+        raise SystemExit(f"no champion and no fine-tuned checkpoint at {model_dir}: run `asr-pipeline run` or pass "
+                         "--model DIR")
+    print(f"no champion yet; using the latest fine-tuned checkpoint {model_dir}", file=sys.stderr)
+    return model_dir
+
+
 def cmd_transcribe(args) -> None:
     from asr_pipeline.core.audio import AudioError, load_16k
     from asr_pipeline.core.decoding import transcribe_audio
     from asr_pipeline.core.model import load_model, load_processor
 
-    model_dir = args.model or str(_storage() / "finetuned_checkpoint")
-    if not (Path(model_dir) / "config.json").exists() and not args.model:
-        raise SystemExit(f"no fine-tuned checkpoint at {model_dir}: run `asr-pipeline run` or pass --model DIR")
+    model_dir = args.model or _default_model_dir()
     clips, names = [], []
     for name in args.files:
         try:
@@ -410,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="materialize finetuned_checkpoint")
     _add_training_options(train)
     train.set_defaults(func=cmd_train)
-    run = sub.add_parser("run", help="ingest + train + evaluate")
+    run = sub.add_parser("run", help="ingest + train + evaluate + promote when better than the champion")
     _add_training_options(run)
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="print the latest evaluation report")
@@ -428,8 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.set_defaults(func=cmd_quarantine)
     transcribe = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
     transcribe.add_argument("files", nargs="+")
-    transcribe.add_argument("--model", help="checkpoint directory (default: the latest finetuned_checkpoint)")
+    transcribe.add_argument("--model", help="checkpoint directory (default: the champion, else the latest "
+                            "finetuned_checkpoint)")
     transcribe.set_defaults(func=cmd_transcribe)
+    champion = sub.add_parser("champion", help="the model in service: {model_path, test_cer, promoted_at, ...}")
+    champion.add_argument("--json", action="store_true")
+    champion.add_argument("--history", action="store_true", help="every promotion, oldest first")
+    champion.set_defaults(func=cmd_champion)
     return parser
 
 

@@ -16,6 +16,8 @@ DEFAULT_BASE_MODEL = "openai/whisper-tiny"
 DEFAULT_SPLIT_RATIOS = "80/10/10"
 # The archive names clips <PROGRAMME>_<12+ digit broadcast stamp>_<segment>; the first two parts name the episode.
 DEFAULT_GROUP_PATTERN = r"^(?P<group>[A-Za-z0-9]+_\d{12,})_\d+$"
+# ...and the programme is the first part of that group (the report breaks CER down by programme).
+DEFAULT_PROGRAMME_PATTERN = r"^(?P<programme>[^_]+)_"
 SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -120,6 +122,30 @@ def group_pattern() -> str:
     if "group" not in compiled.groupindex:
         raise ConfigError("ASR_GROUP_PATTERN must have a named group (?P<group>...) that captures the episode id")
     return pattern
+
+
+def programme_pattern() -> str:
+    pattern = os.environ.get("ASR_PROGRAMME_PATTERN") or DEFAULT_PROGRAMME_PATTERN
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"ASR_PROGRAMME_PATTERN is not a valid regular expression: {exc}") from exc
+    if "programme" not in compiled.groupindex:
+        raise ConfigError("ASR_PROGRAMME_PATTERN must have a named group (?P<programme>...), matched against the "
+                          "episode group of each clip")
+    return pattern
+
+
+def normalization_policy():
+    """ASR_NORMALIZE_PUNCTUATION (strip|keep), ASR_NORMALIZE_SPACING (ignore|keep), ASR_NORMALIZE_NUMBERS
+    (korean|digits|keep); NormalizationPolicy validates them and names the variable at fault."""
+    from asr_pipeline.core.text import NormalizationPolicy
+
+    return NormalizationPolicy(
+        punctuation=os.environ.get("ASR_NORMALIZE_PUNCTUATION") or "strip",
+        spacing=os.environ.get("ASR_NORMALIZE_SPACING") or "ignore",
+        numbers=os.environ.get("ASR_NORMALIZE_NUMBERS") or "korean",
+    )
 
 
 def base_model() -> str:

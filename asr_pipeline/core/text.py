@@ -1,16 +1,215 @@
 """Korean text normalisation and error rates (jiwer).
 
-Two views of the same pairs:
+Two views of the same pairs, both applied to references and hypotheses alike:
   * raw: NFC, whitespace collapsed; spaces count as characters (Korean spacing errors are real errors);
-  * normalised: punctuation and all whitespace removed, so only the spoken characters are compared.
+  * normalised: a NormalizationPolicy (docs/NORMALISATION.md): punctuation, spacing and how numbers are written.
+
+Captions write "0.1%" where a speaker says "영 점 일 프로", and Whisper may write either; without a numbers policy
+every such pair counts as several character errors that no listener would call a mistake.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
 import jiwer
+import numpy as np
+
+from asr_pipeline.core.errors import ConfigError
+
+# ---------------------------------------------------------------- numbers: digits -> Korean readings
+
+SINO_DIGITS = "영일이삼사오육칠팔구"
+SMALL_UNITS = ((1000, "천"), (100, "백"), (10, "십"))
+LARGE_UNITS = ((10**16, "경"), (10**12, "조"), (10**8, "억"), (10**4, "만"))
+# Counters read with native Korean numbers ("3시" is "세 시", "2명" is "두 명"); other counters read Sino-Korean.
+NATIVE_COUNTERS = ("시간", "시", "개", "명", "살", "마리", "잔", "권", "척", "대")
+NATIVE_ONES = ["", "한", "두", "세", "네", "다섯", "여섯", "일곱", "여덟", "아홉"]
+NATIVE_TENS = ["", "열", "스물", "서른", "마흔", "쉰", "예순", "일흔", "여든", "아흔"]
+PERCENT_WORDS = ("퍼센트", "프로")  # both are said on air; the policy writes 프로
+
+_NUMBER = re.compile(r"(?<![\d.])(-?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?")
+_NATIVE = re.compile(r"(?<![\d.,])(\d{1,2})(\s*)(" + "|".join(NATIVE_COUNTERS) + r")(?![\d])")
+
+
+def _sino_below_10000(n: int) -> str:
+    out = []
+    for value, unit in SMALL_UNITS:
+        digit, n = divmod(n, value)
+        if digit:
+            out.append(("" if digit == 1 else SINO_DIGITS[digit]) + unit)
+    if n:
+        out.append(SINO_DIGITS[n])
+    return "".join(out)
+
+
+def sino_korean(n: int) -> str:
+    """12345 -> 만이천삼백사십오 (Sino-Korean reading, grouped by 10^4 as Korean is)."""
+    if n == 0:
+        return "영"
+    out = []
+    for value, unit in LARGE_UNITS:
+        group, n = divmod(n, value)
+        if group:
+            out.append(("" if group == 1 and unit == "만" else _sino_below_10000(group)) + unit)
+    if n:
+        out.append(_sino_below_10000(n))
+    return " ".join(out)
+
+
+def native_korean(n: int) -> str:
+    """1..99 -> attributive native reading (한, 두, 스무, 서른두...)."""
+    tens, ones = divmod(n, 10)
+    if tens == 2 and ones == 0:
+        return "스무"
+    return NATIVE_TENS[tens] + NATIVE_ONES[ones]
+
+
+def _read_number(match: re.Match) -> str:
+    sign, integer, fraction, percent = match.groups()
+    words = ["마이너스"] if sign else []
+    words.append(sino_korean(int(integer.replace(",", ""))))
+    if fraction:
+        words += ["점"] + [SINO_DIGITS[int(d)] for d in fraction]
+    if percent:
+        words.append("프로")
+    return " " + " ".join(words) + " "
+
+
+def numbers_to_korean(text: str) -> str:
+    """Write every number as it is read: native before counters (3시 -> 세 시), Sino-Korean otherwise
+    (0.1% -> 영 점 일 프로, 1,500 -> 천오백); 퍼센트 becomes 프로."""
+    text = _NATIVE.sub(lambda m: f" {native_korean(int(m.group(1)))} {m.group(3)}" if int(m.group(1)) else m.group(0),
+                       text)
+    text = _NUMBER.sub(_read_number, text)
+    return re.sub(r"퍼센트", "프로", text)
+
+
+# ---------------------------------------------------------------- numbers: Korean readings -> digits
+
+_SINO_VALUE = {ch: i for i, ch in enumerate(SINO_DIGITS)} | {"공": 0}
+_SMALL_VALUE = {unit: value for value, unit in SMALL_UNITS}
+_LARGE_VALUE = {unit: value for value, unit in LARGE_UNITS}
+_NUMBER_WORD = re.compile(r"^[영공일이삼사오육칠팔구십백천만억조경]+$")
+
+
+def parse_sino_korean(word: str) -> int | None:
+    """만이천삼백사십오 -> 12345; None when the word is not a well-formed Sino-Korean number."""
+    if not _NUMBER_WORD.match(word):
+        return None
+    total, group, digit = 0, 0, None
+    for ch in word:
+        if ch in _SINO_VALUE:
+            if digit is not None:
+                return None  # two digits in a row ("이삼") is a digit string, not a number reading
+            digit = _SINO_VALUE[ch]
+        elif ch in _SMALL_VALUE:
+            group += (1 if digit is None else digit) * _SMALL_VALUE[ch]
+            digit = None
+        else:
+            total += max(group + (digit or 0), 1) * _LARGE_VALUE[ch]
+            group, digit = 0, None
+    return total + group + (digit or 0)
+
+
+def _is_number_word(token: str) -> bool:
+    # One syllable alone ("이", "사", "오") is far more often a word than a number: only longer readings, or a
+    # reading that names a unit (십, 백, ...), count on their own; single digits count next to 점 or 프로.
+    return parse_sino_korean(token) is not None and (len(token) > 1 or token in _SMALL_VALUE or token in _LARGE_VALUE)
+
+
+def numbers_to_digits(text: str) -> str:
+    """The reverse policy: 영 점 일 프로 -> 0.1%, 삼백 -> 300, 퍼센트/프로 after a number -> %. Conservative:
+    ambiguous single syllables stay words unless 점 or a percent word makes them numeric."""
+    tokens = text.split()
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        value = parse_sino_korean(token)
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        numeric = value is not None and (_is_number_word(token) or nxt == "점" or nxt in PERCENT_WORDS)
+        if not numeric:
+            out.append(token)
+            i += 1
+            continue
+        i += 1
+        # "만 이천삼백" is one number written in two words (Korean spaces after 만, 억, 조)
+        while token[-1] in _LARGE_VALUE and i < len(tokens) and parse_sino_korean(tokens[i]) is not None \
+                and parse_sino_korean(tokens[i]) < _LARGE_VALUE[token[-1]]:
+            token = tokens[i]
+            value += parse_sino_korean(token)
+            i += 1
+        written = str(value)
+        if i < len(tokens) and tokens[i] == "점":
+            digits = []
+            j = i + 1
+            while j < len(tokens) and len(tokens[j]) == 1 and tokens[j] in _SINO_VALUE:
+                digits.append(str(_SINO_VALUE[tokens[j]]))
+                j += 1
+            if digits:
+                written += "." + "".join(digits)
+                i = j
+        if i < len(tokens) and tokens[i] in PERCENT_WORDS:
+            written += "%"
+            i += 1
+        out.append(written)
+    return " ".join(out)
+
+
+# ---------------------------------------------------------------- policy
+
+NUMBER_POLICIES = {"korean": numbers_to_korean, "digits": numbers_to_digits, "keep": lambda text: text}
+
+
+@dataclass(frozen=True)
+class NormalizationPolicy:
+    """How references and hypotheses are made comparable before the normalised CER/WER.
+
+    punctuation: "strip" (Unicode P*, and marks in So/Sk) or "keep";
+    spacing: "ignore" (the normalised CER compares characters only) or "keep";
+    numbers: "korean" (digits -> readings), "digits" (readings -> digits) or "keep".
+    """
+
+    punctuation: str = "strip"
+    spacing: str = "ignore"
+    numbers: str = "korean"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("punctuation", ("strip", "keep")), ("spacing", ("ignore", "keep")),
+                              ("numbers", tuple(NUMBER_POLICIES))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"normalisation {name} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r} (ASR_NORMALIZE_{name.upper()})")
+
+    def words(self, text: str) -> str:
+        """The policy with word boundaries kept (for WER)."""
+        text = clean(text)
+        if self.punctuation == "strip":
+            # numbers first: "1,500" and "0.1%" must be read before their punctuation goes
+            text = NUMBER_POLICIES[self.numbers](text)
+            text = "".join(" " if _is_mark(ch) else ch for ch in text)
+        else:
+            text = NUMBER_POLICIES[self.numbers](text)
+        return clean(text)
+
+    def characters(self, text: str) -> str:
+        """The policy as the normalised CER sees it."""
+        text = self.words(text)
+        return text.replace(" ", "") if self.spacing == "ignore" else text
+
+    def describe(self) -> dict:
+        return {"punctuation": self.punctuation, "spacing": self.spacing, "numbers": self.numbers}
+
+
+def _is_mark(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category.startswith("P") or category in ("So", "Sk")
+
+
+DEFAULT_POLICY = NormalizationPolicy()
 
 
 def clean(text: str) -> str:
@@ -18,15 +217,11 @@ def clean(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text or "").split())
 
 
-def normalize_for_cer(text: str) -> str:
-    """Drop punctuation (Unicode P*), symbols that are only marks (S* except currency/math), and whitespace."""
-    kept = []
-    for ch in clean(text):
-        category = unicodedata.category(ch)
-        if category.startswith("P") or ch.isspace() or category in ("So", "Sk"):
-            continue
-        kept.append(ch)
-    return "".join(kept)
+def normalize_for_cer(text: str, policy: NormalizationPolicy = DEFAULT_POLICY) -> str:
+    return policy.characters(text)
+
+
+# ---------------------------------------------------------------- error rates
 
 
 @dataclass(frozen=True)
@@ -34,10 +229,12 @@ class ErrorRates:
     cer: float
     cer_normalized: float
     wer: float
+    wer_normalized: float
     pairs: int
 
     def as_dict(self) -> dict:
-        return {"cer": self.cer, "cer_normalized": self.cer_normalized, "wer": self.wer, "pairs": self.pairs}
+        return {"cer": self.cer, "cer_normalized": self.cer_normalized, "wer": self.wer,
+                "wer_normalized": self.wer_normalized, "pairs": self.pairs}
 
 
 def character_error_rate(references: list[str], hypotheses: list[str]) -> float:
@@ -47,17 +244,70 @@ def character_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.cer(references, hypotheses))
 
 
-def error_rates(references: list[str], hypotheses: list[str]) -> ErrorRates:
-    """references must be non-empty strings (rows with empty transcripts are quarantined before this point)."""
-    refs = [clean(r) for r in references]
-    hyps = [clean(h) for h in hypotheses]
-    if any(not r for r in refs):
+@dataclass(frozen=True)
+class EditCounts:
+    """Per-utterance edits and reference lengths for the four measures, so corpus rates can be resampled."""
+
+    edits: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+
+    def rate(self, measure: str, rows: np.ndarray | None = None) -> float:
+        e, n = self.edits[measure], self.lengths[measure]
+        if rows is not None:
+            e, n = e[rows], n[rows]
+        total = n.sum()
+        return float(e.sum() / total) if total else float("nan")
+
+
+def _edits(reference: str, hypothesis: str, unit: str) -> tuple[int, int]:
+    ref = list(reference) if unit == "char" else reference.split()
+    hyp = list(hypothesis) if unit == "char" else hypothesis.split()
+    if not ref:
+        return len(hyp), 0
+    if not hyp:
+        return len(ref), len(ref)
+    out = jiwer.process_characters(reference, hypothesis) if unit == "char" else jiwer.process_words(reference,
+                                                                                                     hypothesis)
+    return out.substitutions + out.deletions + out.insertions, len(ref)
+
+
+MEASURES = ("cer", "cer_normalized", "wer", "wer_normalized")
+
+
+def edit_counts(references: list[str], hypotheses: list[str],
+                policy: NormalizationPolicy = DEFAULT_POLICY) -> EditCounts:
+    edits = {m: np.zeros(len(references), dtype=np.int64) for m in MEASURES}
+    lengths = {m: np.zeros(len(references), dtype=np.int64) for m in MEASURES}
+    for i, (r, h) in enumerate(zip(references, hypotheses)):
+        r, h = clean(r), clean(h)
+        views = {"cer": (r, h, "char"), "wer": (r, h, "word"),
+                 "cer_normalized": (policy.characters(r), policy.characters(h), "char"),
+                 "wer_normalized": (policy.words(r), policy.words(h), "word")}
+        for measure, (ref, hyp, unit) in views.items():
+            edits[measure][i], lengths[measure][i] = _edits(ref, hyp, unit)
+    return EditCounts(edits, lengths)
+
+
+def error_rates(references: list[str], hypotheses: list[str],
+                policy: NormalizationPolicy = DEFAULT_POLICY) -> ErrorRates:
+    """Corpus rates (total edits / total reference units). References must be non-empty (rows with empty
+    transcripts are quarantined before this point); a punctuation-only reference adds nothing to the normalised
+    rates."""
+    if any(not clean(r) for r in references):
         raise ValueError("error_rates needs non-empty references")
-    norm_pairs = [(normalize_for_cer(r), normalize_for_cer(h)) for r, h in zip(refs, hyps)]
-    norm_pairs = [(r, h) for r, h in norm_pairs if r]  # a punctuation-only reference has nothing to score
-    return ErrorRates(
-        cer=character_error_rate(refs, hyps),
-        cer_normalized=character_error_rate([r for r, _ in norm_pairs], [h for _, h in norm_pairs]),
-        wer=float(jiwer.wer(refs, hyps)) if refs else float("nan"),
-        pairs=len(refs),
-    )
+    counts = edit_counts(references, hypotheses, policy)
+    return ErrorRates(*(counts.rate(m) for m in MEASURES), pairs=len(references))
+
+
+def bootstrap_ci(counts: EditCounts, measure: str, resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> list[float]:
+    """Percentile bootstrap over utterances of a corpus rate: [lo, hi]."""
+    n = len(counts.edits[measure])
+    if n == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n, size=(resamples, n))
+    e, lengths = counts.edits[measure][rows].sum(axis=1), counts.lengths[measure][rows].sum(axis=1)
+    rates = e / np.maximum(lengths, 1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(rates, tail)), float(np.percentile(rates, 100 - tail))]

@@ -10,10 +10,11 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from asr_pipeline.core import audio, evaluation, features, manifest, training
+from asr_pipeline.core import audio, champion, evaluation, features, manifest, training
 from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
-from asr_pipeline.core.storage import write_json
+from asr_pipeline.core.report import render_markdown, write_report
+from asr_pipeline.core.storage import read_json, write_json
 from asr_pipeline.defs import checks
 from asr_pipeline.defs.io_managers import stage
 from asr_pipeline.defs.partitions import INGEST_BATCHES
@@ -168,47 +169,93 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     yield result
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
 class EvaluationConfig(dg.Config):
     batch_size: int = Field(default=16, description="utterances decoded together")
     max_new_tokens: int = Field(default=225, description="decoding budget per utterance")
     budget_from_labels: bool = Field(default=True, description="decode longest first, at most 2x the reference "
                                      "label length + 10 tokens a batch (stops hallucination loops early)")
+    export_ctranslate2: bool = Field(default=True, description="export the checkpoint to CTranslate2 int8 and "
+                                     "score the export on the test split too")
+    bootstrap_resamples: int = Field(default=1000, description="bootstrap resamples for the 95% intervals")
 
 
-@dg.asset(group_name=GROUP, kinds={"json", "markdown"}, pool=TRAINING_POOL,
-          description="Base model vs fine-tuned checkpoint on the test split of every batch: CER (spaces counted), "
-          "normalised CER and WER with jiwer; report.json and report.md.")
+@dg.asset(group_name=GROUP, kinds={"html", "json", "markdown"}, pool=TRAINING_POOL,
+          check_specs=checks.EVALUATION_CHECKS,
+          description="Base model vs fine-tuned checkpoint vs the current champion on the test split of every batch: "
+          "CER/WER raw and normalised with bootstrap 95% intervals, by duration and programme, the 20 worst "
+          "utterances with aligned diffs, training curves, and the CTranslate2 int8 export's CER and speed. "
+          "report.html (self-contained), report.md, report.json.")
 def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
-                      featurized_shards: dict[str, Path], finetuned_checkpoint: Path,
-                      settings: PipelineSettings) -> dg.Output:
+                      featurized_shards: dict[str, Path], finetuned_checkpoint: Path, settings: PipelineSettings):
     shards = _load_shards(context, featurized_shards)
     out = stage(context, storage_dir(settings))
+    final_dir = storage_dir(settings) / "evaluation_report"
     warning = PLACEHOLDER_WARNING if any(s.meta.get("placeholder_model") for s in shards) else None
     if warning:
         context.log.warning(warning)
-    final_dir = storage_dir(settings) / "evaluation_report"
-    report = evaluation.evaluate_on_test(shards[0].meta["model"], str(finetuned_checkpoint), shards, out,
-                                         batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-                                         warning=warning, emit=context.log.info,
-                                         budget_from_labels=config.budget_from_labels)
-    # paths inside the report point where the IO manager publishes it, not at the staging directory
-    report["json_path"] = str(final_dir / "report.json")
-    report["markdown_path"] = str(final_dir / "report.md")
+    incumbent = champion.current_champion(settings.home_dir())
+    if incumbent:
+        context.log.info(f"current champion: {incumbent['model_path']} (promoted {incumbent['promoted_at']})")
+    report = evaluation.evaluate_on_test(
+        shards[0].meta["model"], str(finetuned_checkpoint), shards, batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens, warning=warning, emit=context.log.info,
+        budget_from_labels=config.budget_from_labels, policy=settings.normalization_policy(),
+        champion=incumbent, ctranslate2_dir=out / "ctranslate2" if config.export_ctranslate2 else None,
+        programme_pattern=settings.programme_pattern, bootstrap_resamples=config.bootstrap_resamples)
+    if "ctranslate2" in report:  # where the IO manager publishes it, not the staging directory
+        report["ctranslate2"]["path"] = str(final_dir / "ctranslate2")
     report["partitions"] = sorted(featurized_shards)
-    write_json(out / "report.json", report)
-    return dg.Output(out, metadata={
-        "report": dg.MetadataValue.md(evaluation.render_markdown(report)),
-        "test_rows": report["test_rows"],
-        "base_cer": report["base"]["cer"], "finetuned_cer": report["finetuned"]["cer"],
-        "base_cer_normalized": report["base"]["cer_normalized"],
-        "finetuned_cer_normalized": report["finetuned"]["cer_normalized"],
-        "base_wer": report["base"]["wer"], "finetuned_wer": report["finetuned"]["wer"],
+    champion_cer = report["champion"][champion.PROMOTION_METRIC] if "champion" in report else None
+    decision = champion.decide_promotion(report["finetuned"][champion.PROMOTION_METRIC], champion_cer,
+                                         settings.promotion_margin)
+    if incumbent and "champion" not in report:
+        decision = champion.PromotionDecision(False, f"the champion's model is missing at {incumbent['model_path']}"
+                                              "; restore it or reset the champion (asr-pipeline champion --help)",
+                                              decision.challenger_cer, None, settings.promotion_margin)
+    report["promotion"] = decision.as_dict()
+    write_report(report, out, final_dir=final_dir)
+    context.log.info(f"report: {report['html_path']}; promotion: {decision.reason}")
+    yield dg.Output(out, metadata={
+        "report": dg.MetadataValue.md(render_markdown(report, curves_png=_read_bytes(out / "training_curves.png"))),
+        "html_path": dg.MetadataValue.path(report["html_path"]),
         "json_path": dg.MetadataValue.path(report["json_path"]),
+        "test_rows": report["test_rows"],
+        **{f"{name}_{measure}": report[name][measure] for name in ("base", "finetuned", "champion", "ctranslate2")
+           if name in report for measure in ("cer", "cer_normalized", "wer", "wer_normalized")},
+        "finetuned_cer_ci95": dg.MetadataValue.json(report["finetuned"]["cer_ci95"]),
         **_partitions_metadata(featurized_shards, shards),
         **({"warning": warning} if warning else {}),
     })
+    yield checks.challenger_beats_champion(decision)
 
 
-ASSETS = [training_datas, raw_manifest, resampled_dataset, featurized_shards, finetuned_checkpoint, evaluation_report]
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, deps=["finetuned_checkpoint"],
+          description="The model in service: the fine-tuned checkpoint and its CTranslate2 int8 export, copied into "
+          "ASR_HOME/champion when its test CER beats the champion's by ASR_PROMOTION_MARGIN (the blocking check "
+          "challenger_beats_champion on evaluation_report decides). champion.json points at it; history.jsonl "
+          "keeps every promotion.")
+def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, settings: PipelineSettings):
+    report = read_json(evaluation_report / "report.json")
+    export = evaluation_report / "ctranslate2"
+    pointer = champion.promote(settings.home_dir(), Path(report["finetuned_model"]),
+                               export if export.exists() else None, report, run_id=context.run.run_id)
+    context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
+    out = stage(context, storage_dir(settings))
+    write_json(out / "champion.json", pointer)
+    return dg.Output(out, metadata={
+        "model_path": dg.MetadataValue.path(pointer["model_path"]),
+        "ctranslate2_path": dg.MetadataValue.path(pointer["ctranslate2_path"] or ""),
+        "test_cer": pointer["test_cer"], "test_cer_normalized": pointer["test_cer_normalized"],
+        "promoted_at": pointer["promoted_at"], "previous_model_path": pointer["previous_model_path"] or "(none)",
+        "promotions": len(champion.promotion_history(settings.home_dir())),
+    })
+
+
+ASSETS = [training_datas, raw_manifest, resampled_dataset, featurized_shards, finetuned_checkpoint, evaluation_report,
+          champion_model]
 INGEST_ASSETS = ["raw_manifest", "resampled_dataset", "featurized_shards"]
-RETRAIN_ASSETS = ["finetuned_checkpoint", "evaluation_report"]
+RETRAIN_ASSETS = ["finetuned_checkpoint", "evaluation_report", "champion_model"]

@@ -16,6 +16,7 @@ QUARANTINE_RATE = "quarantine_rate_below_threshold"
 CLIPS_16K = "clips_are_16k_mono"
 FEATURE_SHAPES = "features_match_model"
 LOSS_FINITE = "training_loss_finite"
+BEATS_CHAMPION = "challenger_beats_champion"
 
 RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(QUARANTINE_RATE, asset="resampled_dataset", blocking=True,
@@ -31,6 +32,19 @@ TRAINING_CHECKS = [
     dg.AssetCheckSpec(LOSS_FINITE, asset="finetuned_checkpoint", blocking=True,
                       description="Every logged training loss is finite (a NaN/inf run must not be evaluated)."),
 ]
+
+EVALUATION_CHECKS = [
+    dg.AssetCheckSpec(BEATS_CHAMPION, asset="evaluation_report", blocking=True,
+                      description="The fine-tuned checkpoint's normalised test CER beats the champion's (same test "
+                                  "split, same report) by ASR_PROMOTION_MARGIN; only then is champion_model "
+                                  "updated."),
+]
+
+
+def challenger_beats_champion(decision) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=BEATS_CHAMPION, asset_key="evaluation_report", passed=decision.promote,
+                               description=decision.reason,
+                               metadata={k: v for k, v in decision.as_dict().items() if v is not None})
 
 
 def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:

@@ -11,6 +11,7 @@ from asr_pipeline.core import settings as env
 from asr_pipeline.core.database import TableSpec, TranscriptTable, masked
 from asr_pipeline.core.model import BaseModel, resolve_base_model
 from asr_pipeline.core.settings import AudioRoots, PathMap, SplitRatios
+from asr_pipeline.core.text import NormalizationPolicy
 
 
 class TranscriptDatabase(dg.ConfigurableResource):
@@ -77,6 +78,15 @@ class PipelineSettings(dg.ConfigurableResource):
                                         "fingerprint one sensor tick re-checks, in rotation")
     max_audio_seconds: float = Field(default=30.0, description="ASR_MAX_AUDIO_SECONDS: longer clips are left out")
     min_audio_seconds: float = Field(default=0.1, description="ASR_MIN_AUDIO_SECONDS: shorter clips are left out")
+    normalize_punctuation: str = Field(default="strip", description="ASR_NORMALIZE_PUNCTUATION: strip | keep")
+    normalize_spacing: str = Field(default="ignore", description="ASR_NORMALIZE_SPACING: ignore | keep (normalised "
+                                   "CER)")
+    normalize_numbers: str = Field(default="korean", description="ASR_NORMALIZE_NUMBERS: korean (0.1% -> 영 점 일 "
+                                   "프로) | digits (the reverse) | keep")
+    programme_pattern: str = Field(default=env.DEFAULT_PROGRAMME_PATTERN, description="ASR_PROGRAMME_PATTERN: regex "
+                                   "with (?P<programme>) matched against a clip's episode group, for the report")
+    promotion_margin: float = Field(default=0.005, description="ASR_PROMOTION_MARGIN: how much lower (absolute "
+                                    "normalised CER) a challenger's test CER must be to replace the champion")
 
     def parsed_path_map(self) -> PathMap:
         return PathMap.parse(self.path_map)
@@ -86,6 +96,9 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def parsed_audio_roots(self) -> AudioRoots:
         return AudioRoots.from_settings(self.audio_roots, self.parsed_path_map(), self.home_dir())
+
+    def normalization_policy(self) -> NormalizationPolicy:
+        return NormalizationPolicy(self.normalize_punctuation, self.normalize_spacing, self.normalize_numbers)
 
     def home_dir(self) -> Path:
         return Path(self.home)
@@ -101,6 +114,7 @@ def settings_from_environment() -> PipelineSettings:
     PathMap.parse(path_map)
     ratios = env.split_ratios()
     pattern = env.group_pattern()
+    policy = env.normalization_policy()
     return PipelineSettings(
         home=str(home),
         path_map=path_map,
@@ -114,6 +128,12 @@ def settings_from_environment() -> PipelineSettings:
         check_batches_per_tick=_int_env("ASR_CHECK_BATCHES_PER_TICK", 20),
         max_audio_seconds=_float_env("ASR_MAX_AUDIO_SECONDS", 30.0),
         min_audio_seconds=_float_env("ASR_MIN_AUDIO_SECONDS", 0.1),
+        normalize_punctuation=policy.punctuation,
+        normalize_spacing=policy.spacing,
+        normalize_numbers=policy.numbers,
+        programme_pattern=env.programme_pattern(),
+        promotion_margin=_number_env("ASR_PROMOTION_MARGIN", 0.005, float, lambda v: 0.0 <= v < 1.0,
+                                     "an absolute CER margin between 0 and 1, e.g. 0.005"),
     )
 
 

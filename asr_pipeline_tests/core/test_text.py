@@ -1,13 +1,17 @@
 import jiwer
 import pytest
 
-from asr_pipeline.core.text import error_rates, normalize_for_cer
+import numpy as np
+
+from asr_pipeline.core.errors import ConfigError
+from asr_pipeline.core.text import (NormalizationPolicy, bootstrap_ci, edit_counts, error_rates, normalize_for_cer,
+                                    numbers_to_digits, numbers_to_korean, parse_sino_korean, sino_korean)
 
 
 def test_normalisation_removes_punctuation_and_whitespace_only():
     assert normalize_for_cer("저는, 최인호 검사입니다!  (서울)") == "저는최인호검사입니다서울"
-    assert normalize_for_cer("「뉴스」 9시…") == "뉴스9시"
-    assert normalize_for_cer("ABC 123") == "ABC123"
+    assert normalize_for_cer("「뉴스」 9시…") == "뉴스아홉시"  # numbers are read out (the default policy)
+    assert normalize_for_cer("ABC 123", NormalizationPolicy(numbers="keep")) == "ABC123"
 
 
 def test_cer_counts_spaces_and_agrees_with_jiwer():
@@ -32,3 +36,61 @@ def test_empty_hypotheses_are_full_deletions_and_empty_references_are_refused():
     assert error_rates(["가나다"], [""]).cer == 1.0
     with pytest.raises(ValueError):
         error_rates(["   "], ["가"])
+
+
+@pytest.mark.parametrize("written, read", [
+    ("0.1%", "영 점 일 프로"), ("금리 0.1% 인상", "금리 영 점 일 프로 인상"), ("1,500원", "천오백 원"),
+    ("12345", "만 이천삼백사십오"), ("2026년", "이천이십육 년"), ("-3.5도", "마이너스 삼 점 오 도"),
+    ("3시 뉴스", "세 시 뉴스"), ("20명", "스무 명"), ("32살", "서른두 살"), ("10퍼센트", "십 프로"),
+    ("100", "백"), ("0", "영"), ("110000", "십일만"),
+])
+def test_digits_are_read_the_way_announcers_say_them(written, read):
+    assert " ".join(numbers_to_korean(written).split()) == read
+
+
+@pytest.mark.parametrize("n", [10, 11, 19, 20, 99, 100, 101, 999, 1000, 1001, 9999, 10000, 10001, 12345, 20000,
+                               99999999, 100000000, 123456789012, 10**16 + 7])
+def test_sino_korean_readings_parse_back_to_the_number(n):
+    assert numbers_to_digits(sino_korean(n)) == str(n)
+
+
+def test_readings_become_digits_but_ordinary_words_stay_words():
+    assert numbers_to_digits("금리는 영 점 일 퍼센트 올랐다") == "금리는 0.1% 올랐다"
+    assert numbers_to_digits("삼백 명이 왔다") == "300 명이 왔다"
+    # 이 (this), 사 (four / a word), 오 (five / oh) alone are words, not numbers
+    assert numbers_to_digits("이 사람은 사 학년") == "이 사람은 사 학년"
+    assert numbers_to_digits("일") == "일"  # 1 read alone is the word 일 (work, day)
+    assert parse_sino_korean("이삼") is None and parse_sino_korean("뉴스") is None
+
+
+def test_the_numbers_policy_is_applied_to_references_and_hypotheses_alike():
+    ref, hyp = "금리를 0.1% 올렸다.", "금리를 영 점 일 프로 올렸다"
+    for numbers in ("korean", "digits"):
+        rates = error_rates([ref], [hyp], NormalizationPolicy(numbers=numbers))
+        assert rates.cer_normalized == 0.0 and rates.wer_normalized == 0.0
+    kept = error_rates([ref], [hyp], NormalizationPolicy(numbers="keep"))
+    assert kept.cer_normalized > 0.5
+    assert error_rates([ref], [hyp]).cer > 0.5  # the raw CER never normalises
+
+
+def test_punctuation_and_spacing_choices():
+    keep_spaces = NormalizationPolicy(spacing="keep")
+    assert keep_spaces.characters("오늘, 날씨!") == "오늘 날씨"
+    keep_marks = NormalizationPolicy(punctuation="keep")
+    assert keep_marks.characters("오늘, 날씨!") == "오늘,날씨!"
+    with pytest.raises(ConfigError, match="ASR_NORMALIZE_NUMBERS"):
+        NormalizationPolicy(numbers="roman")
+
+
+def test_bootstrap_interval_brackets_the_corpus_rate_and_is_reproducible():
+    refs = ["오늘 날씨가 좋습니다", "서울 지역에 비가 옵니다", "내일은 맑겠습니다", "바람이 강하게 붑니다"] * 10
+    hyps = ["오늘 날씨가 좋습니다", "서울 지역에 눈이 옵니다", "내일은 흐리겠습니다", "바람이 붑니다"] * 10
+    counts = edit_counts(refs, hyps)
+    rate = counts.rate("cer")
+    assert rate == pytest.approx(jiwer.cer(refs, hyps))
+    lo, hi = bootstrap_ci(counts, "cer", resamples=2000, seed=1)
+    assert lo < rate < hi and hi - lo < 0.2
+    assert bootstrap_ci(counts, "cer", resamples=2000, seed=1) == [lo, hi]
+    # identical pairs: no uncertainty at all
+    assert bootstrap_ci(edit_counts(refs, refs), "cer") == [0.0, 0.0]
+    assert np.isnan(bootstrap_ci(edit_counts([], []), "cer")[0])

@@ -36,6 +36,28 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
         assert report[name]["wer"] == pytest.approx(jiwer.wer(refs, hyps))
         assert {"cer", "cer_normalized", "wer"} <= set(report[name])
     assert (storage / "evaluation_report" / "report.md").read_text().startswith("# Evaluation report")
+    for name in ("base", "finetuned", "ctranslate2"):
+        lo, hi = report[name]["cer_ci95"]
+        assert lo <= report[name]["cer"] <= hi
+    html = Path(report["html_path"]).read_text()
+    assert Path(report["html_path"]).parent == storage / "evaluation_report"
+    assert "data:image/png;base64," in html and "<table>" in html and "src=\"http" not in html  # self-contained
+    assert sum(b["utterances"] for b in report["by_duration"]) == report["test_rows"]
+    assert {b["bucket"] for b in report["by_programme"]} == {"DEMO"}
+    assert len(report["worst"]) == min(20, report["test_rows"])
+    assert [p["step"] for p in report["training_curves"]["eval"]] == [3, 6]  # eval every 3 of 6 steps
+    export = report["ctranslate2"]
+    assert Path(export["path"], "model.bin").exists() and export["utterances_per_s"] > 0
+
+    # the first evaluated checkpoint becomes the champion
+    assert report["promotion"]["promote"] and report["promotion"]["reason"] == "there is no champion yet"
+    capsys.readouterr()
+    cli.main(["champion", "--json"])
+    champion = json.loads(capsys.readouterr().out)
+    assert champion["test_cer"] == pytest.approx(report["finetuned"]["cer"])
+    assert (Path(champion["model_path"]) / "model.safetensors").exists()
+    assert (Path(champion["ctranslate2_path"]) / "model.bin").exists()
+    assert {"model_path", "test_cer", "promoted_at"} <= set(champion)
 
     # the missing file was quarantined, not fatal; every real clip made it through
     resampled = storage / "resampled_dataset" / batches[0].name
@@ -59,8 +81,10 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     instance = dg.DagsterInstance.get()
     event = instance.get_latest_materialization_event(dg.AssetKey("evaluation_report"))
     metadata = event.asset_materialization.metadata
-    assert "| model | CER |" in metadata["report"].value
+    assert "| model | CER [95% CI] |" in metadata["report"].value
+    assert "data:image/png;base64," in metadata["report"].value  # the training curves, shown in the UI
     assert metadata["finetuned_cer"].value == pytest.approx(report["finetuned"]["cer"])
+    assert metadata["html_path"].value == report["html_path"]
     manifest_event = instance.get_latest_materialization_event(dg.AssetKey("raw_manifest"))
     assert manifest_event.asset_materialization.metadata["rows"].value == len(korean_clips) + 1
 
@@ -77,8 +101,23 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     assert json.loads(capsys.readouterr().out)["test_rows"] == report["test_rows"]
 
     cli.main(["transcribe", korean_clips[0]["audio_path"]])
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith(korean_clips[0]["audio_path"] + "\t")
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith(korean_clips[0]["audio_path"] + "\t")
+    assert f"using the champion {champion['model_path']}" in captured.err
+
+    # evaluating the same checkpoint again: a tie, so the blocking check says no and the champion stays
+    cli.main(["run", "--max-steps", "6", "--batch-size", "4", "--eval-steps", "3", "--warmup-steps", "1"])
+    assert "not promoted" in capsys.readouterr().out
+    again = json.loads((storage / "evaluation_report" / "report.json").read_text())
+    assert again["champion"]["cer"] == pytest.approx(again["finetuned"]["cer"])
+    assert not again["promotion"]["promote"]
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("evaluation_report"), "challenger_beats_champion")])
+    assert list(check.values())[0].status.value == "FAILED"
+    cli.main(["champion", "--json"])
+    assert json.loads(capsys.readouterr().out)["model_path"] == champion["model_path"]
+    cli.main(["champion", "--history", "--json"])
+    assert len(json.loads(capsys.readouterr().out)) == 1
 
 
 def test_train_alone_reuses_stored_features(pipeline_env):

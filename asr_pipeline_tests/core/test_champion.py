@@ -1,0 +1,58 @@
+"""Champion and challenger: the decision rule, the pointer, the copy and the history."""
+
+import json
+
+import pytest
+
+from asr_pipeline.core.champion import current_champion, decide_promotion, promote, promotion_history
+
+
+@pytest.mark.parametrize("challenger, champion, margin, promoted", [
+    (0.30, None, 0.005, True),      # no champion yet
+    (0.30, 0.31, 0.005, True),      # one point better
+    (0.306, 0.31, 0.005, False),    # better, but by less than the margin
+    (0.305, 0.31, 0.005, True),     # exactly the margin
+    (0.31, 0.31, 0.0, False),       # a tie never replaces the champion
+    (0.32, 0.31, 0.0, False),       # worse
+    (float("nan"), 0.31, 0.0, False),
+])
+def test_decision_rule(challenger, champion, margin, promoted):
+    decision = decide_promotion(challenger, champion, margin)
+    assert decision.promote is promoted, decision.reason
+    assert decision.as_dict()["metric"] == "cer_normalized"
+
+
+def _checkpoint(path, marker):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"marker": marker}))
+    (path / "model.safetensors").write_bytes(b"weights " + marker.encode())
+    (path / "tensorboard").mkdir()
+    (path / "tensorboard" / "events").write_text("not copied")
+    return path
+
+
+def _report(cer):
+    return {"finetuned": {"cer": cer, "cer_normalized": cer - 0.01, "wer": 2 * cer}, "test_rows": 10,
+            "json_path": "/x/report.json", "promotion": {"promote": True}}
+
+
+def test_promotion_copies_the_checkpoint_moves_the_pointer_and_keeps_history(tmp_path):
+    home = tmp_path / "home"
+    assert current_champion(home) is None and promotion_history(home) == []
+    first = promote(home, _checkpoint(tmp_path / "ckpt1", "one"), None, _report(0.4), run_id="aaaaaaaa-1")
+    export = tmp_path / "ct2"
+    export.mkdir()
+    (export / "model.bin").write_bytes(b"ct2")
+    second = promote(home, _checkpoint(tmp_path / "ckpt2", "two"), export, _report(0.3), run_id="bbbbbbbb-2")
+    assert current_champion(home) == second
+    assert second["previous_model_path"] == first["model_path"] and second["test_cer"] == 0.3
+    assert json.loads((tmp_path / "home/champion/models").joinpath(
+        second["model_path"].split("/models/")[1], "config.json").read_text()) == {"marker": "two"}
+    assert (tmp_path / "home/champion/models" / second["ctranslate2_path"].split("/models/")[1] / "model.bin").exists()
+    # the champion survives the training directory being rewritten
+    (tmp_path / "ckpt2" / "model.safetensors").write_bytes(b"next training")
+    from pathlib import Path
+    assert (Path(second["model_path"]) / "model.safetensors").read_bytes() == b"weights two"
+    assert not (Path(second["model_path"]) / "tensorboard").exists()
+    assert [h["test_cer"] for h in promotion_history(home)] == [0.4, 0.3]
+    assert Path(first["model_path"]).exists()  # earlier champions stay, for rollback
