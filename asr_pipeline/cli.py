@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from asr_pipeline.core import settings as env
@@ -123,9 +124,48 @@ def _only_not_promoted(result) -> bool:
     return failed_checks == {BEATS_CHAMPION} and failed_steps <= {"evaluation_report"}
 
 
-def ingest(defs=None) -> list[str]:
+def _run_batch_multiprocess(key: str) -> None:
+    """One ingest batch as its own run on the multiprocess executor (each step in a child process): what a
+    `--parallel` ingest starts in a subprocess per batch."""
+    import dagster as dg
+
+    from asr_pipeline.defs.ingest import INGEST_TAGS
+    from asr_pipeline.definitions import ingest_job
+
+    result = dg.execute_job(dg.reconstructable(ingest_job), instance=_instance(),
+                            run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
+                                        "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                            tags={**_run_tags(), **INGEST_TAGS, "dagster/partition": key})
+    if not result.success:
+        raise SystemExit(f"run {result.run_id} of asr_ingest for batch {key} failed (details in the Dagster UI)")
+    print(f"run {result.run_id} of asr_ingest for batch {key} succeeded (multiprocess executor)")
+
+
+def _run_batches_in_parallel(keys: list[str], parallel: int) -> None:
+    """Up to `parallel` batches at once, each in its own process: a batch's steps are sequential (manifest, audio,
+    features), so batches are the unit of parallelism."""
+    import subprocess
+
+    pending, running, failed = list(keys), {}, []
+    while pending or running:
+        while pending and len(running) < parallel:
+            key = pending.pop(0)
+            print(f"ingest: starting batch {key}")
+            running[key] = subprocess.Popen([sys.executable, "-m", "asr_pipeline.cli", "ingest-batch", key])
+        for key, process in list(running.items()):
+            if process.poll() is not None:
+                del running[key]
+                if process.returncode != 0:
+                    failed.append(key)
+        time.sleep(0.5)
+    if failed:
+        raise SystemExit(f"ingest failed for batches {failed} (details above and in the Dagster UI)")
+
+
+def ingest(defs=None, parallel: int = 1) -> list[str]:
     """What new_transcripts_sensor does, without the daemon: register new batches, (re)process new, changed and
-    never-materialized ones. Every registered batch is checked (a person runs this, not a 60 s tick)."""
+    never-materialized ones. Every registered batch is checked (a person runs this, not a 60 s tick).
+    parallel > 1: that many batches at once, each a run on the multiprocess executor."""
     from asr_pipeline.core.batches import IngestCursor
     from asr_pipeline.defs.ingest import plan_for_instance
     from asr_pipeline.defs.partitions import INGEST_BATCHES
@@ -145,7 +185,11 @@ def ingest(defs=None) -> list[str]:
         instance.add_dynamic_partitions(INGEST_BATCHES.name, plan.new_keys)
     for request in plan.requests:
         print(f"ingest: batch {request.key} ({request.reason})")
-        _run("asr_ingest", partition_key=request.key, defs=defs)
+    if parallel > 1 and len(plan.requests) > 1:
+        _run_batches_in_parallel([r.key for r in plan.requests], parallel)
+    else:
+        for request in plan.requests:
+            _run("asr_ingest", partition_key=request.key, defs=defs)
     return [r.key for r in plan.requests]
 
 
@@ -208,7 +252,13 @@ def cmd_demo(args) -> None:
 
 
 def cmd_ingest(args) -> None:
-    ingest()
+    if args.parallel < 1:
+        raise SystemExit("--parallel must be at least 1")
+    ingest(parallel=args.parallel)
+
+
+def cmd_ingest_batch(args) -> None:
+    _run_batch_multiprocess(args.key)
 
 
 def cmd_backfill(args) -> None:
@@ -467,8 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=120, help="synthetic utterances (default 120)")
     _add_training_options(demo)
     demo.set_defaults(func=cmd_demo)
-    sub.add_parser("ingest", help="what new_transcripts_sensor does: new batches for new rows, re-process changed "
-                   "batches (raw_manifest, resampled_dataset, featurized_shards)").set_defaults(func=cmd_ingest)
+    ingest_parser = sub.add_parser("ingest", help="what new_transcripts_sensor does: new batches for new rows, "
+                                   "re-process changed batches (raw_manifest, resampled_dataset, featurized_shards)")
+    ingest_parser.add_argument("--parallel", type=int, default=1, help="batches processed at once, each a run on "
+                               "the multiprocess executor in its own process (default 1: one after another)")
+    ingest_parser.set_defaults(func=cmd_ingest)
+    batch = sub.add_parser("ingest-batch", help="process one registered ingest batch on the multiprocess executor")
+    batch.add_argument("key", help="batch key, e.g. ids-0000000001-0000010000")
+    batch.set_defaults(func=cmd_ingest_batch)
     backfill = sub.add_parser("backfill", help="re-process registered ingest batches (all, a range, or named)")
     backfill.add_argument("partitions", nargs="*", help="batch keys, e.g. ids-0000000001-0000010000")
     backfill.add_argument("--from", dest="from_key", help="first batch key of a range")

@@ -1,5 +1,6 @@
 """The code location `asr_pipeline` (workspace.yaml, `dg`, and the `asr-pipeline` CLI all load this)."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,26 @@ from asr_pipeline.defs.sensors import INGEST_JOB, new_transcripts_sensor
 TRAIN_JOB = "asr_train"
 EVALUATE_JOB = "asr_evaluate"
 NO_RETRY_ON_STEP_FAILURE = {"dagster/retry_on_asset_or_op_failure": "false"}
+
+
+def executor_from_environment():
+    """ASR_EXECUTOR: unset = Dagster's default (multiprocess for launched runs, in-process for the CLI's own runs);
+    `multiprocess`, `in_process`, or `k8s` (dagster-k8s: every step in its own pod; deploy/README.md)."""
+    kind = os.environ.get("ASR_EXECUTOR", "")
+    if not kind:
+        return None
+    if kind == "multiprocess":
+        return dg.multiprocess_executor
+    if kind == "in_process":
+        return dg.in_process_executor
+    if kind == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError:
+            raise ConfigError("ASR_EXECUTOR=k8s needs dagster-k8s installed (pip install 'dagster-k8s==0.29.*')") \
+                from None
+        return k8s_job_executor
+    raise ConfigError(f"ASR_EXECUTOR must be multiprocess, in_process or k8s, got {kind!r}")
 
 
 def build_definitions() -> dg.Definitions:
@@ -39,6 +60,7 @@ def build_definitions() -> dg.Definitions:
     except Exception as exc:  # an invalid cron string or timezone
         raise ConfigError(f"ASR_RETRAIN_CRON / ASR_RETRAIN_TIMEZONE: {exc}") from None
     return dg.Definitions(
+        executor=executor_from_environment(),
         assets=ASSETS,
         jobs=jobs,
         sensors=[new_transcripts_sensor],
@@ -52,3 +74,8 @@ def build_definitions() -> dg.Definitions:
 
 
 defs = build_definitions()
+
+
+def ingest_job() -> dg.JobDefinition:
+    """asr_ingest, rebuilt by each process that runs it (dg.reconstructable), for the multiprocess executor."""
+    return build_definitions().resolve_job_def(INGEST_JOB)

@@ -105,3 +105,35 @@ def test_pipeline_report_agrees_with_jiwer_and_an_independent_greedy_decode(
                                     max_new_tokens=225)
         text = " ".join(processor.tokenizer.decode(tokens[0], skip_special_tokens=True).split())
         assert u["base_hypothesis"] == text, u["audio_path"]
+
+
+def test_ctranslate2_int8_export_scores_within_a_point_and_loads_in_faster_whisper(whisper_base_dir, korean_clips,
+                                                                                     tmp_path):
+    """The deployable export, against the transformers checkpoint it came from, on the same clips and policy."""
+    from faster_whisper import WhisperModel
+
+    from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, transcribe_features_ct2
+    from asr_pipeline.core.decoding import transcribe_features
+
+    clips = korean_clips[:12]
+    processor = load_processor(str(whisper_base_dir))
+    extractor = processor.feature_extractor
+    features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
+                for c in clips]
+    expected = [len(processor.tokenizer(c["transcript"]).input_ids) for c in clips]
+    refs = [c["transcript"] for c in clips]
+    reference_texts = transcribe_features(load_model(str(whisper_base_dir)), processor, features, batch_size=6,
+                                          expected_tokens=expected, emit=lambda _: None)
+    export = export_ctranslate2(whisper_base_dir, tmp_path / "ct2")
+    assert {"model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"} <= {p.name for p in export.iterdir()}
+    ct2_texts = transcribe_features_ct2(load_ctranslate2(export), processor.tokenizer, features.__getitem__,
+                                        len(features), batch_size=6, expected_tokens=expected, emit=lambda _: None)
+    transformers_cer = error_rates(refs, reference_texts).cer
+    ct2_cer = error_rates(refs, ct2_texts).cer
+    assert abs(ct2_cer - transformers_cer) <= 0.01, (transformers_cer, ct2_cer, list(zip(reference_texts, ct2_texts)))
+
+    # faster-whisper, the serving runtime, loads the export as it is and transcribes a file in Korean
+    served = WhisperModel(str(export), device="cpu", compute_type="int8")
+    segments, info = served.transcribe(clips[0]["audio_path"], language="ko", beam_size=1, vad_filter=False)
+    text = " ".join(s.text.strip() for s in segments)
+    assert info.language == "ko" and error_rates([clips[0]["transcript"]], [text]).cer < 0.8, text

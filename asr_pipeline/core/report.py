@@ -48,7 +48,7 @@ def training_curves_png(curves: dict) -> bytes | None:
 
     fig, (loss_ax, cer_ax) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
     if train:
-        loss_ax.plot([p["step"] for p in train], [p["loss"] for p in train], label="train loss", color="#1f77b4")
+        loss_ax.plot([p["step"] for p in train], [p["loss"] for p in train], ".-", label="train loss", color="#1f77b4")
     if evals:
         loss_ax.plot([p["step"] for p in evals], [p["loss"] for p in evals], "o-", label="validation loss",
                      color="#d62728")
@@ -208,7 +208,7 @@ th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums
 .warning{background:#fff3cd;border:1px solid #e0c36a;padding:.6rem 1rem}
 .decision{padding:.6rem 1rem;border:1px solid #9c9}.decision.keep{border-color:#c99;background:#fbeeee}
 .decision.promote{background:#eef8ee}
-.diff{font-family:ui-monospace,"D2Coding",monospace;white-space:pre-wrap}
+.diff{font-family:ui-monospace,"D2Coding","Noto Sans Mono CJK KR","NanumGothicCoding",monospace;white-space:pre-wrap}
 .del{background:#f8c9c9;text-decoration:line-through}.ins{background:#c9f0c9}.sub{background:#fde3a7}
 img{max-width:100%}
 """

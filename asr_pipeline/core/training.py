@@ -253,6 +253,8 @@ def train_whisper(
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
         else:
             os.environ["TENSORBOARD_LOGGING_DIR"] = previous_logdir
+    if not trainer.is_world_process_zero():
+        return {}  # under torchrun, rank 0 alone writes the checkpoint and the logs
     model = trainer.model
     model.config.use_cache = True
     model.save_pretrained(out_dir)

@@ -15,7 +15,7 @@ from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
 from asr_pipeline.core.report import render_markdown, write_report
 from asr_pipeline.core.storage import read_json, write_json
-from asr_pipeline.defs import checks
+from asr_pipeline.defs import checks, launcher
 from asr_pipeline.defs.io_managers import stage
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase
@@ -141,6 +141,10 @@ class TrainingConfig(dg.Config):
     gradient_checkpointing: bool = Field(default=False, description="less memory, more compute")
     torch_compile: bool = Field(default=False, description="torch.compile the model")
     dataloader_num_workers: int | None = Field(default=None, description="None: 4 with a GPU, 0 on CPU")
+    launcher: str = Field(default="", description="inprocess | torchrun (a Dagster Pipes subprocess running "
+                          "torch.distributed.run); empty: ASR_TRAIN_LAUNCHER, default inprocess")
+    nproc_per_node: int = Field(default=0, description="torchrun processes (one per GPU); 0: ASR_TRAIN_PROCESSES, "
+                                "default 1")
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=TRAINING_POOL, check_specs=checks.TRAINING_CHECKS,
@@ -152,12 +156,19 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     shards = _load_shards(context, featurized_shards)
     base_source = shards[0].meta["model"]
     out = stage(context, storage_dir(settings))
-    train_settings = training.TrainingSettings(**config.model_dump())
+    launch = launcher.resolve(config.launcher, config.nproc_per_node)
+    train_settings = training.TrainingSettings(**config.model_dump(exclude={"launcher", "nproc_per_node"}))
     # Same features + settings -> same work directory, so a killed training resumes from its last checkpoint.
     fingerprint = training.training_fingerprint(base_source, [s.meta for s in shards], train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
-    summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
-                                     work_dir=work_dir)
+    if launch.kind == "torchrun":
+        summary = launcher.train_with_torchrun(context, launch, base_source, [featurized_shards[k] for k in
+                                                                            sorted(featurized_shards)],
+                                               out, work_dir, train_settings)
+    else:
+        summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
+                                         work_dir=work_dir)
+    summary["launcher"] = launch.describe()
     summary["partitions"] = sorted(featurized_shards)
     write_json(out / "training_summary.json", summary)
     result = checks.training_loss_finite(out)

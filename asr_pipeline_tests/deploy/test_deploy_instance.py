@@ -1,0 +1,70 @@
+"""deploy/dagster.yaml for real: Dagster's own storage in MariaDB (dagster-mysql), and ingest batches processed in
+parallel, each a run on the multiprocess executor."""
+
+import shutil
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from asr_pipeline import cli
+
+pytestmark = [pytest.mark.mysql, pytest.mark.slow]
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
+
+
+@pytest.fixture()
+def mysql_instance_home(mysql_server_url, tmp_path, monkeypatch):
+    url = make_url(mysql_server_url)
+    name = f"dagster_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    home = tmp_path / "dagster_mysql"
+    home.mkdir()
+    shutil.copy(DEPLOY, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    for key, value in {"HOST": url.host, "PORT": str(url.port or 3306), "USER": url.username,
+                       "PASSWORD": url.password or "", "DB": name}.items():
+        monkeypatch.setenv(f"DAGSTER_MYSQL_{key}", value)
+    yield url.set(database=name)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP DATABASE {name}"))
+    engine.dispose()
+
+
+def test_ingest_batches_run_in_parallel_on_the_multiprocess_executor_with_mysql_storage(
+        pipeline_env, mysql_instance_home, monkeypatch, capsys):
+    monkeypatch.setenv("ASR_BATCH_ROWS", "14")  # 41 rows -> 3 batches
+    instance = dg.DagsterInstance.get()
+    from dagster_mysql import MySQLEventLogStorage, MySQLRunStorage
+
+    assert isinstance(instance.run_storage, MySQLRunStorage)
+    assert isinstance(instance.event_log_storage, MySQLEventLogStorage)
+
+    cli.main(["ingest", "--parallel", "3"])
+
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest"))
+    assert len(runs) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(
+        instance.get_dynamic_partitions("ingest_batches"))
+    # the batches overlapped in time: they ran side by side, not one after another
+    stats = [instance.get_run_stats(r.run_id) for r in runs]
+    assert max(s.start_time for s in stats) < min(s.end_time for s in stats)
+    # each run's steps ran in child processes of the multiprocess executor
+    for run in runs:
+        messages = [e.message or "" for e in instance.all_logs(run.run_id)]
+        assert any("multiprocess executor" in m for m in messages), messages[:10]
+        assert sum("Launching subprocess for" in m for m in messages) == 3
+    # and all of it is in MariaDB, in Dagster's own database
+    engine = sa.create_engine(mysql_instance_home)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM runs WHERE pipeline_name = 'asr_ingest'")).scalar() == 3
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM event_logs WHERE dagster_event_type = "
+                                    "'ASSET_MATERIALIZATION'")).scalar() == 9
+    engine.dispose()
+    features = sorted((pipeline_env / "storage" / "featurized_shards").glob("ids-*"))
+    assert len(features) == 3
