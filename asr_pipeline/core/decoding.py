@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from asr_pipeline.core.model import LANGUAGE, TASK
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.text import clean
+
+
+def budgeted_batches(count: int, batch_size: int, max_new_tokens: int,
+                     expected_tokens: Sequence[int] | None) -> Iterator[tuple[list[int], int]]:
+    """(utterance indices, token budget) per batch: longest expected first, at most 2x the batch's longest expected
+    length + 10 tokens (never above max_new_tokens); without expectations, input order and max_new_tokens."""
+    order = list(range(count))
+    if expected_tokens is not None:
+        order.sort(key=lambda i: -int(expected_tokens[i]))
+    for start in range(0, count, batch_size):
+        chosen = order[start: start + batch_size]
+        budget = max_new_tokens
+        if expected_tokens is not None:
+            budget = min(max_new_tokens, 2 * max(int(expected_tokens[i]) for i in chosen) + 10)
+        yield chosen, budget
 
 
 def transcribe_features(
@@ -34,19 +49,12 @@ def transcribe_features(
 
     get = features if callable(features) else features.__getitem__
     total = len(features) if count is None else count
-    order = list(range(total))
-    if expected_tokens is not None:
-        order.sort(key=lambda i: -int(expected_tokens[i]))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     model.eval()
     texts: list[str | None] = [None] * total
     progress = Progress(what, total, emit)
-    for start in range(0, total, batch_size):
-        chosen = order[start: start + batch_size]
-        budget = max_new_tokens
-        if expected_tokens is not None:
-            budget = min(max_new_tokens, 2 * max(int(expected_tokens[i]) for i in chosen) + 10)
+    for chosen, budget in budgeted_batches(total, batch_size, max_new_tokens, expected_tokens):
         batch = torch.from_numpy(np.stack([get(i) for i in chosen])).to(device=device, dtype=dtype)
         with torch.inference_mode():
             tokens = model.generate(batch, language=LANGUAGE, task=TASK, num_beams=1, do_sample=False,

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from asr_pipeline.core.decoding import budgeted_batches
 from asr_pipeline.core.model import LANGUAGE, TASK
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.storage import publish, staging_dir
@@ -68,17 +69,10 @@ def transcribe_features_ct2(
     runtimes are compared on equal terms."""
     import ctranslate2
 
-    order = list(range(count))
-    if expected_tokens is not None:
-        order.sort(key=lambda i: -int(expected_tokens[i]))
     prompt = prompt_tokens(tokenizer)
     texts: list[str | None] = [None] * count
     progress = Progress(what, count, emit)
-    for start in range(0, count, batch_size):
-        chosen = order[start: start + batch_size]
-        budget = max_new_tokens
-        if expected_tokens is not None:
-            budget = min(max_new_tokens, 2 * max(int(expected_tokens[i]) for i in chosen) + 10)
+    for chosen, budget in budgeted_batches(count, batch_size, max_new_tokens, expected_tokens):
         batch = np.ascontiguousarray(np.stack([features(i) for i in chosen]).astype(np.float32))
         results = model.generate(ctranslate2.StorageView.from_array(batch), [prompt] * len(chosen),
                                  beam_size=1, max_length=budget + len(prompt), suppress_blank=True,

@@ -113,27 +113,24 @@ def path_map() -> PathMap:
     return PathMap.parse(os.environ.get("ASR_PATH_MAP"))
 
 
-def group_pattern() -> str:
-    pattern = os.environ.get("ASR_GROUP_PATTERN") or DEFAULT_GROUP_PATTERN
+def _named_pattern(variable: str, default: str, group: str, meaning: str) -> str:
+    pattern = os.environ.get(variable) or default
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
-        raise ConfigError(f"ASR_GROUP_PATTERN is not a valid regular expression: {exc}") from exc
-    if "group" not in compiled.groupindex:
-        raise ConfigError("ASR_GROUP_PATTERN must have a named group (?P<group>...) that captures the episode id")
+        raise ConfigError(f"{variable} is not a valid regular expression: {exc}") from exc
+    if group not in compiled.groupindex:
+        raise ConfigError(f"{variable} must have a named group (?P<{group}>...) that captures {meaning}")
     return pattern
+
+
+def group_pattern() -> str:
+    return _named_pattern("ASR_GROUP_PATTERN", DEFAULT_GROUP_PATTERN, "group", "the episode id")
 
 
 def programme_pattern() -> str:
-    pattern = os.environ.get("ASR_PROGRAMME_PATTERN") or DEFAULT_PROGRAMME_PATTERN
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"ASR_PROGRAMME_PATTERN is not a valid regular expression: {exc}") from exc
-    if "programme" not in compiled.groupindex:
-        raise ConfigError("ASR_PROGRAMME_PATTERN must have a named group (?P<programme>...), matched against the "
-                          "episode group of each clip")
-    return pattern
+    return _named_pattern("ASR_PROGRAMME_PATTERN", DEFAULT_PROGRAMME_PATTERN, "programme",
+                          "the programme, matched against the episode group of each clip")
 
 
 def normalization_policy():
