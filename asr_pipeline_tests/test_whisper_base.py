@@ -125,7 +125,8 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
     reference_texts = transcribe_features(load_model(str(whisper_base_dir)), processor, features, batch_size=6,
                                           expected_tokens=expected, emit=lambda _: None)
     export = export_ctranslate2(whisper_base_dir, tmp_path / "ct2")
-    assert {"model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"} <= {p.name for p in export.iterdir()}
+    files = {p.name for p in export.iterdir()}
+    assert {"model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"} <= files
     ct2_texts = transcribe_features_ct2(load_ctranslate2(export), processor.tokenizer, features.__getitem__,
                                         len(features), batch_size=6, expected_tokens=expected, emit=lambda _: None)
     transformers_cer = error_rates(refs, reference_texts).cer

@@ -6,7 +6,8 @@
       models/<stamp>/      a copy of each promoted checkpoint (model/) and its CTranslate2 export (ctranslate2/)
 
 A checkpoint is copied, not linked, because finetuned_checkpoint is rewritten by the next training.
-The pointer is replaced atomically (write a temporary file, rename it), so a reader sees the old champion or the new one.
+The pointer is replaced atomically (write a temporary file, rename it), so a reader sees the old champion or the
+new one.
 """
 
 from __future__ import annotations

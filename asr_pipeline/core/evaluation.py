@@ -79,7 +79,8 @@ def character_alignment(reference: str, hypothesis: str) -> list[dict]:
     return pieces
 
 
-def worst_utterances(per_utterance: list[dict], counts, model: str = "finetuned", count: int = WORST_COUNT) -> list[dict]:
+def worst_utterances(per_utterance: list[dict], counts, model: str = "finetuned",
+                     count: int = WORST_COUNT) -> list[dict]:
     """The utterances with the highest CER (then the most edits) for `model`, each with its aligned diff."""
     edits, lengths = counts.edits["cer"], counts.lengths["cer"]
     rates = edits / np.maximum(lengths, 1)
