@@ -1,7 +1,10 @@
 """Training and evaluation: the seed recipe (../shared/reference/seed_recipe.py) and ours, same corpus, one run.
 
     .venv/bin/python benchmarks/train_eval_benchmark.py --base-model DIR [--clips 1000] [--steps 8]
-        [--batch-size 4] [--valid 32] [--work DIR] [--variants full,frozen]
+        [--batch-size 4] [--valid 32] [--work DIR] [--variants full,full_fp32,frozen]
+
+Variants: full (bf16 autocast where the CPU has AMX/AVX512-BF16), full_fp32 (cpu_bf16 off), frozen (freeze_encoder),
+checkpointing (gradient checkpointing). Our evaluation runs twice: bf16 (the default where supported) and float32.
 
 Corpus: --clips espeak-ng Korean utterances (as in featurize_benchmark.py). The last --valid clips are held out.
 Training: the seed's `train` (Seq2SeqTrainer, its collator, its arguments) and ours (`train_whisper`) with the same
@@ -26,8 +29,9 @@ import pandas as pd
 from asr_pipeline.core.audio import AudioShard, resample_manifest
 from asr_pipeline.core.decoding import transcribe_features
 from asr_pipeline.core.features import FeatureShard, featurize_shard
-from asr_pipeline.core.model import load_model, load_processor
+from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from asr_pipeline.core.synth import write_demo_corpus
+from asr_pipeline.core.text import error_rates
 from asr_pipeline.core.training import FeatureRows, SpeechSeq2SeqCollator, TrainingSettings, train_whisper
 
 SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
@@ -113,15 +117,17 @@ def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16) -> d
     return {"utterances": len(dataset), "seconds": round(seconds, 3), "utterances_per_s": round(len(dataset) / seconds, 4)}
 
 
-def our_evaluate(shard: FeatureShard, model_dir: str, batch_size: int = 16) -> dict:
+def our_evaluate(shard: FeatureShard, model_dir: str, batch_size: int = 16, prefer_bf16: bool = True) -> dict:
     rows = FeatureRows([shard], "valid")
-    model, processor = load_model(model_dir), load_processor(model_dir)
+    model, processor = load_model(model_dir, dtype=inference_dtype(prefer_bf16)), load_processor(model_dir)
     expected = [int(rows.row(i)["label_length"]) for i in range(len(rows))]
     started = time.perf_counter()
-    transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), count=len(rows),
-                        batch_size=batch_size, emit=lambda _: None, expected_tokens=expected)
+    texts = transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), count=len(rows),
+                                batch_size=batch_size, emit=lambda _: None, expected_tokens=expected)
     seconds = time.perf_counter() - started
-    return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4)}
+    references = [str(rows.row(i)["transcript"]) for i in range(len(rows))]
+    return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4),
+            "dtype": str(next(model.parameters()).dtype), "cer": round(error_rates(references, texts).cer, 4)}
 
 
 def main() -> None:
@@ -131,7 +137,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--valid", type=int, default=32)
-    parser.add_argument("--variants", default="full,frozen")
+    parser.add_argument("--variants", default="full,full_fp32,frozen")
     parser.add_argument("--work", default="/tmp/asr_featurize_benchmark")
     args = parser.parse_args()
     work = Path(args.work)
@@ -167,7 +173,9 @@ def main() -> None:
         print(f"training: ours ({variant})", file=sys.stderr)
         settings = TrainingSettings(learning_rate=1e-5, batch_size=args.batch_size, warmup_steps=min(5, args.steps),
                                     max_steps=args.steps, logging_steps=max(1, args.steps // 4),
-                                    freeze_encoder=variant == "frozen", gradient_checkpointing=variant == "checkpointing")
+                                    freeze_encoder=variant.startswith("frozen"),
+                                    gradient_checkpointing=variant == "checkpointing",
+                                    cpu_bf16=not variant.endswith("fp32"))
         summary = train_whisper(args.base_model, [ours_train], run / f"ours_{variant}", settings, emit=lambda _: None)
         trained = load_model(str(run / f"ours_{variant}"))
         results[f"ours_train_{variant}"] = {
@@ -179,7 +187,10 @@ def main() -> None:
     print("evaluation: seed recipe vs ours (base model, held-out clips)", file=sys.stderr)
     results["seed_eval"] = seed_evaluate(run / "seed_valid_features", args.base_model)
     results["ours_eval"] = our_evaluate(ours_valid, args.base_model)
-    results["eval_speedup"] = round(results["ours_eval"]["utterances_per_s"] / results["seed_eval"]["utterances_per_s"], 2)
+    results["ours_eval_fp32"] = our_evaluate(ours_valid, args.base_model, prefer_bf16=False)
+    for name in ("ours_eval", "ours_eval_fp32"):
+        results[name]["speedup"] = round(results[name]["utterances_per_s"] / results["seed_eval"]["utterances_per_s"],
+                                         2)
     print(json.dumps(results, indent=2))
 
 

@@ -123,14 +123,17 @@ def evaluate_on_test(
     ctranslate2_dir: Path | None = None,
     programme_pattern: str = DEFAULT_PROGRAMME_PATTERN,
     bootstrap_resamples: int = 1000,
+    prefer_bf16: bool = True,
 ) -> dict:
     """Decode the test split with the base model, the checkpoint and the champion (when there is one), score them,
     and (ctranslate2_dir given) export the checkpoint to CTranslate2 int8 and score that too. Returns the report;
     with out_dir, also writes it there (report.json, report.md, report.html, training_curves.png).
 
     budget_from_labels: decode longest-first with a token budget of 2x the reference label length + 10 per batch
-    (see decoding.transcribe_features); off, every utterance may run to max_new_tokens."""
-    from asr_pipeline.core.model import load_model, load_processor
+    (see decoding.transcribe_features); off, every utterance may run to max_new_tokens.
+    prefer_bf16: decode in bfloat16 where the hardware multiplies it natively (model.inference_dtype); every model
+    in the report is decoded the same way, and the report says which."""
+    from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 
     rows = FeatureRows(shards, "test")
     if len(rows) == 0:
@@ -143,6 +146,7 @@ def evaluate_on_test(
     meta = [rows.row(i) for i in range(len(rows))]
     references = [clean(m["transcript"]) for m in meta]
     expected = [int(m["label_length"]) for m in meta] if budget_from_labels else None
+    dtype = inference_dtype(prefer_bf16)
     models = [("base", base_source), ("finetuned", str(checkpoint_dir))]
     if champion and Path(champion["model_path"]).exists():
         models.append(("champion", champion["model_path"]))
@@ -156,12 +160,12 @@ def evaluate_on_test(
         "normalization": policy.describe(),
         "decoding": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                      "token_budget": "2 x reference label length + 10, longest first" if budget_from_labels
-                     else "max_new_tokens"},
+                     else "max_new_tokens", "dtype": str(dtype).replace("torch.", "")},
         "bootstrap": {"resamples": bootstrap_resamples, "level": 0.95, "unit": "utterance"},
     }
     hypotheses, counts = {}, {}
     for name, source in models:
-        model, processor = load_model(source), load_processor(source)
+        model, processor = load_model(source, dtype=dtype), load_processor(source)
         started = time.perf_counter()
         hypotheses[name] = transcribe_features(model, processor, features, count=len(rows), batch_size=batch_size,
                                                max_new_tokens=max_new_tokens, emit=emit, what=f"decoding ({name})",

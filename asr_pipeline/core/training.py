@@ -35,6 +35,7 @@ class TrainingSettings:
     freeze_encoder: bool = False  # train the decoder only: no encoder backward pass
     gradient_checkpointing: bool = False  # less activation memory for more compute
     torch_compile: bool = False
+    cpu_bf16: bool = True  # bf16 autocast on CPUs that multiply bf16 in hardware (AVX512-BF16/AMX); fp32 elsewhere
 
     def validate(self) -> None:
         positive = ["learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps", "eval_steps",
@@ -169,7 +170,7 @@ def train_whisper(
     from transformers import Seq2SeqTrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from asr_pipeline.core.model import load_model, load_processor
+    from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor
 
     settings.validate()
     out_dir = Path(out_dir)
@@ -192,7 +193,9 @@ def train_whisper(
     # a short run (max_steps < eval_steps) still validates once, at its end, so best-model selection has a score
     eval_steps = min(settings.eval_steps, settings.max_steps)
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    # bf16 autocast keeps float32 master weights: the GPU's fast path, and on CPUs with AMX/AVX512-BF16 about twice
+    # the speed of float32 (docs/BENCHMARKS.md)
+    bf16 = torch.cuda.is_bf16_supported() if on_gpu else (settings.cpu_bf16 and cpu_has_native_bf16())
     workers = settings.dataloader_num_workers if settings.dataloader_num_workers is not None else (4 if on_gpu else 0)
     args = Seq2SeqTrainingArguments(
         output_dir=str(work_dir),
@@ -215,6 +218,7 @@ def train_whisper(
         generation_max_length=settings.generation_max_length,
         bf16=bf16,
         fp16=on_gpu and not bf16,
+        use_cpu=not on_gpu,  # transformers asks for it explicitly before it allows bf16 on a CPU
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name for gradient checkpointing
@@ -280,6 +284,7 @@ def train_whisper(
         "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"]} for h in evals],
         "settings": asdict(settings),
         "device": "cuda" if on_gpu else "cpu",
+        "precision": "bf16 autocast" if bf16 else ("fp16 autocast" if on_gpu else "fp32"),
         "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
         "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),
         "resumed_from_step": _step_of(resume_from),

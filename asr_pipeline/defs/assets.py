@@ -140,6 +140,7 @@ class TrainingConfig(dg.Config):
     freeze_encoder: bool = Field(default=False, description="train the decoder only (no encoder backward)")
     gradient_checkpointing: bool = Field(default=False, description="less memory, more compute")
     torch_compile: bool = Field(default=False, description="torch.compile the model")
+    cpu_bf16: bool = Field(default=True, description="bf16 autocast on CPUs with AMX/AVX512-BF16 (fp32 elsewhere)")
     dataloader_num_workers: int | None = Field(default=None, description="None: 4 with a GPU, 0 on CPU")
     launcher: str = Field(default="", description="inprocess | torchrun (a Dagster Pipes subprocess running "
                           "torch.distributed.run); empty: ASR_TRAIN_LAUNCHER, default inprocess")
@@ -192,6 +193,8 @@ class EvaluationConfig(dg.Config):
     export_ctranslate2: bool = Field(default=True, description="export the checkpoint to CTranslate2 int8 and "
                                      "score the export on the test split too")
     bootstrap_resamples: int = Field(default=1000, description="bootstrap resamples for the 95% intervals")
+    bf16: bool = Field(default=True, description="decode in bfloat16 where the hardware has it (a bf16 GPU, a CPU "
+                       "with AMX/AVX512-BF16); every model in the report alike")
 
 
 @dg.asset(group_name=GROUP, kinds={"html", "json", "markdown"}, pool=TRAINING_POOL,
@@ -216,7 +219,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         max_new_tokens=config.max_new_tokens, warning=warning, emit=context.log.info,
         budget_from_labels=config.budget_from_labels, policy=settings.normalization_policy(),
         champion=incumbent, ctranslate2_dir=out / "ctranslate2" if config.export_ctranslate2 else None,
-        programme_pattern=settings.programme_pattern, bootstrap_resamples=config.bootstrap_resamples)
+        programme_pattern=settings.programme_pattern, bootstrap_resamples=config.bootstrap_resamples,
+        prefer_bf16=config.bf16)
     if "ctranslate2" in report:  # where the IO manager publishes it, not the staging directory
         report["ctranslate2"]["path"] = str(final_dir / "ctranslate2")
     report["partitions"] = sorted(featurized_shards)

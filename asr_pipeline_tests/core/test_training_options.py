@@ -60,3 +60,19 @@ def test_label_budget_bounds_decoding_and_keeps_input_order(shard, tiny_model_di
     generous = transcribe_features(model, processor, features, batch_size=4, max_new_tokens=64, emit=lambda _: None,
                                    expected_tokens=[100 - i for i in range(len(features))])
     assert generous == unbounded
+
+
+def test_cpu_bf16_autocast_is_used_where_the_cpu_has_it_and_can_be_turned_off(shard, tiny_model_dir, tmp_path):
+    from asr_pipeline.core.model import cpu_has_native_bf16, inference_dtype
+
+    common = dict(learning_rate=1e-3, batch_size=4, warmup_steps=0, max_steps=2, eval_steps=2, logging_steps=1)
+    fp32 = train_whisper(str(tiny_model_dir), [shard], tmp_path / "fp32", TrainingSettings(**common, cpu_bf16=False),
+                         emit=lambda _: None)
+    default = train_whisper(str(tiny_model_dir), [shard], tmp_path / "default", TrainingSettings(**common),
+                            emit=lambda _: None)
+    assert fp32["precision"] == "fp32"
+    assert default["precision"] == ("bf16 autocast" if cpu_has_native_bf16() else "fp32")
+    # the saved checkpoint stays float32 either way (autocast keeps float32 master weights)
+    assert all(t.dtype == torch.float32 for t in load_file(str(tmp_path / "default/model.safetensors")).values())
+    assert inference_dtype(prefer_bf16=False) == torch.float32
+    assert inference_dtype() == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
