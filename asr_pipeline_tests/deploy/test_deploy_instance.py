@@ -68,3 +68,22 @@ def test_ingest_batches_run_in_parallel_on_the_multiprocess_executor_with_mysql_
     engine.dispose()
     features = sorted((pipeline_env / "storage" / "featurized_shards").glob("ids-*"))
     assert len(features) == 3
+
+
+def test_the_kubernetes_run_config_is_valid_for_the_retrain_job_on_the_k8s_executor(monkeypatch, tmp_path):
+    """ASR_EXECUTOR=k8s swaps in dagster-k8s's k8s_job_executor; deploy/kubernetes/run_config.yaml must then be
+    accepted by asr_retrain's config schema as it is (no cluster is needed to check that much)."""
+    import yaml
+
+    from asr_pipeline.definitions import build_definitions
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ASR_EXECUTOR", "k8s")
+    job = build_definitions().resolve_job_def("asr_retrain")
+    assert job.executor_def.name == "k8s"
+    config = yaml.safe_load((DEPLOY.parent / "kubernetes" / "run_config.yaml").read_text())
+    resolved = dg.validate_run_config(job, config)
+    assert resolved["ops"]["finetuned_checkpoint"]["config"]["launcher"] == "torchrun"
+    # and every Kubernetes manifest in deploy/ at least parses
+    for path in (DEPLOY.parent / "kubernetes").glob("*.yaml"):
+        assert list(yaml.safe_load_all(path.read_text())), path
