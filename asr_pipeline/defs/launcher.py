@@ -4,7 +4,8 @@ torchrun (torch.distributed.run), so going from one process to one per GPU, or t
     ASR_TRAIN_LAUNCHER=torchrun ASR_TRAIN_PROCESSES=8      (or run config: launcher, nproc_per_node)
 
 The subprocess (asr_pipeline.workers.train) gets a job file; its rank 0 streams its log lines back to this run
-through Pipes. Extra torchrun arguments (multi-node rendezvous, say) go in ASR_TORCHRUN_ARGS.
+through Pipes. Extra torchrun arguments (multi-node rendezvous, say) go in ASR_TORCHRUN_ARGS. The subprocess dies
+with the run worker (asr_pipeline.workers.die_with_parent), so a killed run leaves no training behind.
 """
 
 import os
@@ -53,7 +54,9 @@ def resolve(launcher: str, nproc_per_node: int) -> Launch:
 
 def torchrun_command(launch: Launch, job_file: Path) -> list[str]:
     rendezvous = list(launch.extra_args) or ["--standalone"]  # one node unless ASR_TORCHRUN_ARGS says otherwise
-    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc_per_node={launch.nproc_per_node}",
+    # die_with_parent: a run worker killed with -9 takes the training down with it (torchrun stops its ranks)
+    return [sys.executable, "-m", "asr_pipeline.workers.die_with_parent", "--",
+            sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc_per_node={launch.nproc_per_node}",
             "-m", "asr_pipeline.workers.train", str(job_file)]
 
 

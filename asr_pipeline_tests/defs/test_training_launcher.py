@@ -19,7 +19,7 @@ def test_launcher_configuration_is_validated(monkeypatch):
     launch = launcher.resolve("", 0)
     assert launch.describe() == "torchrun --nproc_per_node=8"
     command = launcher.torchrun_command(launch, "/tmp/job.json")
-    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8"]
+    assert command[5:9] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8"]
     assert launcher.resolve("inprocess", 0).kind == "inprocess"  # run config wins over the environment
     monkeypatch.setenv("ASR_TORCHRUN_ARGS", "--nnodes=2 --rdzv-endpoint=head:29400")
     assert "--standalone" not in launcher.torchrun_command(launcher.resolve("", 2), "/tmp/job.json")
@@ -51,3 +51,42 @@ def test_training_runs_under_torchrun_through_dagster_pipes(pipeline_env, monkey
     assert any("torch.distributed.run" in m for m in messages)
     # and its custom message (the summary's path and the world size) reached the asset
     assert any("training worker reported" in m and "'world_size': 1" in m for m in messages)
+
+
+def test_the_launched_command_dies_with_a_parent_killed_by_sigkill(tmp_path):
+    """The training subprocess must not outlive a run worker killed with -9."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "child.pid"
+    child_script = tmp_path / "child.py"
+    child_script.write_text(f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    parent_script = tmp_path / "parent.py"
+    parent_script.write_text(
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-m', 'asr_pipeline.workers.die_with_parent', '--', sys.executable, "
+        f"{str(child_script)!r}])\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(parent_script)])
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(marker.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as stat:  # a zombie (reaped by init later) counts as gone
+            if stat.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the child outlived its SIGKILLed parent")
