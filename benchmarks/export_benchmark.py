@@ -19,7 +19,7 @@ from pathlib import Path
 
 from asr_pipeline.core.decoding import transcribe_features
 from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, transcribe_features_ct2
-from asr_pipeline.core.model import load_model, load_processor
+from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from asr_pipeline.core.synth import write_demo_corpus
 from asr_pipeline.core.text import error_rates
 from asr_pipeline.core.training import FeatureRows, TrainingSettings, train_whisper
@@ -57,17 +57,27 @@ def main() -> None:
     hf = transcribe_features(load_model(checkpoint), processor, features, batch_size=args.batch_size,
                              expected_tokens=expected, emit=print, what="transformers generate")
     hf_seconds = time.perf_counter() - started
+    # the report's default on CPUs with AMX/AVX512-BF16: the same checkpoint decoded in bfloat16
+    started = time.perf_counter()
+    bf16 = transcribe_features(load_model(checkpoint, dtype=inference_dtype()), processor, features,
+                               batch_size=args.batch_size, expected_tokens=expected, emit=print,
+                               what="transformers generate (bf16)")
+    bf16_seconds = time.perf_counter() - started
     export = export_ctranslate2(checkpoint, work / "ctranslate2")
     model = load_ctranslate2(export)
     started = time.perf_counter()
     ct2 = transcribe_features_ct2(model, processor.tokenizer, features.__getitem__, len(features),
                                   batch_size=args.batch_size, expected_tokens=expected, emit=print)
     ct2_seconds = time.perf_counter() - started
-    hf_rates, ct2_rates = error_rates(refs, hf), error_rates(refs, ct2)
+    hf_rates, ct2_rates, bf16_rates = error_rates(refs, hf), error_rates(refs, ct2), error_rates(refs, bf16)
     print(json.dumps({
         "machine": f"{os.cpu_count()} CPU cores", "test_utterances": len(refs), "steps": args.steps,
         "transformers": {"cer": hf_rates.cer, "cer_normalized": hf_rates.cer_normalized,
                          "utterances_per_s": len(refs) / hf_seconds},
+        "transformers_bf16": {"dtype": str(inference_dtype()), "cer": bf16_rates.cer,
+                              "cer_normalized": bf16_rates.cer_normalized,
+                              "utterances_per_s": len(refs) / bf16_seconds,
+                              "identical_to_float32": sum(a == b for a, b in zip(hf, bf16))},
         "ctranslate2_int8": {"cer": ct2_rates.cer, "cer_normalized": ct2_rates.cer_normalized,
                              "utterances_per_s": len(refs) / ct2_seconds},
         "cer_difference_points": 100 * (ct2_rates.cer - hf_rates.cer),
