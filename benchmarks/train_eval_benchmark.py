@@ -130,7 +130,7 @@ def our_evaluate(shard: FeatureShard, model_dir: str, batch_size: int = 16, pref
             "dtype": str(next(model.parameters()).dtype), "cer": round(error_rates(references, texts).cer, 4)}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", required=True)
     parser.add_argument("--clips", type=int, default=1000)
@@ -139,7 +139,14 @@ def main() -> None:
     parser.add_argument("--valid", type=int, default=32)
     parser.add_argument("--variants", default="full,full_fp32,frozen")
     parser.add_argument("--work", default="/tmp/asr_featurize_benchmark")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    print(json.dumps(run_benchmark(parser().parse_args()), indent=2))
+
+
+def run_benchmark(args) -> dict:
     work = Path(args.work)
     manifest = work / f"corpus_{args.clips}.csv"
     if not manifest.exists():
@@ -175,6 +182,7 @@ def main() -> None:
                                     max_steps=args.steps, logging_steps=max(1, args.steps // 4),
                                     freeze_encoder=variant.startswith("frozen"),
                                     gradient_checkpointing=variant == "checkpointing",
+                                    torch_compile=variant == "compile",
                                     cpu_bf16=not variant.endswith("fp32"))
         summary = train_whisper(args.base_model, [ours_train], run / f"ours_{variant}", settings, emit=lambda _: None)
         trained = load_model(str(run / f"ours_{variant}"))
@@ -191,7 +199,7 @@ def main() -> None:
     for name in ("ours_eval", "ours_eval_fp32"):
         results[name]["speedup"] = round(results[name]["utterances_per_s"] / results["seed_eval"]["utterances_per_s"],
                                          2)
-    print(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":
