@@ -422,15 +422,23 @@ def cmd_quarantine(args) -> None:
 
 
 def cmd_champion(args) -> None:
-    from asr_pipeline.core.champion import current_champion, promotion_history
+    from asr_pipeline.core.champion import current_champion, promotion_history, retire_champion
 
     home = env.asr_home()
+    if args.retire:
+        entry = retire_champion(home, reason="asr-pipeline champion --retire")
+        print(f"retired {entry['model_path']}; the next evaluated checkpoint becomes the champion" if entry
+              else "there is no champion to retire")
+        return
     if args.history:
         history = promotion_history(home)
         if args.json:
             print(json.dumps(history, indent=2, ensure_ascii=False))
             return
         for entry in history:
+            if "retired_at" in entry:
+                print(f"{entry['retired_at']}\tretired\t{entry['model_path']}")
+                continue
             print(f"{entry['promoted_at']}\tCER {entry['test_cer']:.4f}\tnormalised {entry['test_cer_normalized']:.4f}"
                   f"\t{entry['model_path']}")
         if not history:
@@ -557,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     champion = sub.add_parser("champion", help="the model in service: {model_path, test_cer, promoted_at, ...}")
     champion.add_argument("--json", action="store_true")
     champion.add_argument("--history", action="store_true", help="every promotion, oldest first")
+    champion.add_argument("--retire", action="store_true", help="set the champion aside (its files stay) so the "
+                          "next evaluated checkpoint is promoted: for a champion that cannot be compared any more")
     champion.set_defaults(func=cmd_champion)
     return parser
 

@@ -43,6 +43,21 @@ def promotion_history(home: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def retire_champion(home: Path, reason: str) -> dict | None:
+    """Move the pointer aside (kept as champion.retired-<stamp>.json, and in the history), so the next evaluated
+    checkpoint is promoted without a comparison. For a champion that can no longer be compared (base model changed)."""
+    pointer = current_champion(home)
+    if pointer is None:
+        return None
+    root = champion_dir(home)
+    stamp = datetime.now(timezone.utc)
+    (root / "champion.json").rename(root / f"champion.retired-{stamp.strftime('%Y%m%dT%H%M%S')}.json")
+    entry = {"retired_at": stamp.isoformat(timespec="seconds"), "model_path": pointer["model_path"], "reason": reason}
+    with open(root / "history.jsonl", "a", encoding="utf-8") as history:
+        history.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    return entry
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     promote: bool

@@ -108,6 +108,14 @@ def training_curves(checkpoint_dir: Path) -> dict:
     return curves
 
 
+def champion_comparable(champion: dict | None, shards: Sequence[FeatureShard]) -> bool:
+    """The champion can be decoded on these features: its files exist and it takes as many mel bins."""
+    if not champion or not (Path(champion["model_path"]) / "config.json").exists():
+        return False
+    config = json.loads((Path(champion["model_path"]) / "config.json").read_text())
+    return config.get("num_mel_bins") == shards[0].n_mels
+
+
 def evaluate_on_test(
     base_source: str,
     checkpoint_dir: str,
@@ -148,7 +156,7 @@ def evaluate_on_test(
     expected = [int(m["label_length"]) for m in meta] if budget_from_labels else None
     dtype = inference_dtype(prefer_bf16)
     models = [("base", base_source), ("finetuned", str(checkpoint_dir))]
-    if champion and Path(champion["model_path"]).exists():
+    if champion_comparable(champion, shards):
         models.append(("champion", champion["model_path"]))
     report: dict = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

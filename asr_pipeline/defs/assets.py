@@ -228,9 +228,11 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     decision = champion.decide_promotion(report["finetuned"][champion.PROMOTION_METRIC], champion_cer,
                                          settings.promotion_margin)
     if incumbent and "champion" not in report:
-        decision = champion.PromotionDecision(False, f"the champion's model is missing at {incumbent['model_path']}"
-                                              "; restore it or reset the champion (asr-pipeline champion --help)",
-                                              decision.challenger_cer, None, settings.promotion_margin)
+        decision = champion.PromotionDecision(
+            False, f"the champion at {incumbent['model_path']} is missing or takes other features (a different base "
+            "model?), so it cannot be compared on this test split; restore it, or retire it with "
+            "`asr-pipeline champion --retire` to let the next challenger in", decision.challenger_cer, None,
+            settings.promotion_margin)
     report["promotion"] = decision.as_dict()
     write_report(report, out, final_dir=final_dir)
     context.log.info(f"report: {report['html_path']}; promotion: {decision.reason}")

@@ -56,3 +56,32 @@ def test_promotion_copies_the_checkpoint_moves_the_pointer_and_keeps_history(tmp
     assert not (Path(second["model_path"]) / "tensorboard").exists()
     assert [h["test_cer"] for h in promotion_history(home)] == [0.4, 0.3]
     assert Path(first["model_path"]).exists()  # earlier champions stay, for rollback
+
+
+def test_retiring_lets_the_next_challenger_in_and_keeps_the_record(tmp_path):
+    from asr_pipeline.core.champion import retire_champion
+
+    home = tmp_path / "home"
+    assert retire_champion(home, "nothing to retire") is None
+    first = promote(home, _checkpoint(tmp_path / "ckpt1", "one"), None, _report(0.4))
+    entry = retire_champion(home, "base model changed")
+    assert current_champion(home) is None and entry["model_path"] == first["model_path"]
+    assert list((home / "champion").glob("champion.retired-*.json"))
+    assert promotion_history(home)[-1]["reason"] == "base model changed"
+    from pathlib import Path
+    assert Path(first["model_path"]).exists()
+
+
+def test_a_champion_that_takes_other_features_is_not_compared(tmp_path):
+    from types import SimpleNamespace
+
+    from asr_pipeline.core.evaluation import champion_comparable
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"num_mel_bins": 128}))  # large-v3's 128 bins
+    pointer = {"model_path": str(model)}
+    assert not champion_comparable(pointer, [SimpleNamespace(n_mels=80)])
+    assert champion_comparable(pointer, [SimpleNamespace(n_mels=128)])
+    assert not champion_comparable({"model_path": str(tmp_path / "gone")}, [SimpleNamespace(n_mels=128)])
+    assert not champion_comparable(None, [SimpleNamespace(n_mels=128)])
