@@ -91,7 +91,7 @@ def _interval(r: dict, measure: str) -> str:
 def _model_cells(report: dict, name: str) -> list[str]:
     r = report[name]
     path = r.get("model") or r.get("path") or ""
-    return [f"{MODEL_LABELS[name]} ({Path(str(path)).name})", *(_interval(r, m) for m in
+    return [f"{MODEL_LABELS[name]}: {Path(str(path)).name}", *(_interval(r, m) for m in
             ("cer", "cer_normalized", "wer", "wer_normalized")), f"{r['utterances_per_s']:.2f}"]
 
 
