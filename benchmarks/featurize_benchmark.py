@@ -60,23 +60,25 @@ def our_featurize(frame: pd.DataFrame, out: Path, model: str) -> dict:
             "bytes_per_row_with_16k_audio": (size + directory_bytes(audio_dir)) // max(summary["rows"], 1)}
 
 
+def run_featurization(work: Path, clips: int, base_model: str) -> dict:
+    """Both sides on the same corpus (made once under work/), with the ratios."""
+    work.mkdir(parents=True, exist_ok=True)
+    frame = corpus(work, clips)
+    run_dir = work / f"run_{os.getpid()}"
+    seed = seed_featurize(work / f"corpus_{clips}.csv", run_dir / "seed", base_model)
+    ours = our_featurize(frame, run_dir / "ours", base_model)
+    return {"clips": clips, "cpu_count": os.cpu_count(), "seed": seed, "ours": ours,
+            "rows_per_s_ratio": round(ours["rows_per_s"] / seed["rows_per_s"], 2),
+            "bytes_per_row_ratio": round(seed["bytes_per_row"] / ours["bytes_per_row"], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", required=True)
     parser.add_argument("--clips", type=int, default=1000)
     parser.add_argument("--work", default="/tmp/asr_featurize_benchmark")
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    frame = corpus(work, args.clips)
-    run_dir = work / f"run_{os.getpid()}"
-    seed = seed_featurize(work / f"corpus_{args.clips}.csv", run_dir / "seed", args.base_model)
-    ours = our_featurize(frame, run_dir / "ours", args.base_model)
-    print(json.dumps({
-        "clips": args.clips, "cpu_count": os.cpu_count(), "seed": seed, "ours": ours,
-        "rows_per_s_ratio": round(ours["rows_per_s"] / seed["rows_per_s"], 2),
-        "bytes_per_row_ratio": round(seed["bytes_per_row"] / ours["bytes_per_row"], 2),
-    }, indent=2))
+    print(json.dumps(run_featurization(Path(args.work), args.clips, args.base_model), indent=2))
 
 
 if __name__ == "__main__":

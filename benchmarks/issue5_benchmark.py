@@ -13,21 +13,13 @@ import json
 import os
 from pathlib import Path
 
-from featurize_benchmark import corpus, our_featurize, seed_featurize
+from featurize_benchmark import run_featurization
 from train_eval_benchmark import parser, run_benchmark
 
 
 def main() -> None:
     args = parser().parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    frame = corpus(work, args.clips)
-    run_dir = work / f"featurize_{os.getpid()}"
-    seed = seed_featurize(work / f"corpus_{args.clips}.csv", run_dir / "seed", args.base_model)
-    ours = our_featurize(frame, run_dir / "ours", args.base_model)
-    featurization = {"seed": seed, "ours": ours,
-                     "rows_per_s_ratio": round(ours["rows_per_s"] / seed["rows_per_s"], 2),
-                     "bytes_per_row_ratio": round(seed["bytes_per_row"] / ours["bytes_per_row"], 2)}
+    featurization = run_featurization(Path(args.work), args.clips, args.base_model)
     train_eval = run_benchmark(args)
     seed_loss = train_eval["seed_train"]["validation_loss"]
     training = {name[len("ours_train_"):]: {"speedup": r["speedup"], "validation_loss": r["validation_loss"],

@@ -30,7 +30,7 @@ from asr_pipeline.core.audio import AudioShard, resample_manifest
 from asr_pipeline.core.decoding import transcribe_features
 from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
-from asr_pipeline.core.synth import write_demo_corpus
+from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
 from asr_pipeline.core.text import error_rates
 from asr_pipeline.core.training import FeatureRows, SpeechSeq2SeqCollator, TrainingSettings, train_whisper
 
@@ -148,11 +148,8 @@ def main() -> None:
 
 def run_benchmark(args) -> dict:
     work = Path(args.work)
-    manifest = work / f"corpus_{args.clips}.csv"
-    if not manifest.exists():
-        pd.DataFrame(write_demo_corpus(work / f"corpus_{args.clips}", args.clips,
-                                       emit=lambda m: print(m, file=sys.stderr))).to_csv(manifest, index=False)
-    frame = pd.read_csv(manifest)
+    work.mkdir(parents=True, exist_ok=True)
+    frame = corpus(work, args.clips)
     train_frame, valid_frame = frame.iloc[:-args.valid], frame.iloc[-args.valid:]
     run = work / f"train_eval_{os.getpid()}"
     run.mkdir(parents=True)
