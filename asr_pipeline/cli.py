@@ -195,7 +195,16 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
 
 def _training_overrides(args) -> dict:
     names = ["max_steps", "batch_size", "learning_rate", "eval_steps", "warmup_steps"]
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "float32", False):
+        overrides["cpu_bf16"] = False
+    return overrides
+
+
+def _evaluation_overrides(args, base: dict | None = None) -> dict | None:
+    if getattr(args, "float32", False):
+        return {**(base or {}), "bf16": False}
+    return base
 
 
 def _storage() -> Path:
@@ -245,7 +254,7 @@ def cmd_demo(args) -> None:
     training = {**DEMO_TRAINING, **_training_overrides(args)}
     defs = _definitions()
     ingest(defs)
-    _run("asr_retrain", training=training, evaluation=DEMO_EVALUATION, defs=defs)
+    _run("asr_retrain", training=training, evaluation=_evaluation_overrides(args, DEMO_EVALUATION), defs=defs)
     _print_report_summary()
     print(f"\nSee it in the UI:  make ui   (= DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
           ".venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1), then open http://127.0.0.1:3000")
@@ -291,7 +300,7 @@ def cmd_train(args) -> None:
 def cmd_run(args) -> None:
     defs = _definitions()
     ingest(defs)
-    _run("asr_retrain", training=_training_overrides(args), defs=defs)
+    _run("asr_retrain", training=_training_overrides(args), evaluation=_evaluation_overrides(args), defs=defs)
     _print_report_summary()
 
 
@@ -515,6 +524,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, help="peak learning rate (default 1e-5)")
     parser.add_argument("--eval-steps", type=int, help="validate and checkpoint every N steps (default 1000)")
     parser.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 500)")
+    parser.add_argument("--float32", action="store_true", help="train and decode in float32 even where the hardware "
+                        "has bf16 (results comparable with machines that lack it)")
 
 
 def build_parser() -> argparse.ArgumentParser:

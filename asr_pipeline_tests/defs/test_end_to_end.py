@@ -46,6 +46,8 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     assert {b["bucket"] for b in report["by_programme"]} == {"DEMO"}
     assert len(report["worst"]) == min(20, report["test_rows"])
     assert [p["step"] for p in report["training_curves"]["eval"]] == [3, 6]  # eval every 3 of 6 steps
+    from asr_pipeline.core.model import cpu_has_native_bf16
+    assert report["decoding"]["dtype"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     export = report["ctranslate2"]
     assert Path(export["path"], "model.bin").exists() and export["utterances_per_s"] > 0
 
