@@ -163,9 +163,9 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     fingerprint = training.training_fingerprint(base_source, [s.meta for s in shards], train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
     if launch.kind == "torchrun":
-        summary = launcher.train_with_torchrun(context, launch, base_source, [featurized_shards[k] for k in
-                                                                            sorted(featurized_shards)],
-                                               out, work_dir, train_settings)
+        shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
+        summary = launcher.train_with_torchrun(context, launch, base_source, shard_dirs, out, work_dir,
+                                               train_settings)
     else:
         summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
                                          work_dir=work_dir)
