@@ -193,3 +193,37 @@ def test_backfill_reprocesses_registered_batches(pipeline_env, monkeypatch, caps
     status = json.loads(capsys.readouterr().out)
     assert [p["key"] for p in status["partitions"]] == keys
     assert status["assets"]["featurized_shards"]["partitions"] == 3
+
+
+def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipeline_env, korean_clips, capsys):
+    def champion() -> dict:
+        capsys.readouterr()
+        cli.main(["champion", "--json"])
+        return json.loads(capsys.readouterr().out)
+
+    run = ["run", "--max-steps", "2", "--batch-size", "4", "--eval-steps", "2", "--warmup-steps", "0"]
+    cli.main(run)
+    first = champion()
+    # Make the champion in service worse than any new checkpoint, for certain: it may emit neither end-of-text nor
+    # any other special token (Whisper's come after the text vocabulary), so it babbles text to the end of its token
+    # budget on every utterance. (A tiny random Whisper cannot be trained to a reliably better CER in a test's time,
+    # so the better model is made by spoiling the old one instead.)
+    generation = Path(first["model_path"]) / "generation_config.json"
+    config = json.loads(generation.read_text())
+    vocab_size = json.loads((Path(first["model_path"]) / "config.json").read_text())["vocab_size"]
+    generation.write_text(json.dumps({**config, "suppress_tokens": list(range(config["eos_token_id"], vocab_size))}))
+
+    cli.main(run)
+    report = json.loads((pipeline_env / "storage" / "evaluation_report" / "report.json").read_text())
+    assert report["champion_model"] == first["model_path"]
+    assert report["champion"]["cer"] > 1.0  # insertions: the spoiled champion was decoded, on the same split
+    assert report["promotion"]["promote"], report["promotion"]
+    second = champion()
+    assert second["model_path"] != first["model_path"] and second["previous_model_path"] == first["model_path"]
+    assert second["test_cer"] == pytest.approx(report["finetuned"]["cer"])
+    capsys.readouterr()
+    cli.main(["champion", "--history", "--json"])
+    assert [h["model_path"] for h in json.loads(capsys.readouterr().out)] == [first["model_path"],
+                                                                             second["model_path"]]
+    cli.main(["transcribe", korean_clips[0]["audio_path"]])
+    assert f"using the champion {second['model_path']}" in capsys.readouterr().err
