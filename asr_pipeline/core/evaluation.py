@@ -18,7 +18,8 @@ import numpy as np
 from asr_pipeline.core.decoding import transcribe_features
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.settings import DEFAULT_PROGRAMME_PATTERN
-from asr_pipeline.core.text import (DEFAULT_POLICY, MEASURES, NormalizationPolicy, bootstrap_ci, clean, edit_counts)
+from asr_pipeline.core.text import (DEFAULT_POLICY, MEASURES, EditCounts, NormalizationPolicy, bootstrap_ci, clean,
+                                    edit_counts)
 from asr_pipeline.core.training import FeatureRows
 
 DURATION_BUCKETS = (0.0, 2.0, 5.0, 10.0, 20.0, 30.0)
@@ -26,7 +27,7 @@ WORST_COUNT = 20
 
 
 def score(references: list[str], hypotheses: list[str], policy: NormalizationPolicy, resamples: int = 1000,
-          seed: int = 0) -> tuple[dict, "object"]:
+          seed: int = 0) -> tuple[dict, EditCounts]:
     """Rates and their bootstrap intervals: {cer, cer_ci95, cer_normalized, cer_normalized_ci95, wer, ...}."""
     counts = edit_counts(references, hypotheses, policy)
     out: dict = {"pairs": len(references)}

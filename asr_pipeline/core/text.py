@@ -306,8 +306,12 @@ def bootstrap_ci(counts: EditCounts, measure: str, resamples: int = 1000, seed: 
     if n == 0:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
-    rows = rng.integers(0, n, size=(resamples, n))
-    e, lengths = counts.edits[measure][rows].sum(axis=1), counts.lengths[measure][rows].sum(axis=1)
-    rates = e / np.maximum(lengths, 1)
+    edits, lengths = counts.edits[measure], counts.lengths[measure]
+    rates = []
+    chunk = max(1, 2_000_000 // n)  # resamples drawn a chunk at a time: memory stays bounded for big test splits
+    for start in range(0, resamples, chunk):
+        rows = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        rates.append(edits[rows].sum(axis=1) / np.maximum(lengths[rows].sum(axis=1), 1))
+    rates = np.concatenate(rates)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(rates, tail)), float(np.percentile(rates, 100 - tail))]
