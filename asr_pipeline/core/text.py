@@ -186,19 +186,19 @@ class NormalizationPolicy:
 
     def words(self, text: str) -> str:
         """The policy with word boundaries kept (for WER)."""
-        text = clean(text)
+        # numbers first: "1,500" and "0.1%" must be read before their punctuation goes
+        text = NUMBER_POLICIES[self.numbers](clean(text))
         if self.punctuation == "strip":
-            # numbers first: "1,500" and "0.1%" must be read before their punctuation goes
-            text = NUMBER_POLICIES[self.numbers](text)
             text = "".join(" " if _is_mark(ch) else ch for ch in text)
-        else:
-            text = NUMBER_POLICIES[self.numbers](text)
         return clean(text)
 
     def characters(self, text: str) -> str:
         """The policy as the normalised CER sees it."""
-        text = self.words(text)
-        return text.replace(" ", "") if self.spacing == "ignore" else text
+        return self.characters_of_words(self.words(text))
+
+    def characters_of_words(self, words: str) -> str:
+        """characters() from an already computed words(): scoring needs both views of every text."""
+        return words.replace(" ", "") if self.spacing == "ignore" else words
 
     def describe(self) -> dict:
         return {"punctuation": self.punctuation, "spacing": self.spacing, "numbers": self.numbers}
@@ -280,9 +280,10 @@ def edit_counts(references: list[str], hypotheses: list[str],
     lengths = {m: np.zeros(len(references), dtype=np.int64) for m in MEASURES}
     for i, (r, h) in enumerate(zip(references, hypotheses)):
         r, h = clean(r), clean(h)
+        r_words, h_words = policy.words(r), policy.words(h)
         views = {"cer": (r, h, "char"), "wer": (r, h, "word"),
-                 "cer_normalized": (policy.characters(r), policy.characters(h), "char"),
-                 "wer_normalized": (policy.words(r), policy.words(h), "word")}
+                 "cer_normalized": (policy.characters_of_words(r_words), policy.characters_of_words(h_words), "char"),
+                 "wer_normalized": (r_words, h_words, "word")}
         for measure, (ref, hyp, unit) in views.items():
             edits[measure][i], lengths[measure][i] = _edits(ref, hyp, unit)
     return EditCounts(edits, lengths)
