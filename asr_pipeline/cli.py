@@ -277,7 +277,9 @@ def cmd_backfill(args) -> None:
 
     defs = _definitions()
     registered = sorted(_instance().get_dynamic_partitions(INGEST_BATCHES.name))
-    if args.partitions:
+    if args.all:
+        chosen = registered
+    elif args.partitions:
         unknown = sorted(set(args.partitions) - set(registered))
         if unknown:
             raise SystemExit(f"not registered ingest batches: {unknown}; `asr-pipeline status` lists them")
@@ -546,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(func=cmd_ingest_batch)
     backfill = sub.add_parser("backfill", help="re-process registered ingest batches (all, a range, or named)")
     backfill.add_argument("partitions", nargs="*", help="batch keys, e.g. ids-0000000001-0000010000")
+    backfill.add_argument("--all", action="store_true", help="every registered batch")
     backfill.add_argument("--from", dest="from_key", help="first batch key of a range")
     backfill.add_argument("--to", dest="to_key", help="last batch key of a range")
     backfill.set_defaults(func=cmd_backfill)
