@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/asr-pipeline demo
+	$(BIN)/asr-pipeline demo $(DEMO_ARGS)   # e.g. DEMO_ARGS="--rows 40 --max-steps 20"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

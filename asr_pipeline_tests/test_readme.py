@@ -28,6 +28,8 @@ PLACEHOLDERS = {"N": "2", "B": "4", "LR": "0.001", "KEY": "ids-0000000001-000001
                 "DIR": "model", "H": "127.0.0.1", "P": "3000"}
 # Subcommands quick enough to run end to end against the demo's ASR_HOME (`demo` itself runs through `make demo`;
 # `run` and `train` train a model, `ui` serves until stopped, so those are parsed only).
+DEMO_ROWS = 40
+DEMO_ARGS = f"--rows {DEMO_ROWS} --max-steps 20 --eval-steps 10 --batch-size 4"
 RUN_END_TO_END = {"status", "quarantine", "report", "champion", "backfill", "ingest", "transcribe"}
 
 
@@ -205,8 +207,9 @@ def demo_project(tmp_path_factory):
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith(("ASR_", "DAGSTER_")) or name.startswith("ASR_TEST_")}
     environment.update({"PYTHONPATH": str(project), "ASR_DB_URL": f"sqlite:///{shared_db}", "HF_HUB_OFFLINE": "1"})
-    result = subprocess.run(["make", "-o", str(stamp), "demo", f"VENV={venv}"], cwd=project, env=environment,
-                            capture_output=True, text=True, timeout=900)
+    # DEMO_ARGS: a smaller corpus and fewer steps than the newcomer's default, the same code path
+    result = subprocess.run(["make", "-o", str(stamp), "demo", f"VENV={venv}", f"DEMO_ARGS={DEMO_ARGS}"],
+                            cwd=project, env=environment, capture_output=True, text=True, timeout=1500)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     del environment["ASR_DB_URL"]
@@ -214,6 +217,7 @@ def demo_project(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_make_demo_runs_the_whole_graph_on_the_embedded_database_and_says_the_model_is_a_placeholder(demo_project):
     from asr_pipeline.core.model import PLACEHOLDER_WARNING
 
@@ -225,7 +229,7 @@ def test_make_demo_runs_the_whole_graph_on_the_embedded_database_and_says_the_mo
     import sqlalchemy as sa
     engine = sa.create_engine(f"sqlite:///{home / 'transcripts.sqlite'}")
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT COUNT(*) FROM training_datas")).scalar() == 120
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM training_datas")).scalar() == DEMO_ROWS
     engine.dispose()
     # the placeholder model is announced loudly, in the output and in every form of the report
     assert f"*** {PLACEHOLDER_WARNING} ***" in output
@@ -249,6 +253,7 @@ def _end_to_end_invocations(values: dict[str, str]) -> list[Command]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_short_readme_commands_run_end_to_end_after_the_demo(demo_project):
     project, environment = demo_project["path"], demo_project["env"]
     home = project / ".asr_home"

@@ -224,6 +224,9 @@ def train_whisper(
         activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name for gradient checkpointing
         torch_compile=settings.torch_compile,
         logging_steps=settings.logging_steps,
+        # the default (True) logs a NaN/inf step as the mean of earlier ones, 0.0 on the first: a model that went
+        # NaN would look trained, and the blocking check training_loss_finite could never see it
+        logging_nan_inf_filter=False,
         report_to=["tensorboard"],
         remove_unused_columns=False,
         label_names=["labels"],

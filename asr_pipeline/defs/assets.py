@@ -162,13 +162,20 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     # Same features + settings -> same work directory, so a killed training resumes from its last checkpoint.
     fingerprint = training.training_fingerprint(base_source, [s.meta for s in shards], train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
-    if launch.kind == "torchrun":
-        shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
-        summary = launcher.train_with_torchrun(context, launch, base_source, shard_dirs, out, work_dir,
-                                               train_settings)
-    else:
-        summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
-                                         work_dir=work_dir)
+    try:
+        if launch.kind == "torchrun":
+            shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
+            summary = launcher.train_with_torchrun(context, launch, base_source, shard_dirs, out, work_dir,
+                                                   train_settings)
+        else:
+            summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
+                                             work_dir=work_dir)
+    except Exception:
+        # a training that diverged (NaN loss) stops before its checkpoint is published; record the failed check
+        # too, so the UI shows why evaluation never ran
+        if (out / "training_log.json").exists() and not (result := checks.training_loss_finite(out)).passed:
+            yield result
+        raise
     summary["launcher"] = launch.describe()
     summary["partitions"] = sorted(featurized_shards)
     write_json(out / "training_summary.json", summary)
