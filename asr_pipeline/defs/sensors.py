@@ -7,12 +7,14 @@ import dagster as dg
 from asr_pipeline.core.batches import IngestCursor
 from asr_pipeline.defs.ingest import plan_for_instance, run_requests
 from asr_pipeline.defs.partitions import INGEST_BATCHES
-from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase
+from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase, _int_env
 
 INGEST_JOB = "asr_ingest"
+# ASR_SENSOR_INTERVAL_SECONDS: how often the daemon evaluates the sensor (default 60; the daemon test uses 5)
+SENSOR_INTERVAL_SECONDS = _int_env("ASR_SENSOR_INTERVAL_SECONDS", 60)
 
 
-@dg.sensor(job_name=INGEST_JOB, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+@dg.sensor(job_name=INGEST_JOB, minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.STOPPED,
            description="High-water mark on the id column: new rows become new ingest batches; batches whose "
            "fingerprint changed (corrected or deleted rows) are processed again. One run per batch and content "
            "(run_key), so repeated ticks never duplicate work.")
