@@ -128,3 +128,24 @@ def pipeline_env(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model
     monkeypatch.setenv("ASR_BASE_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("ASR_SPLIT_RATIOS", "60/20/20")
     return tmp_path / "home"
+
+
+@pytest.fixture()
+def password_user(mysql_server_url, mysql_database):
+    """A user with a password and SELECT on the test database only; dropped afterwards."""
+    user = f"asr_{uuid.uuid4().hex[:8]}"
+    password = f"Pw{uuid.uuid4().hex}"  # letters and digits only, so it appears verbatim wherever it leaks
+    database = sa.make_url(mysql_database).database
+    server = sa.create_engine(mysql_server_url)
+    hosts = ["%", "localhost", "127.0.0.1"]
+    with server.begin() as conn:
+        for host in hosts:
+            conn.execute(sa.text(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY :pw"), {"pw": password})
+            conn.execute(sa.text(f"GRANT SELECT ON `{database}`.* TO '{user}'@'{host}'"))
+    try:
+        yield user, password
+    finally:
+        with server.begin() as conn:
+            for host in hosts:
+                conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'{host}'"))
+        server.dispose()

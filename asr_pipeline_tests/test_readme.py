@@ -55,14 +55,15 @@ def _without_comment(line: str) -> str:
 
 def _commands_in(text: str, where: str, program: str) -> list[Command]:
     """`program args…` in a shell line: environment assignments and a path before the program are allowed; the bare
-    program name (prose that names it) is not a command."""
+    program name or `program …` (prose that names it) is not a command."""
     try:
         tokens = shlex.split(text)
     except ValueError:
         return []
     found = []
     for i, token in enumerate(tokens):
-        if Path(token).name == program and all("=" in t for t in tokens[:i]) and tokens[i + 1:]:
+        if Path(token).name == program and all("=" in t for t in tokens[:i]) and \
+                tokens[i + 1:] and tokens[i + 1] not in ("…", "..."):
             found.append(Command(tuple(tokens[i + 1:]), where))
             break
     return found

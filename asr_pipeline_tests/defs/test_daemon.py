@@ -1,6 +1,6 @@
 """Automation through the real daemon: `dagster-daemon run` on an instance configured as the CLI writes it
 (cli.INSTANCE_CONFIG: pools, run queue limits, run retries), new_transcripts_sensor and nightly_retraining turned
-on, rows in MariaDB. The test only watches: what the daemon launches, how often, in what order, with what result."""
+on, rows in MariaDB read by a user with a real password. The test only watches: what the daemon launches, how often, in what order, with what result."""
 
 import json
 import os
@@ -36,7 +36,7 @@ def _archive_rows(clips):
 
 
 @pytest.fixture()
-def daemon_home(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir):
+def daemon_home(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir, password_user):
     """An instance with the project's dagster.yaml, a workspace loading the code location, and the environment a
     deployment would give the daemon (plus a 5 s sensor interval and a schedule that fires every minute)."""
     dagster_home = tmp_path / "dagster"
@@ -47,8 +47,11 @@ def daemon_home(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_
         "module_name": "asr_pipeline_tests.defs.daemon_location", "location_name": "asr_pipeline",
         "working_directory": str(REPO)}}]}))
     audio_dir = Path(korean_clips[0]["audio_path"]).parent
+    user, password = password_user  # the daemon reads the table as a user with a real password
+    database_url = sa.make_url(mysql_database).set(username=user, password=password)
     settings = {
-        "ASR_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(dagster_home), "ASR_DB_URL": mysql_database,
+        "ASR_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(dagster_home),
+        "ASR_DB_URL": database_url.render_as_string(hide_password=False),
         "ASR_PATH_MAP": f"/cul_m01/archive/={audio_dir}/", "ASR_BASE_MODEL": str(tiny_model_dir),
         "ASR_SPLIT_RATIOS": "60/20/20", "ASR_BATCH_ROWS": "40", "ASR_SENSOR_INTERVAL_SECONDS": "5",
         "ASR_RETRAIN_CRON": "* * * * *", "ASR_RETRAIN_TIMEZONE": "UTC",
@@ -62,7 +65,7 @@ def daemon_home(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_
     # 40 clips, then a row whose file is missing: two batches, the second fails its quarantine check every time
     _insert(engine, _archive_rows(korean_clips) + [{"p": "/cul_m01/archive/DEMO_202601019999_00001.wav",
                                                     "t": "파일이 없는 행"}])
-    yield {"workspace": workspace, "engine": engine, "late_rows": _archive_rows(korean_clips[:5]), "dagster_home": dagster_home, "tmp": tmp_path}
+    yield {"password": password, "workspace": workspace, "engine": engine, "late_rows": _archive_rows(korean_clips[:5]), "dagster_home": dagster_home, "tmp": tmp_path}
     engine.dispose()
 
 
@@ -210,6 +213,16 @@ def test_the_daemon_runs_sensor_schedule_pools_and_retries(daemon_home):
     trains = [instance.get_run_record_by_id(run_id) for run_id in train_runs]
     assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in trains), summary
     assert max(r.create_timestamp.timestamp() for r in trains) < min(r.end_time for r in trains)
+
+    # the password the daemon, its sensor and every launched run used is nowhere: logs, run configs, tags, event
+    # logs, compute logs, any file the pipeline or Dagster wrote
+    password = daemon_home["password"]
+    assert password not in daemon.log_path.read_text(errors="replace")
+    for each in runs:
+        assert password not in json.dumps(each.run_config, default=str) + json.dumps(each.tags)
+        assert not [e for e in instance.all_logs(each.run_id) if password in dg.serialize_value(e)]
+    for root_dir in (daemon_home["dagster_home"], Path(os.environ["ASR_HOME"])):
+        assert not [str(p) for p in root_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
 
     # the schedule's run trained, evaluated and promoted: a checkpoint materialized by that very run
     run = next(r for r in runs if r.tags.get("dagster/schedule_name") == "nightly_retraining")

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -15,27 +14,6 @@ import sqlalchemy as sa
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture()
-def password_user(mysql_server_url, mysql_database):
-    """A user with a password and SELECT on the test database only; dropped afterwards."""
-    user = f"asr_{uuid.uuid4().hex[:8]}"
-    password = f"Pw{uuid.uuid4().hex}"  # letters and digits only, so it appears verbatim wherever it leaks
-    database = sa.make_url(mysql_database).database
-    server = sa.create_engine(mysql_server_url)
-    hosts = ["%", "localhost", "127.0.0.1"]
-    with server.begin() as conn:
-        for host in hosts:
-            conn.execute(sa.text(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY :pw"), {"pw": password})
-            conn.execute(sa.text(f"GRANT SELECT ON `{database}`.* TO '{user}'@'{host}'"))
-    try:
-        yield user, password
-    finally:
-        with server.begin() as conn:
-            for host in hosts:
-                conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'{host}'"))
-        server.dispose()
 
 
 def _asr_pipeline(*argv: str) -> subprocess.CompletedProcess:
