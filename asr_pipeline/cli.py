@@ -185,8 +185,17 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
     if parallel > 1 and len(plan.requests) > 1:
         _run_batches_in_parallel([r.key for r in plan.requests], parallel)
     else:
-        for request in plan.requests:
-            _run("asr_ingest", partition_key=request.key, defs=defs, tags={"asr/fingerprint": request.fingerprint})
+        failed = []
+        for request in plan.requests:  # one failing batch does not keep the others from being processed
+            try:
+                _run("asr_ingest", partition_key=request.key, defs=defs,
+                     tags={"asr/fingerprint": request.fingerprint})
+            except SystemExit as exc:
+                print(exc, file=sys.stderr)
+                failed.append(request.key)
+        if failed:
+            raise SystemExit(f"ingest failed for batches {failed} (details above; `asr-pipeline status` shows each "
+                             "batch's state and reason)")
     return [r.key for r in plan.requests]
 
 

@@ -8,9 +8,9 @@ States:
 - pending: not done yet and nothing went wrong: never processed, its content changed, or a run (or an automatic
   retry) is queued or running.
 - failed: its latest run failed after its retries (NAS outage, out of memory, a crash); `failures` counts the failed
-  attempts since its last success.
+  attempts since its last success. Requested again at once for the first three attempts, then hourly.
 - blocked: its latest run was stopped by a blocking asset check (quarantine rate, 16 kHz audio, feature shapes);
-  the reason is the check's.
+  the reason is the check's. Requested again when its rows change, else hourly.
 - stale: done, but made with settings or code that have changed since (reasons from asr_pipeline.defs.versions).
 """
 
@@ -22,7 +22,7 @@ from typing import Iterable, Mapping
 
 import dagster as dg
 
-from asr_pipeline.core.batches import parse_batch_key, retry_due
+from asr_pipeline.core.batches import FREE_RETRIES, parse_batch_key, retry_due
 from asr_pipeline.core.database import TranscriptTable
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 
@@ -130,6 +130,8 @@ def _why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
         event = record.event_log_entry.dagster_event
         error = event.step_failure_data.error
+        while error is not None and error.cause is not None:  # the user code's exception, not Dagster's wrapper
+            error = error.cause
         message = (error.message.strip().splitlines() or [""])[-1] if error else "no error recorded"
         return "failed", f"step {event.step_key} failed: {message[:300]}"
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records:
@@ -173,7 +175,10 @@ def batch_state(instance: dg.DagsterInstance, key: str, table: TranscriptTable |
             "failed and about to be retried" if status in UNSUCCESSFUL else status.value.lower())
     elif latest is not None and _final_failure(latest, now):
         state.state, why = _why_it_failed(instance, latest.dagster_run.run_id)
-        state.retry_at = retry_due(state.failures, state.last_failure_at, now)
+        # a blocking check fails the same way on the same rows: retried hourly from the first time (files restored
+        # on the NAS, say) or at once when its rows change; other failures (outages) get a few quick retries first
+        free = 0 if state.state == "blocked" else FREE_RETRIES
+        state.retry_at = retry_due(state.failures, state.last_failure_at, now, free_retries=free)
         plural = "s" if state.failures != 1 else ""
         state.reason = f"{why} ({state.failures} failed attempt{plural}, latest run {state.last_run_id})"
     elif state.processed_fingerprint is None:
