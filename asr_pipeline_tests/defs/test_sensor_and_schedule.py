@@ -7,8 +7,6 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from asr_pipeline import cli
-from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline_tests.conftest import create_notebook_table
 from asr_pipeline_tests.defs import sensor_harness
