@@ -86,21 +86,45 @@ def _utc_seconds(when) -> float:
     return when.timestamp()
 
 
-def _latest_materialization(instance: dg.DagsterInstance, asset: str, key: str):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1).records
-    return records[0] if records else None
+def _chunks(keys: list[str], size: int = 500):
+    for start in range(0, len(keys), size):
+        yield keys[start:start + size]
+
+
+def processed_fingerprints(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, str | None]:
+    """For each batch, the fingerprint of the content its features were made from; None when the chain never
+    reached featurized_shards after the latest raw_manifest (a run failed or was killed part way). Three queries
+    for any number of batches: the latest storage ids of both assets by partition, then those manifests' metadata."""
+    storage, kind = instance.event_log_storage, dg.DagsterEventType.ASSET_MATERIALIZATION
+    result: dict[str, str | None] = dict.fromkeys(keys)
+    for chunk in _chunks(list(keys)):
+        manifests = storage.get_latest_storage_id_by_partition(dg.AssetKey("raw_manifest"), kind, set(chunk))
+        shards = storage.get_latest_storage_id_by_partition(dg.AssetKey("featurized_shards"), kind, set(chunk))
+        complete = [sid for key, sid in manifests.items() if shards.get(key, -1) > sid]
+        if not complete:
+            continue
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_manifest"), storage_ids=complete),
+            limit=len(complete)).records
+        for record in records:
+            entry = record.asset_materialization.metadata.get("fingerprint")
+            result[record.event_log_entry.dagster_event.partition] = str(entry.value) if entry is not None else None
+    return result
 
 
 def processed_fingerprint(instance: dg.DagsterInstance, key: str) -> str | None:
-    """The fingerprint of the content this batch's features were made from; None when the chain never reached
-    featurized_shards after the latest raw_manifest (a run failed or was killed part way)."""
-    manifest = _latest_materialization(instance, "raw_manifest", key)
-    shards = _latest_materialization(instance, "featurized_shards", key)
-    if manifest is None or shards is None or shards.storage_id < manifest.storage_id:
-        return None
-    entry = manifest.asset_materialization.metadata.get("fingerprint")
-    return str(entry.value) if entry is not None else None
+    return processed_fingerprints(instance, [key])[key]
+
+
+def _runs_by_batch(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, list]:
+    """Every run record of these batches, newest first, in one query per 500 batches."""
+    runs: dict[str, list] = {key: [] for key in keys}
+    for chunk in _chunks(list(keys)):
+        for record in instance.get_run_records(dg.RunsFilter(tags={PARTITION_TAG: chunk})):
+            key = record.dagster_run.tags.get(PARTITION_TAG)
+            if key in runs:
+                runs[key].append(record)
+    return runs
 
 
 def _final_failure(record, now: float) -> bool:
@@ -143,18 +167,19 @@ def _why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]
 def batch_state(instance: dg.DagsterInstance, key: str, table: TranscriptTable | None = None,
                 stale_reason: str | None = None, registered_at: float | None = None,
                 now: float | None = None) -> BatchState:
-    """The state of one batch. With `table`, the batch's current fingerprint is read from the database (one range
-    query), so a batch whose rows changed since it was processed is pending, not done."""
-    now = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now
-    records = instance.get_run_records(dg.RunsFilter(tags={PARTITION_TAG: key}), limit=RUNS_LOOKED_AT)
-    state = BatchState(key, "pending", "", registered_at=registered_at,
-                       runs=instance.get_runs_count(dg.RunsFilter(tags={PARTITION_TAG: key})) if records else 0)
-    state.fingerprint = table.batch_fingerprint(*parse_batch_key(key)) if table is not None else None
-    state.processed_fingerprint = processed_fingerprint(instance, key)
+    """The state of one batch (see batch_states)."""
+    return batch_states(instance, [key], table, {key: stale_reason} if stale_reason else None, now,
+                        {key: registered_at} if registered_at else None)[0]
+
+
+def _state(key: str, records: list, processed: str | None, fingerprint: str | None, now: float) -> BatchState:
+    """Everything but the failure's reason, from the batch's run records (newest first) and fingerprints."""
+    state = BatchState(key, "pending", "", runs=len(records), fingerprint=fingerprint,
+                       processed_fingerprint=processed)
     latest = records[0] if records else None
     state.last_run_id = latest.dagster_run.run_id if latest else None
     state.last_run_fingerprint = latest.dagster_run.tags.get(FINGERPRINT_TAG) if latest else None
-    for record in records:
+    for record in records[:RUNS_LOOKED_AT]:
         if record.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
             break
         if _final_failure(record, now):
@@ -163,41 +188,50 @@ def batch_state(instance: dg.DagsterInstance, key: str, table: TranscriptTable |
                 state.last_failure_at = (record.end_time or record.update_timestamp.timestamp())
     state.running = bool(latest) and (latest.dagster_run.status in ACTIVE or (
         latest.dagster_run.status in UNSUCCESSFUL and not _final_failure(latest, now)))
-
-    current = state.processed_fingerprint is not None and (
-        state.fingerprint is None or state.fingerprint == state.processed_fingerprint)
-    if current:
-        state.state, state.reason = ("stale", stale_reason) if stale_reason else (
-            "done", f"features of its current content exist (fingerprint {state.processed_fingerprint})")
+    if processed is not None and (fingerprint is None or fingerprint == processed):
+        state.state, state.reason = "done", f"features of its current content exist (fingerprint {processed})"
     elif state.running:
         status = latest.dagster_run.status
         state.reason = f"run {state.last_run_id} is " + (
             "failed and about to be retried" if status in UNSUCCESSFUL else status.value.lower())
     elif latest is not None and _final_failure(latest, now):
-        state.state, why = _why_it_failed(instance, latest.dagster_run.run_id)
-        # a blocking check fails the same way on the same rows: retried hourly from the first time (files restored
-        # on the NAS, say) or at once when its rows change; other failures (outages) get a few quick retries first
-        free = 0 if state.state == "blocked" else FREE_RETRIES
-        state.retry_at = retry_due(state.failures, state.last_failure_at, now, free_retries=free)
-        plural = "s" if state.failures != 1 else ""
-        state.reason = f"{why} ({state.failures} failed attempt{plural}, latest run {state.last_run_id})"
-    elif state.processed_fingerprint is None:
-        state.reason = ("never processed" if latest is None else
-                        "its latest processing did not reach featurized_shards")
+        state.state = "failed"  # or blocked: the caller reads why from the run's events
+    elif processed is None:
+        state.reason = "never processed" if latest is None else "its latest processing did not reach featurized_shards"
     else:
-        state.reason = (f"its rows changed since it was processed (fingerprint {state.processed_fingerprint} -> "
-                        f"{state.fingerprint})")
+        state.reason = f"its rows changed since it was processed (fingerprint {processed} -> {fingerprint})"
     return state
 
 
 def batch_states(instance: dg.DagsterInstance, keys: Iterable[str] | None = None,
                  table: TranscriptTable | None = None, stale_reasons: Mapping[str, str] | None = None,
-                 now: float | None = None) -> list[BatchState]:
-    """Every registered batch (or `keys`), in key order. See the module's docstring for the states."""
+                 now: float | None = None, registered_at: Mapping[str, float] | None = None) -> list[BatchState]:
+    """Every registered batch (or `keys`), in key order; see the module's docstring for the states. With `table`,
+    each batch's current fingerprint is read from the database (one range query each), so a batch whose rows
+    changed since it was processed is pending, not done. The catalog is read in a few queries for all batches."""
     chosen = registered_batches(instance) if keys is None else sorted(keys)
-    times = registration_times(instance)
+    now = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now
+    times = registration_times(instance) if registered_at is None else registered_at
     stale_reasons = stale_reasons or {}
-    return [batch_state(instance, key, table, stale_reasons.get(key), times.get(key), now) for key in chosen]
+    runs = _runs_by_batch(instance, chosen)
+    processed = processed_fingerprints(instance, chosen)
+    states = []
+    for key in chosen:
+        fingerprint = table.batch_fingerprint(*parse_batch_key(key)) if table is not None else None
+        state = _state(key, runs[key], processed[key], fingerprint, now)
+        state.registered_at = times.get(key)
+        if state.state == "done" and stale_reasons.get(key):
+            state.state, state.reason = "stale", stale_reasons[key]
+        elif state.state == "failed":
+            state.state, why = _why_it_failed(instance, state.last_run_id)
+            # a blocking check fails the same way on the same rows: retried hourly from the first time (files
+            # restored on the NAS, say) or at once when its rows change; other failures get quick retries first
+            free = 0 if state.state == "blocked" else FREE_RETRIES
+            state.retry_at = retry_due(state.failures, state.last_failure_at, now, free_retries=free)
+            plural = "s" if state.failures != 1 else ""
+            state.reason = f"{why} ({state.failures} failed attempt{plural}, latest run {state.last_run_id})"
+        states.append(state)
+    return states
 
 
 def failed_since(instance: dg.DagsterInstance, since: float | None, limit: int = 100) -> list[str]:

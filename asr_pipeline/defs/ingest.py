@@ -20,12 +20,13 @@ from asr_pipeline.core.batches import (BatchRequest, IngestCursor, NewBatches, c
                                        rotation_slice)
 from asr_pipeline.core.database import TranscriptTable
 from asr_pipeline.core.locks import planning_lock
-from asr_pipeline.defs.batch_states import (FINGERPRINT_TAG, BatchState, batch_state, failed_since,
+from asr_pipeline.defs.batch_states import (FINGERPRINT_TAG, BatchState, batch_states, failed_since,
                                             registered_batches)
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline.defs.resources import PipelineSettings
 
 INGEST_TAGS = {"asr/stage": "ingest"}
+clock = time.time  # the planner's notion of now (benchmarks/loop_simulation.py runs a simulated day on its own)
 
 
 @dataclass
@@ -76,10 +77,17 @@ def cut_and_register(instance: dg.DagsterInstance, table: TranscriptTable, setti
     """Under the planning lock: the high-water mark from the registered batches, new batches cut above it and
     registered. The partitions are added here, inside the lock, rather than returned in a SensorResult (the daemon
     would add those after the sensor returns, outside any lock). Returns the cut and the batches registered before."""
+    def cut(registered: list[str]) -> NewBatches:
+        return cut_new_batches(table, _high_water(cursor, registered), settings.batch_rows, max_wait_s, now,
+                               cursor.pending_since, cursor.pending_upto)
+
+    registered = registered_batches(instance)
+    preview = cut(registered)
+    if not preview.ranges:  # nothing to cut (most ticks): no lock needed, nothing is registered
+        return preview, registered
     with planning_lock(table, Path(settings.home)):
-        registered = registered_batches(instance)
-        new = cut_new_batches(table, _high_water(cursor, registered), settings.batch_rows, max_wait_s, now,
-                              cursor.pending_since, cursor.pending_upto)
+        registered = registered_batches(instance)  # what another planner registered meanwhile counts
+        new = cut(registered)
         if new.keys:
             instance.add_dynamic_partitions(INGEST_BATCHES.name, new.keys)
     return new, registered
@@ -92,7 +100,7 @@ def plan_ingest(instance: dg.DagsterInstance, table: TranscriptTable, settings: 
     of settings.check_batches_per_tick plus the batches with a run that failed since the cursor's last tick, and
     failed batches wait out their back-off (the CLI, run by a person, retries them at once)."""
     cursor = cursor or IngestCursor()
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     wait = settings.batch_max_wait_minutes * 60 if max_wait_s is None else max_wait_s
     new, registered = cut_and_register(instance, table, settings, cursor, wait, now)
     requests = [BatchRequest(key, table.batch_fingerprint(first, last), "new")
@@ -103,16 +111,15 @@ def plan_ingest(instance: dg.DagsterInstance, table: TranscriptTable, settings: 
         to_check, rotation = rotation_slice(registered, cursor.rotation, settings.check_batches_per_tick)
         known = set(registered)
         to_check += [k for k in failed_since(instance, cursor.last_tick) if k in known and k not in to_check]
-    checked, waiting = [], []
-    for key in to_check:
-        state = batch_state(instance, key, table, now=now)
-        checked.append(state)
+    checked, waiting = batch_states(instance, to_check, table, now=now, registered_at={}), []
+    for state in checked:
         request = request_for(state, ignore_backoff=check_all)
         if request is not None:
             requests.append(request)
         elif state.state in ("failed", "blocked") and not state.running:
             waiting.append(state)
-    next_cursor = IngestCursor(new.high_water, rotation, new.pending_since, new.pending_upto, now)
+    # last_tick is compared with the run records' wall-clock times, so it is the wall clock even when `now` is not
+    next_cursor = IngestCursor(new.high_water, rotation, new.pending_since, new.pending_upto, time.time())
     return IngestPlan(new.keys, requests, checked, next_cursor,
                       new.describe(now, wait, settings.batch_rows), waiting)
 
