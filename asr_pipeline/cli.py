@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from asr_pipeline.core import settings as env
-from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable
+from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable, PlannerBusy
 
 DEMO_TRAINING = {"learning_rate": 1e-3, "batch_size": 8, "warmup_steps": 20, "max_steps": 150, "eval_steps": 50,
                  "logging_steps": 10, "generation_max_length": 64}
@@ -170,6 +170,7 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
 
     defs = defs or _definitions()
     instance = _instance()
+    _reap_dead_runs(instance)  # a batch whose CLI run was killed is not "running": it is processed again
     database, settings = defs.resources["database"], defs.resources["settings"]
     table = database.open_table()
     try:
@@ -634,6 +635,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"configuration error: {exc}") from None
     except DatabaseUnavailable as exc:
         raise SystemExit(f"database error: {exc}") from None
+    except PlannerBusy as exc:
+        raise SystemExit(f"ingest: {exc}") from None
 
 
 if __name__ == "__main__":
