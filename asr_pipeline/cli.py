@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from asr_pipeline.core import settings as env
-from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable
+from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable, PlannerBusy
 
 DEMO_TRAINING = {"learning_rate": 1e-3, "batch_size": 8, "warmup_steps": 20, "max_steps": 150, "eval_steps": 50,
                  "logging_steps": 10, "generation_max_length": 64}
@@ -86,7 +86,7 @@ def _definitions():
 
 
 def _run(job_name: str, training: dict | None = None, evaluation: dict | None = None,
-         partition_key: str | None = None, defs=None) -> None:
+         partition_key: str | None = None, defs=None, tags: dict | None = None) -> None:
     defs = defs or _definitions()
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": {}}
     if training:
@@ -99,7 +99,7 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
     instance = _instance()
     _reap_dead_runs(instance)
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    partition_key=partition_key, tags=_run_tags())
+                                    partition_key=partition_key, tags={**_run_tags(), **(tags or {})})
     where = f" for batch {partition_key}" if partition_key else ""
     if not result.success and _only_not_promoted(result):
         print(f"run {result.run_id} of {job_name}: the challenger was evaluated but not promoted; the champion stays "
@@ -166,30 +166,37 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
     """What new_transcripts_sensor does, without the daemon: register new batches, (re)process new, changed and
     never-materialized ones. Every registered batch is checked (a person runs this, not a 60 s tick).
     parallel > 1: that many batches at once, each a run on the multiprocess executor."""
-    from asr_pipeline.core.batches import IngestCursor
-    from asr_pipeline.defs.ingest import plan_for_instance
-    from asr_pipeline.defs.partitions import INGEST_BATCHES
+    from asr_pipeline.defs.ingest import plan_ingest, request_lines
 
     defs = defs or _definitions()
     instance = _instance()
+    _reap_dead_runs(instance)  # a batch whose CLI run was killed is not "running": it is processed again
     database, settings = defs.resources["database"], defs.resources["settings"]
-    settings = settings.model_copy(update={"check_batches_per_tick": 1_000_000_000})
     table = database.open_table()
     try:
-        # no remembered fingerprints: each batch is compared with what raw_manifest last materialized
-        plan = plan_for_instance(instance, table, IngestCursor(), settings)
+        # every pending row is cut now (no waiting for more), every batch is checked, failed ones retried at once
+        plan = plan_ingest(instance, table, settings, check_all=True, max_wait_s=0)
     finally:
         table.dispose()
     print(f"ingest: {plan.summary()}")
-    if plan.new_keys:
-        instance.add_dynamic_partitions(INGEST_BATCHES.name, plan.new_keys)
+    for line in request_lines(plan):
+        print(f"ingest: again {line}")
     for request in plan.requests:
         print(f"ingest: batch {request.key} ({request.reason})")
     if parallel > 1 and len(plan.requests) > 1:
         _run_batches_in_parallel([r.key for r in plan.requests], parallel)
     else:
-        for request in plan.requests:
-            _run("asr_ingest", partition_key=request.key, defs=defs)
+        failed = []
+        for request in plan.requests:  # one failing batch does not keep the others from being processed
+            try:
+                _run("asr_ingest", partition_key=request.key, defs=defs,
+                     tags={"asr/fingerprint": request.fingerprint})
+            except SystemExit as exc:
+                print(exc, file=sys.stderr)
+                failed.append(request.key)
+        if failed:
+            raise SystemExit(f"ingest failed for batches {failed} (details above; `asr-pipeline status` shows each "
+                             "batch's state and reason)")
     return [r.key for r in plan.requests]
 
 
@@ -366,7 +373,8 @@ def collect_status() -> dict:
         if name == "finetuned_checkpoint":
             assets[name].update({k: summary.get(k) for k in ("steps", "train_loss", "best_valid_cer", "base_model")})
     status = {"asr_home": str(env.asr_home()), "assets": assets, "quarantined": len(collect_quarantine()),
-              "partitions": [{"key": key, **rows} for key, rows in sorted(batches.items())]}
+              "partitions": [{"key": key, **rows} for key, rows in sorted(batches.items())],
+              **collect_batch_states()}
     checkpoint = storage / "finetuned_checkpoint"
     status["latest_checkpoint"] = str(checkpoint) if (checkpoint / "config.json").exists() else None
     if _report_path().exists():
@@ -377,6 +385,38 @@ def collect_status() -> dict:
     else:
         status["latest_report"] = None
     return status
+
+
+def collect_batch_states() -> dict:
+    """Every registered batch with its state and reason, from the Dagster instance's catalog (runs,
+    materializations, check evaluations) and the table's current fingerprints; without the database, from the
+    catalog alone (a changed batch then still reads as done) and the error is reported."""
+    from asr_pipeline.defs.batch_states import batch_states, registered_batches
+
+    defs = _definitions()
+    instance = _instance()
+    database, settings = defs.resources["database"], defs.resources["settings"]
+    keys = registered_batches(instance)
+    stale = None
+    try:  # settings or code changed since a batch was made (asr_pipeline.defs.versions, where present)
+        from asr_pipeline.defs.versions import stale_batch_reasons
+    except ImportError:
+        pass
+    else:
+        stale = stale_batch_reasons(instance, settings, keys)
+    table, error = database.open_table(retries=0), None
+    try:
+        try:
+            states = batch_states(instance, keys, table, stale)
+        except DatabaseUnavailable as exc:
+            error = str(exc)
+            states = batch_states(instance, keys, None, stale)
+    finally:
+        table.dispose()
+    counts = {}
+    for state in states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+    return {"batches": [s.as_dict() for s in states], "batch_counts": counts, "batch_states_error": error}
 
 
 def _mtime(path: Path) -> str:
@@ -398,8 +438,13 @@ def cmd_status(args) -> None:
         extra = f", {entry['quarantined']} quarantined" if entry.get("quarantined") else ""
         print(f"  {name:22s} {entry.get('rows', '?'):>7} rows in {entry.get('partitions', 0)} batches{extra}  "
               f"{entry['bytes'] / 1e6:9.1f} MB  updated {entry['updated_at']}")
-    for batch in status["partitions"]:
-        print(f"  batch {batch['key']}: " + ", ".join(f"{k} {v}" for k, v in batch.items() if k != "key"))
+    rows = {batch["key"]: batch for batch in status["partitions"]}
+    for batch in status["batches"]:
+        sizes = ", ".join(f"{k} {v}" for k, v in rows.get(batch["key"], {}).items() if k != "key")
+        print(f"  batch {batch['key']}: {batch['state']} ({batch['reason']})" + (f"; rows: {sizes}" if sizes else ""))
+    if status["batch_states_error"]:
+        print(f"  (the database could not be read, so changed batches may show as done: "
+              f"{status['batch_states_error']})")
     print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
     print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
     report = status["latest_report"]
@@ -593,6 +638,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"configuration error: {exc}") from None
     except DatabaseUnavailable as exc:
         raise SystemExit(f"database error: {exc}") from None
+    except PlannerBusy as exc:
+        raise SystemExit(f"ingest: {exc}") from None
 
 
 if __name__ == "__main__":

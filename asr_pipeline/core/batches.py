@@ -1,23 +1,32 @@
-"""Ingest batches: immutable id ranges of the transcript table, and the plan of what to (re)process.
+"""Ingest batches: immutable id ranges of the transcript table, and when to cut new ones.
 
-A batch key carries its id range, `ids-0000000001-0000010000`: rows first <= id <= last. Batches are cut at
-registration time from the rows above the high-water mark, at most `batch_rows` rows each, so new rows always go to a
-new batch and a batch's membership never grows. Each batch has a fingerprint computed by the database (row count
-plus MAX(updated_at), or plus SUM(CRC32(path|transcript))); when it changes (a corrected transcript, a deleted row)
-the batch is processed again. The sensor and `asr-pipeline ingest` use the same plan, and the high-water mark is
-never below the end of a registered batch, so they cannot cut overlapping batches.
+A batch key carries its id range, `ids-0000000001-0000010000`: rows first <= id <= last. Batches are contiguous: a new
+batch starts right after the end of the last registered one (the very first at the table's first id), so every id,
+even one whose insert commits late with a lower id than rows already cut, lies in exactly one batch; a late row
+changes its batch's fingerprint and the batch is processed again.
+
+Rows above the high-water mark are *pending*. A batch is cut when `batch_rows` rows are pending, or when the oldest
+pending row was first seen `max_wait_s` ago (0: every tick), so rows trickling in a few at a time do not become a
+partition, and a run, per tick. Each batch has a fingerprint computed by the database (row count plus
+MAX(updated_at), or plus SUM(CRC32(path|transcript))): when it differs from the one the batch was processed from (a
+corrected transcript, a deleted row) the batch is processed again. What was processed, what failed and when lives in
+the Dagster instance (asr_pipeline.defs.batch_states); the sensor's cursor holds a few numbers only, however many
+batches exist. Planning and registration run under one lock (asr_pipeline.core.locks), so the sensor and
+`asr-pipeline ingest` never cut overlapping batches.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Sequence
 
 from asr_pipeline.core.database import TranscriptTable
 
 KEY_PATTERN = re.compile(r"^ids-(\d{10})-(\d{10})$")
+FREE_RETRIES = 3  # failed attempts re-requested at once; after that at most one attempt per RETRY_BACKOFF_S
+RETRY_BACKOFF_S = 3600.0
 
 
 def batch_key(first_id: int, last_id: int) -> str:
@@ -33,9 +42,13 @@ def parse_batch_key(key: str) -> tuple[int, int]:
 
 @dataclass
 class IngestCursor:
-    high_water: int = 0  # the largest id that belongs to a batch
-    fingerprints: dict[str, str] = field(default_factory=dict)  # batch key -> fingerprint last requested
-    rotation: int = 0  # where the next tick's change check starts among the registered batches
+    """The sensor's memory between ticks: five numbers, whatever the number of batches."""
+
+    high_water: int = 0  # the largest id that belongs to a registered batch
+    rotation: int = 0  # where the next tick's check starts among the registered batches
+    pending_since: float | None = None  # unix time the oldest still-pending row was first seen
+    pending_upto: int = 0  # the largest id seen pending by the last tick
+    last_tick: float | None = None  # unix time of the last tick (failed runs since then are checked at once)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -44,78 +57,96 @@ class IngestCursor:
     def from_json(cls, text: str | None) -> "IngestCursor":
         if not text:
             return cls()
-        data = json.loads(text)
-        return cls(int(data.get("high_water", 0)), dict(data.get("fingerprints", {})), int(data.get("rotation", 0)))
+        data = json.loads(text)  # a cursor of an older version (with a per-batch map) is read without the map
+
+        def number(name, cast):
+            value = data.get(name)
+            return None if value is None else cast(value)
+
+        return cls(int(data.get("high_water", 0)), int(data.get("rotation", 0)), number("pending_since", float),
+                   int(data.get("pending_upto", 0)), number("last_tick", float))
+
+
+@dataclass
+class NewBatches:
+    """What one planning step cut: contiguous id ranges, and what stays pending."""
+
+    ranges: list[tuple[int, int]]
+    high_water: int
+    pending_since: float | None
+    pending_upto: int
+
+    @property
+    def keys(self) -> list[str]:
+        return [batch_key(first, last) for first, last in self.ranges]
+
+    def describe(self, now: float, max_wait_s: float, batch_rows: int) -> str:
+        if self.pending_since is None:
+            return f"high-water id {self.high_water}"
+        waited = (now - self.pending_since) / 60
+        return (f"rows up to id {self.pending_upto} pending (the oldest first seen {waited:.0f} min ago; a batch is "
+                f"cut at {batch_rows} rows or after {max_wait_s / 60:.0f} min); high-water id {self.high_water}")
+
+
+def cut_new_batches(table: TranscriptTable, high_water: int, batch_rows: int, max_wait_s: float, now: float,
+                    pending_since: float | None = None, pending_upto: int = 0) -> NewBatches:
+    """Cut the pending rows above high_water into batches of batch_rows; the remainder too when its oldest row has
+    waited max_wait_s (0: always). Reads only rows above the mark (index range scans), so the cost is
+    O(pending rows), not O(table)."""
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
+    newest = table.max_id_after(high_water)
+    if newest is None:
+        return NewBatches([], high_water, None, 0)
+    seen_before = pending_since is not None and pending_upto > high_water  # rows seen by an earlier tick still wait
+    since = pending_since if seen_before else now
+    cut_remainder = max_wait_s <= 0 or now - since >= max_wait_s
+    ranges, after = [], high_water
+    while after < newest:
+        start = after + 1 if after > 0 else table.first_id_after(0)
+        end = table.nth_id_after(after, batch_rows)
+        if end is None:
+            if not cut_remainder:
+                break
+            end = newest
+        ranges.append((start, end))
+        after = end
+    if after >= newest:
+        return NewBatches(ranges, after, None, 0)
+    # rows remain pending: those seen by an earlier tick keep their time (a batch may be cut a little early, never
+    # late); when every earlier-seen row was cut, the rest were first seen since the last tick
+    still_waiting = seen_before and pending_upto > after
+    return NewBatches(ranges, after, since if still_waiting else now, newest)
 
 
 @dataclass
 class BatchRequest:
     key: str
     fingerprint: str
-    reason: str  # "new" | "changed" | "not materialized"
+    reason: str  # "new" | "changed" | "not materialized" | "retry" (text after it says why)
+    attempt: int = 0  # runs this batch had before: a re-request after a failure gets a new run key
 
     @property
     def run_key(self) -> str:
-        """Same batch, same content -> same run key: a repeated tick never requests the same work twice."""
-        return f"{self.key}@{self.fingerprint}"
+        """Same batch, same content, same attempt -> same run key: a repeated tick never requests the same work
+        twice, and a failed attempt can be requested again."""
+        return f"{self.key}@{self.fingerprint}#{self.attempt}"
 
 
-@dataclass
-class IngestPlan:
-    new_keys: list[str]
-    requests: list[BatchRequest]
-    checked: int
-    cursor: IngestCursor
-
-    def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for r in self.requests:
-            counts[r.reason] = counts.get(r.reason, 0) + 1
-        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "nothing to do"
-        return f"{detail}; {self.checked} existing batches checked for changes; high-water id {self.cursor.high_water}"
+def retry_due(failures: int, last_failure_at: float | None, now: float, free_retries: int = FREE_RETRIES,
+              backoff_s: float = RETRY_BACKOFF_S) -> float | None:
+    """None when a failed batch may be requested again now, else the unix time it may be: the first
+    `free_retries` failures are retried at once, later ones at most once per backoff_s."""
+    if failures < free_retries or last_failure_at is None:
+        return None
+    due = last_failure_at + backoff_s
+    return None if now >= due else due
 
 
-def plan_ingest(
-    table: TranscriptTable,
-    cursor: IngestCursor,
-    registered_keys: Iterable[str],
-    batch_rows: int = 10_000,
-    check_batches: int = 20,
-    materialized_fingerprint: Callable[[str], str | None] = lambda key: None,
-) -> IngestPlan:
-    """What a tick must do. Reads only rows above the high-water mark (index range scans) plus the fingerprints of
-    at most `check_batches` registered batches, in rotation, so its cost does not grow with the table."""
-    if batch_rows < 1:
-        raise ValueError("batch_rows must be at least 1")
-    registered = sorted(registered_keys)
-    high_water = max([cursor.high_water, *(parse_batch_key(k)[1] for k in registered)])
-    fingerprints = dict(cursor.fingerprints)
-    requests, new_keys = [], []
-
-    after = high_water
-    while (first := table.first_id_after(after)) is not None:
-        last = table.batch_end_after(after, batch_rows)
-        key = batch_key(first, last)
-        fingerprints[key] = table.batch_fingerprint(first, last)
-        new_keys.append(key)
-        requests.append(BatchRequest(key, fingerprints[key], "new"))
-        after = last
-
-    checked = 0
-    if registered:
-        start = cursor.rotation % len(registered)
-        for i in range(min(check_batches, len(registered))):
-            key = registered[(start + i) % len(registered)]
-            current = table.batch_fingerprint(*parse_batch_key(key))
-            known = fingerprints.get(key) or materialized_fingerprint(key)
-            checked += 1
-            if known is None:
-                requests.append(BatchRequest(key, current, "not materialized"))
-            elif current != known:
-                requests.append(BatchRequest(key, current, "changed"))
-            fingerprints[key] = current
-        rotation = (start + checked) % len(registered)
-    else:
-        rotation = 0
-    fingerprints = {k: v for k, v in fingerprints.items() if k in set(registered) | set(new_keys)}
-    return IngestPlan(new_keys, requests, checked, IngestCursor(after, fingerprints, rotation))
+def rotation_slice(keys: Sequence[str], start: int, count: int) -> tuple[list[str], int]:
+    """`count` keys from position `start`, wrapping around; and where the next slice starts."""
+    if not keys:
+        return [], 0
+    start %= len(keys)
+    chosen = [keys[(start + i) % len(keys)] for i in range(min(count, len(keys)))]
+    return chosen, (start + len(chosen)) % len(keys)

@@ -149,17 +149,36 @@ class TranscriptTable:
         value = self._scalar(f"looking for new rows in {self.spec.table}", query)
         return None if value is None else int(value)
 
+    def nth_id_after(self, after_id: int, n: int) -> int | None:
+        """The id of the n-th row after after_id, or None when fewer than n rows follow (LIMIT 1 OFFSET n-1 on the
+        primary key: O(n), whatever the table's size)."""
+        id_col = self.spec.table_clause().c[self.spec.id_column]
+        nth = (sa.select(id_col).where(id_col > sa.bindparam("after", after_id)).order_by(id_col)
+               .limit(1).offset(n - 1))
+        value = self._scalar(f"planning batches of {self.spec.table}", nth)
+        return None if value is None else int(value)
+
+    def max_id_after(self, after_id: int) -> int | None:
+        id_col = self.spec.table_clause().c[self.spec.id_column]
+        query = sa.select(sa.func.max(id_col)).where(id_col > sa.bindparam("after", after_id))
+        value = self._scalar(f"looking for new rows in {self.spec.table}", query)
+        return None if value is None else int(value)
+
     def batch_end_after(self, after_id: int, batch_rows: int) -> int | None:
         """The id of the batch_rows-th row after after_id, or the last id when fewer rows follow (None: none)."""
-        t = self.spec.table_clause()
-        id_col = t.c[self.spec.id_column]
-        nth = (sa.select(id_col).where(id_col > sa.bindparam("after", after_id)).order_by(id_col)
-               .limit(1).offset(batch_rows - 1))
-        value = self._scalar(f"planning batches of {self.spec.table}", nth)
-        if value is None:
-            value = self._scalar(f"planning batches of {self.spec.table}",
-                                 sa.select(sa.func.max(id_col)).where(id_col > sa.bindparam("after", after_id)))
-        return None if value is None else int(value)
+        value = self.nth_id_after(after_id, batch_rows)
+        return value if value is not None else self.max_id_after(after_id)
+
+    def live_ids(self, first_id: int, last_id: int) -> set[int]:
+        """The ids present in first..last: one index range scan of the id column only (no row data)."""
+        id_col = self.spec.table_clause().c[self.spec.id_column]
+        query = sa.select(id_col).where(id_col.between(sa.bindparam("first", first_id), sa.bindparam("last", last_id)))
+
+        def fetch():
+            with self.engine.connect() as conn:
+                return {int(v) for v in conn.execute(query).scalars()}
+
+        return self._with_retries(f"reading the ids {first_id}-{last_id} of {self.spec.table}", fetch)
 
     def updated_column(self) -> str | None:
         """The change-tracking column when the table has one (spec.updated_column), else None."""

@@ -4,3 +4,7 @@ class ConfigError(ValueError):
 
 class DatabaseUnavailable(RuntimeError):
     """The transcript database could not be reached after retries; the message has the URL with *** for the password."""
+
+
+class PlannerBusy(RuntimeError):
+    """Another planner (the sensor or `asr-pipeline ingest`) held the planning lock for longer than we waited."""

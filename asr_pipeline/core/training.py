@@ -50,11 +50,16 @@ class TrainingSettings:
 
 
 class FeatureRows:
-    """A torch-style dataset over chosen rows of one or more feature shards."""
+    """A torch-style dataset over chosen rows of one or more feature shards. Rows whose manifest id is in exclude_ids
+    (deleted from the table since the shard was made, or left out for another reason) are not in it."""
 
-    def __init__(self, shards: Sequence[FeatureShard], split: str, limit: int | None = None):
+    def __init__(self, shards: Sequence[FeatureShard], split: str, limit: int | None = None,
+                 exclude_ids: frozenset[int] | set[int] = frozenset()):
         self.shards = list(shards)
         self.positions = [(s, i) for s, shard in enumerate(self.shards) for i in shard.split_positions(split)]
+        if exclude_ids:
+            ids = [shard.index["id"].to_numpy() for shard in self.shards]
+            self.positions = [(s, i) for s, i in self.positions if int(ids[s][i]) not in exclude_ids]
         if limit is not None:
             self.positions = self.positions[:limit]
 
@@ -159,6 +164,7 @@ def train_whisper(
     settings: TrainingSettings,
     emit: Callable[[str], None] = print,
     work_dir: Path | None = None,
+    exclude_ids: frozenset[int] | set[int] = frozenset(),
 ) -> dict:
     """Fine-tune `base_source` on the train split; save model + processor in out_dir (from_pretrained-ready).
 
@@ -173,10 +179,11 @@ def train_whisper(
     from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor
 
     settings.validate()
+    exclude_ids = frozenset(int(i) for i in exclude_ids)  # e.g. rows deleted from the table since featurization
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir / "trainer"
-    train_rows = FeatureRows(shards, "train")
-    valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples)
+    train_rows = FeatureRows(shards, "train", exclude_ids=exclude_ids)
+    valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples, exclude_ids=exclude_ids)
     if len(train_rows) == 0:
         raise ValueError("the train split is empty: nothing to fine-tune on (check ASR_SPLIT_RATIOS and the data)")
     processor = load_processor(base_source)
@@ -276,6 +283,7 @@ def train_whisper(
     summary = {
         "base_model": base_source,
         "train_rows": len(train_rows),
+        "excluded_ids": len(exclude_ids),
         "valid_rows_decoded": len(valid_rows),
         "steps": int(trainer.state.global_step),
         "epochs": round(float(trainer.state.epoch or 0), 3),

@@ -15,7 +15,7 @@ from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
 from asr_pipeline.core.report import render_markdown, write_report
 from asr_pipeline.core.storage import read_json, write_json
-from asr_pipeline.defs import checks, launcher
+from asr_pipeline.defs import checks, launcher, training_inputs
 from asr_pipeline.defs.io_managers import stage
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase
@@ -153,23 +153,28 @@ class TrainingConfig(dg.Config):
           "with Seq2SeqTrainer; best checkpoint by validation CER. Loads with WhisperForConditionalGeneration/"
           "WhisperProcessor.from_pretrained; TensorBoard logs in tensorboard/.")
 def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig,
-                         featurized_shards: dict[str, Path], settings: PipelineSettings):
+                         featurized_shards: dict[str, Path], settings: PipelineSettings,
+                         database: TranscriptDatabase):
     shards = _load_shards(context, featurized_shards)
+    # rows deleted from the table never reach the checkpoint; batches it cannot use are named in its metadata
+    inputs = training_inputs.survey(context, database.reader(), featurized_shards)
     base_source = shards[0].meta["model"]
     out = stage(context, storage_dir(settings))
     launch = launcher.resolve(config.launcher, config.nproc_per_node)
     train_settings = training.TrainingSettings(**config.model_dump(exclude={"launcher", "nproc_per_node"}))
     # Same features + settings -> same work directory, so a killed training resumes from its last checkpoint.
-    fingerprint = training.training_fingerprint(base_source, [s.meta for s in shards], train_settings)
+    fingerprint = training.training_fingerprint(
+        base_source, [s.meta for s in shards] + ([{"excluded_ids": sorted(inputs.exclude_ids)}] if inputs.exclude_ids else []),
+        train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
     try:
         if launch.kind == "torchrun":
             shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
             summary = launcher.train_with_torchrun(context, launch, base_source, shard_dirs, out, work_dir,
-                                                   train_settings)
+                                                   train_settings, exclude_ids=inputs.exclude_ids)
         else:
             summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
-                                             work_dir=work_dir)
+                                             work_dir=work_dir, exclude_ids=inputs.exclude_ids)
     except Exception:
         # a training that diverged (NaN loss) stops before its checkpoint is published; record the failed check
         # too, so the UI shows why evaluation never ran
@@ -178,9 +183,11 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
         raise
     summary["launcher"] = launch.describe()
     summary["partitions"] = sorted(featurized_shards)
+    summary.update(inputs.summary())
     write_json(out / "training_summary.json", summary)
     result = checks.training_loss_finite(out)
     yield dg.Output(out, metadata={
+        **inputs.metadata(),
         **{k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None},
         **_partitions_metadata(featurized_shards, shards),
         "tensorboard": dg.MetadataValue.path(str(storage_dir(settings) / "finetuned_checkpoint" / "tensorboard")),

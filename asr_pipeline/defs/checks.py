@@ -55,6 +55,8 @@ def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:
     reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
     return dg.AssetCheckResult(
         check_name=QUARANTINE_RATE, asset_key="resampled_dataset", passed=rate <= threshold,
+        description=f"{len(quarantine)} of {total} rows quarantined ({rate:.0%}, limit ASR_MAX_QUARANTINE_RATE "
+                    f"{threshold:.0%}): {reasons}",
         metadata={"quarantine_rate": rate, "threshold": threshold, "quarantined": len(quarantine), "rows": total,
                   "reasons": dg.MetadataValue.json(reasons)})
 

@@ -61,11 +61,12 @@ def torchrun_command(launch: Launch, job_file: Path) -> list[str]:
 
 
 def train_with_torchrun(context: dg.AssetExecutionContext, launch: Launch, base_source: str, shard_dirs: list[Path],
-                        out_dir: Path, work_dir: Path, settings) -> dict:
+                        out_dir: Path, work_dir: Path, settings, exclude_ids=frozenset()) -> dict:
     work_dir.parent.mkdir(parents=True, exist_ok=True)
     job_file = work_dir.parent / f"{work_dir.name}.job.json"
     write_json(job_file, {"base_source": base_source, "shards": [str(p) for p in shard_dirs],
-                          "out_dir": str(out_dir), "work_dir": str(work_dir), "settings": asdict(settings)})
+                          "out_dir": str(out_dir), "work_dir": str(work_dir), "settings": asdict(settings),
+                          "exclude_ids": sorted(int(i) for i in exclude_ids)})
     command = torchrun_command(launch, job_file)
     context.log.info(f"launching the training through Dagster Pipes: {shlex.join(command)}")
     invocation = dg.PipesSubprocessClient().run(command=command, context=context,

@@ -74,6 +74,9 @@ class PipelineSettings(dg.ConfigurableResource):
     max_quarantine_rate: float = Field(default=0.2, description="ASR_MAX_QUARANTINE_RATE: above it, the "
                                        "quarantine check fails and blocks featurization")
     batch_rows: int = Field(default=10_000, description="ASR_BATCH_ROWS: most rows in one ingest batch")
+    batch_max_wait_minutes: float = Field(default=60.0, description="ASR_BATCH_MAX_WAIT_MINUTES: pending rows fewer "
+                                          "than ASR_BATCH_ROWS become a batch once the oldest has waited this long "
+                                          "(0: every sensor tick)")
     check_batches_per_tick: int = Field(default=20, description="ASR_CHECK_BATCHES_PER_TICK: existing batches whose "
                                         "fingerprint one sensor tick re-checks, in rotation")
     max_audio_seconds: float = Field(default=30.0, description="ASR_MAX_AUDIO_SECONDS: longer clips are left out")
@@ -125,6 +128,8 @@ def settings_from_environment() -> PipelineSettings:
         audio_roots=os.environ.get("ASR_AUDIO_ROOTS", ""),
         max_quarantine_rate=_rate_env("ASR_MAX_QUARANTINE_RATE", 0.2),
         batch_rows=_int_env("ASR_BATCH_ROWS", 10_000),
+        batch_max_wait_minutes=_number_env("ASR_BATCH_MAX_WAIT_MINUTES", 60.0, float, lambda v: 0 <= v < 1e6,
+                                           "a number of minutes, 0 or more (0: cut a batch every tick)"),
         check_batches_per_tick=_int_env("ASR_CHECK_BATCHES_PER_TICK", 20),
         max_audio_seconds=_float_env("ASR_MAX_AUDIO_SECONDS", 30.0),
         min_audio_seconds=_float_env("ASR_MIN_AUDIO_SECONDS", 0.1),

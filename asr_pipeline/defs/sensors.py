@@ -1,12 +1,11 @@
-"""new_transcripts_sensor: notices new and changed rows and requests their ingest batches."""
+"""new_transcripts_sensor: notices new, changed, unfinished and failed ingest batches and requests them."""
 
 import time
 
 import dagster as dg
 
 from asr_pipeline.core.batches import IngestCursor
-from asr_pipeline.defs.ingest import plan_for_instance, run_requests
-from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest import plan_ingest, request_lines, run_requests
 from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase, _int_env
 
 INGEST_JOB = "asr_ingest"
@@ -14,10 +13,12 @@ INGEST_JOB = "asr_ingest"
 SENSOR_INTERVAL_SECONDS = _int_env("ASR_SENSOR_INTERVAL_SECONDS", 60)
 
 
-@dg.sensor(job_name=INGEST_JOB, minimum_interval_seconds=SENSOR_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="High-water mark on the id column: new rows become new ingest batches; batches whose "
-           "fingerprint changed (corrected or deleted rows) are processed again. One run per batch and content "
-           "(run_key), so repeated ticks never duplicate work.")
+@dg.sensor(job_name=INGEST_JOB, minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="High-water mark on the id column: pending rows become a new ingest batch at ASR_BATCH_ROWS "
+           "rows or after ASR_BATCH_MAX_WAIT_MINUTES. A batch is done only when featurized_shards exists for its "
+           "current content: changed batches (corrected or deleted rows), unfinished ones and failed ones (at once "
+           "for 3 attempts, then hourly) are requested again. One run per batch, content and attempt (run_key).")
 def new_transcripts_sensor(context: dg.SensorEvaluationContext, database: TranscriptDatabase,
                            settings: PipelineSettings) -> dg.SensorResult:
     started = time.perf_counter()
@@ -26,13 +27,16 @@ def new_transcripts_sensor(context: dg.SensorEvaluationContext, database: Transc
     # where it was, so nothing is skipped by an outage.
     table = database.open_table(retries=1, backoff_s=0.5)
     try:
-        plan = plan_for_instance(context.instance, table, cursor, settings)
+        plan = plan_ingest(context.instance, table, settings, cursor)
     finally:
         table.dispose()
-    context.log.info(f"{plan.summary()} ({time.perf_counter() - started:.3f} s)")
+    summary = f"{plan.summary()} ({time.perf_counter() - started:.3f} s)"
+    context.log.info(summary)
+    for line in request_lines(plan):
+        context.log.info(f"requesting again {line}")
     if not plan.requests:
-        return dg.SensorResult(skip_reason=f"no new or changed rows in {database.table} ({plan.summary()})",
+        return dg.SensorResult(skip_reason=f"no new or changed rows in {database.table}: {summary}",
                                cursor=plan.cursor.to_json())
-    return dg.SensorResult(
-        run_requests=run_requests(plan), cursor=plan.cursor.to_json(),
-        dynamic_partitions_requests=[INGEST_BATCHES.build_add_request(plan.new_keys)] if plan.new_keys else [])
+    # A tick that requests runs has no skip reason: the reason of each request is on its run (tags asr/reason and
+    # asr/why, shown with the tick on the Automation page) and in the tick's log above.
+    return dg.SensorResult(run_requests=run_requests(plan), cursor=plan.cursor.to_json())

@@ -22,7 +22,7 @@ def run_job(job: dict, emit) -> dict:
 
     shards = [FeatureShard(Path(p)) for p in job["shards"]]
     return train_whisper(job["base_source"], shards, Path(job["out_dir"]), TrainingSettings(**job["settings"]),
-                         emit=emit, work_dir=Path(job["work_dir"]))
+                         emit=emit, work_dir=Path(job["work_dir"]), exclude_ids=frozenset(job.get("exclude_ids", [])))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -136,7 +136,7 @@ def test_kill_during_featurization_then_rerun_equals_an_uninterrupted_run(pipeli
     assert staged()  # the killed run's staging directory is there...
     rerun = _cli("ingest")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "(not materialized)" in rerun.stdout  # the batch registered by the killed run is picked up again
+    assert "(retry)" in rerun.stdout  # the killed run is marked failed and its batch picked up again
     assert not staged()  # ...and the re-run removed the leftover
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path / "uninterrupted"))

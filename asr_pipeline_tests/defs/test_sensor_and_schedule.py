@@ -7,66 +7,40 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from asr_pipeline import cli
-from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline_tests.conftest import create_notebook_table
+from asr_pipeline_tests.defs import sensor_harness
+from asr_pipeline_tests.defs.sensor_harness import audio_environment, covered_ids, insert_rows
 from asr_pipeline_tests.defs.test_faults import FlakyProxy
 
 pytestmark = pytest.mark.mysql
 
 
 @pytest.fixture()
-def env(monkeypatch, tmp_path, mysql_database):
+def env(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir):
     engine = create_notebook_table(mysql_database)
+    CLIPS[:] = korean_clips
     _insert(engine, range(1, 26))
-    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    monkeypatch.setenv("ASR_DB_URL", mysql_database)
-    monkeypatch.setenv("ASR_BATCH_ROWS", "10")
+    audio_environment(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir)
     yield engine
     engine.dispose()
 
 
+CLIPS: list[dict] = []
+
+
 def _insert(engine, numbers):
-    with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
-                     [{"p": f"/cul_m01/PRGTM_2021062700{n:02d}_{n:05d}.wav", "t": f"{n}번째 문장"} for n in numbers])
+    insert_rows(engine, CLIPS, numbers)
 
 
-class Daemon:
-    """Evaluates the sensor the way the Dagster daemon does: keeps the cursor, applies partition requests."""
-
-    def __init__(self):
-        self.defs = cli._definitions()
-        self.instance = cli._instance()
-        self.sensor = self.defs.resolve_sensor_def("new_transcripts_sensor")
-        self.cursor = None
-
-    def tick(self, commit: bool = True) -> dg.SensorResult:
-        with dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
-                                     resources={"database": self.defs.resources["database"],
-                                                "settings": self.defs.resources["settings"]}) as context:
-            result = self.sensor(context)
-        if commit:
-            for request in result.dynamic_partitions_requests or []:
-                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-            self.cursor = result.cursor
-        return result
-
+class Daemon(sensor_harness.Daemon):
     def manifest_ids(self, key: str) -> list[int]:
-        job = self.defs.resolve_job_def("asr_ingest")
-        assert job.execute_in_process(partition_key=key, instance=self.instance, op_selection=["raw_manifest"]).success
+        assert self.process(key)
         frame = pd.read_parquet(self.defs.resources["settings"].home + f"/storage/raw_manifest/{key}/manifest.parquet")
         return frame["id"].tolist()
 
 
-def _covered_ids(keys):
-    ids = []
-    for key in keys:
-        first, last = parse_batch_key(key)
-        ids.extend(range(first, last + 1))
-    return ids
+_covered_ids = covered_ids
 
 
 def test_first_tick_covers_every_row_exactly_once_and_an_idle_tick_skips(env):
@@ -91,9 +65,9 @@ def test_new_rows_get_a_new_partition_holding_exactly_them(env):
     result = daemon.tick()
     assert [r.partition_key for r in result.run_requests] == ["ids-0000000026-0000000032"]
     assert daemon.manifest_ids("ids-0000000026-0000000032") == list(range(26, 33))
-    # re-evaluating the same tick (the daemon retrying) yields the same run keys: Dagster runs them once
+    # re-evaluating: nothing new beyond the cursor, and the processed batch is done
     again = daemon.tick(commit=False)
-    assert not again.run_requests  # nothing new beyond the cursor
+    assert not again.run_requests
 
 
 def test_run_keys_are_stable_for_the_same_content(env):
@@ -105,10 +79,11 @@ def test_run_keys_are_stable_for_the_same_content(env):
 
 def test_an_updated_transcript_re_requests_its_batch_and_a_deleted_row_drops_out(env):
     daemon = Daemon()
-    initial = {r.partition_key: r.run_key for r in daemon.tick().run_requests}
+    initial = {r.partition_key: r.run_key for r in daemon.tick(execute=True).run_requests}
+    assert set(daemon.states().values()) == {"done"}
     with env.begin() as conn:
         conn.execute(sa.text("UPDATE training_datas SET transcript = :t WHERE id = 12"), {"t": "고친 자막입니다"})
-    changed = daemon.tick()
+    changed = daemon.tick(execute=True)
     assert [(r.partition_key, r.tags["asr/reason"]) for r in changed.run_requests] == \
         [("ids-0000000011-0000000020", "changed")]
     assert changed.run_requests[0].run_key != initial["ids-0000000011-0000000020"]
@@ -126,7 +101,7 @@ def test_updated_at_column_is_used_when_the_table_has_one(env, mysql_database):
         conn.execute(sa.text("ALTER TABLE training_datas ADD COLUMN updated_at DATETIME(6) NOT NULL "
                              "DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)"))
     daemon = Daemon()
-    daemon.tick()
+    daemon.tick(execute=True)
     table = daemon.defs.resources["database"].open_table()
     assert table.updated_column() == "updated_at"
     table.dispose()
@@ -157,10 +132,9 @@ def test_cli_ingest_and_the_sensor_never_cut_overlapping_batches(env):
     daemon = Daemon()
     daemon.tick()  # registers ids 1-25
     _insert(env, range(26, 31))
-    from asr_pipeline.core.batches import IngestCursor
-    from asr_pipeline.defs.ingest import plan_for_instance
+    from asr_pipeline.defs.ingest import plan_ingest
     table = daemon.defs.resources["database"].open_table()
-    plan = plan_for_instance(daemon.instance, table, IngestCursor(), daemon.defs.resources["settings"])
+    plan = plan_ingest(daemon.instance, table, daemon.defs.resources["settings"], check_all=True, max_wait_s=0)
     table.dispose()
     assert plan.new_keys == ["ids-0000000026-0000000030"]
 

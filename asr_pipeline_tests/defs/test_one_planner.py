@@ -1,0 +1,98 @@
+"""Issue 11, point 3: `asr-pipeline ingest` and new_transcripts_sensor plan under one lock, so running both at once
+while rows are inserted never cuts overlapping id ranges, and every id lands in exactly one batch."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from asr_pipeline.core.batches import parse_batch_key
+from asr_pipeline.core.database import TranscriptTable
+from asr_pipeline.core.locks import lock_name
+from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline_tests.conftest import create_notebook_table
+from asr_pipeline_tests.defs.sensor_harness import Daemon, audio_environment, insert_rows
+
+pytestmark = pytest.mark.mysql
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def env(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir):
+    engine = create_notebook_table(mysql_database)
+    insert_rows(engine, korean_clips, range(1, 13))
+    audio_environment(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_dir)
+    monkeypatch.setenv("ASR_BATCH_ROWS", "6")
+    yield engine
+    engine.dispose()
+
+
+def _cli_ingest() -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "asr_pipeline.cli", "ingest"], cwd=REPO, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_cli_ingest_waits_for_the_planning_lock(env, mysql_database):
+    """While another planner holds the lock (here: this test, with GET_LOCK on the lock's name), the CLI registers
+    nothing; once it is released, the CLI plans."""
+    daemon = Daemon()
+    holder = sa.create_engine(mysql_database)
+    with holder.connect() as conn:
+        name = lock_name(TranscriptTable(mysql_database))
+        assert conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() == 1
+        cli = _cli_ingest()
+        time.sleep(8)  # long enough for the CLI to start, load the definitions and reach planning
+        assert cli.poll() is None, cli.stdout.read()
+        assert daemon.instance.get_dynamic_partitions(INGEST_BATCHES.name) == []
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+    holder.dispose()
+    output, _ = cli.communicate(timeout=300)
+    assert cli.returncode == 0, output
+    assert sorted(daemon.instance.get_dynamic_partitions(INGEST_BATCHES.name)) == \
+        ["ids-0000000001-0000000006", "ids-0000000007-0000000012"]
+
+
+def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, korean_clips):
+    daemon = Daemon()
+    stop = threading.Event()
+    inserted = [12]
+
+    def insert_rows_slowly():
+        while not stop.is_set() and inserted[0] < 120:
+            insert_rows(env, korean_clips, range(inserted[0] + 1, inserted[0] + 3))
+            inserted[0] += 2
+            time.sleep(0.25)  # rows keep arriving while the CLI starts (several seconds) and plans
+
+    writer = threading.Thread(target=insert_rows_slowly)
+    writer.start()
+    clis = [_cli_ingest()]
+    ticks = 0
+    try:
+        while writer.is_alive() or any(c.poll() is None for c in clis):
+            daemon.tick()  # plans and registers under the lock; runs are requested, not executed
+            ticks += 1
+            if len(clis) < 4 and writer.is_alive() and clis[-1].poll() is not None:
+                clis.append(_cli_ingest())  # a person running `asr-pipeline ingest` again
+    finally:
+        stop.set()
+        writer.join()
+    outputs = [c.communicate(timeout=300)[0] for c in clis]
+    assert all(c.returncode == 0 for c in clis), outputs
+    daemon.tick()  # whatever arrived last
+
+    ranges = sorted(parse_batch_key(k) for k in daemon.instance.get_dynamic_partitions(INGEST_BATCHES.name))
+    for (_, last), (first, _) in zip(ranges, ranges[1:]):
+        assert first == last + 1, f"batches overlap or leave a gap: {ranges}"
+    with env.connect() as conn:
+        ids = [row[0] for row in conn.execute(sa.text("SELECT id FROM training_datas ORDER BY id"))]
+    assert len(ids) == inserted[0] == 120
+    owners = {i: [r for r in ranges if r[0] <= i <= r[1]] for i in ids}
+    assert all(len(found) == 1 for found in owners.values())
+    cut_by_cli = sum("new" in line for output in outputs for line in output.splitlines() if "ingest: batch" in line)
+    assert ticks > 3 and cut_by_cli > 0, (ticks, outputs)  # both planners really cut batches
