@@ -58,6 +58,8 @@ def build_definitions() -> dg.Definitions:
     ]
     try:
         schedule = build_nightly_retraining()
+    except ConfigError:  # the nightly budget, with its variable's name
+        raise
     except Exception as exc:  # an invalid cron string or timezone
         raise ConfigError(f"ASR_RETRAIN_CRON / ASR_RETRAIN_TIMEZONE: {exc}") from None
     return dg.Definitions(

@@ -10,6 +10,7 @@ import os
 
 import dagster as dg
 
+from asr_pipeline.core.errors import ConfigError
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 
 RETRAIN_JOB = "asr_retrain"
@@ -70,15 +71,37 @@ def changed_since_last_checkpoint(instance: dg.DagsterInstance) -> tuple[bool, s
     return False, "no featurized_shards batch changed since the last checkpoint (as read when its training started)"
 
 
+def nightly_budget() -> dict:
+    """The nightly training's budget (ASR_RETRAIN_MAX_STEPS or ASR_RETRAIN_EPOCHS) as finetuned_checkpoint config;
+    empty: the config's default (4000 steps). Steps keep the nightly cost flat however large the archive grows."""
+    steps, epochs = os.environ.get("ASR_RETRAIN_MAX_STEPS"), os.environ.get("ASR_RETRAIN_EPOCHS")
+    if steps and epochs:
+        raise ConfigError("ASR_RETRAIN_MAX_STEPS and ASR_RETRAIN_EPOCHS both set the nightly training budget: set one")
+    try:
+        if steps and int(steps) >= 1:
+            return {"max_steps": int(steps)}
+        if epochs and float(epochs) > 0:
+            return {"max_steps": None, "epochs": float(epochs)}
+    except ValueError:
+        pass
+    if steps:
+        raise ConfigError(f"ASR_RETRAIN_MAX_STEPS must be a positive whole number, got {steps!r}")
+    if epochs:
+        raise ConfigError(f"ASR_RETRAIN_EPOCHS must be a positive number, got {epochs!r}")
+    return {}
+
+
 def build_nightly_retraining() -> dg.ScheduleDefinition:
     cron = os.environ.get("ASR_RETRAIN_CRON") or DEFAULT_CRON
     timezone = os.environ.get("ASR_RETRAIN_TIMEZONE") or DEFAULT_TIMEZONE
+    budget = nightly_budget()
 
     def evaluate(context: dg.ScheduleEvaluationContext):
         changed, reason = changed_since_last_checkpoint(context.instance)
         if not changed:
             return dg.SkipReason(reason)
-        return dg.RunRequest(tags={"asr/stage": "retrain", "asr/reason": reason})
+        return dg.RunRequest(tags={"asr/stage": "retrain", "asr/reason": reason},
+                             run_config={"ops": {"finetuned_checkpoint": {"config": budget}}} if budget else None)
 
     return dg.ScheduleDefinition(
         name="nightly_retraining", cron_schedule=cron, execution_timezone=timezone, job_name=RETRAIN_JOB,

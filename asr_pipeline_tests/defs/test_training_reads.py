@@ -51,3 +51,32 @@ def test_a_batch_featurized_while_training_runs_makes_the_next_nightly_tick_fire
     cli._run("asr_train", training=TINY_TRAINING, defs=defs)
     assert batches_changed_since_training(instance) == []
     assert "no featurized_shards batch changed" in tick().skip_message
+
+
+def test_the_nightly_budget_is_the_users_steps_or_epochs(tmp_path, monkeypatch):
+    from asr_pipeline.core.errors import ConfigError
+    from asr_pipeline.definitions import build_definitions
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster"))
+    key = "ids-0000000001-0000000010"
+    instance.add_dynamic_partitions(INGEST_BATCHES.name, [key])
+    instance.report_runless_asset_event(dg.AssetMaterialization("featurized_shards", partition=key))
+    for variable, value, config in [("ASR_RETRAIN_EPOCHS", "2.5", {"max_steps": None, "epochs": 2.5}),
+                                    ("ASR_RETRAIN_MAX_STEPS", "300", {"max_steps": 300})]:
+        with monkeypatch.context() as env:
+            env.setenv(variable, value)
+            defs = build_definitions()
+            request = defs.resolve_schedule_def("nightly_retraining").evaluate_tick(
+                dg.build_schedule_context(instance=instance)).run_requests[0]
+        assert request.run_config == {"ops": {"finetuned_checkpoint": {"config": config}}}
+        assert dg.validate_run_config(defs.resolve_job_def("asr_retrain"), request.run_config)
+    monkeypatch.setenv("ASR_RETRAIN_EPOCHS", "1")
+    monkeypatch.setenv("ASR_RETRAIN_MAX_STEPS", "100")
+    with pytest.raises(ConfigError, match="ASR_RETRAIN_MAX_STEPS and ASR_RETRAIN_EPOCHS"):
+        build_definitions()
+    monkeypatch.delenv("ASR_RETRAIN_MAX_STEPS")
+    monkeypatch.setenv("ASR_RETRAIN_EPOCHS", "lots")
+    with pytest.raises(ConfigError, match="ASR_RETRAIN_EPOCHS must be a positive number"):
+        build_definitions()
