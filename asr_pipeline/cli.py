@@ -109,7 +109,7 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
         for event in result.all_events:
             if event.is_step_failure:
                 error = event.step_failure_data.error
-                while error is not None and error.cause is not None and "Error occurred while executing" in error.message:
+                while error is not None and error.cause is not None and "Error occurred while" in error.message:
                     error = error.cause  # the asset's own exception, not Dagster's wrapper around it
                 print(f"\nstep {event.step_key} failed: {error.message.strip() if error else ''}", file=sys.stderr)
         raise SystemExit(f"run {result.run_id} of {job_name}{where} failed (details above and in the Dagster UI)")

@@ -101,7 +101,8 @@ def mixed_versions_message(metas: Mapping[str, dict], current: ContentVersion) -
         if version == current.version:
             continue
         shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-        parts.append(f"{len(keys)} batch{'es' if len(keys) != 1 else ''} ({shown}): {changed_settings(metas[keys[0]].get('version_inputs'), current.inputs)}")
+        changes = changed_settings(metas[keys[0]].get("version_inputs"), current.inputs)
+        parts.append(f"{len(keys)} batch{'es' if len(keys) != 1 else ''} ({shown}): {changes}")
     return ("featurized batches were made with different settings; training on a mix could leak episodes between "
             f"splits. Made with other settings than the current ones: {'; '.join(parts)}. Run `{FIX_COMMAND}` to "
             "re-process them, then train again.")

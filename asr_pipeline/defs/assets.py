@@ -179,7 +179,8 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     # what this training reads, recorded before any shard is opened: a batch that lands from now on is newer than
     # this, and makes the next nightly_retraining tick train again (schedules.batches_changed_since_training)
     read = schedules.featurized_storage_ids(context.instance, featurized_shards)
-    context.log.info(f"training reads {len(read)} featurized batches (storage ids recorded as {schedules.FEATURIZED_READ})")
+    context.log.info(f"training reads {len(read)} featurized batches (storage ids: metadata "
+                     f"{schedules.FEATURIZED_READ})")
     shards = _load_shards(context, featurized_shards)
     base_source = shards[0].meta["model"]
     out = stage(context, storage_dir(settings))

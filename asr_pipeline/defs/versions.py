@@ -74,6 +74,6 @@ def stale_batch_reasons(instance: dg.DagsterInstance, settings: PipelineSettings
             continue
         entry = materialization.metadata.get("version_inputs")
         old_inputs = entry.value if entry is not None else None
-        reasons[key] = (f"{DECIDING_ASSET} was made with other settings ({changed_settings(old_inputs, current.inputs)});"
-                        f" `{FIX_COMMAND}` re-processes it")
+        changes = changed_settings(old_inputs, current.inputs)
+        reasons[key] = f"{DECIDING_ASSET} was made with other settings ({changes}); `{FIX_COMMAND}` re-processes it"
     return reasons

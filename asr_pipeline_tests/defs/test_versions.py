@@ -1,5 +1,6 @@
-"""Issue 11, points 5 and 6: settings that change a batch's content make it stale, in Dagster's own stale status (what the
-UI shows), in `backfill --stale`, and in training, which refuses a mix. Real MariaDB, real instance, real files."""
+"""Issue 11, points 5 and 6: settings that change a batch's content make it stale, in Dagster's own stale status
+(what the UI shows), in `backfill --stale`, and in training, which refuses a mix. Real MariaDB, real instance,
+real files."""
 
 import shutil
 
