@@ -107,4 +107,5 @@ def build_nightly_retraining() -> dg.ScheduleDefinition:
         name="nightly_retraining", cron_schedule=cron, execution_timezone=timezone, job_name=RETRAIN_JOB,
         execution_fn=evaluate, default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Fine-tune and evaluate on every featurized batch at '{cron}' ({timezone}; ASR_RETRAIN_CRON, "
-        "ASR_RETRAIN_TIMEZONE), skipped when no batch changed since the last checkpoint.")
+        "ASR_RETRAIN_TIMEZONE), skipped when no batch changed since the last checkpoint's training started. Budget: "
+        f"{budget or 'the default 4000 steps'} (ASR_RETRAIN_MAX_STEPS or ASR_RETRAIN_EPOCHS).")
