@@ -109,6 +109,8 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
         for event in result.all_events:
             if event.is_step_failure:
                 error = event.step_failure_data.error
+                while error is not None and error.cause is not None and "Error occurred while" in error.message:
+                    error = error.cause  # the asset's own exception, not Dagster's wrapper around it
                 print(f"\nstep {event.step_key} failed: {error.message.strip() if error else ''}", file=sys.stderr)
         raise SystemExit(f"run {result.run_id} of {job_name}{where} failed (details above and in the Dagster UI)")
     print(f"run {result.run_id} of {job_name}{where} succeeded")
@@ -201,8 +203,12 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
 
 
 def _training_overrides(args) -> dict:
-    names = ["max_steps", "batch_size", "learning_rate", "eval_steps", "warmup_steps"]
+    names = ["max_steps", "epochs", "batch_size", "learning_rate", "eval_steps", "warmup_steps"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if "epochs" in overrides:
+        if "max_steps" in overrides:
+            raise SystemExit("--max-steps and --epochs are two ways to set the training budget: give one")
+        overrides["max_steps"] = None  # the budget is epochs, also where a default (the demo's) sets steps
     if getattr(args, "float32", False):
         overrides["cpu_bf16"] = False
     return overrides
@@ -284,6 +290,16 @@ def cmd_backfill(args) -> None:
 
     defs = _definitions()
     registered = sorted(_instance().get_dynamic_partitions(INGEST_BATCHES.name))
+    if getattr(args, "stale", False):
+        from asr_pipeline.defs.versions import stale_batch_reasons
+
+        stale = stale_batch_reasons(_instance(), defs.resources["settings"], registered)
+        if not stale:
+            print("backfill: no stale batch (every featurized batch was made with the current settings)")
+            return
+        for key, reason in sorted(stale.items()):
+            print(f"backfill: {key} is stale: {reason}")
+        args.partitions = sorted(stale)
     if args.all:
         chosen = registered
     elif args.partitions:
@@ -566,7 +582,9 @@ def cmd_ui(args) -> None:
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-steps", type=int, help="training steps (default 4000; demo 150)")
+    parser.add_argument("--max-steps", type=int, help="training budget in steps (default 4000; demo 150)")
+    parser.add_argument("--epochs", type=float, help="training budget in passes over the train split, instead of "
+                        "--max-steps (the projected wall time is printed before training starts)")
     parser.add_argument("--batch-size", type=int, help="per-device batch size (default 16)")
     parser.add_argument("--learning-rate", type=float, help="peak learning rate (default 1e-5)")
     parser.add_argument("--eval-steps", type=int, help="validate and checkpoint every N steps (default 1000)")
@@ -596,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--all", action="store_true", help="every registered batch")
     backfill.add_argument("--from", dest="from_key", help="first batch key of a range")
     backfill.add_argument("--to", dest="to_key", help="last batch key of a range")
+    backfill.add_argument("--stale", action="store_true", help="only the batches made with other settings than the "
+                          "current ones (split ratios, group pattern, path map, base model, label clean-up)")
     backfill.set_defaults(func=cmd_backfill)
     train = sub.add_parser("train", help="materialize finetuned_checkpoint")
     _add_training_options(train)

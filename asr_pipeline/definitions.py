@@ -12,6 +12,7 @@ from asr_pipeline.defs.io_managers import AssetDirectoryIOManager
 from asr_pipeline.defs.resources import database_from_environment, settings_from_environment
 from asr_pipeline.defs.schedules import RETRAIN_JOB, build_nightly_retraining
 from asr_pipeline.defs.sensors import INGEST_JOB, new_transcripts_sensor
+from asr_pipeline.defs.versions import with_code_versions
 
 TRAIN_JOB = "asr_train"
 EVALUATE_JOB = "asr_evaluate"
@@ -57,11 +58,13 @@ def build_definitions() -> dg.Definitions:
     ]
     try:
         schedule = build_nightly_retraining()
+    except ConfigError:  # the nightly budget, with its variable's name
+        raise
     except Exception as exc:  # an invalid cron string or timezone
         raise ConfigError(f"ASR_RETRAIN_CRON / ASR_RETRAIN_TIMEZONE: {exc}") from None
     return dg.Definitions(
         executor=executor_from_environment(),
-        assets=ASSETS,
+        assets=with_code_versions(ASSETS, settings),  # settings that shape a batch make it stale
         jobs=jobs,
         sensors=[new_transcripts_sensor],
         schedules=[schedule],

@@ -8,6 +8,7 @@ Shard layout (a directory):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ import soxr
 
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.settings import AudioRoots
-from asr_pipeline.core.storage import write_json
+from asr_pipeline.core.storage import resolved, write_json
 
 SAMPLE_RATE = 16_000
 QUARANTINE_COLUMNS = ["id", "audio_path", "reason"]
@@ -108,16 +109,16 @@ def resample_manifest(
             if isinstance(prepared, AudioError):
                 quarantine.append({"id": row.id, "audio_path": row.audio_path, "reason": str(prepared)})
             else:
-                samples, rate, channels, duration = prepared
+                samples, rate, channels, duration, content_hash = prepared
                 samples_file.write(samples.tobytes())
                 index.append(
                     {**row._asdict(), "offset": offset, "num_samples": len(samples), "duration": duration,
-                     "source_rate": rate, "channels": channels}
+                     "source_rate": rate, "channels": channels, "audio_sha256": content_hash}
                 )
                 offset += len(samples)
             progress.advance()
     index_frame = pd.DataFrame(index, columns=[*manifest.columns, "offset", "num_samples", "duration",
-                                               "source_rate", "channels"])
+                                               "source_rate", "channels", "audio_sha256"])
     index_frame.to_parquet(out_dir / "index.parquet", index=False)
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
     summary = {
@@ -142,7 +143,8 @@ def _default_workers() -> int:
 
 
 def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
-    """(16 kHz samples, source rate, channels, duration) for a manifest row, or AudioError with the reason."""
+    """(16 kHz samples, source rate, channels, duration, content hash) for a manifest row, or AudioError with the
+    reason."""
     if not row.transcript:
         raise AudioError("empty transcript")
     path = row.audio_path
@@ -159,7 +161,14 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
         raise AudioError(f"audio shorter than {limits.min_seconds} s ({duration:.3f} s)")
     if duration > limits.max_seconds:
         raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.1f} s)")
-    return samples, rate, channels, duration
+    return samples, rate, channels, duration, content_hash(samples)
+
+
+def content_hash(samples: np.ndarray) -> str:
+    """sha256 of the decoded 16 kHz mono samples, not of the file: the same recording exported twice (WAV and FLAC,
+    other tags or headers, another file name) has different bytes but the same samples, and the samples are what
+    the model sees. Computed in the decoding threads (hashlib releases the GIL on large buffers)."""
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
 
 
 class AudioShard:
@@ -167,10 +176,11 @@ class AudioShard:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.index = pd.read_parquet(self.path / "index.parquet")
-        self.quarantine = pd.read_parquet(self.path / "quarantine.parquet")
-        size = (self.path / "audio.f32").stat().st_size
-        self._samples = np.memmap(self.path / "audio.f32", dtype=np.float32, mode="r") if size else np.zeros(0, np.float32)
+        root = resolved(self.path)  # one version throughout, even when the batch is republished meanwhile
+        self.index = pd.read_parquet(root / "index.parquet")
+        self.quarantine = pd.read_parquet(root / "quarantine.parquet")
+        size = (root / "audio.f32").stat().st_size
+        self._samples = np.memmap(root / "audio.f32", dtype=np.float32, mode="r") if size else np.zeros(0, np.float32)
 
     def __len__(self) -> int:
         return len(self.index)

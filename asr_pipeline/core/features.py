@@ -26,7 +26,7 @@ import pandas as pd
 
 from asr_pipeline.core.audio import QUARANTINE_COLUMNS, AudioShard
 from asr_pipeline.core.progress import Progress
-from asr_pipeline.core.storage import write_json
+from asr_pipeline.core.storage import resolved, write_json
 
 HOP_LENGTH = 160
 HALF_WINDOW = 200  # n_fft // 2: a centred STFT frame reaches this far either side of its centre
@@ -94,12 +94,13 @@ def featurize_shard(
             frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
             rows.append(
                 {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
+                 "audio_sha256": meta.get("audio_sha256"),  # exact duplicates never train on what they test
                  "offset": offset, "num_frames": kept.shape[1], "pad_value": padding_value(kept),
                  "labels": [int(t) for t in labels], "label_length": len(labels)}
             )
             offset += kept.shape[1]
-    index = pd.DataFrame(rows, columns=["id", "audio_path", "transcript", "group", "split", "duration", "offset",
-                                        "num_frames", "pad_value", "labels", "label_length"])
+    index = pd.DataFrame(rows, columns=["id", "audio_path", "transcript", "group", "split", "duration",
+                                        "audio_sha256", "offset", "num_frames", "pad_value", "labels", "label_length"])
     index.to_parquet(out_dir / "index.parquet", index=False)
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
     summary = {"rows": len(index), "quarantined": len(quarantine), "num_mel_bins": n_mels, "model": model_name,
@@ -113,13 +114,14 @@ class FeatureShard:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.index = pd.read_parquet(self.path / "index.parquet")
-        self.quarantine = pd.read_parquet(self.path / "quarantine.parquet")
-        self.meta = json.loads((self.path / "meta.json").read_text())
+        root = resolved(self.path)  # one version throughout, even when the batch is republished meanwhile
+        self.index = pd.read_parquet(root / "index.parquet")
+        self.quarantine = pd.read_parquet(root / "quarantine.parquet")
+        self.meta = json.loads((root / "meta.json").read_text())
         self.n_mels = int(self.meta["num_mel_bins"])
-        size = (self.path / "features.f16").stat().st_size
+        size = (root / "features.f16").stat().st_size
         self._frames = (
-            np.memmap(self.path / "features.f16", dtype=np.float16, mode="r").reshape(-1, self.n_mels)
+            np.memmap(root / "features.f16", dtype=np.float16, mode="r").reshape(-1, self.n_mels)
             if size else np.zeros((0, self.n_mels), np.float16)
         )
 

@@ -26,7 +26,7 @@ def group_key(row_id: object, source_path: str, pattern: str = DEFAULT_GROUP_PAT
     match = re.match(pattern, stem)
     if match and match.group("group"):
         return match.group("group")
-    return f"id:{row_id}"
+    return f"{FALLBACK_GROUP_PREFIX}{row_id}"
 
 
 def assign_split(key: str, ratios: SplitRatios) -> str:
@@ -38,6 +38,21 @@ def assign_split(key: str, ratios: SplitRatios) -> str:
     if fraction < ratios.train + ratios.valid:
         return "valid"
     return "test"
+
+
+# Bump when clean_transcript changes what it returns: every batch's labels change, so every batch becomes stale
+# (asr_pipeline.core.versions) and `asr-pipeline backfill --stale` re-processes them.
+LABEL_CLEANUP_VERSION = 1
+FALLBACK_GROUP_PREFIX = "id:"
+FALLBACK_WARNING_SHARE = 0.2  # above this share of rows grouped by row id, the split may leak episodes
+
+
+def fallback_group_share(frame: pd.DataFrame) -> float:
+    """Share of rows whose file name did not match the group pattern and were grouped by their row id alone: those
+    rows are split one by one, so clips of one episode can land in train and test."""
+    if not len(frame):
+        return 0.0
+    return float(frame["group"].str.startswith(FALLBACK_GROUP_PREFIX).mean())
 
 
 def clean_transcript(text: object) -> str:

@@ -15,7 +15,9 @@ from asr_pipeline.core.errors import ConfigError  # noqa: F401  (re-exported)
 DEFAULT_BASE_MODEL = "openai/whisper-tiny"
 DEFAULT_SPLIT_RATIOS = "80/10/10"
 # The archive names clips <PROGRAMME>_<12+ digit broadcast stamp>_<segment>; the first two parts name the episode.
-DEFAULT_GROUP_PATTERN = r"^(?P<group>[A-Za-z0-9]+_\d{12,})_\d+$"
+# The programme code is letters and digits of any script ([^\W_]: a word character that is not `_`), so a code in
+# Hangul (뉴스데스크_202106270005_00001) groups by episode like an ASCII one instead of falling back to the row id.
+DEFAULT_GROUP_PATTERN = r"^(?P<group>[^\W_]+_\d{12,})_\d+$"
 # ...and the programme is the first part of that group (the report breaks CER down by programme).
 DEFAULT_PROGRAMME_PATTERN = r"^(?P<programme>[^_]+)_"
 SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -97,12 +99,24 @@ class PathMap:
     def rewrite(self, path: str) -> str:
         normalised = str(path).strip().replace("\\", "/")
         for source, target in self.rules:
-            if normalised.startswith(source):
+            if _prefix_matches(normalised, source):
                 return target + normalised[len(source):]
         return normalised
 
     def __str__(self) -> str:
         return "; ".join(f"{s}={t}" for s, t in self.rules)
+
+
+def _case_insensitive(source: str) -> bool:
+    """UNC/SMB shares (//server/share/...) and drive paths (C:/...) live on case-insensitive file systems, where
+    the database may spell one share \\\\NAS\\Cul_M01 and another row \\\\nas\\cul_m01."""
+    return source.startswith("//") or re.match(r"^[A-Za-z]:/", source) is not None
+
+
+def _prefix_matches(path: str, source: str) -> bool:
+    if _case_insensitive(source):
+        return path[: len(source)].casefold() == source.casefold()
+    return path.startswith(source)
 
 
 def split_ratios() -> SplitRatios:
@@ -164,7 +178,7 @@ class AudioRoots:
     @classmethod
     def from_settings(cls, audio_roots: str | None, path_map: PathMap, home: Path) -> "AudioRoots":
         if audio_roots:
-            entries = [p for p in audio_roots.split(":") if p.strip()]
+            entries = [p for p in audio_roots.split(os.pathsep) if p.strip()]  # ';' on Windows (C:\\...)
             return cls(tuple(Path(p).expanduser().resolve() for p in entries), "ASR_AUDIO_ROOTS")
         targets = [Path(target).expanduser().resolve() for _, target in path_map.rules]
         return cls(tuple([*targets, Path(home).resolve()]),

@@ -1,17 +1,29 @@
-"""Directories that are written under a temporary name and published with one rename.
+"""Directories that are written under a temporary name and published atomically.
 
-A run killed half way leaves only a `*.tmp-*` directory behind, never a half-written asset that a later
-run would read.
+An asset directory `final` is a symbolic link to a version directory beside it (`.NAME.v-<pid>-<id>`). Publishing
+renames the staged directory to a new version and swaps the link with one os.replace, which is atomic: at every
+instant `final` is the complete old version or the complete new one, never missing and never a mix. Readers that
+open several files of one directory resolve the link once (`resolved()`), so they read one version throughout.
+A replaced version is deleted by a later publish once it has been out of use for REPLACED_GRACE_S, so a reader
+that resolved the link just before the swap can still open its files (open files and memory maps outlive deletion).
+A run killed half way leaves only a `*.tmp-*` or an unlinked `.v-*` directory, removed the same way.
+Where symbolic links cannot be made (Windows without the privilege), publishing falls back to two renames.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
 from pathlib import Path
 
+import psutil
+
+REPLACED_GRACE_S = 600.0
 
 def staging_dir(final: Path) -> Path:
     """A fresh sibling of `final` to write into; publish() moves it into place.
@@ -26,14 +38,20 @@ def staging_dir(final: Path) -> Path:
 
 
 def remove_stale_staging(final: Path) -> list[Path]:
-    """Delete staging directories of `final` left by processes that no longer run."""
+    """Delete staging and version directories of `final` left by processes that no longer run."""
     removed = []
     for candidate in final.parent.glob(f".{final.name}.tmp-*"):
         pid = candidate.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
-    for candidate in final.parent.glob(f".{final.name}.old-*"):  # publish() died between its two renames
+    current = _link_target(final)
+    for candidate in final.parent.glob(f".{final.name}.v-*"):
+        # replaced (touched when it was) or never linked, and unused for the grace period
+        if candidate.name != current and _age(candidate) > REPLACED_GRACE_S:
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    for candidate in final.parent.glob(f".{final.name}.old-*"):  # the two-rename fallback died half way
         if final.exists():
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
@@ -41,23 +59,81 @@ def remove_stale_staging(final: Path) -> list[Path]:
 
 
 def process_alive(pid: int) -> bool:
+    """psutil, not os.kill(pid, 0): on Windows that call would terminate the process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    except PermissionError:
-        return True
-    return True
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _link_target(final: Path) -> str | None:
+    """The version directory's name `final` links to, or None when it is no link."""
+    try:
+        return os.path.basename(os.readlink(final)) if os.path.islink(final) else None
+    except OSError:
+        return None
+
+
+def resolved(path: Path) -> Path:
+    """The version directory behind a published path: open every file of one directory through it."""
+    return Path(os.path.realpath(path))
 
 
 def publish(staged: Path, final: Path) -> Path:
-    """Replace `final` by `staged` atomically (rename), then remove the old version."""
+    """Make `staged` the content of `final` in one atomic step, then remove the version it replaced."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    version = final.parent / f".{final.name}.v-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    os.utime(staged)  # fresh: no other publisher's clean-up takes it for a long-replaced version
+    os.rename(staged, version)
+    link = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:12]}"
+    try:
+        os.symlink(version.name, link, target_is_directory=True)
+    except OSError:  # no symlink privilege (Windows): the old two-rename publish
+        return _publish_by_renames(version, final)
+    previous = _link_target(final)
+    if final.is_symlink() or not final.exists():
+        os.replace(link, final)  # atomic: readers see the old link or the new one
+    else:
+        _replace_directory_with_link(link, final)  # the first publish after an older version of this code
+    if previous and previous != version.name:
+        try:
+            os.utime(final.parent / previous)  # its grace period starts now
+        except OSError:
+            pass
+    remove_stale_staging(final)
+    return final
+
+
+def _replace_directory_with_link(link: Path, final: Path) -> None:
+    """`final` is still a plain directory (published by an older version): swap it with the link atomically where
+    the OS can (Linux renameat2 RENAME_EXCHANGE), else with two renames, once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, os.fsencode(link), at_fdcwd, os.fsencode(final), rename_exchange) == 0:
+            replaced = final.parent / f".{final.name}.v-replaced-{uuid.uuid4().hex[:12]}"
+            os.rename(link, replaced)  # `link` names the old directory now: a replaced version like any other,
+            os.utime(replaced)  # deleted after the grace period
+            return
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(final, old)
+    os.replace(link, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_by_renames(version: Path, final: Path) -> Path:
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(final, old)
-    os.rename(staged, final)
+    os.rename(version, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final

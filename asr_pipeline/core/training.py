@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -13,6 +14,9 @@ import numpy as np
 
 from asr_pipeline.core.features import FeatureShard, rebuild_padded
 from asr_pipeline.core.storage import write_json
+
+CHECKPOINT_COMPLETE = "asr_checkpoint_complete.json"  # written into a Trainer checkpoint once its save finished
+CALIBRATION_STEPS = 10  # the pace is measured (and the projection printed again) after this many steps
 
 
 @dataclass
@@ -23,7 +27,8 @@ class TrainingSettings:
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 500
-    max_steps: int = 4000
+    max_steps: int | None = 4000  # the budget: a number of optimizer steps...
+    epochs: float | None = None  # ...or passes over the train split (then max_steps must be None)
     eval_steps: int = 1000
     save_steps: int = 1000
     logging_steps: int = 25
@@ -38,8 +43,12 @@ class TrainingSettings:
     cpu_bf16: bool = True  # bf16 autocast on CPUs that multiply bf16 in hardware (AVX512-BF16/AMX); fp32 elsewhere
 
     def validate(self) -> None:
-        positive = ["learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps", "eval_steps",
-                    "save_steps", "logging_steps", "generation_max_length", "max_eval_samples"]
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set one training budget: max_steps or epochs, not both and not neither "
+                             f"(got max_steps={self.max_steps}, epochs={self.epochs})")
+        positive = ["learning_rate", "batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps",
+                    "logging_steps", "generation_max_length", "max_eval_samples",
+                    "max_steps" if self.max_steps is not None else "epochs"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"training setting {name} must be > 0, got {getattr(self, name)}")
@@ -55,6 +64,7 @@ class FeatureRows:
 
     def __init__(self, shards: Sequence[FeatureShard], split: str, limit: int | None = None,
                  exclude_ids: frozenset[int] | set[int] = frozenset()):
+        """exclude_ids: manifest ids left out (exact duplicates of test audio, deleted rows)."""
         self.shards = list(shards)
         self.positions = [(s, i) for s, shard in enumerate(self.shards) for i in shard.split_positions(split)]
         if exclude_ids:
@@ -149,12 +159,102 @@ def _progress_callback(emit: Callable[[str], None]):
     from transformers import TrainerCallback
 
     class EmitLogs(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started, self.first_step, self.projected = time.monotonic(), state.global_step, False
+
         def on_log(self, args, state, control, logs=None, **kwargs):
+            done = state.global_step - self.first_step
+            if not self.projected and done >= min(CALIBRATION_STEPS, state.max_steps - self.first_step) and done > 0:
+                self.projected = True  # the measured pace of this very run: the projection to trust
+                per_step = (time.monotonic() - self.started) / done
+                emit(f"measured {per_step:.3g} s/step over {done} steps: {state.max_steps - state.global_step} steps "
+                     f"left take about {_duration(per_step * (state.max_steps - state.global_step))} "
+                     "(validation not included)")
             if logs:
                 shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
                 emit(f"step {state.global_step}/{state.max_steps}: {shown}")
 
     return EmitLogs()
+
+
+def _completion_marker():
+    from transformers import TrainerCallback
+
+    class MarkCompleteCheckpoints(TrainerCallback):
+        """Trainer calls on_save after a checkpoint's every file is written: only then is it marked complete. A run
+        killed while saving leaves an unmarked directory, which resuming skips (last_complete_checkpoint)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    write_json(folder / CHECKPOINT_COMPLETE, {"step": state.global_step})
+
+    return MarkCompleteCheckpoints()
+
+
+def last_complete_checkpoint(work_dir: Path, emit: Callable[[str], None] = print) -> str | None:
+    """The newest checkpoint-N in work_dir marked complete; unmarked ones (a save cut short by kill -9) are removed
+    (by rank 0 only) so the resumed run can write that step again."""
+    if not Path(work_dir).is_dir():
+        return None
+    found = sorted((_step_of(str(p)) or -1, p) for p in Path(work_dir).glob("checkpoint-*") if p.is_dir())
+    complete = [p for _, p in found if (p / CHECKPOINT_COMPLETE).is_file()]
+    for _, path in found:
+        if not (path / CHECKPOINT_COMPLETE).is_file():
+            emit(f"ignoring {path.name}: its save never completed (the run was killed while writing it)")
+            if int(os.environ.get("RANK", "0")) == 0:
+                shutil.rmtree(path, ignore_errors=True)
+    return str(complete[-1]) if complete else None
+
+
+def duplicate_audio_ids(shards: Sequence[FeatureShard]) -> set[int]:
+    """Ids of train and valid rows whose audio (sha256 of the 16 kHz samples) also sits in the test split of any
+    batch: an exact duplicate recording would otherwise be trained on and then scored as unseen."""
+    test_hashes: set[str] = set()
+    for shard in shards:
+        if "audio_sha256" in shard.index:
+            test_rows = shard.index[shard.index["split"] == "test"]
+            test_hashes.update(h for h in test_rows["audio_sha256"] if isinstance(h, str))
+    leaked: set[int] = set()
+    for shard in shards:
+        if "audio_sha256" in shard.index and test_hashes:
+            rows = shard.index[(shard.index["split"] != "test") & shard.index["audio_sha256"].isin(test_hashes)]
+            leaked.update(int(i) for i in rows["id"])
+    return leaked
+
+
+def training_steps(settings: TrainingSettings, train_rows: int, world_size: int = 1) -> int:
+    """The budget in optimizer steps: max_steps, or epochs over the train split."""
+    if settings.max_steps is not None:
+        return int(settings.max_steps)
+    per_step = settings.batch_size * settings.gradient_accumulation_steps * max(1, world_size)
+    return max(1, math.ceil(settings.epochs * math.ceil(train_rows / per_step)))
+
+
+def projected_wall_time(steps: int, settings: TrainingSettings, device: str, base_source: str,
+                        previous: dict | None) -> tuple[float | None, str]:
+    """(seconds, how they were projected) from the previous training's measured pace, scaled to this batch size;
+    None when there is no comparable measurement (another device or base model, or none yet)."""
+    steps_run = (previous or {}).get("steps_run", (previous or {}).get("steps"))
+    if not previous or not steps_run or not previous.get("train_runtime_s"):
+        return None, "no previous training to measure the pace from; it is measured after the first steps"
+    if previous.get("device") != device or previous.get("base_model") != base_source:
+        return None, (f"the previous training ran on {previous.get('device')} with {previous.get('base_model')}, "
+                      "not comparable; the pace is measured after the first steps")
+    old = previous.get("settings", {})
+    old_samples = old.get("batch_size", settings.batch_size) * old.get("gradient_accumulation_steps", 1)
+    per_sample = previous["train_runtime_s"] / (steps_run * old_samples)
+    per_step = per_sample * settings.batch_size * settings.gradient_accumulation_steps
+    return per_step * steps, (f"{per_step:.3g} s/step from the previous training ({steps_run} steps in "
+                              f"{_duration(previous['train_runtime_s'])}, validation included), scaled to batch "
+                              f"{settings.batch_size}x{settings.gradient_accumulation_steps}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def train_whisper(
@@ -165,6 +265,7 @@ def train_whisper(
     emit: Callable[[str], None] = print,
     work_dir: Path | None = None,
     exclude_ids: frozenset[int] | set[int] = frozenset(),
+    previous_summary: dict | None = None,
 ) -> dict:
     """Fine-tune `base_source` on the train split; save model + processor in out_dir (from_pretrained-ready).
 
@@ -174,7 +275,6 @@ def train_whisper(
     """
     import torch
     from transformers import Seq2SeqTrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor
 
@@ -182,8 +282,11 @@ def train_whisper(
     exclude_ids = frozenset(int(i) for i in exclude_ids)  # e.g. rows deleted from the table since featurization
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir / "trainer"
-    train_rows = FeatureRows(shards, "train", exclude_ids=exclude_ids)
-    valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples, exclude_ids=exclude_ids)
+    duplicates = duplicate_audio_ids(shards)
+    if duplicates:
+        emit(f"leaving out {len(duplicates)} train/valid clips whose audio is an exact duplicate of a test clip")
+    train_rows = FeatureRows(shards, "train", exclude_ids=exclude_ids | duplicates)
+    valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples, exclude_ids=exclude_ids | duplicates)
     if len(train_rows) == 0:
         raise ValueError("the train split is empty: nothing to fine-tune on (check ASR_SPLIT_RATIOS and the data)")
     processor = load_processor(base_source)
@@ -197,8 +300,9 @@ def train_whisper(
         model.freeze_encoder()  # the frozen encoder runs forward only: no activations kept, no backward
     evaluate = len(valid_rows) > 0
     strategy = "steps" if evaluate else "no"
+    max_steps = training_steps(settings, len(train_rows), int(os.environ.get("WORLD_SIZE", "1")))
     # a short run (max_steps < eval_steps) still validates once, at its end, so best-model selection has a score
-    eval_steps = min(settings.eval_steps, settings.max_steps)
+    eval_steps = min(settings.eval_steps, max_steps)
     on_gpu = torch.cuda.is_available()
     # bf16 autocast keeps float32 master weights: the GPU's fast path, and on CPUs with AMX/AVX512-BF16 about twice
     # the speed of float32 (docs/BENCHMARKS.md)
@@ -211,12 +315,12 @@ def train_whisper(
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_steps,
-        max_steps=settings.max_steps,
+        max_steps=max_steps,
         eval_strategy=strategy,
         eval_steps=eval_steps,
         # checkpoints: at every evaluation (best-model selection needs them) and to resume a killed run
         save_strategy="steps",
-        save_steps=eval_steps if evaluate else min(settings.save_steps, settings.max_steps),
+        save_steps=eval_steps if evaluate else min(settings.save_steps, max_steps),
         save_total_limit=2,
         load_best_model_at_end=evaluate,
         metric_for_best_model="cer" if evaluate else None,
@@ -245,7 +349,10 @@ def train_whisper(
     ShardTrainer = _shard_trainer_class()
     previous_logdir = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(work_dir / "tensorboard")
-    resume_from = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+    resume_from = last_complete_checkpoint(work_dir, emit)
+    device = "cuda" if on_gpu else "cpu"
+    projected_s, projection = projected_wall_time(max_steps - (_step_of(resume_from) or 0), settings, device,
+                                                  base_source, previous_summary)
     try:
         trainer = ShardTrainer(
             model=model,
@@ -255,10 +362,13 @@ def train_whisper(
             data_collator=SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
             processing_class=processor.feature_extractor,
             compute_metrics=_metrics_function(processor.tokenizer) if evaluate else None,
-            callbacks=[_progress_callback(emit)],
+            callbacks=[_progress_callback(emit), _completion_marker()],
         )
+        budget = f"{settings.epochs:g} epochs = " if settings.max_steps is None else ""
         emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation), "
-             f"{settings.max_steps} steps of {settings.batch_size}")
+             f"{budget}{max_steps} steps of {settings.batch_size}")
+        emit("projected wall time: " + (f"{_duration(projected_s)} ({projection})" if projected_s is not None
+                                        else f"unknown ({projection})"))
         if resume_from:
             emit(f"resuming from {resume_from} (a previous run of the same data and settings was interrupted)")
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -294,11 +404,14 @@ def train_whisper(
         "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
         "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"]} for h in evals],
         "settings": asdict(settings),
-        "device": "cuda" if on_gpu else "cpu",
+        "device": device,
+        "duplicate_audio_excluded": len(duplicates),
+        "projected_wall_s": round(projected_s, 1) if projected_s is not None else None,
         "precision": "bf16 autocast" if bf16 else ("fp16 autocast" if on_gpu else "fp32"),
         "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
         "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),
         "resumed_from_step": _step_of(resume_from),
+        "steps_run": int(trainer.state.global_step) - (_step_of(resume_from) or 0),  # what train_runtime_s covers
     }
     if not math.isfinite(summary["train_loss"]):
         raise FloatingPointError(f"training loss is {summary['train_loss']}: the checkpoint would be garbage")

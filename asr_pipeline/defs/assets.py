@@ -15,7 +15,8 @@ from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
 from asr_pipeline.core.report import render_markdown, write_report
 from asr_pipeline.core.storage import read_json, write_json
-from asr_pipeline.defs import checks, launcher, training_inputs
+from asr_pipeline.core.versions import mixed_versions_message
+from asr_pipeline.defs import checks, launcher, schedules, training_inputs, versions
 from asr_pipeline.defs.io_managers import stage
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase
@@ -58,8 +59,13 @@ def raw_manifest(context: dg.AssetExecutionContext, database: TranscriptDatabase
     frame.to_parquet(out / "manifest.parquet", index=False)
     splits = frame["split"].value_counts().to_dict()
     context.log.info(f"{len(frame)} rows, splits {splits}, {frame['group'].nunique()} groups")
+    fallback = manifest.fallback_group_share(frame)
+    if fallback > manifest.FALLBACK_WARNING_SHARE:
+        context.log.warning(f"{fallback:.0%} of the rows' file names do not match ASR_GROUP_PATTERN and are grouped "
+                            "by row id: their episodes can straddle train and test. Fix ASR_GROUP_PATTERN.")
     return dg.Output(out, metadata={
         "rows": len(frame), "groups": int(frame["group"].nunique()), "fingerprint": fingerprint,
+        "fallback_group_share": round(fallback, 4), **versions.version_metadata(settings, "raw_manifest"),
         "first_id": first, "last_id": last,
         **{f"{name}_rows": int(splits.get(name, 0)) for name in manifest.SPLITS},
         "source": database.describe(), "preview": _preview(frame, ["id", "audio_path", "transcript", "split"]),
@@ -79,7 +85,7 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
         reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
         context.log.warning(f"{len(quarantine)} rows quarantined: {reasons}")
     results = [checks.quarantine_rate(out, settings.max_quarantine_rate), checks.clips_are_16k_mono(out)]
-    yield dg.Output(out, metadata={**summary,
+    yield dg.Output(out, metadata={**summary, **versions.version_metadata(settings, "resampled_dataset"),
                                    "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20)})
     yield from results
 
@@ -97,10 +103,14 @@ def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path
     summary = features.featurize_shard(clips, out, processor.feature_extractor, processor.tokenizer, base.source,
                                        emit=context.log.info)
     summary["placeholder_model"] = base.placeholder
+    version = versions.current_versions(settings)["featurized_shards"]
+    # in the shard itself, so training can tell batches made with other settings apart (mixed_versions_message)
+    summary.update(content_version=version.version, version_inputs=dict(version.inputs))
     write_json(out / "meta.json", summary)
     result = checks.features_match_model(out)
-    yield dg.Output(out, metadata={**{k: v for k, v in summary.items() if k != "splits"},
-                                   **{f"{k}_rows": int(v) for k, v in summary["splits"].items()}})
+    yield dg.Output(out, metadata={**{k: v for k, v in summary.items() if k not in ("splits", "version_inputs")},
+                                   **{f"{k}_rows": int(v) for k, v in summary["splits"].items()},
+                                   **versions.version_metadata(settings, "featurized_shards")})
     yield result
 
 
@@ -112,7 +122,15 @@ def _load_shards(context: dg.AssetExecutionContext, shard_dirs: dict[str, Path])
     models = {shard.meta["model"] for shard in shards}
     if len(models) > 1:
         raise ValueError(f"featurized batches were made with different base models {sorted(models)}: backfill "
-                         "featurized_shards so every batch uses the current ASR_BASE_MODEL")
+                         "featurized_shards so every batch uses the current ASR_BASE_MODEL (`asr-pipeline backfill "
+                         "--stale`)")
+    current = versions.current_versions(context.resources.settings)["featurized_shards"]
+    mix = mixed_versions_message({key: shard.meta for key, shard in zip(sorted(shard_dirs), shards)}, current)
+    if mix:
+        raise ValueError(mix)
+    if shards[0].meta.get("content_version") != current.version:
+        context.log.warning("every featurized batch was made with other settings than the current ones; "
+                            "`asr-pipeline backfill --stale` re-processes them")
     context.log.info(f"using {len(shards)} featurized batches, {sum(len(s) for s in shards)} rows")
     return shards
 
@@ -129,7 +147,10 @@ class TrainingConfig(dg.Config):
     batch_size: int = Field(default=16, description="per-device train and eval batch size")
     gradient_accumulation_steps: int = Field(default=1)
     warmup_steps: int = Field(default=500)
-    max_steps: int = Field(default=4000)
+    max_steps: int | None = Field(default=None, description="the training budget in optimizer steps; 4000 when "
+                                  "neither max_steps nor epochs is set")
+    epochs: float | None = Field(default=None, description="the budget as passes over the train split, instead of "
+                                 "max_steps (set one, not both); grows with the archive, steps do not")
     eval_steps: int = Field(default=1000, description="validate (and checkpoint) every N steps")
     save_steps: int = Field(default=1000, description="checkpoint interval when there is no validation split")
     logging_steps: int = Field(default=25)
@@ -155,13 +176,18 @@ class TrainingConfig(dg.Config):
 def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig,
                          featurized_shards: dict[str, Path], settings: PipelineSettings,
                          database: TranscriptDatabase):
+    train_settings = _training_settings(config)
+    # what this training reads, recorded before any shard is opened: a batch that lands from now on is newer than
+    # this, and makes the next nightly_retraining tick train again (schedules.batches_changed_since_training)
+    read = schedules.featurized_storage_ids(context.instance, featurized_shards)
+    context.log.info(f"training reads {len(read)} featurized batches (storage ids: metadata "
+                     f"{schedules.FEATURIZED_READ})")
     shards = _load_shards(context, featurized_shards)
     # rows deleted from the table never reach the checkpoint; batches it cannot use are named in its metadata
     inputs = training_inputs.survey(context, database.reader(), featurized_shards)
     base_source = shards[0].meta["model"]
     out = stage(context, storage_dir(settings))
     launch = launcher.resolve(config.launcher, config.nproc_per_node)
-    train_settings = training.TrainingSettings(**config.model_dump(exclude={"launcher", "nproc_per_node"}))
     # Same features + settings -> same work directory, so a killed training resumes from its last checkpoint.
     fingerprint = training.training_fingerprint(
         base_source, [s.meta for s in shards] + ([{"excluded_ids": sorted(inputs.exclude_ids)}] if inputs.exclude_ids else []),
@@ -174,7 +200,8 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
                                                    train_settings, exclude_ids=inputs.exclude_ids)
         else:
             summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
-                                             work_dir=work_dir, exclude_ids=inputs.exclude_ids)
+                                             work_dir=work_dir, exclude_ids=inputs.exclude_ids,
+                                             previous_summary=_previous_summary(settings))
     except Exception:
         # a training that diverged (NaN loss) stops before its checkpoint is published; record the failed check
         # too, so the UI shows why evaluation never ran
@@ -190,9 +217,28 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
         **inputs.metadata(),
         **{k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None},
         **_partitions_metadata(featurized_shards, shards),
+        schedules.FEATURIZED_READ: dg.MetadataValue.json(read),
         "tensorboard": dg.MetadataValue.path(str(storage_dir(settings) / "finetuned_checkpoint" / "tensorboard")),
     })
     yield result
+
+
+def _training_settings(config: TrainingConfig) -> training.TrainingSettings:
+    values = config.model_dump(exclude={"launcher", "nproc_per_node"})
+    if values["max_steps"] is None and values["epochs"] is None:
+        values["max_steps"] = training.TrainingSettings.max_steps  # the default budget: 4000 steps
+    settings = training.TrainingSettings(**values)
+    settings.validate()  # before anything is read: "max_steps or epochs, not both"
+    return settings
+
+
+def _previous_summary(settings: PipelineSettings) -> dict | None:
+    """The last training's summary: its measured pace projects this one's wall time."""
+    path = storage_dir(settings) / "finetuned_checkpoint" / "training_summary.json"
+    try:
+        return read_json(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _read_bytes(path: Path) -> bytes | None:

@@ -1,0 +1,144 @@
+"""Issue 11, point 8: publishing is atomic at every instant; process checks and path lists are Windows-safe."""
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asr_pipeline.core import storage
+from asr_pipeline.core.settings import AudioRoots, PathMap
+from asr_pipeline.core.storage import publish, staging_dir
+
+
+def _stage(final: Path, version: int) -> Path:
+    staged = staging_dir(final)
+    (staged / "a.txt").write_text(str(version))
+    (staged / "b.txt").write_text(str(version))
+    return staged
+
+
+def _complete_version(final: Path) -> int:
+    """The version `final` holds, read the way readers do (the path resolved once); fails on a missing or mixed one."""
+    root = Path(os.path.realpath(final))
+    a, b = (root / "a.txt").read_text(), (root / "b.txt").read_text()
+    assert a == b, f"a mix of versions: {a} and {b}"
+    return int(a)
+
+
+@pytest.mark.parametrize("first_publish_by_old_code", [False, True])
+def test_every_intermediate_state_of_a_publish_is_the_old_or_the_new_version(tmp_path, monkeypatch,
+                                                                             first_publish_by_old_code):
+    """Checks the asset path after every file-system call publish makes: each is an instant a reader could see."""
+    final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
+    if first_publish_by_old_code:  # a plain directory, as publish() before symlinks left it
+        final.mkdir(parents=True)
+        (final / "a.txt").write_text("0"), (final / "b.txt").write_text("0")
+    else:
+        publish(_stage(final, 0), final)
+    seen = []
+
+    def checked(function):
+        def call(*args, **kwargs):
+            result = function(*args, **kwargs)
+            seen.append(_complete_version(final))
+            return result
+        return call
+
+    monkeypatch.setattr(storage, "REPLACED_GRACE_S", -1.0)  # delete replaced versions at once: more instants
+    with monkeypatch.context() as patched:
+        for name in ("rename", "replace", "symlink", "unlink", "rmdir", "utime"):
+            patched.setattr(os, name, checked(getattr(os, name)))
+        patched.setattr(shutil, "rmtree", checked(shutil.rmtree))
+        for version in (1, 2, 3):
+            publish(_stage(final, version), final)
+            assert _complete_version(final) == version
+    assert len(seen) >= 9 and set(seen) <= {0, 1, 2, 3} and seen == sorted(seen)
+    # the replaced versions are gone, only the current one is left beside the link
+    leftovers = sorted(p.name for p in final.parent.iterdir())
+    assert len(leftovers) == 2 and final.name in leftovers
+
+
+def _hammer(final: str, stop_at: float, errors) -> None:
+    while time.monotonic() < stop_at:
+        try:
+            _complete_version(Path(final))
+        except Exception as exc:  # missing or mixed
+            errors.put(repr(exc))
+            return
+
+
+def test_a_reader_process_never_sees_a_missing_or_mixed_directory_while_publishing_in_a_loop(tmp_path):
+    final = tmp_path / "raw_manifest" / "ids-0000000001-0000000010"
+    publish(_stage(final, 0), final)
+    errors = multiprocessing.get_context("spawn").Queue()
+    reader = multiprocessing.get_context("spawn").Process(target=_hammer,
+                                                          args=(str(final), time.monotonic() + 4.0, errors))
+    reader.start()
+    version = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        version += 1
+        publish(_stage(final, version), final)
+    reader.join(10)
+    assert errors.empty(), errors.get()
+    assert _complete_version(final) == version
+
+
+def test_replaced_and_orphaned_versions_are_removed_after_the_grace_period_never_the_current_one(tmp_path):
+    final = tmp_path / "resampled_dataset" / "ids-0000000001-0000000010"
+    publish(_stage(final, 1), final)
+    pid = 99999999
+    orphan = final.parent / f".{final.name}.v-{pid}-deadbeef0000"  # renamed into place, never linked
+    orphan.mkdir()
+    replaced_recently = final.parent / os.readlink(final)
+    publish(_stage(final, 2), final)
+    current = final.parent / os.readlink(final)
+    assert storage.remove_stale_staging(final) == []  # within the grace period a reader may still open them
+    stale = time.time() - storage.REPLACED_GRACE_S - 1
+    os.utime(orphan, (stale, stale))
+    os.utime(replaced_recently, (stale, stale))
+    removed = storage.remove_stale_staging(final)
+    assert sorted(removed) == sorted([orphan, replaced_recently]) and current.is_dir()
+    assert _complete_version(final) == 2
+
+
+def test_process_checks_use_psutil_not_os_kill(monkeypatch):
+    """os.kill(pid, 0) terminates the process on Windows: process_alive asks psutil (OpenProcess there)."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert storage.process_alive(os.getpid()) and not storage.process_alive(int(finished.stdout))
+
+    def forbidden(*_):
+        raise AssertionError("os.kill called")
+
+    import psutil
+
+    asked = []
+    monkeypatch.setattr(psutil, "pid_exists", lambda pid: asked.append(pid) or pid == 4242)
+    monkeypatch.setattr(psutil.Process, "status", lambda self: psutil.STATUS_RUNNING)
+    monkeypatch.setattr(psutil.Process, "__init__", lambda self, pid: None)
+    monkeypatch.setattr(os, "kill", forbidden)  # what Windows' psutil never calls either
+    assert storage.process_alive(4242) and not storage.process_alive(4243)
+    assert asked == [4242, 4243]
+
+
+def test_unc_and_drive_prefixes_match_whatever_the_case_posix_prefixes_keep_it():
+    rules = PathMap.parse(r"\\NAS01\Cul_M01\=/mnt/nas/cul_m01/;D:\Archive\=/mnt/d/;/cul_m01/=/mnt/posix/")
+    assert rules.rewrite(r"\\nas01\CUL_M01\2021\PRGTM_202106270005_00001.wav") == \
+        "/mnt/nas/cul_m01/2021/PRGTM_202106270005_00001.wav"
+    assert rules.rewrite(r"d:\archive\a.wav") == "/mnt/d/a.wav"
+    assert rules.rewrite("/CUL_M01/a.wav") == "/CUL_M01/a.wav"  # a POSIX file system is case-sensitive
+    assert rules.rewrite("/cul_m01/a.wav") == "/mnt/posix/a.wav"
+
+
+def test_audio_roots_are_split_on_the_platform_path_separator(tmp_path, monkeypatch):
+    first, second = tmp_path / "nas", tmp_path / "local"
+    roots = AudioRoots.from_settings(f"{first}{os.pathsep}{second}", PathMap(), tmp_path)
+    assert roots.roots == (first.resolve(), second.resolve())
+    monkeypatch.setattr(os, "pathsep", ";")  # as on Windows, where ':' is part of C:\...
+    roots = AudioRoots.from_settings(f"{first};{second}", PathMap(), tmp_path)
+    assert roots.roots == (first.resolve(), second.resolve())
