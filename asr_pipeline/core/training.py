@@ -14,6 +14,9 @@ import numpy as np
 from asr_pipeline.core.features import FeatureShard, rebuild_padded
 from asr_pipeline.core.storage import write_json
 
+# The validation measure the best checkpoint is chosen on: the one promotion decides on (champion.PROMOTION_METRIC).
+SELECTION_METRIC = "cer_normalized"
+
 
 @dataclass
 class TrainingSettings:
@@ -75,6 +78,88 @@ class FeatureRows:
         s, i = self.positions[k]
         return self.shards[s].index.iloc[i]
 
+    def groups(self) -> np.ndarray:
+        """Each row's episode (the manifest's `group`), read column-wise: fast on millions of rows."""
+        columns = [shard.index["group"].astype(str).to_numpy() for shard in self.shards]
+        return np.array([columns[s][i] for s, i in self.positions], dtype=object)
+
+    def subset(self, chosen) -> "FeatureRows":
+        """The same shards, only the rows at `chosen` (indices into this dataset), in that order."""
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
+        out.positions = [self.positions[int(k)] for k in chosen]
+        return out
+
+
+def episode_stratified_sample(groups, size: int, seed: int) -> np.ndarray:
+    """Indices of at most `size` rows, spread over as many episodes as possible: a seeded random order of episodes,
+    and rounds that take one random not-yet-taken clip of every episode, until `size` rows are taken. Validation then
+    sees every era and programme of the data, not the oldest episodes' first clips."""
+    from asr_pipeline.core.text import episode_codes
+
+    n = len(groups)
+    if size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    codes = episode_codes(groups)
+    shuffled = rng.permutation(n)
+    shuffled_codes = codes[shuffled]
+    by_episode = np.argsort(shuffled_codes, kind="stable")
+    sorted_codes = shuffled_codes[by_episode]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    rank = np.empty(n, dtype=np.int64)  # the round in which each (shuffled) clip is taken
+    rank[by_episode] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    episode_turn = rng.permutation(int(codes.max()) + 1)
+    taken = np.lexsort((episode_turn[shuffled_codes], rank))[:size]
+    return np.sort(shuffled[taken])
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Where the rows that choose the best checkpoint come from; `warning` is set when it is not the valid split."""
+
+    source: str  # "valid split" | "held-out train episodes" | "none"
+    rows: int
+    episodes: int
+    warning: str | None = None
+
+    def as_summary(self) -> dict:
+        return {"validation_source": self.source, "valid_rows_decoded": self.rows, "valid_episodes": self.episodes,
+                "validation_warning": self.warning}
+
+
+def choose_validation(train_rows: FeatureRows, valid_rows: FeatureRows, size: int, seed: int,
+                      holdout_share: float = 0.1) -> tuple[FeatureRows, FeatureRows, Validation]:
+    """(rows to train on, rows to validate on, what was done). A seeded sample of the valid split, stratified by
+    episode. With no valid split, whole episodes of train (about holdout_share of its rows, at most `size`) are held
+    out and not trained on, so best-checkpoint selection still has unseen data; with fewer than two train episodes
+    there is nothing to hold out and selection is off. Both fallbacks say so in Validation.warning."""
+    if len(valid_rows):
+        sample = valid_rows.subset(episode_stratified_sample(valid_rows.groups(), size, seed))
+        return train_rows, sample, Validation("valid split", len(sample), len(set(sample.groups())))
+    groups = train_rows.groups()
+    episodes = np.unique(groups)
+    if len(episodes) < 2:
+        return train_rows, valid_rows, Validation("none", 0, 0, (
+            "NO VALIDATION: the valid split is empty and the train split has fewer than two episodes to hold out; "
+            "the last checkpoint is kept without selection. Give ASR_SPLIT_RATIOS a valid share."))
+    rng = np.random.default_rng(seed)
+    target = min(size, max(1, int(round(len(groups) * holdout_share))))
+    per_episode = {e: int(c) for e, c in zip(*np.unique(groups, return_counts=True))}
+    held, count = [], 0
+    for episode in rng.permutation(episodes)[:-1]:  # at least one episode stays for training
+        held.append(episode)
+        count += per_episode[episode]
+        if count >= target:
+            break
+    is_held = np.isin(groups, held)
+    kept, holdout = train_rows.subset(np.flatnonzero(~is_held)), train_rows.subset(np.flatnonzero(is_held))
+    sample = holdout.subset(episode_stratified_sample(holdout.groups(), size, seed))
+    warning = (f"NO VALID SPLIT: the valid split is empty, so {len(holdout)} clips of {len(held)} train episodes "
+               f"are held out (not trained on) and {len(sample)} of them choose the best checkpoint. Give "
+               "ASR_SPLIT_RATIOS a valid share for a stable validation set.")
+    return kept, sample, Validation("held-out train episodes", len(sample), len(held), warning)
+
 
 @dataclass
 class SpeechSeq2SeqCollator:
@@ -124,7 +209,7 @@ def _shard_trainer_class():
     return ShardTrainer
 
 
-def _metrics_function(tokenizer):
+def _metrics_function(tokenizer, policy):
     from asr_pipeline.core.text import error_rates
 
     def compute_metrics(prediction) -> dict[str, float]:
@@ -134,7 +219,7 @@ def _metrics_function(tokenizer):
         hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
         references = tokenizer.batch_decode(labels, skip_special_tokens=True)
         pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]
-        rates = error_rates([r for r, _ in pairs], [h for _, h in pairs])
+        rates = error_rates([r for r, _ in pairs], [h for _, h in pairs], policy)
         return {"cer": rates.cer, "cer_normalized": rates.cer_normalized, "wer": rates.wer}
 
     return compute_metrics
@@ -159,8 +244,12 @@ def train_whisper(
     settings: TrainingSettings,
     emit: Callable[[str], None] = print,
     work_dir: Path | None = None,
+    policy=None,
 ) -> dict:
     """Fine-tune `base_source` on the train split; save model + processor in out_dir (from_pretrained-ready).
+
+    The best checkpoint is chosen on validation CER normalised by `policy` (default: the ASR_NORMALIZE_* policy),
+    the metric promotion decides on, over an episode-stratified sample of the valid split (choose_validation).
 
     TensorBoard event files go to out_dir/tensorboard, the trainer's log history to out_dir/training_log.json.
     work_dir holds the trainer's intermediate checkpoints; when a killed run left some there, training resumes
@@ -176,9 +265,17 @@ def train_whisper(
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir / "trainer"
     train_rows = FeatureRows(shards, "train")
-    valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples)
+    valid_rows = FeatureRows(shards, "valid")
     if len(train_rows) == 0:
         raise ValueError("the train split is empty: nothing to fine-tune on (check ASR_SPLIT_RATIOS and the data)")
+    train_rows, valid_rows, validation = choose_validation(train_rows, valid_rows, settings.max_eval_samples,
+                                                           settings.seed)
+    if validation.warning:
+        emit(f"WARNING: {validation.warning}")
+    if policy is None:
+        from asr_pipeline.core.settings import normalization_policy
+
+        policy = normalization_policy()
     processor = load_processor(base_source)
     model = load_model(base_source)
     shard_mels = {shard.n_mels for shard in shards}
@@ -212,7 +309,7 @@ def train_whisper(
         save_steps=eval_steps if evaluate else min(settings.save_steps, settings.max_steps),
         save_total_limit=2,
         load_best_model_at_end=evaluate,
-        metric_for_best_model="cer" if evaluate else None,
+        metric_for_best_model=SELECTION_METRIC if evaluate else None,
         greater_is_better=False,
         predict_with_generate=True,
         generation_max_length=settings.generation_max_length,
@@ -244,10 +341,11 @@ def train_whisper(
             eval_dataset=valid_rows if evaluate else None,
             data_collator=SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
             processing_class=processor.feature_extractor,
-            compute_metrics=_metrics_function(processor.tokenizer) if evaluate else None,
+            compute_metrics=_metrics_function(processor.tokenizer, policy) if evaluate else None,
             callbacks=[_progress_callback(emit)],
         )
-        emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation), "
+        emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation, "
+             f"{validation.source}, best checkpoint by validation {SELECTION_METRIC}), "
              f"{settings.max_steps} steps of {settings.batch_size}")
         if resume_from:
             emit(f"resuming from {resume_from} (a previous run of the same data and settings was interrupted)")
@@ -270,18 +368,22 @@ def train_whisper(
     shutil.rmtree(work_dir, ignore_errors=True)  # intermediate checkpoints; the best one is saved above
     train_losses = [h["loss"] for h in history if "loss" in h]
     evals = [h for h in history if "eval_cer" in h]
+    best = trainer.state.best_metric if evaluate else None
     summary = {
         "base_model": base_source,
         "train_rows": len(train_rows),
-        "valid_rows_decoded": len(valid_rows),
+        **validation.as_summary(),
+        "selection_metric": SELECTION_METRIC if evaluate else None,
         "steps": int(trainer.state.global_step),
         "epochs": round(float(trainer.state.epoch or 0), 3),
         "train_loss": float(result.training_loss),
         "first_logged_loss": train_losses[0] if train_losses else None,
         "last_logged_loss": train_losses[-1] if train_losses else None,
-        "best_valid_cer": trainer.state.best_metric if evaluate else None,
+        "best_valid_cer_normalized": best,
+        "best_valid_cer": next((h["eval_cer"] for h in evals if h.get(f"eval_{SELECTION_METRIC}") == best), None),
         "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
-        "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"]} for h in evals],
+        "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"],
+                               "cer_normalized": h.get(f"eval_{SELECTION_METRIC}")} for h in evals],
         "settings": asdict(settings),
         "device": "cuda" if on_gpu else "cpu",
         "precision": "bf16 autocast" if bf16 else ("fp16 autocast" if on_gpu else "fp32"),
