@@ -434,7 +434,8 @@ def cmd_champion(args) -> None:
     home = env.asr_home()
     if args.retire:
         entry = retire_champion(home, reason="asr-pipeline champion --retire")
-        print(f"retired {entry['model_path']}; the next evaluated checkpoint becomes the champion" if entry
+        print(f"retired {entry['model_path']}; the next evaluated checkpoint is compared with the base model and "
+              "becomes the champion if it beats it" if entry
               else "there is no champion to retire")
         return
     if args.history:
@@ -456,8 +457,8 @@ def cmd_champion(args) -> None:
         if args.json:
             print("null")
             return
-        raise SystemExit(f"no champion yet in {home / 'champion'}: the first evaluated checkpoint becomes it "
-                         "(`asr-pipeline run`)")
+        raise SystemExit(f"no champion yet in {home / 'champion'}: the first checkpoint that beats the base model "
+                         "becomes it (`asr-pipeline run`)")
     if args.json:
         print(json.dumps(pointer, indent=2, ensure_ascii=False))
         return

@@ -150,7 +150,8 @@ class TrainingConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=TRAINING_POOL, check_specs=checks.TRAINING_CHECKS,
           description="Whisper fine-tuned on the train split of every featurized batch (memory-mapped, not loaded) "
-          "with Seq2SeqTrainer; best checkpoint by validation CER. Loads with WhisperForConditionalGeneration/"
+          "with Seq2SeqTrainer; best checkpoint by normalised validation CER (an episode-stratified sample of the valid "
+          "split; with none, held-out train episodes). Loads with WhisperForConditionalGeneration/"
           "WhisperProcessor.from_pretrained; TensorBoard logs in tensorboard/.")
 def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig,
                          featurized_shards: dict[str, Path], settings: PipelineSettings):
@@ -289,7 +290,7 @@ def _promotion_metadata(report: dict) -> dict:
     return {
         "promote": decision["promote"], "promotion_rule": decision["rule"],
         "promotion_incumbent": decision["incumbent"], "promotion_difference": decision["difference"],
-        "promotion_difference_ci95": dg.MetadataValue.json(decision["difference_ci95"]),
+        "promotion_difference_ci95": dg.MetadataValue.json(checks.finite_or_none(decision["difference_ci95"])),
         "promotion_blocked_by": dg.MetadataValue.json(decision["blocked_by"]),
         "promotion_reason": decision["reason"],
         **{f"{name}_hallucination_share": report[name]["hallucination"]["hallucination_share"]

@@ -1,5 +1,6 @@
-"""Blocking asset checks, evaluated by the assets themselves (check_specs) on the data they are about to publish,
-so they work per ingest batch: a failed one stops the run before the bad batch reaches the next asset."""
+"""Asset checks, evaluated by the assets themselves (check_specs) on the data they are about to publish, so they work
+per ingest batch: a failed blocking one stops the run before the bad batch reaches the next asset. The promotion
+decision (challenger_beats_champion) is the exception: it is a result, not a data fault, so it does not block."""
 
 import json
 import math
@@ -44,6 +45,11 @@ EVALUATION_CHECKS = [
 ]
 
 
+def finite_or_none(values: list[float]) -> list[float | None]:
+    """JSON metadata for the UI: NaN (no interval from fewer than two episodes) is not JSON, null is."""
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
+
+
 def challenger_beats_champion(decision: dict) -> dg.AssetCheckResult:
     """decision: report.json's `promotion` (asr_pipeline.core.champion.decide_promotion)."""
     return dg.AssetCheckResult(
@@ -51,7 +57,7 @@ def challenger_beats_champion(decision: dict) -> dg.AssetCheckResult:
         severity=dg.AssetCheckSeverity.WARN, description=decision["reason"],
         metadata={"promote": decision["promote"], "rule": decision["rule"], "incumbent": decision["incumbent"],
                   "difference": decision["difference"],
-                  "difference_ci95": dg.MetadataValue.json(decision["difference_ci95"]),
+                  "difference_ci95": dg.MetadataValue.json(finite_or_none(decision["difference_ci95"])),
                   "blocked_by": dg.MetadataValue.json(decision["blocked_by"]), "margin": decision["margin"]})
 
 
