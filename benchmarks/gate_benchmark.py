@@ -58,8 +58,8 @@ def case(name: str, challenger: EditCounts, incumbent: EditCounts, groups: list[
     report["comparisons"] = evaluation.compare_models({"finetuned": challenger, "base": incumbent}, groups)
     paired = report["comparisons"]["finetuned_vs_base"]
     return {"case": name, "utterances": n, "episodes": paired["episodes"],
-            "challenger": [round(challenger.rate(MEASURE), 4), [round(x, 4) for x in bootstrap_ci(challenger, MEASURE)]],
-            "incumbent": [round(incumbent.rate(MEASURE), 4), [round(x, 4) for x in bootstrap_ci(incumbent, MEASURE)]],
+            **{name: [round(c.rate(MEASURE), 4), [round(x, 4) for x in bootstrap_ci(c, MEASURE)]]
+               for name, c in (("challenger", challenger), ("incumbent", incumbent))},
             "difference": round(paired["difference"], 4), "paired_episode_ci95": [round(x, 4) for x in paired["ci95"]],
             **{f"promote_{rule}": decide_promotion(report, PromotionPolicy(rule, 0.005))["promote"]
                for rule in ("significant", "point")}}

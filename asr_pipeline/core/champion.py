@@ -104,9 +104,11 @@ def decide_promotion(report: dict, policy: PromotionPolicy, champion_unavailable
     The incumbent is the champion, or, with no champion yet, the base model the challenger was trained from: a
     challenger that does not beat the model it started from is never promoted. (With a champion, challenger − base is
     reported, measured the same way, but does not decide: a champion worse than the base should still give way to a
-    better challenger.) Blocked (blocked_by) by: not_better (does not beat the incumbent under the rule),
-    hallucination (hallucination share above the incumbent's by more than hallucination_margin), benchmark:<name> (worse than the champion on that benchmark set; ASR_BENCHMARK_GATE=warn
-    only reports it), incomparable_champion (a champion exists but could not be decoded on these features)."""
+    better challenger.) Blocked (blocked_by) by:
+    - not_better: does not beat the incumbent under the rule;
+    - hallucination: hallucination share above the incumbent's by more than hallucination_margin;
+    - benchmark:<name>: worse than the champion on that benchmark set (ASR_BENCHMARK_GATE=warn only reports it);
+    - incomparable_champion: a champion exists but could not be decoded on these features."""
     incumbent = "champion" if "champion" in report else "base"
     comparisons = report["comparisons"]
     main = comparisons[f"finetuned_vs_{incumbent}"]

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from asr_pipeline.core.champion import current_champion, promote, promotion_history
 
 

@@ -101,7 +101,8 @@ def test_report_shows_the_promotion_gate_and_hallucination_sections(tmp_path):
     promotion = saved["promotion"]
     assert {"promote", "reason", "rule", "difference", "difference_ci95", "blocked_by"} <= set(promotion)
     assert promotion["incumbent"] == "base" and promotion["rule"] == "significant"
-    assert promotion["difference"] == pytest.approx(saved["finetuned"]["cer_normalized"] - saved["base"]["cer_normalized"])
+    assert promotion["difference"] == pytest.approx(saved["finetuned"]["cer_normalized"]
+                                                    - saved["base"]["cer_normalized"])
     assert set(saved["finetuned"]["hallucination"]) >= {"insertion_rate", "cer_above_1", "repetition", "empty",
                                                         "hallucination_share"}
     assert saved["base"]["hallucination"]["empty"] == 1.0
