@@ -61,9 +61,9 @@ def test_the_bootstrap_is_seeded_and_fast_on_thousands_of_utterances():
     base = rng.integers(0, 30, size=20_000)
     a, b = _counts(base), _counts(np.maximum(base - rng.integers(0, 2, size=20_000), 0))
     groups = [f"EP_{i // 10}" for i in range(20_000)]
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other jobs on a shared machine do not count
     first = paired_episode_bootstrap(b, a, groups, resamples=2000)
-    assert time.perf_counter() - started < 1.0  # 2000 resamples of 2000 episodes
+    assert time.process_time() - started < 1.0  # 2000 resamples of 2000 episodes, 20,000 clips
     assert first == paired_episode_bootstrap(b, a, groups, resamples=2000)
     assert first["ci95"][0] <= first["difference"] <= first["ci95"][1]
 
@@ -165,3 +165,23 @@ def test_benchmark_regressions_block_or_warn_and_an_incomparable_champion_blocks
 def test_an_unknown_rule_is_refused_with_the_variable_name():
     with pytest.raises(ValueError, match="ASR_PROMOTION_RULE"):
         PromotionPolicy("majority")
+
+
+def test_the_gate_settings_come_from_the_environment_and_name_the_variable(monkeypatch, tmp_path):
+    from asr_pipeline.core.errors import ConfigError
+    from asr_pipeline.defs.resources import settings_from_environment
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path))
+    policy = settings_from_environment().promotion_policy()
+    assert (policy.rule, policy.margin, policy.hallucination_margin) == ("significant", 0.005, 0.01)
+    monkeypatch.setenv("ASR_PROMOTION_RULE", "point")
+    monkeypatch.setenv("ASR_HALLUCINATION_MARGIN", "0.05")
+    policy = settings_from_environment().promotion_policy()
+    assert (policy.rule, policy.hallucination_margin) == ("point", 0.05)
+    monkeypatch.setenv("ASR_PROMOTION_RULE", "always")
+    with pytest.raises(ConfigError, match="ASR_PROMOTION_RULE"):
+        settings_from_environment()
+    monkeypatch.setenv("ASR_PROMOTION_RULE", "significant")
+    monkeypatch.setenv("ASR_HALLUCINATION_MARGIN", "2")
+    with pytest.raises(ConfigError, match="ASR_HALLUCINATION_MARGIN"):
+        settings_from_environment()
