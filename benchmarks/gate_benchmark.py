@@ -72,9 +72,9 @@ def cases() -> list[dict]:
                   [f"EP_{i // 10:04d}" for i in range(400)])
     flat = np.full(300, 5)
     one_episode = flat.copy()
-    one_episode[:50] = 0
-    lucky = case("better on one episode of six only", _counts(one_episode), _counts(flat),
-                 [f"EP_{i // 50}" for i in range(300)])
+    one_episode[:25] = 0
+    lucky = case("better on one episode of twelve only", _counts(one_episode), _counts(flat),
+                 [f"EP_{i // 25:02d}" for i in range(300)])
     return [steady, lucky]
 
 

@@ -64,12 +64,15 @@ PROMOTION_RULES = ("significant", "point")
 
 @dataclass(frozen=True)
 class PromotionPolicy:
-    """ASR_PROMOTION_RULE, ASR_PROMOTION_MARGIN, ASR_HALLUCINATION_MARGIN, and how benchmark regressions count."""
+    """ASR_PROMOTION_RULE, ASR_PROMOTION_MARGIN, ASR_HALLUCINATION_MARGIN, ASR_PROMOTION_MIN_EPISODES, and how
+    benchmark regressions count."""
 
     rule: str = "significant"
     margin: float = 0.005
     hallucination_margin: float = 0.01
     benchmark_gate: str = "block"
+    # A bootstrap over 2 or 3 episodes has only a handful of distinct resamples: its interval is far too narrow.
+    min_episodes: int = 10
 
     def __post_init__(self):
         if self.rule not in PROMOTION_RULES:
@@ -81,6 +84,8 @@ class PromotionPolicy:
         difference, (_, upper) = comparison["difference"], comparison["ci95"]
         if self.rule == "point":
             return difference < 0 and -difference >= self.margin - 1e-12
+        if comparison["episodes"] < self.min_episodes:
+            return False
         return upper == upper and upper < -self.margin  # NaN (fewer than two episodes) never wins
 
 
@@ -90,8 +95,9 @@ def _comparison_text(name: str, comparison: dict, policy: PromotionPolicy, won: 
               f"{comparison['episodes']} episodes]"
     if policy.rule == "point":
         need = f"needs a difference <= {-policy.margin:+.4f}"
-    elif hi != hi:
-        need = "needs an interval, and fewer than two episodes give none"
+    elif comparison["episodes"] < policy.min_episodes:
+        need = (f"needs at least {policy.min_episodes} episodes in the test split for its interval to mean anything, "
+                "ASR_PROMOTION_MIN_EPISODES")
     else:
         need = f"needs the upper bound < {-policy.margin:+.4f}"
     return f"{figures} {'beats' if won else 'does not beat'} the {name} (rule {policy.rule}, {need})"
@@ -139,7 +145,8 @@ def decide_promotion(report: dict, policy: PromotionPolicy, champion_unavailable
         "promote": promote,
         "reason": "; ".join(reasons),
         "rule": policy.rule, "metric": PROMOTION_METRIC, "margin": policy.margin,
-        "hallucination_margin": policy.hallucination_margin, "incumbent": incumbent,
+        "hallucination_margin": policy.hallucination_margin, "min_episodes": policy.min_episodes,
+        "incumbent": incumbent,
         "difference": main["difference"], "difference_ci95": main["ci95"],
         "versus_base": {"difference": comparisons["finetuned_vs_base"]["difference"],
                         "difference_ci95": comparisons["finetuned_vs_base"]["ci95"]},

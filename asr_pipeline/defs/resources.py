@@ -90,6 +90,8 @@ class PipelineSettings(dg.ConfigurableResource):
                                     "normalised CER) a challenger's test CER must be to replace the champion")
     promotion_rule: str = Field(default="significant", description="ASR_PROMOTION_RULE: significant (the 95% upper "
                                 "bound of challenger − incumbent, paired by episode, below −margin) | point")
+    promotion_min_episodes: int = Field(default=10, description="ASR_PROMOTION_MIN_EPISODES: fewest test episodes the "
+                                        "significant rule decides on (fewer: the champion stays)")
     hallucination_margin: float = Field(default=0.01, description="ASR_HALLUCINATION_MARGIN: how much higher a "
                                         "challenger's hallucination share may be than the incumbent's")
 
@@ -107,7 +109,7 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def promotion_policy(self) -> PromotionPolicy:
         return PromotionPolicy(self.promotion_rule, self.promotion_margin, self.hallucination_margin,
-                               getattr(self, "benchmark_gate", "block"))
+                               getattr(self, "benchmark_gate", "block"), self.promotion_min_episodes)
 
     def home_dir(self) -> Path:
         return Path(self.home)
@@ -144,6 +146,8 @@ def settings_from_environment() -> PipelineSettings:
         promotion_margin=_number_env("ASR_PROMOTION_MARGIN", 0.005, float, lambda v: 0.0 <= v < 1.0,
                                      "an absolute CER margin between 0 and 1, e.g. 0.005"),
         promotion_rule=_choice_env("ASR_PROMOTION_RULE", "significant", PROMOTION_RULES),
+        promotion_min_episodes=_number_env("ASR_PROMOTION_MIN_EPISODES", 10, int, lambda v: v >= 2,
+                                           "a whole number of episodes, at least 2"),
         hallucination_margin=_number_env("ASR_HALLUCINATION_MARGIN", 0.01, float, lambda v: 0.0 <= v <= 1.0,
                                          "a share of utterances between 0 and 1, e.g. 0.01"),
     )

@@ -39,21 +39,34 @@ def test_paired_episode_interval_excludes_zero_where_unpaired_intervals_overlap(
 
 
 def test_paired_episode_interval_includes_zero_where_utterance_intervals_do_not_overlap():
-    # 6 episodes of 50 clips; the challenger is better on one episode only (say, one speaker it learned).
+    # 12 episodes of 25 clips; the challenger is better on one episode only (say, one speaker it learned).
     incumbent = np.full(300, 5)
     challenger_edits = incumbent.copy()
-    challenger_edits[:50] = 0
+    challenger_edits[:25] = 0
     challenger, champion = _counts(challenger_edits), _counts(incumbent)
-    groups = [f"EP_{i // 50}" for i in range(300)]
+    groups = [f"EP_{i // 25:02d}" for i in range(300)]
     unpaired = [bootstrap_ci(c, MEASURE) for c in (challenger, champion)]
     assert not _overlap(*unpaired), unpaired  # clips treated as independent: a "clear" win
     paired = paired_episode_bootstrap(challenger, champion, groups)
-    assert paired["difference"] < 0 and paired["ci95"][1] >= 0, paired  # one episode in six: not shown
+    assert paired["difference"] < 0 and paired["ci95"][1] >= 0, paired  # one episode in twelve: not shown
     report = _report(challenger, champion, groups)
     significant = decide_promotion(report, PromotionPolicy("significant", 0.005))
     assert not significant["promote"] and significant["blocked_by"] == ["not_better"]
     assert significant["difference_ci95"] == paired["ci95"] and significant["rule"] == "significant"
+    assert "needs the upper bound < -0.0050" in significant["reason"]
     assert decide_promotion(report, PromotionPolicy("point", 0.005))["promote"]  # today's rule would promote
+
+
+def test_too_few_episodes_never_give_a_significant_win():
+    # 3 episodes, the challenger better on each: a bootstrap over 3 episodes has 10 distinct resamples, its interval
+    # is too narrow to trust
+    challenger, champion = _counts([0] * 30), _counts([10] * 30)
+    groups = [f"EP_{i // 10}" for i in range(30)]
+    report = _report(challenger, champion, groups)
+    assert report["comparisons"]["finetuned_vs_base"]["ci95"][1] < -0.005
+    decision = decide_promotion(report, PromotionPolicy("significant", 0.005))
+    assert not decision["promote"] and "at least 10 episodes" in decision["reason"]
+    assert decide_promotion(report, PromotionPolicy("significant", 0.005, min_episodes=3))["promote"]
 
 
 def test_the_bootstrap_is_seeded_and_fast_on_thousands_of_utterances():
@@ -74,7 +87,7 @@ def test_one_episode_gives_no_interval_and_never_a_significant_win():
     assert np.isnan(paired["ci95"]).all()
     report = _report(challenger, champion, ["EP"] * 3)
     decision = decide_promotion(report, PromotionPolicy("significant", 0.005))
-    assert not decision["promote"] and "fewer than two episodes" in decision["reason"]
+    assert not decision["promote"] and not decide_promotion(report, PromotionPolicy(min_episodes=1))["promote"]
 
 
 def _report(challenger: EditCounts, incumbent: EditCounts | None, groups, base: EditCounts | None = None,
@@ -173,7 +186,8 @@ def test_the_gate_settings_come_from_the_environment_and_name_the_variable(monke
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path))
     policy = settings_from_environment().promotion_policy()
-    assert (policy.rule, policy.margin, policy.hallucination_margin) == ("significant", 0.005, 0.01)
+    assert (policy.rule, policy.margin, policy.hallucination_margin, policy.min_episodes) == \
+        ("significant", 0.005, 0.01, 10)
     monkeypatch.setenv("ASR_PROMOTION_RULE", "point")
     monkeypatch.setenv("ASR_HALLUCINATION_MARGIN", "0.05")
     policy = settings_from_environment().promotion_policy()
@@ -184,4 +198,8 @@ def test_the_gate_settings_come_from_the_environment_and_name_the_variable(monke
     monkeypatch.setenv("ASR_PROMOTION_RULE", "significant")
     monkeypatch.setenv("ASR_HALLUCINATION_MARGIN", "2")
     with pytest.raises(ConfigError, match="ASR_HALLUCINATION_MARGIN"):
+        settings_from_environment()
+    monkeypatch.setenv("ASR_HALLUCINATION_MARGIN", "0.01")
+    monkeypatch.setenv("ASR_PROMOTION_MIN_EPISODES", "1")
+    with pytest.raises(ConfigError, match="ASR_PROMOTION_MIN_EPISODES"):
         settings_from_environment()
