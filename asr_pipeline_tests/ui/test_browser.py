@@ -176,7 +176,7 @@ def _materialize_the_report_from_its_page(page, base: str, artifacts: Path) -> N
 
     before = {r["runId"] for r in _runs(page)}
     page.goto(f"{base}/assets/evaluation_report")
-    button = page.get_by_role("button", name=re.compile(r"^Materialize$")).first
+    button = page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$")).first  # icon name, then label
     expect(button).to_be_enabled()
     button.click()
     deadline = time.monotonic() + 600
