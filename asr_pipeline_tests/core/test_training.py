@@ -51,7 +51,8 @@ def _rows_over(groups: list[str], split: str = "valid"):
 
 
 def test_validation_sample_is_seeded_and_spread_over_every_episode():
-    from asr_pipeline.core.training import FeatureRows, choose_validation
+    from asr_pipeline.core.training import FeatureRows
+    from asr_pipeline.core.validation import choose_validation
 
     # one long-running programme with 1,000 clips first, then 99 episodes of 5: the first 200 rows would be one episode
     groups = ["OLD_000"] * 1000 + [f"EP_{k:03d}" for k in range(99) for _ in range(5)]
@@ -69,7 +70,7 @@ def test_validation_sample_is_seeded_and_spread_over_every_episode():
 
 
 def test_without_a_valid_split_whole_train_episodes_are_held_out_and_it_says_so():
-    from asr_pipeline.core.training import choose_validation
+    from asr_pipeline.core.validation import choose_validation
 
     groups = [f"EP_{k:02d}" for k in range(20) for _ in range(10)]
     train, empty = _rows_over(groups, "train"), _rows_over([], "valid")
