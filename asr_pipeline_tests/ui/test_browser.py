@@ -189,7 +189,7 @@ def _materialize_the_report_from_its_page(page, base: str, artifacts: Path) -> N
         time.sleep(2)
     assert run is not None, "no run was launched from the asset page"
     page.goto(f"{base}/runs/{run['runId']}")
-    page.wait_for_timeout(1500)
+    expect(page.get_by_text("Loading run logs").first).to_be_hidden()
     page.screenshot(path=str(artifacts / "ui-evaluation-report-run.png"))
     assert run["status"] == "SUCCESS", run
     assert run["assetSelection"] == [{"path": ["evaluation_report"]}], run
