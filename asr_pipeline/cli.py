@@ -101,10 +101,6 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                     partition_key=partition_key, tags={**_run_tags(), **(tags or {})})
     where = f" for batch {partition_key}" if partition_key else ""
-    if not result.success and _only_not_promoted(result):
-        print(f"run {result.run_id} of {job_name}: the challenger was evaluated but not promoted; the champion stays "
-              "(see the report's promotion line)")
-        return
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
@@ -113,17 +109,19 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
                     error = error.cause  # the asset's own exception, not Dagster's wrapper around it
                 print(f"\nstep {event.step_key} failed: {error.message.strip() if error else ''}", file=sys.stderr)
         raise SystemExit(f"run {result.run_id} of {job_name}{where} failed (details above and in the Dagster UI)")
+    if _not_promoted(result):
+        print(f"run {result.run_id} of {job_name} succeeded: the challenger was evaluated but not promoted; the "
+              "champion stays (see the report's promotion line)")
+        return
     print(f"run {result.run_id} of {job_name}{where} succeeded")
 
 
-def _only_not_promoted(result) -> bool:
-    """The run failed only because the blocking check challenger_beats_champion said no: an answer, not an error."""
+def _not_promoted(result) -> bool:
+    """The run evaluated a challenger and the promotion decision (the check challenger_beats_champion, WARN when it
+    says no) kept the champion: a successful run whose answer is "no"."""
     from asr_pipeline.defs.checks import BEATS_CHAMPION
 
-    evaluations = result.get_asset_check_evaluations()
-    failed_checks = {e.check_name for e in evaluations if not e.passed}
-    failed_steps = {e.step_key for e in result.all_events if e.is_step_failure}
-    return failed_checks == {BEATS_CHAMPION} and failed_steps <= {"evaluation_report"}
+    return any(e.check_name == BEATS_CHAMPION and not e.passed for e in result.get_asset_check_evaluations())
 
 
 def _run_batch_multiprocess(key: str) -> None:
@@ -499,7 +497,8 @@ def cmd_champion(args) -> None:
     home = env.asr_home()
     if args.retire:
         entry = retire_champion(home, reason="asr-pipeline champion --retire")
-        print(f"retired {entry['model_path']}; the next evaluated checkpoint becomes the champion" if entry
+        print(f"retired {entry['model_path']}; the next evaluated checkpoint is compared with the base model and "
+              "becomes the champion if it beats it" if entry
               else "there is no champion to retire")
         return
     if args.history:
@@ -521,8 +520,8 @@ def cmd_champion(args) -> None:
         if args.json:
             print("null")
             return
-        raise SystemExit(f"no champion yet in {home / 'champion'}: the first evaluated checkpoint becomes it "
-                         "(`asr-pipeline run`)")
+        raise SystemExit(f"no champion yet in {home / 'champion'}: the first checkpoint that beats the base model "
+                         "becomes it (`asr-pipeline run`)")
     if args.json:
         print(json.dumps(pointer, indent=2, ensure_ascii=False))
         return

@@ -46,8 +46,9 @@ def build_definitions() -> dg.Definitions:
     jobs = [
         dg.define_asset_job(INGEST_JOB, selection=INGEST_ASSETS, tags=INGEST_TAGS,
                             description="One ingest batch: manifest, 16 kHz audio, features."),
-        # A challenger that does not beat the champion fails the blocking check, and with it the run; retrying that
-        # would decode the test split again for the same answer, so only crashed runs are retried.
+        # A challenger that loses is a successful run (champion_model materializes nothing), so no retry follows it.
+        # A step that fails here (a NaN training loss, a model that cannot be loaded) fails the same way on the same
+        # features and seed, and each try costs a training or a full decode: only crashed runs are retried.
         dg.define_asset_job(RETRAIN_JOB, selection=RETRAIN_ASSETS, tags=NO_RETRY_ON_STEP_FAILURE,
                             description="Fine-tune on every featurized batch, evaluate against the champion, promote "
                                         "the challenger when it is better."),

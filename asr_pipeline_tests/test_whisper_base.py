@@ -95,6 +95,16 @@ def test_pipeline_report_agrees_with_jiwer_and_an_independent_greedy_decode(
     refs = [u["reference"] for u in utterances]
     for name in ("base", "finetuned"):
         assert report[name]["cer"] == pytest.approx(jiwer.cer(refs, [u[f"{name}_hypothesis"] for u in utterances]))
+    # the promotion gate and hallucination sections (docs/EVALUATION.md)
+    promotion = report["promotion"]
+    assert {"promote", "reason", "rule", "difference", "difference_ci95", "blocked_by"} <= set(promotion)
+    assert promotion["incumbent"] == "base" and promotion["rule"] == "significant"
+    assert promotion["difference"] == pytest.approx(report["finetuned"]["cer_normalized"]
+                                                    - report["base"]["cer_normalized"])
+    assert report["comparisons"]["finetuned_vs_base"]["unit"] == "episode"
+    assert all("hallucination_share" in report[name]["hallucination"] for name in ("base", "finetuned"))
+    markdown = Path(report["markdown_path"]).read_text()
+    assert "## Promotion gate" in markdown and "## Hallucination" in markdown
 
     # independent: decode each file on its own, straight from disk through the stock processor, greedy
     model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))

@@ -45,7 +45,8 @@ def promotion_history(home: Path) -> list[dict]:
 
 def retire_champion(home: Path, reason: str) -> dict | None:
     """Move the pointer aside (kept as champion.retired-<stamp>.json, and in the history), so the next evaluated
-    checkpoint is promoted without a comparison. For a champion that can no longer be compared (base model changed)."""
+    checkpoint is compared with the base model alone. For a champion that can no longer be compared (base model
+    changed)."""
     pointer = current_champion(home)
     if pointer is None:
         return None
@@ -58,35 +59,104 @@ def retire_champion(home: Path, reason: str) -> dict | None:
     return entry
 
 
+PROMOTION_RULES = ("significant", "point")
+
+
 @dataclass(frozen=True)
-class PromotionDecision:
-    promote: bool
-    reason: str
-    challenger_cer: float
-    champion_cer: float | None
-    margin: float
+class PromotionPolicy:
+    """ASR_PROMOTION_RULE, ASR_PROMOTION_MARGIN, ASR_HALLUCINATION_MARGIN, ASR_PROMOTION_MIN_EPISODES, and how
+    benchmark regressions count."""
 
-    def as_dict(self) -> dict:
-        return {"promote": self.promote, "reason": self.reason, "challenger_cer": self.challenger_cer,
-                "champion_cer": self.champion_cer, "margin": self.margin, "metric": PROMOTION_METRIC}
+    rule: str = "significant"
+    margin: float = 0.005
+    hallucination_margin: float = 0.01
+    benchmark_gate: str = "block"
+    # A bootstrap over 2 or 3 episodes has only a handful of distinct resamples: its interval is far too narrow.
+    min_episodes: int = 10
+
+    def __post_init__(self):
+        if self.rule not in PROMOTION_RULES:
+            raise ValueError(f"ASR_PROMOTION_RULE must be one of {', '.join(PROMOTION_RULES)}, got {self.rule!r}")
+
+    def beats(self, comparison: dict) -> bool:
+        """challenger − incumbent (comparison['difference'], ['ci95']) clears the rule. `significant`: the interval's
+        upper bound is below −margin. `point`: the difference is below zero and at most −margin. A tie never wins."""
+        difference, (_, upper) = comparison["difference"], comparison["ci95"]
+        if self.rule == "point":
+            return difference < 0 and -difference >= self.margin - 1e-12
+        if comparison["episodes"] < self.min_episodes:
+            return False
+        return upper == upper and upper < -self.margin  # NaN (fewer than two episodes) never wins
 
 
-def decide_promotion(challenger_cer: float, champion_cer: float | None, margin: float) -> PromotionDecision:
-    """Promote only when the challenger's test CER is below the champion's (measured on the same test split, in the
-    same report) by at least `margin` (absolute CER, e.g. 0.005 = half a point); a tie never replaces the champion,
-    even with margin 0."""
-    if challenger_cer != challenger_cer:  # NaN
-        return PromotionDecision(False, "the challenger's CER is not a number", challenger_cer, champion_cer, margin)
-    if champion_cer is None:
-        return PromotionDecision(True, "there is no champion yet", challenger_cer, None, margin)
-    needed = champion_cer - margin
-    improvement = champion_cer - challenger_cer
-    if improvement > 0 and improvement >= margin - 1e-12:
-        return PromotionDecision(True, f"challenger CER {challenger_cer:.4f} <= champion {champion_cer:.4f} - margin "
-                                 f"{margin:.4f}", challenger_cer, champion_cer, margin)
-    return PromotionDecision(False, f"challenger CER {challenger_cer:.4f} does not beat champion {champion_cer:.4f} "
-                             f"by the margin {margin:.4f} (needs <= {needed:.4f})", challenger_cer, champion_cer,
-                             margin)
+def _comparison_text(name: str, comparison: dict, policy: PromotionPolicy, won: bool) -> str:
+    lo, hi = comparison["ci95"]
+    figures = f"challenger − {name} normalised CER {comparison['difference']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}; " \
+              f"{comparison['episodes']} episodes]"
+    if policy.rule == "point":
+        need = f"needs a difference <= {-policy.margin:+.4f}"
+    elif comparison["episodes"] < policy.min_episodes:
+        need = (f"needs at least {policy.min_episodes} episodes in the test split for its interval to mean anything, "
+                "ASR_PROMOTION_MIN_EPISODES")
+    else:
+        need = f"needs the upper bound < {-policy.margin:+.4f}"
+    return f"{figures} {'beats' if won else 'does not beat'} the {name} (rule {policy.rule}, {need})"
+
+
+def decide_promotion(report: dict, policy: PromotionPolicy, champion_unavailable: str | None = None,
+                     benchmark_regressions: list[str] = ()) -> dict:
+    """report.json's `promotion`: {promote, reason, rule, difference, difference_ci95, blocked_by, ...}.
+
+    The incumbent is the champion, or, with no champion yet, the base model the challenger was trained from: a
+    challenger that does not beat the model it started from is never promoted. (With a champion, challenger − base is
+    reported, measured the same way, but does not decide: a champion worse than the base should still give way to a
+    better challenger.) Blocked (blocked_by) by:
+    - not_better: does not beat the incumbent under the rule;
+    - hallucination: hallucination share above the incumbent's by more than hallucination_margin;
+    - benchmark:<name>: worse than the champion on that benchmark set (ASR_BENCHMARK_GATE=warn only reports it);
+    - incomparable_champion: a champion exists but could not be decoded on these features."""
+    incumbent = "champion" if "champion" in report else "base"
+    comparisons = report["comparisons"]
+    main = comparisons[f"finetuned_vs_{incumbent}"]
+    blocked, reasons, notes = [], [], []
+    if champion_unavailable:
+        blocked.append("incomparable_champion")
+        reasons.append(champion_unavailable)
+    won = policy.beats(main)
+    if not won:
+        blocked.append("not_better")
+    reasons.append(_comparison_text(incumbent, main, policy, won))
+    challenger_share = report["finetuned"]["hallucination"]["hallucination_share"]
+    incumbent_share = report[incumbent]["hallucination"]["hallucination_share"]
+    if challenger_share - incumbent_share > policy.hallucination_margin + 1e-12:
+        blocked.append("hallucination")
+        reasons.append(f"hallucination share {challenger_share:.3f} vs the {incumbent}'s {incumbent_share:.3f}: "
+                       f"worse by more than ASR_HALLUCINATION_MARGIN {policy.hallucination_margin:.3f}")
+    for name in benchmark_regressions:
+        text = f"worse than the champion on benchmark {name} by more than the margin"
+        if policy.benchmark_gate == "block":
+            blocked.append(f"benchmark:{name}")
+            reasons.append(text)
+        else:
+            notes.append(f"warning: {text} (ASR_BENCHMARK_GATE=warn)")
+    promote = not blocked
+    reasons += notes
+    return {
+        "promote": promote,
+        "reason": "; ".join(reasons),
+        "rule": policy.rule, "metric": PROMOTION_METRIC, "margin": policy.margin,
+        "hallucination_margin": policy.hallucination_margin, "min_episodes": policy.min_episodes,
+        "incumbent": incumbent,
+        "difference": main["difference"], "difference_ci95": main["ci95"],
+        "versus_base": {"difference": comparisons["finetuned_vs_base"]["difference"],
+                        "difference_ci95": comparisons["finetuned_vs_base"]["ci95"]},
+        "episodes": main["episodes"],
+        "challenger_cer": report["finetuned"][PROMOTION_METRIC],
+        "champion_cer": report["champion"][PROMOTION_METRIC] if "champion" in report else None,
+        "base_cer": report["base"][PROMOTION_METRIC],
+        "hallucination": {"challenger": challenger_share, "incumbent": incumbent_share},
+        "blocked_by": blocked,
+    }
 
 
 def promote(home: Path, checkpoint_dir: Path, ctranslate2_dir: Path | None, report: dict,

@@ -17,9 +17,10 @@ import numpy as np
 
 from asr_pipeline.core.decoding import transcribe_features
 from asr_pipeline.core.features import FeatureShard
+from asr_pipeline.core.hallucination import hallucination_stats
 from asr_pipeline.core.settings import DEFAULT_PROGRAMME_PATTERN
 from asr_pipeline.core.text import (DEFAULT_POLICY, MEASURES, EditCounts, NormalizationPolicy, bootstrap_ci, clean,
-                                    edit_counts)
+                                    edit_counts, paired_episode_bootstrap)
 from asr_pipeline.core.training import FeatureRows
 
 DURATION_BUCKETS = (0.0, 2.0, 5.0, 10.0, 20.0, 30.0)
@@ -28,13 +29,24 @@ WORST_COUNT = 20
 
 def score(references: list[str], hypotheses: list[str], policy: NormalizationPolicy, resamples: int = 1000,
           seed: int = 0) -> tuple[dict, EditCounts]:
-    """Rates and their bootstrap intervals: {cer, cer_ci95, cer_normalized, cer_normalized_ci95, wer, ...}."""
+    """Rates and their bootstrap intervals over utterances: {cer, cer_ci95, cer_normalized, cer_normalized_ci95, wer,
+    ..., hallucination: {...}} (asr_pipeline.core.hallucination)."""
     counts = edit_counts(references, hypotheses, policy)
     out: dict = {"pairs": len(references)}
     for measure in MEASURES:
         out[measure] = counts.rate(measure)
         out[f"{measure}_ci95"] = bootstrap_ci(counts, measure, resamples=resamples, seed=seed)
+    out["hallucination"] = hallucination_stats(counts, [clean(h) for h in hypotheses])
     return out, counts
+
+
+def compare_models(counts: dict[str, EditCounts], groups: Sequence[str], resamples: int = 1000,
+                   seed: int = 0) -> dict:
+    """The challenger against each other model, normalised CER, paired and resampled by episode:
+    {finetuned_vs_base: {difference, ci95, episodes, ...}, finetuned_vs_champion: {...}}."""
+    return {f"finetuned_vs_{name}": paired_episode_bootstrap(counts["finetuned"], counts[name], groups,
+                                                             resamples=resamples, seed=seed)
+            for name in ("base", "champion") if name in counts}
 
 
 def duration_bucket(seconds: float) -> str:
@@ -170,7 +182,8 @@ def evaluate_on_test(
         "decoding": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                      "token_budget": "2 x reference label length + 10, longest first" if budget_from_labels
                      else "max_new_tokens", "dtype": str(dtype).replace("torch.", "")},
-        "bootstrap": {"resamples": bootstrap_resamples, "level": 0.95, "unit": "utterance"},
+        "bootstrap": {"resamples": bootstrap_resamples, "level": 0.95, "unit": "utterance",
+                      "comparison_unit": "episode (paired)"},
     }
     hypotheses, counts = {}, {}
     for name, source in models:
@@ -197,6 +210,7 @@ def evaluate_on_test(
     ]
     durations = [duration_bucket(u["duration"]) for u in report["per_utterance"]]
     bucket_order = [duration_bucket((lo + hi) / 2) for lo, hi in zip(DURATION_BUCKETS, DURATION_BUCKETS[1:])]
+    report["comparisons"] = compare_models(counts, [str(m["group"]) for m in meta], bootstrap_resamples)
     report["by_duration"] = breakdown(durations, counts, bucket_order + [f">={DURATION_BUCKETS[-1]:g} s"])
     report["by_programme"] = breakdown([u["programme"] for u in report["per_utterance"]], counts)
     report["worst"] = worst_utterances(report["per_utterance"], counts["finetuned"])

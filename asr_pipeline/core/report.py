@@ -127,8 +127,56 @@ def _promotion_text(report: dict) -> str | None:
     decision = report.get("promotion")
     if not decision:
         return None
-    verdict = "PROMOTE" if decision["promote"] else "KEEP THE CHAMPION"
-    return f"{verdict}: {decision['reason']} (metric: {decision['metric']})."
+    verdict = "PROMOTE" if decision["promote"] else f"KEEP THE {str(decision.get('incumbent', 'champion')).upper()}"
+    blocked = f" Blocked by: {', '.join(decision['blocked_by'])}." if decision.get("blocked_by") else ""
+    rule = f", rule: {decision['rule']}" if decision.get("rule") else ""
+    return f"{verdict}: {decision['reason']} (metric: {decision['metric']}{rule}).{blocked}"
+
+
+HALLUCINATION_NOTE = ("Shares of test utterances. CER > 1: more edits than reference characters (insertions). "
+                      "Repetition: a hypothesis whose zlib compression ratio is above 2.4, Whisper's threshold. "
+                      "The hallucination share counts an utterance with either.")
+COMPARISON_HEADER = ["comparison (normalised CER)", "difference", "95% CI (paired, resampling episodes)", "episodes",
+                     "clears the rule"]
+HALLUCINATION_HEADER = ["model", "insertion rate", "CER > 1", "repetition (compression > 2.4)", "empty output",
+                        "hallucination share"]
+
+
+def _comparison_rows(report: dict) -> list[list[str]]:
+    decision = report.get("promotion") or {}
+    rows = []
+    for key, label in (("finetuned_vs_champion", "challenger − champion"), ("finetuned_vs_base", "challenger − base")):
+        c = (report.get("comparisons") or {}).get(key)
+        if not c:
+            continue
+        lo, hi = c["ci95"]
+        blocked = set(decision.get("blocked_by") or [])
+        incumbent = key.endswith(decision.get("incumbent", "-"))
+        cleared = ("no" if "not_better" in blocked else "yes") if incumbent else "(not decisive)"
+        rows.append([label, f"{c['difference']:+.4f}", f"[{lo:+.4f}, {hi:+.4f}]", str(c["episodes"]), cleared])
+    return rows
+
+
+def _gate_text(report: dict) -> str:
+    decision = report.get("promotion") or {}
+    rule = decision.get("rule", "point")
+    margin = decision.get("margin", 0.0)
+    how = (f"the 95% upper bound of challenger − incumbent must be below −{margin:g}" if rule == "significant"
+           else f"challenger − incumbent must be at most −{margin:g}")
+    return (f"Rule **{rule}**: {how} (ASR_PROMOTION_RULE, ASR_PROMOTION_MARGIN); the incumbent is the "
+            f"**{decision.get('incumbent', 'champion')}**. Intervals resample whole episodes, the same draw for both "
+            f"models. The challenger's hallucination share may exceed the incumbent's by at most "
+            f"{decision.get('hallucination_margin', float('nan')):g} (ASR_HALLUCINATION_MARGIN).")
+
+
+def _hallucination_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for name in _models(report):
+        h = report[name].get("hallucination")
+        if h:
+            rows.append([MODEL_LABELS[name], f"{h['insertion_rate']:.4f}", f"{h['cer_above_1']:.3f}",
+                         f"{h['repetition']:.3f}", f"{h['empty']:.3f}", f"{h['hallucination_share']:.3f}"])
+    return rows
 
 
 def _ct2_text(report: dict) -> str | None:
@@ -177,6 +225,12 @@ def render_markdown(report: dict, curves_png: bytes | None = None) -> str:
     for text in (_promotion_text(report), _ct2_text(report)):
         if text:
             parts += [text, ""]
+    if report.get("comparisons"):
+        parts += ["## Promotion gate", "", _md_table(COMPARISON_HEADER, _comparison_rows(report)), "",
+                  _gate_text(report), ""]
+    if _hallucination_rows(report):
+        parts += ["## Hallucination", "", _md_table(HALLUCINATION_HEADER, _hallucination_rows(report)), "",
+                  HALLUCINATION_NOTE, ""]
     for key, label in (("by_duration", "duration"), ("by_programme", "programme")):
         parts += [f"## CER by {label}", "", _md_table(_bucket_header(report, key, label), _bucket_rows(report, key)),
                   ""]
@@ -258,6 +312,14 @@ def render_html(report: dict, curves_png: bytes | None = None) -> str:
         parts.append(f'<p class="decision {kind}">{_h(_promotion_text(report))}</p>')
     if _ct2_text(report):
         parts.append(f"<p>{_h(_ct2_text(report)).replace('`', '')}</p>")
+    if report.get("comparisons"):
+        parts.append("<h2>Promotion gate</h2>")
+        parts.append(_html_table(COMPARISON_HEADER, _comparison_rows(report)))
+        parts.append(f"<p>{_h(_gate_text(report)).replace('**', '')}</p>")
+    if _hallucination_rows(report):
+        parts.append("<h2>Hallucination</h2>")
+        parts.append(_html_table(HALLUCINATION_HEADER, _hallucination_rows(report)))
+        parts.append(f"<p>{_h(HALLUCINATION_NOTE)}</p>")
     for key, label in (("by_duration", "duration"), ("by_programme", "programme")):
         parts.append(f"<h2>CER by {label}</h2>")
         parts.append(_html_table(_bucket_header(report, key, label), _bucket_rows(report, key)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jiwer
 import numpy as np
@@ -246,10 +246,12 @@ def character_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 @dataclass(frozen=True)
 class EditCounts:
-    """Per-utterance edits and reference lengths for the four measures, so corpus rates can be resampled."""
+    """Per-utterance edits, reference lengths and insertions for the four measures, so corpus rates can be
+    resampled (by utterance or by episode) and hallucinations counted."""
 
     edits: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]
+    insertions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def rate(self, measure: str, rows: np.ndarray | None = None) -> float:
         e, n = self.edits[measure], self.lengths[measure]
@@ -259,16 +261,17 @@ class EditCounts:
         return float(e.sum() / total) if total else float("nan")
 
 
-def _edits(reference: str, hypothesis: str, unit: str) -> tuple[int, int]:
+def _edits(reference: str, hypothesis: str, unit: str) -> tuple[int, int, int]:
+    """(edits, reference length, insertions) of one pair."""
     ref = list(reference) if unit == "char" else reference.split()
     hyp = list(hypothesis) if unit == "char" else hypothesis.split()
     if not ref:
-        return len(hyp), 0
+        return len(hyp), 0, len(hyp)
     if not hyp:
-        return len(ref), len(ref)
+        return len(ref), len(ref), 0
     out = jiwer.process_characters(reference, hypothesis) if unit == "char" else jiwer.process_words(reference,
                                                                                                      hypothesis)
-    return out.substitutions + out.deletions + out.insertions, len(ref)
+    return out.substitutions + out.deletions + out.insertions, len(ref), out.insertions
 
 
 MEASURES = ("cer", "cer_normalized", "wer", "wer_normalized")
@@ -278,6 +281,7 @@ def edit_counts(references: list[str], hypotheses: list[str],
                 policy: NormalizationPolicy = DEFAULT_POLICY) -> EditCounts:
     edits = {m: np.zeros(len(references), dtype=np.int64) for m in MEASURES}
     lengths = {m: np.zeros(len(references), dtype=np.int64) for m in MEASURES}
+    insertions = {m: np.zeros(len(references), dtype=np.int64) for m in MEASURES}
     for i, (r, h) in enumerate(zip(references, hypotheses)):
         r, h = clean(r), clean(h)
         r_words, h_words = policy.words(r), policy.words(h)
@@ -285,8 +289,8 @@ def edit_counts(references: list[str], hypotheses: list[str],
                  "cer_normalized": (policy.characters_of_words(r_words), policy.characters_of_words(h_words), "char"),
                  "wer_normalized": (r_words, h_words, "word")}
         for measure, (ref, hyp, unit) in views.items():
-            edits[measure][i], lengths[measure][i] = _edits(ref, hyp, unit)
-    return EditCounts(edits, lengths)
+            edits[measure][i], lengths[measure][i], insertions[measure][i] = _edits(ref, hyp, unit)
+    return EditCounts(edits, lengths, insertions)
 
 
 def error_rates(references: list[str], hypotheses: list[str],
@@ -316,3 +320,51 @@ def bootstrap_ci(counts: EditCounts, measure: str, resamples: int = 1000, seed: 
     rates = np.concatenate(rates)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(rates, tail)), float(np.percentile(rates, 100 - tail))]
+
+
+# ---------------------------------------------------------------- paired comparison, resampling episodes
+
+RESAMPLE_CELLS = 2_000_000  # resamples x episodes drawn at once: memory stays bounded for big test splits
+
+
+def episode_codes(groups) -> np.ndarray:
+    """Each utterance's episode as an integer 0..G-1 (the manifest's `group` column)."""
+    return np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1].reshape(-1)
+
+
+def _per_episode(values: np.ndarray, codes: np.ndarray, episodes: int) -> np.ndarray:
+    return np.bincount(codes, weights=values.astype(np.float64), minlength=episodes)
+
+
+def paired_episode_bootstrap(challenger: EditCounts, incumbent: EditCounts, groups, measure: str = "cer_normalized",
+                             resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """challenger − incumbent corpus rate, with a percentile interval from a paired bootstrap over episodes.
+
+    Clips of one episode share a speaker, a topic and a recording, so their errors are not independent: resampling
+    utterances would make the interval too narrow. Each resample draws G episodes with replacement (G = episodes in
+    the test split) and computes both models' ratio-of-sums rates on the same draw, so what both models find hard
+    cancels out of the difference. With fewer than two episodes there is nothing to resample: the interval is NaN.
+    """
+    codes = episode_codes(groups)
+    episodes = int(codes.max()) + 1 if len(codes) else 0
+    sums = [_per_episode(c.edits[measure], codes, episodes) for c in (challenger, incumbent)] + \
+           [_per_episode(c.lengths[measure], codes, episodes) for c in (challenger, incumbent)]
+    edits_a, edits_b, lengths_a, lengths_b = sums
+    difference = challenger.rate(measure) - incumbent.rate(measure)
+    out = {"difference": float(difference), "ci95": [float("nan"), float("nan")], "measure": measure,
+           "unit": "episode", "episodes": episodes, "utterances": int(len(codes)), "resamples": resamples,
+           "level": level}
+    if episodes < 2 or difference != difference:
+        return out
+    rng = np.random.default_rng(seed)
+    chunk = max(1, RESAMPLE_CELLS // episodes)
+    differences = []
+    for start in range(0, resamples, chunk):
+        drawn = rng.integers(0, episodes, size=(min(chunk, resamples - start), episodes))
+        rate_a = edits_a[drawn].sum(axis=1) / np.maximum(lengths_a[drawn].sum(axis=1), 1)
+        rate_b = edits_b[drawn].sum(axis=1) / np.maximum(lengths_b[drawn].sum(axis=1), 1)
+        differences.append(rate_a - rate_b)
+    differences = np.concatenate(differences)
+    tail = (1 - level) / 2 * 100
+    out["ci95"] = [float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))]
+    return out

@@ -17,6 +17,8 @@ from asr_pipeline.core.storage import write_json
 
 CHECKPOINT_COMPLETE = "asr_checkpoint_complete.json"  # written into a Trainer checkpoint once its save finished
 CALIBRATION_STEPS = 10  # the pace is measured (and the projection printed again) after this many steps
+# The validation measure the best checkpoint is chosen on: the one promotion decides on (champion.PROMOTION_METRIC).
+SELECTION_METRIC = "cer_normalized"
 
 
 @dataclass
@@ -90,6 +92,18 @@ class FeatureRows:
         s, i = self.positions[k]
         return self.shards[s].index.iloc[i]
 
+    def groups(self) -> np.ndarray:
+        """Each row's episode (the manifest's `group`), read column-wise: fast on millions of rows."""
+        columns = [shard.index["group"].astype(str).to_numpy() for shard in self.shards]
+        return np.array([columns[s][i] for s, i in self.positions], dtype=object)
+
+    def subset(self, chosen) -> "FeatureRows":
+        """The same shards, only the rows at `chosen` (indices into this dataset), in that order."""
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
+        out.positions = [self.positions[int(k)] for k in chosen]
+        return out
+
 
 @dataclass
 class SpeechSeq2SeqCollator:
@@ -139,7 +153,7 @@ def _shard_trainer_class():
     return ShardTrainer
 
 
-def _metrics_function(tokenizer):
+def _metrics_function(tokenizer, policy):
     from asr_pipeline.core.text import error_rates
 
     def compute_metrics(prediction) -> dict[str, float]:
@@ -149,7 +163,7 @@ def _metrics_function(tokenizer):
         hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
         references = tokenizer.batch_decode(labels, skip_special_tokens=True)
         pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]
-        rates = error_rates([r for r, _ in pairs], [h for _, h in pairs])
+        rates = error_rates([r for r, _ in pairs], [h for _, h in pairs], policy)
         return {"cer": rates.cer, "cer_normalized": rates.cer_normalized, "wer": rates.wer}
 
     return compute_metrics
@@ -266,8 +280,12 @@ def train_whisper(
     work_dir: Path | None = None,
     exclude_ids: frozenset[int] | set[int] = frozenset(),
     previous_summary: dict | None = None,
+    policy=None,
 ) -> dict:
     """Fine-tune `base_source` on the train split; save model + processor in out_dir (from_pretrained-ready).
+
+    The best checkpoint is chosen on validation CER normalised by `policy` (default: the ASR_NORMALIZE_* policy),
+    the metric promotion decides on, over an episode-stratified sample of the valid split (choose_validation).
 
     TensorBoard event files go to out_dir/tensorboard, the trainer's log history to out_dir/training_log.json.
     work_dir holds the trainer's intermediate checkpoints; when a killed run left some there, training resumes
@@ -277,6 +295,7 @@ def train_whisper(
     from transformers import Seq2SeqTrainingArguments
 
     from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor
+    from asr_pipeline.core.validation import choose_validation
 
     settings.validate()
     exclude_ids = frozenset(int(i) for i in exclude_ids)  # e.g. rows deleted from the table since featurization
@@ -286,9 +305,17 @@ def train_whisper(
     if duplicates:
         emit(f"leaving out {len(duplicates)} train/valid clips whose audio is an exact duplicate of a test clip")
     train_rows = FeatureRows(shards, "train", exclude_ids=exclude_ids | duplicates)
-    valid_rows = FeatureRows(shards, "valid", limit=settings.max_eval_samples, exclude_ids=exclude_ids | duplicates)
+    valid_rows = FeatureRows(shards, "valid", exclude_ids=exclude_ids | duplicates)
     if len(train_rows) == 0:
         raise ValueError("the train split is empty: nothing to fine-tune on (check ASR_SPLIT_RATIOS and the data)")
+    train_rows, valid_rows, validation = choose_validation(train_rows, valid_rows, settings.max_eval_samples,
+                                                           settings.seed)
+    if validation.warning:
+        emit(f"WARNING: {validation.warning}")
+    if policy is None:
+        from asr_pipeline.core.settings import normalization_policy
+
+        policy = normalization_policy()
     processor = load_processor(base_source)
     model = load_model(base_source)
     shard_mels = {shard.n_mels for shard in shards}
@@ -323,7 +350,7 @@ def train_whisper(
         save_steps=eval_steps if evaluate else min(settings.save_steps, max_steps),
         save_total_limit=2,
         load_best_model_at_end=evaluate,
-        metric_for_best_model="cer" if evaluate else None,
+        metric_for_best_model=SELECTION_METRIC if evaluate else None,
         greater_is_better=False,
         predict_with_generate=True,
         generation_max_length=settings.generation_max_length,
@@ -361,11 +388,12 @@ def train_whisper(
             eval_dataset=valid_rows if evaluate else None,
             data_collator=SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
             processing_class=processor.feature_extractor,
-            compute_metrics=_metrics_function(processor.tokenizer) if evaluate else None,
+            compute_metrics=_metrics_function(processor.tokenizer, policy) if evaluate else None,
             callbacks=[_progress_callback(emit), _completion_marker()],
         )
         budget = f"{settings.epochs:g} epochs = " if settings.max_steps is None else ""
-        emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation), "
+        emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation, "
+             f"{validation.source}, best checkpoint by validation {SELECTION_METRIC}), "
              f"{budget}{max_steps} steps of {settings.batch_size}")
         emit("projected wall time: " + (f"{_duration(projected_s)} ({projection})" if projected_s is not None
                                         else f"unknown ({projection})"))
@@ -390,19 +418,23 @@ def train_whisper(
     shutil.rmtree(work_dir, ignore_errors=True)  # intermediate checkpoints; the best one is saved above
     train_losses = [h["loss"] for h in history if "loss" in h]
     evals = [h for h in history if "eval_cer" in h]
+    best = trainer.state.best_metric if evaluate else None
     summary = {
         "base_model": base_source,
         "train_rows": len(train_rows),
         "excluded_ids": len(exclude_ids),
-        "valid_rows_decoded": len(valid_rows),
+        **validation.as_summary(),
+        "selection_metric": SELECTION_METRIC if evaluate else None,
         "steps": int(trainer.state.global_step),
         "epochs": round(float(trainer.state.epoch or 0), 3),
         "train_loss": float(result.training_loss),
         "first_logged_loss": train_losses[0] if train_losses else None,
         "last_logged_loss": train_losses[-1] if train_losses else None,
-        "best_valid_cer": trainer.state.best_metric if evaluate else None,
+        "best_valid_cer_normalized": best,
+        "best_valid_cer": next((h["eval_cer"] for h in evals if h.get(f"eval_{SELECTION_METRIC}") == best), None),
         "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
-        "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"]} for h in evals],
+        "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"],
+                               "cer_normalized": h.get(f"eval_{SELECTION_METRIC}")} for h in evals],
         "settings": asdict(settings),
         "device": device,
         "duplicate_audio_excluded": len(duplicates),

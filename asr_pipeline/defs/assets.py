@@ -171,7 +171,8 @@ class TrainingConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, kinds={"pytorch"}, pool=TRAINING_POOL, check_specs=checks.TRAINING_CHECKS,
           description="Whisper fine-tuned on the train split of every featurized batch (memory-mapped, not loaded) "
-          "with Seq2SeqTrainer; best checkpoint by validation CER. Loads with WhisperForConditionalGeneration/"
+          "with Seq2SeqTrainer; best checkpoint by normalised validation CER (an episode-stratified sample of the valid "
+          "split; with none, held-out train episodes). Loads with WhisperForConditionalGeneration/"
           "WhisperProcessor.from_pretrained; TensorBoard logs in tensorboard/.")
 def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConfig,
                          featurized_shards: dict[str, Path], settings: PipelineSettings,
@@ -209,6 +210,8 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
             yield result
         raise
     summary["launcher"] = launch.describe()
+    if summary.get("validation_warning"):  # no valid split: a held-out slice of train (or nothing) chose the model
+        context.log.warning(summary["validation_warning"])
     summary["partitions"] = sorted(featurized_shards)
     summary.update(inputs.summary())
     write_json(out / "training_summary.json", summary)
@@ -284,18 +287,10 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     if "ctranslate2" in report:  # where the IO manager publishes it, not the staging directory
         report["ctranslate2"]["path"] = str(final_dir / "ctranslate2")
     report["partitions"] = sorted(featurized_shards)
-    champion_cer = report["champion"][champion.PROMOTION_METRIC] if "champion" in report else None
-    decision = champion.decide_promotion(report["finetuned"][champion.PROMOTION_METRIC], champion_cer,
-                                         settings.promotion_margin)
-    if incumbent and "champion" not in report:
-        decision = champion.PromotionDecision(
-            False, f"the champion at {incumbent['model_path']} is missing or takes other features (a different base "
-            "model?), so it cannot be compared on this test split; restore it, or retire it with "
-            "`asr-pipeline champion --retire` to let the next challenger in", decision.challenger_cer, None,
-            settings.promotion_margin)
-    report["promotion"] = decision.as_dict()
+    decision = _promotion_decision(report, incumbent, settings)
+    report["promotion"] = decision
     write_report(report, out, final_dir=final_dir)
-    context.log.info(f"report: {report['html_path']}; promotion: {decision.reason}")
+    context.log.info(f"report: {report['html_path']}; promotion: {decision['reason']}")
     yield dg.Output(out, metadata={
         "report": dg.MetadataValue.md(render_markdown(report, curves_png=_read_bytes(out / "training_curves.png"))),
         "html_path": dg.MetadataValue.path(report["html_path"]),
@@ -304,32 +299,63 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         **{f"{name}_{measure}": report[name][measure] for name in ("base", "finetuned", "champion", "ctranslate2")
            if name in report for measure in ("cer", "cer_normalized", "wer", "wer_normalized")},
         "finetuned_cer_ci95": dg.MetadataValue.json(report["finetuned"]["cer_ci95"]),
+        **_promotion_metadata(report),
         **_partitions_metadata(featurized_shards, shards),
         **({"warning": warning} if warning else {}),
     })
     yield checks.challenger_beats_champion(decision)
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch"}, deps=["finetuned_checkpoint"],
+@dg.asset(group_name=GROUP, kinds={"pytorch"}, deps=["finetuned_checkpoint"], output_required=False,
           description="The model in service: the fine-tuned checkpoint and its CTranslate2 int8 export, copied into "
-          "ASR_HOME/champion when its test CER beats the champion's by ASR_PROMOTION_MARGIN (the blocking check "
-          "challenger_beats_champion on evaluation_report decides). champion.json points at it; history.jsonl "
-          "keeps every promotion.")
+          "ASR_HOME/champion when evaluation_report's promotion decision says so (the challenger beats the champion, "
+          "or the base model when there is none, under ASR_PROMOTION_RULE, without hallucinating more; "
+          "docs/EVALUATION.md). Otherwise the step succeeds and materializes nothing. champion.json points at it; "
+          "history.jsonl keeps every promotion.")
 def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, settings: PipelineSettings):
     report = read_json(evaluation_report / "report.json")
+    decision = report.get("promotion") or {}
+    if not decision.get("promote"):
+        # Not promoting is the report's answer, not an error: the step succeeds and materializes nothing.
+        context.log.info(f"nothing to promote, the champion stays: {decision.get('reason', 'no decision recorded')}")
+        return
     export = evaluation_report / "ctranslate2"
     pointer = champion.promote(settings.home_dir(), Path(report["finetuned_model"]),
                                export if export.exists() else None, report, run_id=context.run.run_id)
     context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
     out = stage(context, storage_dir(settings))
     write_json(out / "champion.json", pointer)
-    return dg.Output(out, metadata={
+    yield dg.Output(out, metadata={
         "model_path": dg.MetadataValue.path(pointer["model_path"]),
         "ctranslate2_path": dg.MetadataValue.path(pointer["ctranslate2_path"] or ""),
         "test_cer": pointer["test_cer"], "test_cer_normalized": pointer["test_cer_normalized"],
         "promoted_at": pointer["promoted_at"], "previous_model_path": pointer["previous_model_path"] or "(none)",
         "promotions": len(champion.promotion_history(settings.home_dir())),
     })
+
+
+def _promotion_decision(report: dict, incumbent: dict | None, settings: PipelineSettings) -> dict:
+    unavailable = None
+    if incumbent and "champion" not in report:
+        unavailable = (f"the champion at {incumbent['model_path']} is missing or takes other features (a different "
+                       "base model?), so it cannot be compared on this test split; restore it, or retire it with "
+                       "`asr-pipeline champion --retire` to let the next challenger in")
+    regressions = getattr(evaluation, "benchmark_regressions", None)  # benchmark sets, where configured
+    regressed = regressions(report, settings.promotion_margin) if regressions and report.get("benchmarks") else []
+    return champion.decide_promotion(report, settings.promotion_policy(), unavailable, regressed)
+
+
+def _promotion_metadata(report: dict) -> dict:
+    decision = report["promotion"]
+    return {
+        "promote": decision["promote"], "promotion_rule": decision["rule"],
+        "promotion_incumbent": decision["incumbent"], "promotion_difference": decision["difference"],
+        "promotion_difference_ci95": dg.MetadataValue.json(checks.finite_or_none(decision["difference_ci95"])),
+        "promotion_blocked_by": dg.MetadataValue.json(decision["blocked_by"]),
+        "promotion_reason": decision["reason"],
+        **{f"{name}_hallucination_share": report[name]["hallucination"]["hallucination_share"]
+           for name in ("base", "finetuned", "champion") if name in report},
+    }
 
 
 ASSETS = [training_datas, raw_manifest, resampled_dataset, featurized_shards, finetuned_checkpoint, evaluation_report,

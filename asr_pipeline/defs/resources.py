@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from asr_pipeline.core import settings as env
+from asr_pipeline.core.champion import PROMOTION_RULES, PromotionPolicy
 from asr_pipeline.core.database import TableSpec, TranscriptTable, masked
 from asr_pipeline.core.model import BaseModel, resolve_base_model
 from asr_pipeline.core.settings import AudioRoots, PathMap, SplitRatios
@@ -90,6 +91,12 @@ class PipelineSettings(dg.ConfigurableResource):
                                    "with (?P<programme>) matched against a clip's episode group, for the report")
     promotion_margin: float = Field(default=0.005, description="ASR_PROMOTION_MARGIN: how much lower (absolute "
                                     "normalised CER) a challenger's test CER must be to replace the champion")
+    promotion_rule: str = Field(default="significant", description="ASR_PROMOTION_RULE: significant (the 95% upper "
+                                "bound of challenger − incumbent, paired by episode, below −margin) | point")
+    promotion_min_episodes: int = Field(default=10, description="ASR_PROMOTION_MIN_EPISODES: fewest test episodes the "
+                                        "significant rule decides on (fewer: the champion stays)")
+    hallucination_margin: float = Field(default=0.01, description="ASR_HALLUCINATION_MARGIN: how much higher a "
+                                        "challenger's hallucination share may be than the incumbent's")
 
     def parsed_path_map(self) -> PathMap:
         return PathMap.parse(self.path_map)
@@ -102,6 +109,10 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def normalization_policy(self) -> NormalizationPolicy:
         return NormalizationPolicy(self.normalize_punctuation, self.normalize_spacing, self.normalize_numbers)
+
+    def promotion_policy(self) -> PromotionPolicy:
+        return PromotionPolicy(self.promotion_rule, self.promotion_margin, self.hallucination_margin,
+                               getattr(self, "benchmark_gate", "block"), self.promotion_min_episodes)
 
     def home_dir(self) -> Path:
         return Path(self.home)
@@ -139,6 +150,11 @@ def settings_from_environment() -> PipelineSettings:
         programme_pattern=env.programme_pattern(),
         promotion_margin=_number_env("ASR_PROMOTION_MARGIN", 0.005, float, lambda v: 0.0 <= v < 1.0,
                                      "an absolute CER margin between 0 and 1, e.g. 0.005"),
+        promotion_rule=_choice_env("ASR_PROMOTION_RULE", "significant", PROMOTION_RULES),
+        promotion_min_episodes=_number_env("ASR_PROMOTION_MIN_EPISODES", 10, int, lambda v: v >= 2,
+                                           "a whole number of episodes, at least 2"),
+        hallucination_margin=_number_env("ASR_HALLUCINATION_MARGIN", 0.01, float, lambda v: 0.0 <= v <= 1.0,
+                                         "a share of utterances between 0 and 1, e.g. 0.01"),
     )
 
 
@@ -166,6 +182,13 @@ def _number_env(name: str, default, cast, valid, expected: str):
         value = None
     if value is None or not valid(value):
         raise env.ConfigError(f"{name} must be {expected}, got {raw!r}")
+    return value
+
+
+def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise env.ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 

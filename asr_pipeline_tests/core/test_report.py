@@ -84,3 +84,30 @@ def test_report_without_training_logs_says_so(tmp_path):
     report = _report(tmp_path, curves=False)
     assert report["training_curves_path"] is None and not (tmp_path / "training_curves.png").exists()
     assert "no training curves logged" in render_html(report)
+
+
+def test_report_shows_the_promotion_gate_and_hallucination_sections(tmp_path):
+    from asr_pipeline.core.champion import PromotionPolicy, decide_promotion
+
+    report = _report(tmp_path)
+    refs = [u["reference"] for u in report["per_utterance"]]
+    counts = {"finetuned": evaluation.score(refs, [u["finetuned_hypothesis"] for u in report["per_utterance"]],
+                                            evaluation.DEFAULT_POLICY)[1],
+              "base": evaluation.score(refs, ["", ""], evaluation.DEFAULT_POLICY)[1]}
+    report["comparisons"] = evaluation.compare_models(counts, ["P_202601010000", "P_202601020000"])
+    report["promotion"] = decide_promotion(report, PromotionPolicy())
+    report = write_report(report, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    promotion = saved["promotion"]
+    assert {"promote", "reason", "rule", "difference", "difference_ci95", "blocked_by"} <= set(promotion)
+    assert promotion["incumbent"] == "base" and promotion["rule"] == "significant"
+    assert promotion["difference"] == pytest.approx(saved["finetuned"]["cer_normalized"]
+                                                    - saved["base"]["cer_normalized"])
+    assert set(saved["finetuned"]["hallucination"]) >= {"insertion_rate", "cer_above_1", "repetition", "empty",
+                                                        "hallucination_share"}
+    assert saved["base"]["hallucination"]["empty"] == 1.0
+    markdown, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    for text in (markdown, html):
+        assert "Promotion gate" in text and "challenger − base" in text and "Hallucination" in text
+        assert "hallucination share" in text and "significant" in text
+    assert "| base | 0.0000 | 0.000 | 0.000 | 1.000 | 0.000 |" in markdown

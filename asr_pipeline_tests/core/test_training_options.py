@@ -76,3 +76,37 @@ def test_cpu_bf16_autocast_is_used_where_the_cpu_has_it_and_can_be_turned_off(sh
     assert all(t.dtype == torch.float32 for t in load_file(str(tmp_path / "default/model.safetensors")).values())
     assert inference_dtype(prefer_bf16=False) == torch.float32
     assert inference_dtype() == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+
+
+@pytest.fixture(scope="module")
+def shard_without_valid(tmp_path_factory, korean_clips, tiny_model_dir):
+    """12 clips in 4 episodes, all in the train split: ASR_SPLIT_RATIOS with no valid share, or bad luck."""
+    root = tmp_path_factory.mktemp("no_valid")
+    clips = korean_clips[:12]
+    manifest = pd.DataFrame([{"id": i, "source_path": c["audio_path"], "audio_path": c["audio_path"],
+                              "transcript": c["transcript"], "group": f"EP_{i // 3}", "split": "train"}
+                             for i, c in enumerate(clips)])
+    (root / "audio").mkdir(), (root / "features").mkdir()
+    resample_manifest(manifest, root / "audio", emit=lambda _: None)
+    processor = load_processor(str(tiny_model_dir))
+    featurize_shard(AudioShard(root / "audio"), root / "features", processor.feature_extractor, processor.tokenizer,
+                    str(tiny_model_dir), emit=lambda _: None)
+    return FeatureShard(root / "features")
+
+
+def test_an_empty_valid_split_holds_out_train_episodes_and_selects_on_normalised_cer(shard_without_valid,
+                                                                                    tiny_model_dir, tmp_path):
+    settings = TrainingSettings(learning_rate=1e-3, batch_size=4, warmup_steps=0, max_steps=2, eval_steps=1,
+                                logging_steps=1)
+    lines = []
+    summary = train_whisper(str(tiny_model_dir), [shard_without_valid], tmp_path / "ckpt", settings,
+                            emit=lines.append)
+    assert summary["validation_source"] == "held-out train episodes" and summary["valid_episodes"] == 1
+    assert summary["train_rows"] == 9 and summary["valid_rows_decoded"] == 3  # one whole episode held out
+    assert any(line.startswith("WARNING: NO VALID SPLIT") for line in lines)
+    assert "NO VALID SPLIT" in summary["validation_warning"]
+    # the best checkpoint is chosen on the metric promotion uses
+    assert summary["selection_metric"] == "cer_normalized"
+    history = summary["valid_cer_history"]
+    assert len(history) == 2 and all(h["cer_normalized"] is not None for h in history)
+    assert summary["best_valid_cer_normalized"] == min(h["cer_normalized"] for h in history)

@@ -1,6 +1,7 @@
 """The whole graph, materialized for real: MariaDB rows with NAS-style paths -> evaluation report, on a tiny Whisper."""
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -51,15 +52,18 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     export = report["ctranslate2"]
     assert Path(export["path"], "model.bin").exists() and export["utterances_per_s"] > 0
 
-    # the first evaluated checkpoint becomes the champion
-    assert report["promotion"]["promote"] and report["promotion"]["reason"] == "there is no champion yet"
-    capsys.readouterr()
+    # with no champion the base model is the incumbent: a fine-tune that does not beat it is not promoted, and that
+    # is a result, not a failure (the run succeeds; champion_model materializes nothing)
+    promotion = report["promotion"]
+    assert not promotion["promote"] and promotion["incumbent"] == "base" and promotion["rule"] == "significant"
+    assert promotion["blocked_by"] == ["not_better"] and len(promotion["difference_ci95"]) == 2
+    assert promotion["difference"] == pytest.approx(report["finetuned"]["cer_normalized"]
+                                                    - report["base"]["cer_normalized"])
+    assert report["comparisons"]["finetuned_vs_base"]["unit"] == "episode"
+    assert set(report["finetuned"]["hallucination"]) >= {"insertion_rate", "cer_above_1", "repetition", "empty"}
+    assert "succeeded: the challenger was evaluated but not promoted" in capsys.readouterr().out
     cli.main(["champion", "--json"])
-    champion = json.loads(capsys.readouterr().out)
-    assert champion["test_cer"] == pytest.approx(report["finetuned"]["cer"])
-    assert (Path(champion["model_path"]) / "model.safetensors").exists()
-    assert (Path(champion["ctranslate2_path"]) / "model.bin").exists()
-    assert {"model_path", "test_cer", "promoted_at"} <= set(champion)
+    assert json.loads(capsys.readouterr().out) is None
 
     # the missing file was quarantined, not fatal; every real clip made it through
     resampled = storage / "resampled_dataset" / batches[0].name
@@ -87,6 +91,10 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     assert "data:image/png;base64," in metadata["report"].value  # the training curves, shown in the UI
     assert metadata["finetuned_cer"].value == pytest.approx(report["finetuned"]["cer"])
     assert metadata["html_path"].value == report["html_path"]
+    assert metadata["promote"].value is False and metadata["promotion_blocked_by"].value == ["not_better"]
+    assert instance.get_latest_materialization_event(dg.AssetKey("champion_model")) is None
+    runs = instance.get_runs(dg.RunsFilter(job_name="asr_retrain"))
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]  # green: nothing for a run retry to repeat
     manifest_event = instance.get_latest_materialization_event(dg.AssetKey("raw_manifest"))
     assert manifest_event.asset_materialization.metadata["rows"].value == len(korean_clips) + 1
 
@@ -105,21 +113,20 @@ def test_cli_run_materializes_every_asset_and_writes_a_consistent_report(pipelin
     cli.main(["transcribe", korean_clips[0]["audio_path"]])
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines()[-1].startswith(korean_clips[0]["audio_path"] + "\t")
-    assert f"using the champion {champion['model_path']}" in captured.err
+    assert "no champion yet; using the latest fine-tuned checkpoint" in captured.err
 
-    # evaluating the same checkpoint again: a tie, so the blocking check says no and the champion stays
+    # evaluating again: the same answer, again a successful run; the check records the decision as a warning
     cli.main(["run", "--max-steps", "6", "--batch-size", "4", "--eval-steps", "3", "--warmup-steps", "1"])
     assert "not promoted" in capsys.readouterr().out
-    again = json.loads((storage / "evaluation_report" / "report.json").read_text())
-    assert again["champion"]["cer"] == pytest.approx(again["finetuned"]["cer"])
-    assert not again["promotion"]["promote"]
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("evaluation_report"), "challenger_beats_champion")])
-    assert list(check.values())[0].status.value == "FAILED"
-    cli.main(["champion", "--json"])
-    assert json.loads(capsys.readouterr().out)["model_path"] == champion["model_path"]
+    execution = list(check.values())[0]
+    assert execution.status.value == "FAILED"
+    assert execution.event.dagster_event.asset_check_evaluation_data.severity == dg.AssetCheckSeverity.WARN
+    assert [r.status for r in instance.get_runs(dg.RunsFilter(job_name="asr_retrain"))] == \
+        [dg.DagsterRunStatus.SUCCESS] * 2
     cli.main(["champion", "--history", "--json"])
-    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_train_alone_reuses_stored_features(pipeline_env):
@@ -195,23 +202,45 @@ def test_backfill_reprocesses_registered_batches(pipeline_env, monkeypatch, caps
     assert status["assets"]["featurized_shards"]["partitions"] == 3
 
 
-def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipeline_env, korean_clips, capsys):
+def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipeline_env, korean_clips, capsys,
+                                                                       tiny_model_dir, monkeypatch, tmp_path):
     def champion() -> dict:
         capsys.readouterr()
         cli.main(["champion", "--json"])
         return json.loads(capsys.readouterr().out)
 
+    def babble(model_dir: Path) -> str:
+        """Spoil a model for certain: it may emit neither end-of-text nor any other special token (Whisper's come
+        after the text vocabulary), so it babbles text to the end of its token budget on every utterance. Returns
+        the generation config it had."""
+        generation = model_dir / "generation_config.json"
+        original = generation.read_text()
+        config = json.loads(original)
+        vocab_size = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+        generation.write_text(json.dumps({**config, "suppress_tokens": list(range(config["eos_token_id"],
+                                                                                    vocab_size))}))
+        return original
+
+    # (A tiny random Whisper cannot be trained to a reliably better CER in a test's time, so better models are made
+    # by spoiling the ones they are compared with. The test split holds one episode, too few for an interval:
+    # these promotions are decided on the point estimate.)
+    monkeypatch.setenv("ASR_PROMOTION_RULE", "point")
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    monkeypatch.setenv("ASR_BASE_MODEL", str(base))
     run = ["run", "--max-steps", "2", "--batch-size", "4", "--eval-steps", "2", "--warmup-steps", "0"]
-    cli.main(run)
+    cli.main(["ingest"])
+    cli.main(["train", *run[1:]])
+    # no champion yet: the incumbent is the base model the checkpoint started from, here spoiled after training
+    original = babble(base)
+    cli._run("asr_evaluate")
+    report = json.loads((pipeline_env / "storage" / "evaluation_report" / "report.json").read_text())
+    assert report["promotion"]["promote"] and report["promotion"]["incumbent"] == "base", report["promotion"]
+    assert report["base"]["hallucination"]["cer_above_1"] == 1.0  # the babbling model's hallucinations counted
     first = champion()
-    # Make the champion in service worse than any new checkpoint, for certain: it may emit neither end-of-text nor
-    # any other special token (Whisper's come after the text vocabulary), so it babbles text to the end of its token
-    # budget on every utterance. (A tiny random Whisper cannot be trained to a reliably better CER in a test's time,
-    # so the better model is made by spoiling the old one instead.)
-    generation = Path(first["model_path"]) / "generation_config.json"
-    config = json.loads(generation.read_text())
-    vocab_size = json.loads((Path(first["model_path"]) / "config.json").read_text())["vocab_size"]
-    generation.write_text(json.dumps({**config, "suppress_tokens": list(range(config["eos_token_id"], vocab_size))}))
+    (base / "generation_config.json").write_text(original)
+    # now make the champion in service worse than any new checkpoint
+    babble(Path(first["model_path"]))
 
     cli.main(run)
     report = json.loads((pipeline_env / "storage" / "evaluation_report" / "report.json").read_text())

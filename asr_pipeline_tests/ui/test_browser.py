@@ -153,4 +153,48 @@ def test_the_ui_shows_lineage_automation_and_report_metadata(dagster_ui, artifac
         expect(page.locator("img[alt='training curves']")).to_be_visible()
         page.wait_for_timeout(800)  # the dialog fades in; let it settle before the screenshot
         page.screenshot(path=str(artifacts / "ui-evaluation-report.png"))
+
+        _materialize_the_report_from_its_page(page, dagster_ui, artifacts)
         browser.close()
+
+
+RUNS_QUERY = "{ runsOrError(limit: 10) { ... on Runs { results { runId status assetSelection { path } } } } }"
+
+
+def _runs(page) -> list[dict]:
+    return page.evaluate("""async (query) => {
+        const r = await fetch('/graphql', {method: 'POST', headers: {'Content-Type': 'application/json'},
+          body: JSON.stringify({query})});
+        return (await r.json()).data.runsOrError.results; }""", RUNS_QUERY)
+
+
+def _materialize_the_report_from_its_page(page, base: str, artifacts: Path) -> None:
+    """What a user does to re-evaluate: Materialize on evaluation_report's page. The challenger does not beat the
+    base model here (there is no champion), and that must be a green run with the decision in the check, not a red
+    run that Dagster's run retry repeats."""
+    from playwright.sync_api import expect
+
+    before = {r["runId"] for r in _runs(page)}
+    page.goto(f"{base}/assets/evaluation_report")
+    button = page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$")).first  # icon name, then label
+    expect(button).to_be_enabled()
+    button.click()
+    deadline = time.monotonic() + 600
+    run = None
+    while time.monotonic() < deadline:
+        new = [r for r in _runs(page) if r["runId"] not in before]
+        run = new[0] if new else None
+        if run and run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert run is not None, "no run was launched from the asset page"
+    page.goto(f"{base}/runs/{run['runId']}")
+    expect(page.get_by_text("Loading run logs").first).to_be_hidden()
+    page.screenshot(path=str(artifacts / "ui-evaluation-report-run.png"))
+    assert run["status"] == "SUCCESS", run
+    assert run["assetSelection"] == [{"path": ["evaluation_report"]}], run
+    expect(page.get_by_text("Success").first).to_be_visible()
+    runs = _runs(page)
+    assert [r for r in runs if r["runId"] not in before] == [run]  # nothing retried
+    report = json.loads((Path(os.environ["ASR_HOME"]) / "storage/evaluation_report/report.json").read_text())
+    assert report["promotion"]["promote"] is False and report["promotion"]["blocked_by"], report["promotion"]
