@@ -6,6 +6,8 @@ from pathlib import Path
 import dagster as dg
 
 from asr_pipeline.core.errors import ConfigError
+from asr_pipeline.defs.alerts.freshness import FRESHNESS_CHECKS, without_freshness_checks
+from asr_pipeline.defs.alerts.sensors import build_alert_sensor
 from asr_pipeline.defs.assets import ASSETS, INGEST_ASSETS, RETRAIN_ASSETS, storage_dir
 from asr_pipeline.defs.ingest import INGEST_TAGS
 from asr_pipeline.defs.io_managers import AssetDirectoryIOManager
@@ -43,15 +45,17 @@ def build_definitions() -> dg.Definitions:
     settings = settings_from_environment()
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     jobs = [
-        dg.define_asset_job(INGEST_JOB, selection=INGEST_ASSETS, tags=INGEST_TAGS,
+        dg.define_asset_job(INGEST_JOB, selection=without_freshness_checks(INGEST_ASSETS), tags=INGEST_TAGS,
                             description="One ingest batch: manifest, 16 kHz audio, features."),
         # A challenger that does not beat the champion fails the blocking check, and with it the run; retrying that
         # would decode the test split again for the same answer, so only crashed runs are retried.
-        dg.define_asset_job(RETRAIN_JOB, selection=RETRAIN_ASSETS, tags=NO_RETRY_ON_STEP_FAILURE,
+        dg.define_asset_job(RETRAIN_JOB, selection=without_freshness_checks(RETRAIN_ASSETS),
+                            tags=NO_RETRY_ON_STEP_FAILURE,
                             description="Fine-tune on every featurized batch, evaluate against the champion, promote "
                                         "the challenger when it is better."),
-        dg.define_asset_job(TRAIN_JOB, selection=["finetuned_checkpoint"], description="Fine-tune only."),
-        dg.define_asset_job(EVALUATE_JOB, selection=["evaluation_report", "champion_model"],
+        dg.define_asset_job(TRAIN_JOB, selection=without_freshness_checks(["finetuned_checkpoint"]),
+                            description="Fine-tune only."),
+        dg.define_asset_job(EVALUATE_JOB, selection=without_freshness_checks(["evaluation_report", "champion_model"]),
                             tags=NO_RETRY_ON_STEP_FAILURE,
                             description="Evaluate the current checkpoint; promote it when it beats the champion."),
     ]
@@ -62,8 +66,9 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         executor=executor_from_environment(),
         assets=ASSETS,
+        asset_checks=FRESHNESS_CHECKS,  # evaluated by the asr_alerts sensor (defs/alerts), not by the jobs above
         jobs=jobs,
-        sensors=[new_transcripts_sensor],
+        sensors=[new_transcripts_sensor, build_alert_sensor()],
         schedules=[schedule],
         resources={
             "database": database_from_environment(),
