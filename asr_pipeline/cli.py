@@ -374,6 +374,8 @@ def collect_status() -> dict:
                                    "finetuned_cer": report["finetuned"]["cer"], "warning": report.get("warning")}
     else:
         status["latest_report"] = None
+    from asr_pipeline.defs.alerts.sensors import alerts_status
+    status.update(alerts_status(_instance()))  # "freshness" and "alerting" (destinations masked)
     return status
 
 
@@ -400,6 +402,8 @@ def cmd_status(args) -> None:
         print(f"  batch {batch['key']}: " + ", ".join(f"{k} {v}" for k, v in batch.items() if k != "key"))
     print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
     print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
+    for name, check in status["freshness"].items():
+        print(f"freshness {name} ({check['asset']}): " + ("ok" if check["passed"] else check["description"]))
     report = status["latest_report"]
     print("latest report: " + (f"{report['path']} (base CER {report['base_cer']:.4f}, fine-tuned CER "
                                f"{report['finetuned_cer']:.4f})" if report else "(none)"))

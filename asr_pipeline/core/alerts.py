@@ -105,7 +105,8 @@ class AlertConfig:
             raise ConfigError(f"ASR_ALERT_DIGEST must be on or off, got {digest!r}")
         password = unquote(urlsplit(smtp).password or "") if smtp else ""
         return cls(webhook_url=webhook, smtp_url=smtp, email_to=to,
-                   email_from=os.environ.get("ASR_ALERT_EMAIL_FROM", "").strip() or f"asr-pipeline@{socket.getfqdn()}",
+                   email_from=os.environ.get("ASR_ALERT_EMAIL_FROM", "").strip()
+                   or (f"asr-pipeline@{socket.getfqdn()}" if smtp else ""),
                    repeat_hours=_positive("ASR_ALERT_REPEAT_HOURS", 24.0), ui_url=ui_url, digest=digest == "on",
                    secrets=[s for s in (webhook, smtp, password, urlsplit(webhook).path if webhook else "") if s])
 

@@ -110,6 +110,13 @@ def alert_tick(instance: dg.DagsterInstance, settings: PipelineSettings, now: fl
             f"tick); {sum(not r.passed for r in freshness)} freshness checks failing")
 
 
+def alerts_status(instance: dg.DagsterInstance) -> dict:
+    """For `asr-pipeline status --json`: the freshness checks evaluated now, and where alerts go (masked)."""
+    from asr_pipeline.defs.alerts.freshness import freshness_status
+
+    return {"freshness": freshness_status(instance), "alerting": AlertConfig.from_environment().describe()}
+
+
 def build_alert_sensor(clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
     destinations = AlertConfig.from_environment().describe()  # validates the variables at load time; masked
 
