@@ -44,7 +44,8 @@ def batch_failure(instance: dg.DagsterInstance, config: AlertConfig, state: sour
         return None
     failure = sources.run_failure(instance, run_id)
     runs = f" ({state.failures} failed runs so far)" if state.failures > 1 else ""
-    recovery = f"{PREFIX} batch {state.key} is done again (it had failed{runs})."
+    recovery = f"{PREFIX} batch {state.key} is done again" + (
+        f" after {state.failures} failed runs." if state.failures > 1 else ".")
     if failure.failed_checks:
         check = failure.failed_checks[0]
         return Problem("check_failed", check["asset"], state.key, (

@@ -68,6 +68,8 @@ def run_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
         if event.event_type == DagsterEventType.STEP_FAILURE and not asset:
             asset = event.step_key or ""
             info = event.step_failure_data.error
+            while info is not None and info.cause is not None:  # the user's exception, not Dagster's wrapper
+                info = info.cause
             error = (info.message if info else event.message or "").strip().splitlines()[0:1]
             error = error[0] if error else "(no error message)"
         elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
