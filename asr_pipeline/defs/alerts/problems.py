@@ -18,7 +18,8 @@ from asr_pipeline.defs.alerts.freshness import BATCHES_DONE, DECISION_RECENT, TR
 from asr_pipeline.defs.checks import BEATS_CHAMPION
 
 PREFIX = "[asr_pipeline]"
-TRAINING_JOBS = ("asr_retrain", "asr_train", "asr_evaluate")
+# ...and the UI's own materializations (__ASSET_JOB) of the unpartitioned assets; batch runs are alerted per batch
+TRAINING_JOBS = ("asr_retrain", "asr_train", "asr_evaluate", "__ASSET_JOB")
 
 
 def _link(config: AlertConfig, run_id: str | None) -> str:
@@ -63,10 +64,11 @@ def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list
     """The latest finished training/evaluation runs that failed for a reason other than "not promoted"."""
     problems: dict[str, Problem] = {}
     for job in TRAINING_JOBS:
-        records = instance.get_run_records(dg.RunsFilter(job_name=job, statuses=list(sources.FINISHED)), limit=1)
-        if not records or records[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS:
+        records = instance.get_run_records(dg.RunsFilter(job_name=job, statuses=list(sources.FINISHED)), limit=20)
+        latest = next((r.dagster_run for r in records if "dagster/partition" not in r.dagster_run.tags), None)
+        if latest is None or latest.status == dg.DagsterRunStatus.SUCCESS:
             continue
-        failure = sources.run_failure(instance, records[0].dagster_run.run_id)
+        failure = sources.run_failure(instance, latest.run_id)
         if failure.asset == "evaluation_report" and [c["check"] for c in failure.failed_checks] == [BEATS_CHAMPION]:
             continue  # an answer (the champion stays), not an error; rejections are their own alert
         problem = Problem("run_failed", failure.asset, "", (
