@@ -27,12 +27,14 @@ class WebhookServer:
 
     def __init__(self):
         self.received: list[dict] = []
+        self.requests = 0
         self.status = 200
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                server.requests += 1
                 if server.status == 200:
                     server.received.append({"path": self.path, "body": json.loads(body)})
                 self.send_response(server.status)
@@ -72,7 +74,7 @@ class MailServer:
 
         def authenticate(server, session, envelope, mechanism, auth_data):
             ok = auth_data.login == SMTP_USER.encode() and auth_data.password == SMTP_PASSWORD.encode()
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)  # False: the server answers 535 itself
 
         self.port = free_port()
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, authenticator=authenticate,

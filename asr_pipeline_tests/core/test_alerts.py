@@ -149,3 +149,18 @@ def test_secrets_never_reach_the_log(webhook, monkeypatch, caplog):
     send_due(ledger, ledger.due([_problem()], config.channels(), 0.0, HOUR), config, 0.0,
              logging.getLogger("test").warning)
     assert "not delivered" in caplog.text and WEBHOOK_TOKEN not in caplog.text
+
+
+def test_a_destination_down_is_tried_once_a_tick_and_every_message_waits_for_the_next(webhook, monkeypatch):
+    from asr_pipeline.defs.alerts.sensors import send_due
+
+    webhook.status = 500
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    config = AlertConfig.from_environment()
+    ledger = AlertLedger()
+    problems = [_problem(f"ids-00000000{n}1-00000000{n + 1}0") for n in range(3)]
+    assert send_due(ledger, ledger.due(problems, config.channels(), 0.0, HOUR), config, 0.0, print) == (0, 3)
+    assert webhook.requests == 1  # a slow, dead destination costs one timeout per tick, not one per message
+    webhook.status = 200
+    assert send_due(ledger, ledger.due(problems, config.channels(), 60.0, HOUR), config, 60.0, print) == (3, 0)
+    assert len(webhook.texts) == 3

@@ -74,9 +74,13 @@ def queue_digest(instance: dg.DagsterInstance, ledger: AlertLedger, home: Path, 
 def send_due(ledger: AlertLedger, due: list[Outgoing], config: AlertConfig, now: float,
              emit: Callable[[str], None]) -> tuple[int, int]:
     sent = failed = 0
+    down: set[str] = set()  # a destination that failed once this tick is not tried again until the next one
     for outgoing in due:
         subject = outgoing.text.splitlines()[0][:200]
         for channel in outgoing.channels:
+            if channel in down:
+                failed += 1
+                continue
             try:
                 if channel == LOG:
                     emit(outgoing.text)
@@ -85,6 +89,7 @@ def send_due(ledger: AlertLedger, due: list[Outgoing], config: AlertConfig, now:
                     emit(f"alert sent ({channel}): {subject}")
             except DeliveryError as exc:
                 failed += 1
+                down.add(channel)
                 emit(f"alert not delivered, retried next tick: {exc}\n{outgoing.text}")
                 continue
             ledger.delivered(outgoing, channel, now)
