@@ -18,6 +18,7 @@ from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline_tests.alert_servers import (SMTP_PASSWORD, WEBHOOK_TOKEN, free_port, mail_server,  # noqa: F401
                                               no_alert_environment, webhook)
 from asr_pipeline_tests.conftest import create_notebook_table
+from asr_pipeline_tests.deploy.test_deploy_instance import mysql_instance_home  # noqa: F401
 
 pytestmark = [pytest.mark.mysql, pytest.mark.filterwarnings("ignore::UserWarning")]
 HOUR, DAY = 3600.0, 86400.0
@@ -248,3 +249,16 @@ def test_the_alert_sensor_runs_by_default_and_the_checks_do_not_join_the_jobs(in
     for job in ("asr_ingest", "asr_retrain", "asr_train", "asr_evaluate"):
         selected = defs.resolve_job_def(job).asset_layer.asset_graph.asset_check_keys
         assert not {key.name for key in selected} & {BATCHES_DONE, TRAINING_KEEPS_UP, DECISION_RECENT}
+
+
+def test_registration_times_come_from_the_partitions_table_on_mysql_storage_too(mysql_instance_home, tmp_path,
+                                                                                 monkeypatch):
+    from asr_pipeline.defs.alerts.sources import batch_states
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))
+    instance = dg.DagsterInstance.get()
+    before = time.time()
+    instance.add_dynamic_partitions(INGEST_BATCHES.name, [KEY])
+    [state] = batch_states(instance)
+    assert state.key == KEY and state.state == "pending" and state.failures == 0
+    assert before - 2 <= state.registered_at <= time.time() + 1  # seconds resolution, same clock

@@ -44,19 +44,24 @@ class RunFailure:
 
 
 def _registration_times(instance: dg.DagsterInstance) -> dict[str, float]:
-    """When each ingest batch was registered: the dynamic partitions table's create_timestamp (UTC). Dagster has
-    no public reader for it, so this reads the table through the event log storage and returns {} elsewhere."""
+    """When each ingest batch was registered: the dynamic partitions table's create_timestamp. Dagster has no public
+    reader for it, so this reads the table through the event log storage (and returns {} for other storages). The
+    column is the database's CURRENT_TIMESTAMP: UTC in SQLite, the session's time zone in MySQL (UNIX_TIMESTAMP
+    converts it back)."""
+    import sqlalchemy as sa
     from dagster._core.storage.event_log.schema import DynamicPartitionsTable
     from dagster._core.storage.sqlalchemy_compat import db_select
 
     storage = instance.event_log_storage
     if not hasattr(storage, "index_connection"):
         return {}
-    query = db_select([DynamicPartitionsTable.c.partition, DynamicPartitionsTable.c.create_timestamp]).where(
-        DynamicPartitionsTable.c.partitions_def_name == INGEST_BATCHES.name)
+    column = DynamicPartitionsTable.c.create_timestamp
     with storage.index_connection() as conn:
-        rows = conn.execute(query).fetchall()
-    return {key: created.replace(tzinfo=timezone.utc).timestamp() for key, created in rows if created is not None}
+        mysql = conn.dialect.name == "mysql"
+        query = db_select([DynamicPartitionsTable.c.partition, sa.func.unix_timestamp(column) if mysql else column])
+        rows = conn.execute(query.where(DynamicPartitionsTable.c.partitions_def_name == INGEST_BATCHES.name)).fetchall()
+    return {key: float(created) if mysql else created.replace(tzinfo=timezone.utc).timestamp()
+            for key, created in rows if created is not None}
 
 
 def run_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
