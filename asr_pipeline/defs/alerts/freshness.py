@@ -24,6 +24,10 @@ CHECK_ASSETS = {BATCHES_DONE: "featurized_shards", TRAINING_KEEPS_UP: "finetuned
 DAY_S = 86400.0
 
 
+def plural_batches(count: int) -> str:
+    return f"{count} batch" if count == 1 else f"{count} batches"
+
+
 def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "never"
@@ -65,7 +69,7 @@ def check_batches_done(states: list[sources.BatchState], limits: FreshnessLimits
     if not late:
         waiting = sum(1 for s in states if s.state != "done")
         return FreshnessResult(BATCHES_DONE, True, f"every batch registered more than {limits.max_pending_hours:g} h "
-                               f"ago is done ({len(states)} batches, {waiting} in progress)")
+                               f"ago is done ({plural_batches(len(states))}, {waiting} in progress)")
     keys = " ".join(s.key for s in late)
     batches = [{"batch": s.key, "state": s.state, "registered_at": when(s.registered_at),
                 "hours": round((now - s.registered_at) / 3600, 1), "failures": s.failures, "reason": s.reason,
@@ -76,7 +80,7 @@ def check_batches_done(states: list[sources.BatchState], limits: FreshnessLimits
     fix = (f"`asr-pipeline quarantine` lists the rows left out; fix their audio or ASR_PATH_MAP, then "
            f"`asr-pipeline backfill {keys}`" if any(s.state == "blocked" for s in late)
            else f"`asr-pipeline backfill {keys}` (or check that the daemon runs: `make ui`)")
-    return FreshnessResult(BATCHES_DONE, False, f"{len(late)} batches registered more than "
+    return FreshnessResult(BATCHES_DONE, False, f"{plural_batches(len(late))} registered more than "
                            f"{limits.max_pending_hours:g} h ago are not done: " + "; ".join(lines) + f". Fix: {fix}",
                            "ERROR", batches, fix)
 
@@ -87,13 +91,13 @@ def check_training_keeps_up(waiting: list[tuple[str, float]], last_training: flo
     late = [(key, ts) for key, ts in waiting if now - ts > limit_s]
     if not late:
         return FreshnessResult(TRAINING_KEEPS_UP, True, f"no featurized data has waited more than "
-                               f"{limits.max_training_lag_days:g} days for training ({len(waiting)} batches newer than "
-                               f"the last training, {when(last_training)})")
+                               f"{limits.max_training_lag_days:g} days for training ({plural_batches(len(waiting))} "
+                               f"newer than the last training, {when(last_training)})")
     batches = [{"batch": key, "featurized_at": when(ts), "days": round((now - ts) / DAY_S, 1)} for key, ts in late]
     fix = ("turn on the schedule nightly_retraining (Automation page) or run `asr-pipeline run`; if its runs fail, "
            "the run-failure alert says why")
     oldest = batches[0]
-    return FreshnessResult(TRAINING_KEEPS_UP, False, f"{len(late)} batches featurized since the last training "
+    return FreshnessResult(TRAINING_KEEPS_UP, False, f"{plural_batches(len(late))} featurized since the last training "
                            f"(started {when(last_training)}) have waited more than {limits.max_training_lag_days:g} "
                            f"days: oldest {oldest['batch']}, featurized {oldest['featurized_at']} ({oldest['days']} "
                            f"days ago). Fix: {fix}", "ERROR", batches, fix)
