@@ -262,3 +262,16 @@ def test_registration_times_come_from_the_partitions_table_on_mysql_storage_too(
     [state] = batch_states(instance)
     assert state.key == KEY and state.state == "pending" and state.failures == 0
     assert before - 2 <= state.registered_at <= time.time() + 1  # seconds resolution, same clock
+
+
+def test_execute_on_the_checks_tab_evaluates_the_freshness_checks_in_a_run(incoming):
+    from asr_pipeline.defs.alerts.freshness import FRESHNESS_CHECKS
+
+    daemon = AlertDaemon()
+    keys = {key for checks in FRESHNESS_CHECKS for key in checks.check_keys}
+    job = daemon.defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection=keys,
+                                                                          asset_selection=set())
+    result = job.execute_in_process(instance=daemon.instance)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert evaluations.keys() == {BATCHES_DONE, TRAINING_KEEPS_UP, DECISION_RECENT}
+    assert evaluations[BATCHES_DONE].passed and "1 batch, 1 in progress" in evaluations[BATCHES_DONE].description
