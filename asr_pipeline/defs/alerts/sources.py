@@ -19,6 +19,7 @@ from dagster import DagsterEventType, DagsterRunStatus
 from asr_pipeline.core.storage import read_json
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 
+RECENT_FAILURES = 500  # failed runs a tick looks at to find featurized batches whose re-processing failed
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 FAILED_STEP_EVENTS = {DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION}
 
@@ -95,11 +96,25 @@ def latest_failed_run(instance: dg.DagsterInstance, **filters) -> str | None:
     return records[0].dagster_run.run_id if records else None
 
 
+def _batches_to_inspect(instance: dg.DagsterInstance, keys: list[str]) -> set[str]:
+    """Batches whose runs must be looked at: never featurized, or among the most recent failed runs. Every other
+    registered batch is done, so a tick costs a few queries rather than three per batch."""
+    featurized = instance.get_materialized_partitions(dg.AssetKey("featurized_shards"))
+    failed = instance.get_run_records(dg.RunsFilter(statuses=[DagsterRunStatus.FAILURE]), limit=RECENT_FAILURES)
+    recent = {r.dagster_run.tags.get("dagster/partition") for r in failed}
+    return {key for key in keys if key not in featurized or key in recent}
+
+
 def batch_states(instance: dg.DagsterInstance) -> list[BatchState]:
     """Every registered ingest batch with the state of its latest asr_ingest run (stand-in, see the module doc)."""
     registered = _registration_times(instance)
+    keys = instance.get_dynamic_partitions(INGEST_BATCHES.name)
+    inspect = _batches_to_inspect(instance, keys)
     states = []
-    for key in instance.get_dynamic_partitions(INGEST_BATCHES.name):
+    for key in keys:
+        if key not in inspect:
+            states.append(BatchState(key, "done", "", registered.get(key), 0, None))
+            continue
         runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": key}), limit=20)
         last = runs[0].dagster_run if runs else None
         finished = [r.dagster_run.status for r in runs if r.dagster_run.status in FINISHED]
