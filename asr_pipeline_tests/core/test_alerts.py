@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from asr_pipeline.core.alert_ledger import AlertLedger, Problem, locked_ledger
-from asr_pipeline.core.alerts import EMAIL, LOG, WEBHOOK, AlertConfig, DeliveryError, deliver, mask_url
+from asr_pipeline.core.alerts import (EMAIL, LOG, WEBHOOK, AlertConfig, DeliveryError, FreshnessLimits, deliver,
+                                      mask_url)
 from asr_pipeline.core.errors import ConfigError
 from asr_pipeline_tests.alert_servers import (SMTP_PASSWORD, WEBHOOK_TOKEN, free_port, mail_server,  # noqa: F401
                                               no_alert_environment, webhook)
@@ -73,6 +74,12 @@ def test_settings_are_validated_and_described_masked(monkeypatch, no_alert_envir
         with pytest.raises(ConfigError, match=name):
             AlertConfig.from_environment()
         monkeypatch.delenv(name)
+    for name in ("ASR_MAX_PENDING_HOURS", "ASR_MAX_TRAINING_LAG_DAYS", "ASR_MAX_DECISION_LAG_DAYS"):
+        monkeypatch.setenv(name, "-1")
+        with pytest.raises(ConfigError, match=name):
+            FreshnessLimits.from_environment()
+        monkeypatch.setenv(name, "1.5")
+    assert FreshnessLimits.from_environment() == FreshnessLimits(1.5, 1.5, 1.5)
     monkeypatch.setenv("ASR_ALERT_WEBHOOK", f"ftp://x/{WEBHOOK_TOKEN}")
     with pytest.raises(ConfigError, match="ASR_ALERT_WEBHOOK") as raised:
         AlertConfig.from_environment()

@@ -124,6 +124,7 @@ def alerts_status(instance: dg.DagsterInstance) -> dict:
 
 def build_alert_sensor(clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
     destinations = AlertConfig.from_environment().describe()  # validates the variables at load time; masked
+    FreshnessLimits.from_environment()
 
     @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.RUNNING,
                description="Evaluates the freshness checks and alerts on failed runs, blocked batches, failed "
