@@ -14,6 +14,8 @@ from asr_pipeline_tests.alert_servers import (SMTP_PASSWORD, WEBHOOK_TOKEN, free
                                               no_alert_environment, webhook)
 
 HOUR = 3600.0
+# the test SMTP server takes a password over plain TCP on localhost, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 
 
 def test_webhook_receives_json_text(webhook, monkeypatch):

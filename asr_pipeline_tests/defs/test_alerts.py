@@ -20,7 +20,7 @@ from asr_pipeline_tests.alert_servers import (SMTP_PASSWORD, WEBHOOK_TOKEN, free
 from asr_pipeline_tests.conftest import create_notebook_table
 from asr_pipeline_tests.deploy.test_deploy_instance import mysql_instance_home  # noqa: F401
 
-pytestmark = [pytest.mark.mysql, pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [pytest.mark.mysql, pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")]
 HOUR, DAY = 3600.0, 86400.0
 KEY = "ids-0000000001-0000000005"
 UI = "http://dagster.example:3000"
