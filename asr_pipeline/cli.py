@@ -398,6 +398,8 @@ def collect_status() -> dict:
                                    "finetuned_cer": report["finetuned"]["cer"], "warning": report.get("warning")}
     else:
         status["latest_report"] = None
+    from asr_pipeline.defs.alerts.sensors import alerts_status
+    status.update(alerts_status(_instance()))  # "freshness" and "alerting" (destinations masked)
     return status
 
 
@@ -461,6 +463,8 @@ def cmd_status(args) -> None:
               f"{status['batch_states_error']})")
     print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
     print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
+    for name, check in status["freshness"].items():
+        print(f"freshness {name} ({check['asset']}): " + ("ok" if check["passed"] else check["description"]))
     report = status["latest_report"]
     print("latest report: " + (f"{report['path']} (base CER {report['base_cer']:.4f}, fine-tuned CER "
                                f"{report['finetuned_cer']:.4f})" if report else "(none)"))

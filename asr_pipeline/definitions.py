@@ -6,6 +6,8 @@ from pathlib import Path
 import dagster as dg
 
 from asr_pipeline.core.errors import ConfigError
+from asr_pipeline.defs.alerts.freshness import FRESHNESS_CHECKS, without_freshness_checks
+from asr_pipeline.defs.alerts.sensors import build_alert_sensor
 from asr_pipeline.defs.assets import ASSETS, INGEST_ASSETS, RETRAIN_ASSETS, storage_dir
 from asr_pipeline.defs.ingest import INGEST_TAGS
 from asr_pipeline.defs.io_managers import AssetDirectoryIOManager
@@ -44,16 +46,17 @@ def build_definitions() -> dg.Definitions:
     settings = settings_from_environment()
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     jobs = [
-        dg.define_asset_job(INGEST_JOB, selection=INGEST_ASSETS, tags=INGEST_TAGS,
+        dg.define_asset_job(INGEST_JOB, selection=without_freshness_checks(INGEST_ASSETS), tags=INGEST_TAGS,
                             description="One ingest batch: manifest, 16 kHz audio, features."),
         # A challenger that loses is a successful run (champion_model materializes nothing), so no retry follows it.
         # A step that fails here (a NaN training loss, a model that cannot be loaded) fails the same way on the same
         # features and seed, and each try costs a training or a full decode: only crashed runs are retried.
-        dg.define_asset_job(RETRAIN_JOB, selection=RETRAIN_ASSETS, tags=NO_RETRY_ON_STEP_FAILURE,
+        dg.define_asset_job(RETRAIN_JOB, selection=without_freshness_checks(RETRAIN_ASSETS), tags=NO_RETRY_ON_STEP_FAILURE,
                             description="Fine-tune on every featurized batch, evaluate against the champion, promote "
                                         "the challenger when it is better."),
-        dg.define_asset_job(TRAIN_JOB, selection=["finetuned_checkpoint"], description="Fine-tune only."),
-        dg.define_asset_job(EVALUATE_JOB, selection=["evaluation_report", "champion_model"],
+        dg.define_asset_job(TRAIN_JOB, selection=without_freshness_checks(["finetuned_checkpoint"]),
+                            description="Fine-tune only."),
+        dg.define_asset_job(EVALUATE_JOB, selection=without_freshness_checks(["evaluation_report", "champion_model"]),
                             tags=NO_RETRY_ON_STEP_FAILURE,
                             description="Evaluate the current checkpoint; promote it when it beats the champion."),
     ]
@@ -66,8 +69,9 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         executor=executor_from_environment(),
         assets=with_code_versions(ASSETS, settings),  # settings that shape a batch make it stale
+        asset_checks=FRESHNESS_CHECKS,  # evaluated by the asr_alerts sensor (defs/alerts), not by the jobs above
         jobs=jobs,
-        sensors=[new_transcripts_sensor],
+        sensors=[new_transcripts_sensor, build_alert_sensor()],
         schedules=[schedule],
         resources={
             "database": database_from_environment(),

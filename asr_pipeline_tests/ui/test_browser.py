@@ -142,6 +142,7 @@ def test_the_ui_shows_lineage_automation_and_report_metadata(dagster_ui, artifac
         page.goto(f"{dagster_ui}/automation")
         expect(page.get_by_text("new_transcripts_sensor").first).to_be_visible()
         expect(page.get_by_text("nightly_retraining").first).to_be_visible()
+        expect(page.get_by_text("asr_alerts").first).to_be_visible()
         page.screenshot(path=str(artifacts / "ui-automation.png"))
 
         # the report asset's page shows the metadata the pipeline attached: the report table and its plot
@@ -153,6 +154,11 @@ def test_the_ui_shows_lineage_automation_and_report_metadata(dagster_ui, artifac
         expect(page.locator("img[alt='training curves']")).to_be_visible()
         page.wait_for_timeout(800)  # the dialog fades in; let it settle before the screenshot
         page.screenshot(path=str(artifacts / "ui-evaluation-report.png"))
+
+        # the freshness checks are on their assets' pages (defs/alerts), next to the blocking checks
+        page.goto(f"{dagster_ui}/assets/featurized_shards?view=checks")
+        expect(page.get_by_text("batches_done_in_time").first).to_be_visible()
+        page.screenshot(path=str(artifacts / "ui-freshness-checks.png"))
 
         _materialize_the_report_from_its_page(page, dagster_ui, artifacts)
         browser.close()

@@ -1,0 +1,99 @@
+"""Which problems are open and whom we told: the memory that turns a stream of failing ticks and retries into one
+alert per problem per repeat window, and one recovery message when it clears.
+
+A problem is identified by kind + asset + batch. The ledger holds only open problems and undelivered messages, so it
+stays small however long the pipeline runs. It lives in one JSON file (ASR_HOME/alerts/ledger.json), replaced
+atomically under an exclusive lock, so it survives daemon restarts and two evaluations never interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from asr_pipeline.core.storage import write_json
+
+MAX_OUTBOX = 200  # undelivered recoveries/digests kept while every destination is down; the oldest go first
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str       # e.g. run_failed, check_failed, pending_too_long, training_lag, rejected_hallucination
+    asset: str
+    batch: str      # "" when the problem is not about one batch
+    text: str       # the alert, complete: what, where, when, what to do
+    recovery: str   # sent once when the problem clears, to whoever got the alert
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}|{self.asset}|{self.batch}"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    key: str          # the problem's key, or "outbox:<n>" for recoveries and digests
+    text: str
+    channels: tuple[str, ...]
+
+
+class AlertLedger:
+    def __init__(self, data: dict | None = None):
+        data = data or {}
+        self.open: dict[str, dict] = data.get("open", {})
+        self.outbox: list[dict] = data.get("outbox", [])
+        self.marks: dict[str, object] = data.get("marks", {})  # e.g. the last digested run, reported checks
+
+    def to_json(self) -> dict:
+        return {"open": self.open, "outbox": self.outbox[-MAX_OUTBOX:], "marks": self.marks}
+
+    def due(self, problems: list[Problem], channels: list[str], now: float, repeat_s: float) -> list[Outgoing]:
+        """Messages to send now: new problems, problems whose last alert is older than the repeat window (or was
+        never delivered), recoveries of problems that cleared, and whatever is still waiting in the outbox."""
+        current = {p.key: p for p in problems}
+        for key in [k for k in self.open if k not in current]:
+            entry = self.open.pop(key)
+            told = [c for c, t in entry["sent"].items() if t is not None and c in channels]
+            if told:
+                self.queue(entry["recovery"], told)
+        due = []
+        for key, problem in current.items():
+            entry = self.open.setdefault(key, {"first_seen": now, "sent": {}})
+            entry["recovery"] = problem.recovery
+            waiting = tuple(c for c in channels
+                            if entry["sent"].get(c) is None or now - entry["sent"][c] >= repeat_s)
+            if waiting:
+                due.append(Outgoing(key, problem.text, waiting))
+        due += [Outgoing(f"outbox:{i}", m["text"], tuple(m["channels"])) for i, m in enumerate(self.outbox)]
+        return due
+
+    def queue(self, text: str, channels: list[str]) -> None:
+        self.outbox.append({"text": text, "channels": list(channels)})
+
+    def delivered(self, outgoing: Outgoing, channel: str, now: float) -> None:
+        if outgoing.key.startswith("outbox:"):
+            entry = self.outbox[int(outgoing.key.split(":", 1)[1])]
+            entry["channels"] = [c for c in entry["channels"] if c != channel]
+        else:
+            self.open[outgoing.key]["sent"][channel] = now
+
+    def settle(self) -> None:
+        """Drop outbox messages that reached every channel (call after a round of deliveries)."""
+        self.outbox = [m for m in self.outbox if m["channels"]][-MAX_OUTBOX:]
+
+
+@contextmanager
+def locked_ledger(path: Path) -> Iterator[AlertLedger]:
+    """The ledger at `path`, written back (atomically) when the block ends without an exception."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            ledger = AlertLedger(json.loads(path.read_text(encoding="utf-8")) if path.exists() else None)
+            yield ledger
+            write_json(path, ledger.to_json())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,1 @@
+"""Alerts and freshness: the loop reports its own trouble (README, "Daily life")."""

@@ -1,0 +1,138 @@
+"""The open problems of the loop right now, each one alert: derived from the instance's state, not from a stream of
+events, so a problem stays one problem however many runs or ticks repeat it, and it clears when the state does.
+
+Kinds (README, "Daily life"): check_failed and run_failed (per batch, or per asset for training/evaluation),
+pending_too_long (per batch), training_lag, decision_lag, rejected_hallucination, rejected_benchmark:<set>.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from asr_pipeline.core.alert_ledger import Problem
+from asr_pipeline.core.alerts import AlertConfig
+from asr_pipeline.defs.alerts import sources
+from asr_pipeline.defs.alerts.freshness import BATCHES_DONE, DECISION_RECENT, TRAINING_KEEPS_UP, FreshnessResult
+from asr_pipeline.defs.checks import BEATS_CHAMPION
+
+PREFIX = "[asr_pipeline]"
+# ...and the UI's own materializations (__ASSET_JOB) of the unpartitioned assets; batch runs are alerted per batch
+TRAINING_JOBS = ("asr_retrain", "asr_train", "asr_evaluate", "__ASSET_JOB")
+
+
+def _link(config: AlertConfig, run_id: str | None) -> str:
+    link = config.run_link(run_id)
+    return f"\nRun: {link}" if link else (f"\nRun id: {run_id}" if run_id else "")
+
+
+def _check_detail(check: dict) -> str:
+    meta = check["metadata"]
+    if "quarantine_rate" in meta:
+        reasons = ", ".join(f"{reason} x{count}" for reason, count in (meta.get("reasons") or {}).items())
+        return (f"{meta['quarantined']} of {meta['rows']} rows quarantined ({meta['quarantine_rate']:.0%}, threshold "
+                f"{meta['threshold']:.0%}): {reasons or 'see the check'}")
+    return check.get("description") or ", ".join(f"{k}={v}" for k, v in meta.items())
+
+
+def batch_failure(instance: dg.DagsterInstance, config: AlertConfig, state: sources.BatchState) -> Problem | None:
+    """A batch whose latest finished run failed (and that is not done since): one problem until it is done."""
+    if state.state == "done" or not (state.state in ("failed", "blocked") or state.failures):
+        return None
+    run_id = sources.latest_failed_run(instance, tags={"dagster/partition": state.key})
+    if run_id is None:
+        return None
+    failure = sources.run_failure(instance, run_id)
+    runs = f" ({state.failures} failed runs so far)" if state.failures > 1 else ""
+    recovery = f"{PREFIX} batch {state.key} is done again" + (
+        f" after {state.failures} failed runs." if state.failures > 1 else ".")
+    if failure.failed_checks:
+        check = failure.failed_checks[0]
+        return Problem("check_failed", check["asset"], state.key, (
+            f"{PREFIX} batch {state.key} blocked: check {check['check']} on {check['asset']} failed{runs}.\n"
+            f"{_check_detail(check)}.\nThe batch is left out of training until it passes. Fix: "
+            f"`asr-pipeline quarantine --json` lists the rows and reasons; put the audio in place (or correct "
+            f"ASR_PATH_MAP / ASR_AUDIO_ROOTS), then `asr-pipeline backfill {state.key}`.{_link(config, run_id)}"),
+            recovery)
+    return Problem("run_failed", failure.asset, state.key, (
+        f"{PREFIX} ingest of batch {state.key} failed at {failure.asset}{runs}: {failure.error}\n"
+        f"Fix: read the run's error, then `asr-pipeline backfill {state.key}`.{_link(config, run_id)}"), recovery)
+
+
+def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list[Problem]:
+    """The latest finished training/evaluation runs that failed for a reason other than "not promoted"."""
+    problems: dict[str, Problem] = {}
+    for job in TRAINING_JOBS:
+        records = instance.get_run_records(dg.RunsFilter(job_name=job, statuses=list(sources.FINISHED)), limit=20)
+        latest = next((r.dagster_run for r in records if "dagster/partition" not in r.dagster_run.tags), None)
+        if latest is None or latest.status == dg.DagsterRunStatus.SUCCESS:
+            continue
+        failure = sources.run_failure(instance, latest.run_id)
+        if failure.asset == "evaluation_report" and [c["check"] for c in failure.failed_checks] == [BEATS_CHAMPION]:
+            continue  # an answer (the champion stays), not an error; rejections are their own alert
+        problem = Problem("run_failed", failure.asset, "", (
+            f"{PREFIX} {job} failed at {failure.asset}: {failure.error}\nNo new model until it runs again. "
+            f"Fix: read the run's error, then `asr-pipeline run` (or wait for nightly_retraining)."
+            f"{_link(config, failure.run_id)}"),
+            f"{PREFIX} {failure.asset} runs again: the latest {job} run succeeded.")
+        problems.setdefault(problem.key, problem)
+    return list(problems.values())
+
+
+def _difference(decision: dict) -> str:
+    difference = decision.get("difference")
+    if difference is None and decision.get("champion_cer") is not None:
+        difference = decision["challenger_cer"] - decision["champion_cer"]
+    if difference is None:
+        return ""
+    interval = decision.get("difference_ci95")
+    ci = f" (95% interval {interval[0]:+.4f} .. {interval[1]:+.4f})" if interval else ""
+    return f"CER difference challenger - champion {difference:+.4f}{ci}"
+
+
+def rejections(home: Path) -> list[Problem]:
+    """The latest challenger, rejected for hallucination or a benchmark regression (the gate's `blocked_by`)."""
+    decision = sources.latest_decision(home)
+    if not decision or decision.get("promote"):
+        return []
+    problems = []
+    for blocker in decision["blocked_by"]:
+        if blocker != "hallucination" and not blocker.startswith("benchmark:"):
+            continue
+        what = "hallucinates" if blocker == "hallucination" else f"regresses on benchmark {blocker.split(':', 1)[1]}"
+        problems.append(Problem(f"rejected_{blocker}", "champion_model", "", (
+            f"{PREFIX} challenger rejected: it {what} (report {decision.get('created_at')}). {_difference(decision)}\n"
+            f"{decision.get('reason', '')}\nThe champion stays. Fix: open the report (`asr-pipeline report`), look at "
+            "the worst utterances and the benchmark table; check the newest batches' transcripts."),
+            f"{PREFIX} the latest challenger is no longer rejected for {blocker}."))
+    return problems
+
+
+def freshness_problems(results: list[FreshnessResult], failing_batches: set[str]) -> list[Problem]:
+    """Failed freshness checks; a late batch that already has a failure alert is not alerted twice."""
+    problems = []
+    for result in results:
+        if result.passed:
+            continue
+        if result.check == BATCHES_DONE:
+            for batch in result.batches:
+                if batch["batch"] in failing_batches:
+                    continue
+                problems.append(Problem("pending_too_long", result.asset, batch["batch"], (
+                    f"{PREFIX} batch {batch['batch']} is not done {batch['hours']} h after it was registered "
+                    f"({batch['registered_at']}; {batch['state']}{': ' + batch['reason'] if batch['reason'] else ''})."
+                    f"\nFix: `asr-pipeline backfill {batch['batch']}`; check that the daemon runs (`make ui`)."),
+                    f"{PREFIX} batch {batch['batch']} is done again."))
+        elif result.check in (TRAINING_KEEPS_UP, DECISION_RECENT):
+            kind = "training_lag" if result.check == TRAINING_KEEPS_UP else "decision_lag"
+            problems.append(Problem(kind, result.asset, "", f"{PREFIX} {result.asset} is behind: {result.description}",
+                                    f"{PREFIX} {result.asset} is keeping up again ({result.check} passes)."))
+    return problems
+
+
+def open_problems(instance: dg.DagsterInstance, config: AlertConfig, home: Path,
+                  states: list[sources.BatchState], freshness: list[FreshnessResult]) -> list[Problem]:
+    failures = [p for p in (batch_failure(instance, config, s) for s in states) if p is not None]
+    return (failures + freshness_problems(freshness, {p.batch for p in failures})
+            + training_failures(instance, config) + rejections(home))

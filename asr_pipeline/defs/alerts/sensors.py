@@ -1,0 +1,138 @@
+"""asr_alerts: the sensor that watches the loop. Every tick it evaluates the freshness checks (recording them when
+their result changes), derives the open problems from the instance, and sends what is due: new problems, reminders
+after ASR_ALERT_REPEAT_HOURS, one recovery per cleared problem, the nightly digest. Delivery failures are logged
+(masked) and retried next tick; they never fail the tick.
+
+Running by default: with no destination configured the messages go to the sensor's log only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import dagster as dg
+
+from asr_pipeline.core.alert_ledger import AlertLedger, Outgoing, locked_ledger
+from asr_pipeline.core.alerts import LOG, AlertConfig, DeliveryError, FreshnessLimits, deliver
+from asr_pipeline.defs.alerts import problems as problem_sources
+from asr_pipeline.defs.alerts import sources
+from asr_pipeline.defs.alerts.freshness import FreshnessResult, evaluate_freshness
+from asr_pipeline.defs.resources import PipelineSettings
+
+SENSOR_NAME = "asr_alerts"
+RETRAIN_JOB = "asr_retrain"
+NIGHTLY = "nightly_retraining"
+RECORD_CHECK_EVERY_S = 3600  # an unchanged freshness result is recorded again at most hourly
+log = logging.getLogger("asr_pipeline.alerts")
+
+
+def ledger_path(settings: PipelineSettings) -> Path:
+    return Path(settings.home) / "alerts" / "ledger.json"
+
+
+def record_freshness(instance: dg.DagsterInstance, ledger: AlertLedger, results: list[FreshnessResult],
+                     now: float) -> None:
+    """A runless check evaluation when a result changes (or hourly), so the asset's page shows it."""
+    for result in results:
+        mark = f"check:{result.check}"
+        fingerprint, recorded_at = ledger.marks.get(mark) or ("", 0.0)
+        if fingerprint != result.fingerprint() or now - recorded_at >= RECORD_CHECK_EVERY_S:
+            instance.report_runless_asset_event(result.to_evaluation())
+            ledger.marks[mark] = [result.fingerprint(), now]
+
+
+def digest_text(instance: dg.DagsterInstance, home: Path, states: list[sources.BatchState], run) -> str:
+    counts = {name: sum(1 for s in states if s.state == name) for name in ("done", "pending", "failed", "blocked")}
+    checkpoint = instance.get_latest_materialization_event(dg.AssetKey("finetuned_checkpoint"))
+    meta = checkpoint.asset_materialization.metadata if checkpoint else {}
+    rows = meta.get("train_rows", meta.get("rows_available"))
+    decision = sources.latest_decision(home)
+    if decision:
+        outcome = "promoted" if decision.get("promote") else "not promoted"
+        last = f"{outcome} ({decision.get('created_at')}): {decision.get('reason', '')}. " \
+               f"{problem_sources._difference(decision)}"
+    else:
+        last = "none yet"
+    return (f"{problem_sources.PREFIX} nightly digest: {NIGHTLY} run {run.run_id} {run.status.value.lower()}.\n"
+            f"Batches: {counts['done']} done, {counts['pending']} pending, {counts['failed'] + counts['blocked']} "
+            f"failed ({counts['blocked']} blocked by a check).\nRows trained: {rows.value if rows else 'none yet'}.\n"
+            f"Last decision: {last}")
+
+
+def queue_digest(instance: dg.DagsterInstance, ledger: AlertLedger, home: Path, states, channels) -> None:
+    """One digest after each finished nightly_retraining run."""
+    records = instance.get_run_records(dg.RunsFilter(job_name=RETRAIN_JOB, statuses=list(sources.FINISHED),
+                                                     tags={"dagster/schedule_name": NIGHTLY}), limit=1)
+    if records and ledger.marks.get("digest_run") != records[0].dagster_run.run_id:
+        ledger.queue(digest_text(instance, home, states, records[0].dagster_run), channels)
+        ledger.marks["digest_run"] = records[0].dagster_run.run_id
+
+
+def send_due(ledger: AlertLedger, due: list[Outgoing], config: AlertConfig, now: float,
+             emit: Callable[[str], None]) -> tuple[int, int]:
+    sent = failed = 0
+    down: set[str] = set()  # a destination that failed once this tick is not tried again until the next one
+    for outgoing in due:
+        subject = outgoing.text.splitlines()[0][:200]
+        for channel in outgoing.channels:
+            if channel in down:
+                failed += 1
+                continue
+            try:
+                if channel == LOG:
+                    emit(outgoing.text)
+                else:
+                    deliver(config, channel, subject, outgoing.text)
+                    emit(f"alert sent ({channel}): {subject}")
+            except DeliveryError as exc:
+                failed += 1
+                down.add(channel)
+                emit(f"alert not delivered, retried next tick: {exc}\n{outgoing.text}")
+                continue
+            ledger.delivered(outgoing, channel, now)
+            sent += 1
+    ledger.settle()
+    return sent, failed
+
+
+def alert_tick(instance: dg.DagsterInstance, settings: PipelineSettings, now: float,
+               emit: Callable[[str], None] = log.warning) -> str:
+    """One evaluation: what the sensor does each tick, with the time passed in."""
+    config = AlertConfig.from_environment()
+    states = sources.batch_states(instance)
+    freshness = evaluate_freshness(instance, FreshnessLimits.from_environment(), now, states=states)
+    problems = problem_sources.open_problems(instance, config, Path(settings.home), states, freshness)
+    with locked_ledger(ledger_path(settings)) as ledger:
+        record_freshness(instance, ledger, freshness, now)
+        if config.digest:
+            queue_digest(instance, ledger, Path(settings.home), states, config.channels())
+        due = ledger.due(problems, config.channels(), now, config.repeat_hours * 3600)
+        sent, failed = send_due(ledger, due, config, now, emit)
+    return (f"{len(problems)} open problems; {sent} messages delivered, {failed} deliveries failed (retried next "
+            f"tick); {sum(not r.passed for r in freshness)} freshness checks failing")
+
+
+def alerts_status(instance: dg.DagsterInstance) -> dict:
+    """For `asr-pipeline status --json`: the freshness checks evaluated now, and where alerts go (masked)."""
+    from asr_pipeline.defs.alerts.freshness import freshness_status
+
+    return {"freshness": freshness_status(instance), "alerting": AlertConfig.from_environment().describe()}
+
+
+def build_alert_sensor(clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
+    destinations = AlertConfig.from_environment().describe()  # validates the variables at load time; masked
+    FreshnessLimits.from_environment()
+
+    @dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Evaluates the freshness checks and alerts on failed runs, blocked batches, failed "
+               "freshness checks and rejected challengers: one message per problem per ASR_ALERT_REPEAT_HOURS, one "
+               f"when it clears. Destinations: {', '.join(destinations['channels'])} (webhook "
+               f"{destinations['webhook'] or 'unset'}; e-mail {(destinations['email'] or {}).get('smtp', 'unset')}).")
+    def asr_alerts(context: dg.SensorEvaluationContext, settings: PipelineSettings) -> dg.SkipReason:
+        summary = alert_tick(context.instance, settings, clock(), emit=context.log.warning)
+        return dg.SkipReason(summary)
+
+    return asr_alerts
