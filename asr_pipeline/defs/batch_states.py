@@ -69,13 +69,18 @@ def registration_times(instance: dg.DagsterInstance) -> dict[str, float]:
         from dagster._core.storage.event_log.schema import DynamicPartitionsTable as table
         from dagster._core.storage.sqlalchemy_compat import db_select
 
-        query = (db_select([table.c.partition, table.c.create_timestamp])
-                 .where(table.c.partitions_def_name == INGEST_BATCHES.name))
+        import sqlalchemy as sa
+
         with instance.event_log_storage.index_connection() as conn:
+            # MySQL stores CURRENT_TIMESTAMP in the session's time zone: UNIX_TIMESTAMP turns it back into seconds
+            mysql = conn.dialect.name == "mysql"
+            created = sa.func.unix_timestamp(table.c.create_timestamp) if mysql else table.c.create_timestamp
+            query = (db_select([table.c.partition, created])
+                     .where(table.c.partitions_def_name == INGEST_BATCHES.name))
             rows = conn.execute(query).fetchall()
     except Exception:  # a storage without that table (not SQL): the times are a nicety, not needed
         return {}
-    return {key: _utc_seconds(when) for key, when in rows if when is not None}
+    return {key: float(when) if mysql else _utc_seconds(when) for key, when in rows if when is not None}
 
 
 def _utc_seconds(when) -> float:
