@@ -195,11 +195,11 @@ def _materialize_the_report_from_its_page(page, base: str, artifacts: Path) -> N
         time.sleep(2)
     assert run is not None, "no run was launched from the asset page"
     page.goto(f"{base}/runs/{run['runId']}")
-    expect(page.get_by_text("Loading run logs").first).to_be_hidden()
-    page.screenshot(path=str(artifacts / "ui-evaluation-report-run.png"))
     assert run["status"] == "SUCCESS", run
     assert run["assetSelection"] == [{"path": ["evaluation_report"]}], run
     expect(page.get_by_text("Success").first).to_be_visible()
+    page.wait_for_timeout(5000)  # the event log streams in after the header
+    page.screenshot(path=str(artifacts / "ui-evaluation-report-run.png"))
     runs = _runs(page)
     assert [r for r in runs if r["runId"] not in before] == [run]  # nothing retried
     report = json.loads((Path(os.environ["ASR_HOME"]) / "storage/evaluation_report/report.json").read_text())
