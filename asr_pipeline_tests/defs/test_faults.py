@@ -159,7 +159,7 @@ def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, mon
     def first_checkpoint_written():  # complete: the trainer's on_save marked it (training.CHECKPOINT_COMPLETE)
         return any((c / "asr_checkpoint_complete.json").exists() for c in work.glob("*/checkpoint-8"))
 
-    assert _kill_when(train, first_checkpoint_written), "training finished before it could be killed"
+    assert _kill_when(train, first_checkpoint_written, timeout=600), "training finished before it could be killed"
     assert not (pipeline_env / "storage" / "finetuned_checkpoint").exists()
     resumed = _cli(*train)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
