@@ -144,3 +144,20 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
     text = " ".join(s.text.strip() for s in segments)
     # (faster-whisper has its own feature extraction and fallback decoding, so only "Korean text came out" is checked)
     assert info.language == "ko" and sum("가" <= ch <= "힣" for ch in text) >= 5, text
+
+
+def test_both_runtimes_read_the_same_guard_statistics(whisper_base_dir, korean_clips, tmp_path):
+    """The fallback and no-speech guards see the same numbers under transformers and CTranslate2 (float32 export)."""
+    from asr_pipeline.core import decoding
+    from asr_pipeline.core.export import CTranslate2Runtime, export_ctranslate2, load_ctranslate2
+
+    model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
+    features = [processor.feature_extractor(load_16k(c["audio_path"]), sampling_rate=16_000,
+                                            return_tensors="np").input_features[0] for c in korean_clips[:3]]
+    hf = decoding.TransformersRuntime(model, processor, features.__getitem__).decode([0, 1, 2], 0.0, 100, 1, 0)
+    export = export_ctranslate2(whisper_base_dir, tmp_path / "ct2", quantization="float32")
+    ct2 = CTranslate2Runtime(load_ctranslate2(export, compute_type="float32"), processor.tokenizer,
+                             features.__getitem__).decode([0, 1, 2], 0.0, 100, 1, 0)
+    assert [c.text for c in hf] == [c.text for c in ct2]
+    assert [c.avg_logprob for c in hf] == pytest.approx([c.avg_logprob for c in ct2], abs=0.02)
+    assert [c.no_speech_prob for c in hf] == pytest.approx([c.no_speech_prob for c in ct2], abs=0.001)

@@ -140,6 +140,36 @@ def _ct2_text(report: dict) -> str | None:
             f"transformers generate ({c['speedup_vs_transformers']:.2f}x) on this machine's CPU.")
 
 
+def _decoding_text(report: dict) -> str:
+    """The decoding policy and the sample, as the report applied them (docs/EVALUATION.md)."""
+    d, sample = report.get("decoding") or {}, report.get("sample")
+    guards = (f"temperature fallback {d.get('temperatures')} on compression ratio > "
+              f"{d.get('compression_ratio_threshold')} or mean log-prob < {d.get('logprob_threshold')}, no-speech "
+              f"threshold {d.get('no_speech_threshold')}") if len(d.get("temperatures") or []) > 1 else "greedy only"
+    text = (f"Decoding as deployed (no reference information): longest audio first, token budget "
+            f"{d.get('token_budget')}; {guards}; {d.get('device', 'cpu')}, {d.get('dtype', 'float32')}.")
+    if sample:
+        scope = "the whole test split" if sample.get("full_split") else (
+            f"a stable sample of {sample['utterances']} of {sample['test_split_rows']} test utterances "
+            f"({sample['episodes']} episodes, at most {sample.get('per_episode')} clips each)")
+        text += f" Scored on {scope}, fingerprint {str(sample.get('fingerprint'))[:12]}."
+    return text
+
+
+BENCHMARK_HEADER = ["benchmark set", "utterances", "model", "CER [95% CI]", "CER normalised [95% CI]", "cached"]
+
+
+def _benchmark_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for name, entry in sorted((report.get("benchmarks") or {}).items()):
+        for model in ("base", "finetuned", "champion"):
+            if model in entry:
+                r = entry[model]
+                rows.append([name, str(entry["set"]["utterances"]), MODEL_LABELS[model], _interval(r, "cer"),
+                             _interval(r, "cer_normalized"), "yes" if r.get("cached") else "no"])
+    return rows
+
+
 # ---------------------------------------------------------------- Markdown
 
 
@@ -174,9 +204,11 @@ def render_markdown(report: dict, curves_png: bytes | None = None) -> str:
         parts += [f"> **WARNING:** {report['warning']}", ""]
     parts += [f"Test split: {report['test_rows']} utterances. Created {report['created_at']}.", "",
               metrics_table(report), "", _policy_text(report), ""]
-    for text in (_promotion_text(report), _ct2_text(report)):
+    for text in (_promotion_text(report), _ct2_text(report), _decoding_text(report)):
         if text:
             parts += [text, ""]
+    if report.get("benchmarks"):
+        parts += ["## Fixed benchmark sets", "", _md_table(BENCHMARK_HEADER, _benchmark_rows(report)), ""]
     for key, label in (("by_duration", "duration"), ("by_programme", "programme")):
         parts += [f"## CER by {label}", "", _md_table(_bucket_header(report, key, label), _bucket_rows(report, key)),
                   ""]
@@ -258,6 +290,10 @@ def render_html(report: dict, curves_png: bytes | None = None) -> str:
         parts.append(f'<p class="decision {kind}">{_h(_promotion_text(report))}</p>')
     if _ct2_text(report):
         parts.append(f"<p>{_h(_ct2_text(report)).replace('`', '')}</p>")
+    parts.append(f'<p class="decoding">{_h(_decoding_text(report))}</p>')
+    if report.get("benchmarks"):
+        parts.append("<h2>Fixed benchmark sets</h2>")
+        parts.append(_html_table(BENCHMARK_HEADER, _benchmark_rows(report)))
     for key, label in (("by_duration", "duration"), ("by_programme", "programme")):
         parts.append(f"<h2>CER by {label}</h2>")
         parts.append(_html_table(_bucket_header(report, key, label), _bucket_rows(report, key)))
