@@ -198,13 +198,14 @@ def evaluate_on_test(
                      "runtime": "transformers generate", "budget_check": budget_check(meta, decoding)},
         "bootstrap": {"resamples": bootstrap_resamples, "level": 0.95, "unit": "utterance"},
     }
-    hypotheses, counts, bench_results = {}, {}, {}
+    hypotheses, counts, bench_results, guards = {}, {}, {}, {}
     for name, source in models:
         results = decoder.run(name, source, TRANSFORMERS, transformers_loader(device, dtype, decoding, emit, name),
                               [test_job, *bench_jobs])
         hypotheses[name] = results["test"]["texts"]
         rates, counts[name] = score(references, hypotheses[name], policy, bootstrap_resamples)
         report[name] = {**rates, "model": source, **decode_summary(results["test"], len(meta))}
+        guards[name] = results["test"]
         bench_results[name] = results
     if benchmark_sets:
         report["benchmarks"] = score_benchmarks(benchmark_sets, bench_results, policy, bootstrap_resamples)
@@ -217,7 +218,10 @@ def evaluate_on_test(
     report["per_utterance"] = [
         {"id": int(m["id"]), "audio_path": m["audio_path"], "reference": ref, "group": str(m["group"]),
          "programme": programme_of(m["group"], programme_pattern), "duration": round(float(m["duration"]), 3),
-         **{f"{name}_hypothesis": texts[i] for name, texts in hypotheses.items()}}
+         **{f"{name}_hypothesis": texts[i] for name, texts in hypotheses.items()},
+         # which guard decided (decoding.py): the fallback temperature kept, and whether it was judged silence
+         **{f"{name}_temperature": g["temperatures"][i] for name, g in guards.items()},
+         **{f"{name}_no_speech": bool(g["silent"][i]) for name, g in guards.items()}}
         for i, (m, ref) in enumerate(zip(meta, references))
     ]
     durations = [duration_bucket(u["duration"]) for u in report["per_utterance"]]

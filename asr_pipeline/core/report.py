@@ -224,7 +224,7 @@ def render_markdown(report: dict, curves_png: bytes | None = None) -> str:
               _md_table(["id", "programme", "s", "CER", "reference", "diff"],
                         [[str(w["id"]), w["programme"], f"{w['duration']:.1f}", f"{w['cer']:.3f}", w["reference"],
                           diff_markdown(w["diff"])] for w in worst]), ""]
-    parts += [f"Full per-utterance results: `{report.get('json_path')}`. Decoding: greedy, "
+    parts += [f"Full per-utterance results: `{report.get('json_path')}`. Decoding: "
               f"{report['decoding']['token_budget']}, {report['decoding'].get('dtype', 'float32')}.", ""]
     return "\n".join(parts)
 
@@ -314,7 +314,7 @@ def render_html(report: dict, curves_png: bytes | None = None) -> str:
                     f"<div class=diff>HYP {hyp}</div><small>{_h(w['audio_path'])}</small></td></tr>")
     parts.append("<table><thead><tr><th>id</th><th>programme</th><th>s</th><th>CER</th><th>aligned diff</th></tr>"
                  f"</thead><tbody>{''.join(rows)}</tbody></table>")
-    parts.append(f"<p>Decoding: greedy, {_h(report['decoding']['token_budget'])}, "
+    parts.append(f"<p>Decoding: {_h(report['decoding']['token_budget'])}, "
                  f"{_h(report['decoding'].get('dtype', 'float32'))}. Full per-utterance results: "
                  f"{_h(report.get('json_path'))}.</p></body></html>")
     return "\n".join(parts)
