@@ -135,3 +135,29 @@ def test_load_model_places_and_casts_the_decoding_copy(tiny_model_dir):
     features = np.zeros((1, 80, 3000), dtype=np.float32)
     out = decoding.TransformersRuntime(model, load_processor(str(tiny_model_dir)), features.__getitem__)
     assert len(out.decode([0], 0.0, 4, 1, 0)) == 1
+
+
+def test_transcribe_places_the_model_and_decodes_under_the_policy(tiny_model_dir, korean_clips, capsys, monkeypatch):
+    from asr_pipeline import cli
+
+    monkeypatch.setenv("ASR_HOME", str(tiny_model_dir.parent / "home"))
+    cli.main(["transcribe", korean_clips[0]["audio_path"], "--model", str(tiny_model_dir), "--float32"])
+    captured = capsys.readouterr()
+    assert "decoding on cpu in float32" in captured.err
+    assert captured.out.startswith(korean_clips[0]["audio_path"] + "\t")
+
+
+def test_evaluation_settings_are_validated_with_the_variable_name(monkeypatch, tmp_path):
+    from asr_pipeline.core.errors import ConfigError
+    from asr_pipeline.defs.resources import settings_from_environment
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path))
+    assert settings_from_environment().eval_max_utterances == 2000
+    monkeypatch.setenv("ASR_EVAL_MAX_UTTERANCES", "0")
+    assert settings_from_environment().eval_max_utterances == 0
+    for name, value in (("ASR_EVAL_MAX_UTTERANCES", "-1"), ("ASR_BENCHMARK_GATE", "sometimes"),
+                        ("ASR_BENCHMARK_SETS", str(tmp_path / "nowhere"))):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name):
+            settings_from_environment()
+        monkeypatch.delenv(name)
