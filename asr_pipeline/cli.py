@@ -486,7 +486,7 @@ def _default_model_dir() -> str:
 
 def cmd_transcribe(args) -> None:
     from asr_pipeline.core.audio import AudioError, load_16k
-    from asr_pipeline.core.decoding import DecodingPolicy, transcribe_audio
+    from asr_pipeline.core.decoding import DecodingPolicy, transcribe_clips
     from asr_pipeline.core.model import inference_placement, load_model, load_processor
 
     model_dir = args.model or _default_model_dir()
@@ -507,10 +507,10 @@ def cmd_transcribe(args) -> None:
     device, dtype = inference_placement(prefer_bf16=not args.float32)
     print(f"decoding on {device} in {str(dtype).replace('torch.', '')}", file=sys.stderr)
     model, processor = load_model(model_dir, device=device, dtype=dtype), load_processor(model_dir)
-    texts = transcribe_audio(model, processor, clips, DecodingPolicy(batch_size=8),
-                             emit=lambda m: print(m, file=sys.stderr))
-    for name, text in zip(names, texts):
-        print(f"{name}\t{text}")
+    result = transcribe_clips(model, processor, clips, DecodingPolicy(batch_size=8),
+                              emit=lambda m: print(m, file=sys.stderr))
+    for name, text, silent in zip(names, result.texts, result.silent):  # markers, like <error: ...> above
+        print(f"{name}\t{'<no speech>' if silent else text or '<empty>'}")
 
 
 def cmd_ui(args) -> None:

@@ -274,13 +274,19 @@ def transcribe_features(
     return guarded_decode(TransformersRuntime(model, processor, get), durations, policy, emit, what)
 
 
-def transcribe_audio(model, processor, clips: Sequence[np.ndarray], policy: DecodingPolicy = DecodingPolicy(),
-                     emit=print) -> list[str]:
-    """16 kHz mono clips (any length up to 30 s) to text."""
+def transcribe_clips(model, processor, clips: Sequence[np.ndarray], policy: DecodingPolicy = DecodingPolicy(),
+                     emit=print) -> DecodeResult:
+    """16 kHz mono clips (any length up to 30 s) to text, with which guard decided each."""
     extractor = processor.feature_extractor
 
     def features(i: int) -> np.ndarray:
         return extractor(clips[i], sampling_rate=extractor.sampling_rate, return_tensors="np").input_features[0]
 
     durations = [min(len(c), 30 * SAMPLE_RATE) / SAMPLE_RATE for c in clips]
-    return transcribe_features(model, processor, features, durations, policy, emit, "transcribing").texts
+    return transcribe_features(model, processor, features, durations, policy, emit, "transcribing")
+
+
+def transcribe_audio(model, processor, clips: Sequence[np.ndarray], policy: DecodingPolicy = DecodingPolicy(),
+                     emit=print) -> list[str]:
+    """16 kHz mono clips (any length up to 30 s) to text ("" where the no-speech guard found silence)."""
+    return transcribe_clips(model, processor, clips, policy, emit).texts
