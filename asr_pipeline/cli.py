@@ -552,8 +552,8 @@ def _default_model_dir() -> str:
 
 def cmd_transcribe(args) -> None:
     from asr_pipeline.core.audio import AudioError, load_16k
-    from asr_pipeline.core.decoding import transcribe_audio
-    from asr_pipeline.core.model import load_model, load_processor
+    from asr_pipeline.core.decoding import DecodingPolicy, transcribe_clips
+    from asr_pipeline.core.model import inference_placement, load_model, load_processor
 
     model_dir = args.model or _default_model_dir()
     clips, names = [], []
@@ -569,9 +569,14 @@ def cmd_transcribe(args) -> None:
         names.append(name)
     if not clips:
         raise SystemExit(1)
-    model, processor = load_model(model_dir), load_processor(model_dir)
-    for name, text in zip(names, transcribe_audio(model, processor, clips, emit=lambda m: print(m, file=sys.stderr))):
-        print(f"{name}\t{text}")
+    # on CUDA when present (bf16, else fp16), under the report's decoding policy (audio budget, Whisper's guards)
+    device, dtype = inference_placement(prefer_bf16=not args.float32)
+    print(f"decoding on {device} in {str(dtype).replace('torch.', '')}", file=sys.stderr)
+    model, processor = load_model(model_dir, device=device, dtype=dtype), load_processor(model_dir)
+    result = transcribe_clips(model, processor, clips, DecodingPolicy(batch_size=8),
+                              emit=lambda m: print(m, file=sys.stderr))
+    for name, text, silent in zip(names, result.texts, result.silent):  # markers, like <error: ...> above
+        print(f"{name}\t{'<no speech>' if silent else text or '<empty>'}")
 
 
 def cmd_ui(args) -> None:
@@ -643,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("files", nargs="+")
     transcribe.add_argument("--model", help="checkpoint directory (default: the champion, else the latest "
                             "finetuned_checkpoint)")
+    transcribe.add_argument("--float32", action="store_true", help="decode in float32 even where the hardware has "
+                            "bf16/fp16")
     transcribe.set_defaults(func=cmd_transcribe)
     champion = sub.add_parser("champion", help="the model in service: {model_path, test_cer, promoted_at, ...}")
     champion.add_argument("--json", action="store_true")

@@ -106,15 +106,22 @@ def test_pipeline_report_agrees_with_jiwer_and_an_independent_greedy_decode(
     markdown = Path(report["markdown_path"]).read_text()
     assert "## Promotion gate" in markdown and "## Hallucination" in markdown
 
-    # independent: decode each file on its own, straight from disk through the stock processor, greedy
+    # independent: decode each file on its own, straight from disk through the stock processor, greedy within the
+    # clip's audio budget; the report's greedy results must agree, its no-speech results are empty
+    from asr_pipeline.core.decoding import DecodingPolicy
+
+    assert report["decoding"]["reference_used"] is False and report["decoding"]["temperatures"][0] == 0.0
     model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
-    for u in utterances:
+    greedy = [u for u in utterances if u["base_temperature"] == 0.0 and not u["base_no_speech"]]
+    assert greedy, "every utterance fell back: nothing to compare"
+    assert all(u["base_hypothesis"] == "" for u in utterances if u["base_no_speech"])
+    for u in greedy:
         import librosa
         audio, _ = librosa.load(u["audio_path"], sr=16_000)
         features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
         with torch.no_grad():
             tokens = model.generate(features, language="korean", task="transcribe", num_beams=1, do_sample=False,
-                                    max_new_tokens=225)
+                                    max_new_tokens=DecodingPolicy().budget(u["duration"]))
         text = " ".join(processor.tokenizer.decode(tokens[0], skip_special_tokens=True).split())
         assert u["base_hypothesis"] == text, u["audio_path"]
 
@@ -125,22 +132,23 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
     from faster_whisper import WhisperModel
 
     from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, transcribe_features_ct2
-    from asr_pipeline.core.decoding import transcribe_features
+    from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
 
     clips = korean_clips[:12]
     processor = load_processor(str(whisper_base_dir))
     extractor = processor.feature_extractor
     features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
                 for c in clips]
-    expected = [len(processor.tokenizer(c["transcript"]).input_ids) for c in clips]
+    durations = [len(load_16k(c["audio_path"])) / 16_000 for c in clips]
+    policy = DecodingPolicy(batch_size=6)
     refs = [c["transcript"] for c in clips]
-    reference_texts = transcribe_features(load_model(str(whisper_base_dir)), processor, features, batch_size=6,
-                                          expected_tokens=expected, emit=lambda _: None)
+    reference_texts = transcribe_features(load_model(str(whisper_base_dir)), processor, features, durations, policy,
+                                          emit=lambda _: None).texts
     export = export_ctranslate2(whisper_base_dir, tmp_path / "ct2")
     files = {p.name for p in export.iterdir()}
     assert {"model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"} <= files
     ct2_texts = transcribe_features_ct2(load_ctranslate2(export), processor.tokenizer, features.__getitem__,
-                                        len(features), batch_size=6, expected_tokens=expected, emit=lambda _: None)
+                                        durations, policy, emit=lambda _: None).texts
     transformers_cer = error_rates(refs, reference_texts).cer
     ct2_cer = error_rates(refs, ct2_texts).cer
     # The base model is unsure on synthetic speech (CER ~0.75), so a near-tie between two tokens can go either way
@@ -154,3 +162,20 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
     text = " ".join(s.text.strip() for s in segments)
     # (faster-whisper has its own feature extraction and fallback decoding, so only "Korean text came out" is checked)
     assert info.language == "ko" and sum("가" <= ch <= "힣" for ch in text) >= 5, text
+
+
+def test_both_runtimes_read_the_same_guard_statistics(whisper_base_dir, korean_clips, tmp_path):
+    """The fallback and no-speech guards see the same numbers under transformers and CTranslate2 (float32 export)."""
+    from asr_pipeline.core import decoding
+    from asr_pipeline.core.export import CTranslate2Runtime, export_ctranslate2, load_ctranslate2
+
+    model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
+    features = [processor.feature_extractor(load_16k(c["audio_path"]), sampling_rate=16_000,
+                                            return_tensors="np").input_features[0] for c in korean_clips[:3]]
+    hf = decoding.TransformersRuntime(model, processor, features.__getitem__).decode([0, 1, 2], 0.0, 100, 1, 0)
+    export = export_ctranslate2(whisper_base_dir, tmp_path / "ct2", quantization="float32")
+    ct2 = CTranslate2Runtime(load_ctranslate2(export, compute_type="float32"), processor.tokenizer,
+                             features.__getitem__).decode([0, 1, 2], 0.0, 100, 1, 0)
+    assert [c.text for c in hf] == [c.text for c in ct2]
+    assert [c.avg_logprob for c in hf] == pytest.approx([c.avg_logprob for c in ct2], abs=0.02)
+    assert [c.no_speech_prob for c in hf] == pytest.approx([c.no_speech_prob for c in ct2], abs=0.001)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from asr_pipeline.core.decoding import transcribe_features
+from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
 from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, transcribe_features_ct2
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from asr_pipeline.core.synth import write_demo_corpus
@@ -49,25 +49,25 @@ def main() -> None:
     rows_ = FeatureRows([test], "test")
     features = [test.features(i) for _, i in rows_.positions]
     refs = [str(rows_.row(k)["transcript"]) for k in range(len(rows_))]
-    expected = [int(rows_.row(k)["label_length"]) for k in range(len(rows_))]
+    durations = [float(rows_.row(k)["duration"]) for k in range(len(rows_))]
+    policy = DecodingPolicy(batch_size=args.batch_size)
     checkpoint = str(work / "checkpoint")
     processor = load_processor(checkpoint)
 
     started = time.perf_counter()
-    hf = transcribe_features(load_model(checkpoint), processor, features, batch_size=args.batch_size,
-                             expected_tokens=expected, emit=print, what="transformers generate")
+    hf = transcribe_features(load_model(checkpoint), processor, features, durations, policy, emit=print,
+                             what="transformers generate").texts
     hf_seconds = time.perf_counter() - started
     # the report's default on CPUs with AMX/AVX512-BF16: the same checkpoint decoded in bfloat16
     started = time.perf_counter()
-    bf16 = transcribe_features(load_model(checkpoint, dtype=inference_dtype()), processor, features,
-                               batch_size=args.batch_size, expected_tokens=expected, emit=print,
-                               what="transformers generate (bf16)")
+    bf16 = transcribe_features(load_model(checkpoint, dtype=inference_dtype()), processor, features, durations,
+                               policy, emit=print, what="transformers generate (bf16)").texts
     bf16_seconds = time.perf_counter() - started
     export = export_ctranslate2(checkpoint, work / "ctranslate2")
     model = load_ctranslate2(export)
     started = time.perf_counter()
-    ct2 = transcribe_features_ct2(model, processor.tokenizer, features.__getitem__, len(features),
-                                  batch_size=args.batch_size, expected_tokens=expected, emit=print)
+    ct2 = transcribe_features_ct2(model, processor.tokenizer, features.__getitem__, durations, policy,
+                                  emit=print).texts
     ct2_seconds = time.perf_counter() - started
     hf_rates, ct2_rates, bf16_rates = error_rates(refs, hf), error_rates(refs, ct2), error_rates(refs, bf16)
     print(json.dumps({

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from asr_pipeline.core.audio import AudioShard, resample_manifest
-from asr_pipeline.core.decoding import transcribe_features
+from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
 from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
@@ -120,10 +120,10 @@ def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16) -> d
 def our_evaluate(shard: FeatureShard, model_dir: str, batch_size: int = 16, prefer_bf16: bool = True) -> dict:
     rows = FeatureRows([shard], "valid")
     model, processor = load_model(model_dir, dtype=inference_dtype(prefer_bf16)), load_processor(model_dir)
-    expected = [int(rows.row(i)["label_length"]) for i in range(len(rows))]
+    durations = [float(rows.row(i)["duration"]) for i in range(len(rows))]
     started = time.perf_counter()
-    texts = transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), count=len(rows),
-                                batch_size=batch_size, emit=lambda _: None, expected_tokens=expected)
+    texts = transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), durations,
+                                DecodingPolicy(batch_size=batch_size), emit=lambda _: None).texts
     seconds = time.perf_counter() - started
     references = [str(rows.row(i)["transcript"]) for i in range(len(rows))]
     return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4),

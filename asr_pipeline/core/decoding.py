@@ -1,8 +1,25 @@
-"""Batched greedy decoding with Whisper's Korean/transcribe prefix."""
+"""Decoding as deployed: nothing from the reference reaches the decoder.
+
+Utterances are decoded in order of audio duration (so a batch holds clips of similar length), each batch may
+generate at most `tokens_per_second` x its longest clip's duration + `token_allowance` tokens (never more than
+444, Whisper's 448 positions minus the 4-token Korean/transcribe prefix), and Whisper's own guards apply, as
+faster-whisper applies them in service:
+- temperature fallback: a greedy result whose text compresses more than `compression_ratio_threshold` (a repetition
+  loop) or whose mean token log-probability is below `logprob_threshold` is decoded again by sampling at the next
+  temperature; when every temperature fails, the best result is kept (highest mean log-probability, preferring
+  results under the compression threshold);
+- no-speech: a result whose <|nospeech|> probability exceeds `no_speech_threshold` while its mean log-probability is
+  below `logprob_threshold` is silence and transcribes to "".
+The policy logic lives here once; `transcribe_features` runs it on transformers and export.transcribe_features_ct2
+on CTranslate2, so the report, `transcribe` and the deployable export decode alike.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -10,67 +27,266 @@ from asr_pipeline.core.model import LANGUAGE, TASK
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.text import clean
 
+MAX_NEW_TOKENS = 444  # 448 target positions minus <|startoftranscript|><|ko|><|transcribe|><|notimestamps|>
+SAMPLE_RATE = 16_000
 
-def budgeted_batches(count: int, batch_size: int, max_new_tokens: int,
-                     expected_tokens: Sequence[int] | None) -> Iterator[tuple[list[int], int]]:
-    """(utterance indices, token budget) per batch: longest expected first, at most 2x the batch's longest expected
-    length + 10 tokens (never above max_new_tokens); without expectations, input order and max_new_tokens."""
-    order = list(range(count))
-    if expected_tokens is not None:
-        order.sort(key=lambda i: -int(expected_tokens[i]))
-    for start in range(0, count, batch_size):
-        chosen = order[start: start + batch_size]
-        budget = max_new_tokens
-        if expected_tokens is not None:
-            budget = min(max_new_tokens, 2 * max(int(expected_tokens[i]) for i in chosen) + 10)
-        yield chosen, budget
+
+@dataclass(frozen=True)
+class DecodingPolicy:
+    """Defaults are faster-whisper's (compression 2.4, log-prob -1.0, no-speech 0.6, temperatures 0 to 1 by 0.2),
+    except best_of (faster-whisper samples 5 per fallback temperature; 1 here keeps the report's cost bounded)."""
+
+    max_new_tokens: int = MAX_NEW_TOKENS
+    # Whisper's tokenizer spends at most ~1.04 tokens per Korean syllable (0.77 on average, measured on the demo
+    # corpus); fast broadcast speech stays under ~10 syllables/s: 12 tokens/s leaves room (docs/EVALUATION.md).
+    tokens_per_second: float = 12.0
+    token_allowance: int = 16
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    best_of: int = 1
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.tokens_per_second <= 0 or self.token_allowance < 0 or self.batch_size < 1 or self.best_of < 1:
+            raise ValueError("tokens_per_second must be > 0, token_allowance >= 0, batch_size and best_of >= 1")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
+
+    def budget(self, seconds: float) -> int:
+        """New tokens an utterance of this duration may generate."""
+        return min(self.max_new_tokens, math.ceil(self.tokens_per_second * max(seconds, 0.0)) + self.token_allowance)
+
+    def describe(self) -> dict:
+        """What the report records, and part of the hypothesis cache's key."""
+        return {**asdict(self), "temperatures": list(self.temperatures), "order": "longest audio first",
+                "token_budget": f"min({self.max_new_tokens}, ceil({self.tokens_per_second:g} x audio seconds) + "
+                                f"{self.token_allowance}), per batch", "reference_used": False}
+
+
+GREEDY_ONLY = DecodingPolicy(temperatures=(0.0,), compression_ratio_threshold=None, logprob_threshold=None,
+                             no_speech_threshold=None)
+
+
+@dataclass
+class Candidate:
+    """One decoded text with the statistics the guards look at."""
+
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    temperature: float
+    compression_ratio: float = field(init=False)
+
+    def __post_init__(self):
+        self.compression_ratio = compression_ratio(self.text)
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes / zlib-compressed bytes, as faster-whisper and openai-whisper compute it (a loop compresses well)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def is_silence(c: Candidate, policy: DecodingPolicy) -> bool:
+    return (policy.no_speech_threshold is not None and policy.logprob_threshold is not None
+            and c.no_speech_prob > policy.no_speech_threshold and c.avg_logprob < policy.logprob_threshold)
+
+
+def needs_fallback(c: Candidate, policy: DecodingPolicy) -> bool:
+    if is_silence(c, policy):
+        return False
+    too_repetitive = policy.compression_ratio_threshold is not None and \
+        c.compression_ratio > policy.compression_ratio_threshold
+    too_unlikely = policy.logprob_threshold is not None and c.avg_logprob < policy.logprob_threshold
+    return too_repetitive or too_unlikely
+
+
+def final_choice(tried: list[Candidate], policy: DecodingPolicy) -> Candidate:
+    """The last candidate when it passed; else faster-whisper's rule: the most likely of those under the
+    compression threshold (or of all)."""
+    if not needs_fallback(tried[-1], policy):
+        return tried[-1]
+    threshold = policy.compression_ratio_threshold
+    under = [c for c in tried if threshold is None or c.compression_ratio <= threshold]
+    return max(under or tried, key=lambda c: c.avg_logprob)
+
+
+class Runtime(Protocol):
+    """A model that decodes a batch of chosen utterances at one temperature (best_of samples when > 0)."""
+
+    def decode(self, chosen: list[int], temperature: float, max_new_tokens: int, best_of: int,
+               seed: int) -> list[Candidate]: ...
+
+
+def duration_batches(durations: Sequence[float], policy: DecodingPolicy) -> Iterator[tuple[list[int], int]]:
+    """(utterance indices, token budget) per batch: longest audio first, the budget of the batch's longest clip."""
+    order = sorted(range(len(durations)), key=lambda i: (-float(durations[i]), i))
+    for start in range(0, len(order), policy.batch_size):
+        chosen = order[start: start + policy.batch_size]
+        yield chosen, policy.budget(max(float(durations[i]) for i in chosen))
+
+
+@dataclass
+class DecodeResult:
+    texts: list[str]
+    temperatures: list[float]  # the temperature of each kept text (0.0: greedy passed)
+    silent: list[bool]  # judged silence by the no-speech guard (text "")
+
+    def stats(self) -> dict:
+        n = max(len(self.texts), 1)
+        return {"fallback_share": sum(t > 0 for t in self.temperatures) / n, "no_speech_share": sum(self.silent) / n}
+
+
+def guarded_decode(runtime: Runtime, durations: Sequence[float], policy: DecodingPolicy,
+                   emit: Callable[[str], None] = print, what: str = "decoding") -> DecodeResult:
+    """Runs the policy on any runtime; returns texts in input order."""
+    count = len(durations)
+    texts, temps, silent = [""] * count, [0.0] * count, [False] * count
+    progress = Progress(what, count, emit)
+    for batch_number, (chosen, budget) in enumerate(duration_batches(durations, policy)):
+        tried: dict[int, list[Candidate]] = {i: [] for i in chosen}
+        pending = list(chosen)
+        for step, temperature in enumerate(policy.temperatures):
+            seed = policy.seed + 1000 * batch_number + step
+            for i, candidate in zip(pending, runtime.decode(pending, temperature, budget, policy.best_of, seed)):
+                tried[i].append(candidate)
+            pending = [i for i in pending if needs_fallback(tried[i][-1], policy)]
+            if not pending:
+                break
+        for i in chosen:
+            kept = final_choice(tried[i], policy)
+            silent[i] = is_silence(kept, policy)
+            texts[i], temps[i] = ("" if silent[i] else kept.text), kept.temperature
+        progress.advance(len(chosen))
+    return DecodeResult(texts, temps, silent)
+
+
+# ---------------------------------------------------------------- transformers
+
+
+class TransformersRuntime:
+    """WhisperForConditionalGeneration: generate, then one teacher-forced pass for the statistics the guards need
+    (the mean log-probability of the tokens and <|eot|>, and P(<|nospeech|>) after <|startoftranscript|>, as
+    openai-whisper and CTranslate2 compute them)."""
+
+    def __init__(self, model, processor, features: Callable[[int], np.ndarray]):
+        self.model, self.tokenizer, self.features = model, processor.tokenizer, features
+        gc = model.generation_config
+        self.eot = int(gc.eos_token_id if not isinstance(gc.eos_token_id, list) else gc.eos_token_id[0])
+        language = self.tokenizer.convert_tokens_to_ids(f"<|{_language_code()}|>")
+        self.prompt = [int(gc.decoder_start_token_id), int(language), int(gc.task_to_id[TASK]),
+                       int(gc.no_timestamps_token_id)]
+        nospeech = self.tokenizer.convert_tokens_to_ids("<|nospeech|>")
+        self.no_speech = int(nospeech) if isinstance(nospeech, int) and nospeech != self.tokenizer.unk_token_id \
+            else int(gc.no_timestamps_token_id) - 1
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        model.eval()
+        self._encoded: tuple[tuple[int, ...], object] | None = None
+
+    def _encode(self, chosen: list[int]):
+        import torch
+
+        key = tuple(chosen)
+        if self._encoded is None or not set(key) <= set(self._encoded[0]):
+            batch = torch.from_numpy(np.stack([self.features(i) for i in chosen]))
+            with torch.inference_mode():
+                hidden = self.model.model.encoder(batch.to(device=self.device, dtype=self.dtype)).last_hidden_state
+            self._encoded = (key, hidden)
+        keys, hidden = self._encoded
+        return hidden[[keys.index(i) for i in chosen]]
+
+    def decode(self, chosen, temperature, max_new_tokens, best_of, seed):
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        hidden = self._encode(chosen)
+        samples = best_of if temperature > 0 else 1
+        if samples > 1:
+            hidden = hidden.repeat_interleave(samples, dim=0)
+        options = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else \
+            {"do_sample": False, "num_beams": 1}
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language=LANGUAGE,
+                                      task=TASK, max_new_tokens=max_new_tokens, **options)
+        rows = out.long().tolist()
+        tokens = [self._until_eot(row) for row in rows]
+        ended = [self.eot in row for row in rows]  # a text cut by the budget has no <|endoftext|> to score
+        avg_logprob, no_speech = self._statistics(hidden, tokens, ended)
+        candidates = [Candidate(clean(self.tokenizer.decode(t, skip_special_tokens=True)), lp, ns, temperature)
+                      for t, lp, ns in zip(tokens, avg_logprob, no_speech)]
+        return [max(candidates[k * samples:(k + 1) * samples], key=lambda c: c.avg_logprob)
+                for k in range(len(chosen))]
+
+    def _until_eot(self, row: list[int]) -> list[int]:
+        return row[: row.index(self.eot)] if self.eot in row else row
+
+    def _statistics(self, hidden, tokens: list[list[int]], ended: list[bool]) -> tuple[list[float], list[float]]:
+        """Mean log-probability as faster-whisper reads CTranslate2's score: the tokens (and <|endoftext|> when the
+        text ended) summed, divided by the token count + 1; P(<|nospeech|>) after <|startoftranscript|>."""
+        import torch
+
+        width = len(self.prompt) + max(len(t) for t in tokens)
+        ids = torch.full((len(tokens), width), self.eot, dtype=torch.long)
+        for row, t in enumerate(tokens):
+            ids[row, : len(self.prompt) + len(t)] = torch.tensor(self.prompt + t, dtype=torch.long)
+        with torch.inference_mode():
+            from transformers.modeling_outputs import BaseModelOutput
+
+            logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                decoder_input_ids=ids.to(self.device)).logits.float()
+        lse = logits.logsumexp(dim=-1)  # log-softmax without a second vocabulary-sized tensor
+        no_speech = (logits[:, 0, self.no_speech] - lse[:, 0]).exp().tolist()
+        start = len(self.prompt) - 1  # the logits at the last prompt position predict the first token
+        averages = []
+        for row, (t, done) in enumerate(zip(tokens, ended)):
+            targets = torch.tensor(t + ([self.eot] if done else []), dtype=torch.long, device=logits.device)
+            positions = torch.arange(start, start + len(targets), device=logits.device)
+            picked = logits[row, positions, targets] - lse[row, positions]
+            averages.append(float(picked.sum()) / (len(t) + 1))
+        return averages, no_speech
+
+
+def _language_code() -> str:
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    return TO_LANGUAGE_CODE[LANGUAGE.lower()]
 
 
 def transcribe_features(
     model,
     processor,
     features: Sequence[np.ndarray] | Callable[[int], np.ndarray],
-    count: int | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 225,
+    durations: Sequence[float],
+    policy: DecodingPolicy = DecodingPolicy(),
     emit: Callable[[str], None] = print,
     what: str = "decoding",
-    expected_tokens: Sequence[int] | None = None,
-) -> list[str]:
-    """features: padded [n_mels, 3000] inputs, or a function i -> input for i < count. Returns cleaned texts in input
-    order.
-
-    expected_tokens (e.g. the reference label lengths): utterances are decoded longest first, so a batch holds
-    utterances of similar length, and each batch may generate at most 2x its longest expected length + 10 tokens
-    (never more than max_new_tokens): enough for any real transcript, while a hallucination loop stops early
-    instead of running to max_new_tokens and holding its whole batch up.
-    """
-    import torch
-
+) -> DecodeResult:
+    """features: padded [n_mels, 3000] inputs, or a function i -> input; durations: each clip's audio seconds."""
     get = features if callable(features) else features.__getitem__
-    total = len(features) if count is None else count
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    model.eval()
-    texts: list[str | None] = [None] * total
-    progress = Progress(what, total, emit)
-    for chosen, budget in budgeted_batches(total, batch_size, max_new_tokens, expected_tokens):
-        batch = torch.from_numpy(np.stack([get(i) for i in chosen])).to(device=device, dtype=dtype)
-        with torch.inference_mode():
-            tokens = model.generate(batch, language=LANGUAGE, task=TASK, num_beams=1, do_sample=False,
-                                    max_new_tokens=budget)
-        for i, text in zip(chosen, processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)):
-            texts[i] = clean(text)
-        progress.advance(len(chosen))
-    return texts
+    return guarded_decode(TransformersRuntime(model, processor, get), durations, policy, emit, what)
 
 
-def transcribe_audio(model, processor, clips: Sequence[np.ndarray], batch_size: int = 8, emit=print) -> list[str]:
-    """16 kHz mono clips (any length up to 30 s) to text."""
+def transcribe_clips(model, processor, clips: Sequence[np.ndarray], policy: DecodingPolicy = DecodingPolicy(),
+                     emit=print) -> DecodeResult:
+    """16 kHz mono clips (any length up to 30 s) to text, with which guard decided each."""
     extractor = processor.feature_extractor
 
     def features(i: int) -> np.ndarray:
         return extractor(clips[i], sampling_rate=extractor.sampling_rate, return_tensors="np").input_features[0]
 
-    return transcribe_features(model, processor, features, count=len(clips), batch_size=batch_size, emit=emit,
-                               what="transcribing")
+    durations = [min(len(c), 30 * SAMPLE_RATE) / SAMPLE_RATE for c in clips]
+    return transcribe_features(model, processor, features, durations, policy, emit, "transcribing")
+
+
+def transcribe_audio(model, processor, clips: Sequence[np.ndarray], policy: DecodingPolicy = DecodingPolicy(),
+                     emit=print) -> list[str]:
+    """16 kHz mono clips (any length up to 30 s) to text ("" where the no-speech guard found silence)."""
+    return transcribe_clips(model, processor, clips, policy, emit).texts

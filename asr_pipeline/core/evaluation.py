@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from asr_pipeline.core.decoding import transcribe_features
+from asr_pipeline.core.benchmark_sets import BenchmarkSet
+from asr_pipeline.core.cached_decoding import (CTRANSLATE2, TRANSFORMERS, CachedDecoder, DecodeJob, decode_summary,
+                                               feature_digest, transformers_loader)
+from asr_pipeline.core.decoding import DecodingPolicy
+from asr_pipeline.core.eval_sample import DEFAULT_MAX_UTTERANCES, DEFAULT_PER_EPISODE, SampleMemory, stable_sample
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.hallucination import hallucination_stats
+from asr_pipeline.core.hypothesis_cache import HypothesisCache, sample_fingerprint
 from asr_pipeline.core.settings import DEFAULT_PROGRAMME_PATTERN
 from asr_pipeline.core.text import (DEFAULT_POLICY, MEASURES, EditCounts, NormalizationPolicy, bootstrap_ci, clean,
                                     edit_counts, paired_episode_bootstrap)
@@ -134,78 +138,103 @@ def evaluate_on_test(
     checkpoint_dir: str,
     shards: Sequence[FeatureShard],
     out_dir: Path | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 225,
+    decoding: DecodingPolicy = DecodingPolicy(),
     warning: str | None = None,
     emit: Callable[[str], None] = print,
-    budget_from_labels: bool = True,
     policy: NormalizationPolicy = DEFAULT_POLICY,
     champion: dict | None = None,
     ctranslate2_dir: Path | None = None,
     programme_pattern: str = DEFAULT_PROGRAMME_PATTERN,
     bootstrap_resamples: int = 1000,
     prefer_bf16: bool = True,
+    max_utterances: int | None = DEFAULT_MAX_UTTERANCES,
+    per_episode: int = DEFAULT_PER_EPISODE,
+    cache_dir: Path | None = None,
+    benchmark_sets: Sequence[BenchmarkSet] = (),
 ) -> dict:
-    """Decode the test split with the base model, the checkpoint and the champion (when there is one), score them,
-    and (ctranslate2_dir given) export the checkpoint to CTranslate2 int8 and score that too. Returns the report;
-    with out_dir, also writes it there (report.json, report.md, report.html, training_curves.png).
+    """Decode a stable sample of the test split (eval_sample; max_utterances None or 0: all of it) and every
+    benchmark set with the base model, the checkpoint and the champion (when there is one), score them, and
+    (ctranslate2_dir given) export the checkpoint to CTranslate2 int8 and score that too. Returns the report; with
+    out_dir, also writes it there (report.json, report.md, report.html, training_curves.png).
 
-    budget_from_labels: decode longest-first with a token budget of 2x the reference label length + 10 per batch
-    (see decoding.transcribe_features); off, every utterance may run to max_new_tokens.
-    prefer_bf16: decode in bfloat16 where the hardware multiplies it natively (model.inference_dtype); every model
-    in the report is decoded the same way, and the report says which."""
-    from asr_pipeline.core.model import inference_dtype, load_model, load_processor
+    decoding: the policy (decoding.DecodingPolicy: audio-derived budget, temperature fallback, no-speech), the same
+    for every model and runtime; nothing from the references reaches the decoder.
+    prefer_bf16: decode in bfloat16 where the hardware has it (model.inference_placement: on CUDA bf16, else fp16);
+    every model in the report is decoded the same way, and the report says which.
+    cache_dir ($ASR_HOME/cache): hypotheses are cached by (model content, runtime, placement, policy, sample), so an
+    unchanged model is not decoded again on an unchanged sample."""
+    from asr_pipeline.core.model import inference_placement, load_processor
 
     rows = FeatureRows(shards, "test")
     if len(rows) == 0:
         raise ValueError("the test split is empty: nothing to evaluate on (check ASR_SPLIT_RATIOS and the data)")
+    split_meta = [rows.row(i) for i in range(len(rows))]
+    memory = SampleMemory(cache_dir)
+    sample = stable_sample([int(m["id"]) for m in split_meta], [str(m["group"]) for m in split_meta],
+                           max_utterances, per_episode, memory.previous(max_utterances, per_episode))
+    memory.remember([int(split_meta[p]["id"]) for p in sample.positions], max_utterances, per_episode)
+    positions = [rows.positions[p] for p in sample.positions]
+    meta = [split_meta[p] for p in sample.positions]
 
     def features(i: int):
-        s, j = rows.positions[i]
+        s, j = positions[i]
         return rows.shards[s].features(j)
 
-    meta = [rows.row(i) for i in range(len(rows))]
     references = [clean(m["transcript"]) for m in meta]
-    expected = [int(m["label_length"]) for m in meta] if budget_from_labels else None
-    dtype = inference_dtype(prefer_bf16)
+    durations = [float(m["duration"]) for m in meta]
+    digests = [feature_digest(rows.shards[s].frames(j), rows.shards[s].index.iloc[j]["pad_value"])
+               for s, j in positions]
+    test_job = DecodeJob("test", len(meta), features, lambda: durations,
+                         sample_fingerprint([int(m["id"]) for m in meta], digests, durations))
+    extractor = load_processor(base_source).feature_extractor if benchmark_sets else None
+    bench_jobs = [DecodeJob(b.name, len(b), b.features_function(extractor), b.durations, b.fingerprint(shards[0].n_mels))
+                  for b in benchmark_sets]
+    device, dtype = inference_placement(prefer_bf16)
+    dtype_name = str(dtype).replace("torch.", "")
+    decoder = CachedDecoder(HypothesisCache(cache_dir) if cache_dir else None, f"{device}/{dtype_name}", decoding,
+                            emit)
     models = [("base", base_source), ("finetuned", str(checkpoint_dir))]
     if champion_comparable(champion, shards):
         models.append(("champion", champion["model_path"]))
     report: dict = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "test_rows": len(rows),
+        "test_rows": len(meta),
+        "sample": {**sample.describe(), "fingerprint": test_job.fingerprint, "max_utterances": max_utterances or None,
+                   "per_episode": per_episode},
         "base_model": base_source,
         "finetuned_model": str(checkpoint_dir),
         "champion_model": champion["model_path"] if champion else None,
         "warning": warning,
         "normalization": policy.describe(),
-        "decoding": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                     "token_budget": "2 x reference label length + 10, longest first" if budget_from_labels
-                     else "max_new_tokens", "dtype": str(dtype).replace("torch.", "")},
+        "decoding": {**decoding.describe(), "greedy_first": True, "device": device, "dtype": dtype_name,
+                     "runtime": "transformers generate", "budget_check": budget_check(meta, decoding)},
         "bootstrap": {"resamples": bootstrap_resamples, "level": 0.95, "unit": "utterance",
                       "comparison_unit": "episode (paired)"},
     }
-    hypotheses, counts = {}, {}
+    hypotheses, counts, bench_results, guards = {}, {}, {}, {}
     for name, source in models:
-        model, processor = load_model(source, dtype=dtype), load_processor(source)
-        started = time.perf_counter()
-        hypotheses[name] = transcribe_features(model, processor, features, count=len(rows), batch_size=batch_size,
-                                               max_new_tokens=max_new_tokens, emit=emit, what=f"decoding ({name})",
-                                               expected_tokens=expected)
-        seconds = time.perf_counter() - started
+        results = decoder.run(name, source, TRANSFORMERS, transformers_loader(device, dtype, decoding, emit, name),
+                              [test_job, *bench_jobs])
+        hypotheses[name] = results["test"]["texts"]
         rates, counts[name] = score(references, hypotheses[name], policy, bootstrap_resamples)
-        report[name] = {**rates, "model": source, "decode_seconds": round(seconds, 3),
-                        "utterances_per_s": round(len(rows) / seconds, 3)}
-        del model
+        report[name] = {**rates, "model": source, **decode_summary(results["test"], len(meta))}
+        guards[name] = results["test"]
+        bench_results[name] = results
+    if benchmark_sets:
+        report["benchmarks"] = score_benchmarks(benchmark_sets, bench_results, policy, bootstrap_resamples)
     if ctranslate2_dir is not None:
-        report["ctranslate2"] = _evaluate_ctranslate2(str(checkpoint_dir), Path(ctranslate2_dir), features, rows,
-                                                      references, expected, batch_size, max_new_tokens, policy,
-                                                      bootstrap_resamples, report["finetuned"], emit)
+        report["ctranslate2"] = _evaluate_ctranslate2(str(checkpoint_dir), Path(ctranslate2_dir), test_job,
+                                                      references, decoder, policy, bootstrap_resamples,
+                                                      report["finetuned"], emit)
         hypotheses["ctranslate2"] = report["ctranslate2"].pop("hypotheses")
+    report["hypotheses_decoded"] = decoder.decoded
     report["per_utterance"] = [
-        {"id": int(m["id"]), "audio_path": m["audio_path"], "reference": ref,
+        {"id": int(m["id"]), "audio_path": m["audio_path"], "reference": ref, "group": str(m["group"]),
          "programme": programme_of(m["group"], programme_pattern), "duration": round(float(m["duration"]), 3),
-         **{f"{name}_hypothesis": texts[i] for name, texts in hypotheses.items()}}
+         **{f"{name}_hypothesis": texts[i] for name, texts in hypotheses.items()},
+         # which guard decided (decoding.py): the fallback temperature kept, and whether it was judged silence
+         **{f"{name}_temperature": g["temperatures"][i] for name, g in guards.items()},
+         **{f"{name}_no_speech": bool(g["silent"][i]) for name, g in guards.items()}}
         for i, (m, ref) in enumerate(zip(meta, references))
     ]
     durations = [duration_bucket(u["duration"]) for u in report["per_utterance"]]
@@ -222,22 +251,57 @@ def evaluate_on_test(
     return report
 
 
-def _evaluate_ctranslate2(checkpoint_dir, export_dir, features, rows, references, expected, batch_size,
-                          max_new_tokens, policy, resamples, transformers_rates, emit) -> dict:
-    from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, transcribe_features_ct2
-    from asr_pipeline.core.model import load_processor
+PROMPT_AND_EOT_TOKENS = 5  # labels hold <|startoftranscript|><|ko|><|transcribe|><|notimestamps|> ... <|endoftext|>
+
+
+def budget_check(meta, decoding: DecodingPolicy) -> dict:
+    """Would the audio budget ever cut a correct transcript short? Measured on the references after decoding (they
+    never reach the decoder): how many exceed the budget of their own clip, and the fastest tokens per second."""
+    tokens = [max(int(m["label_length"]) - PROMPT_AND_EOT_TOKENS, 0) for m in meta]
+    seconds = [max(float(m["duration"]), 1e-3) for m in meta]
+    rates = [t / s for t, s in zip(tokens, seconds)]
+    return {"references_over_budget": sum(t > decoding.budget(s) for t, s in zip(tokens, seconds)),
+            "reference_tokens_per_second_p99": float(np.percentile(rates, 99)) if rates else None,
+            "reference_tokens_per_second_max": max(rates) if rates else None}
+
+
+def score_benchmarks(sets: Sequence[BenchmarkSet], results: dict[str, dict], policy: NormalizationPolicy,
+                     resamples: int) -> dict:
+    """{set: {"set": {...}, base: rates, finetuned: rates, champion: rates}}, every model on the same clips."""
+    out = {}
+    for b in sets:
+        entry: dict = {"set": {"folder": str(b.folder), "utterances": len(b)}}
+        for name, by_job in results.items():
+            rates, _ = score(b.references, by_job[b.name]["texts"], policy, resamples)
+            entry[name] = {**rates, **decode_summary(by_job[b.name], len(b))}
+        out[b.name] = entry
+    return out
+
+
+def benchmark_regressions(report: dict, margin: float, metric: str = "cer_normalized") -> list[str]:
+    """Benchmark sets on which the challenger is worse than the champion by more than margin (absolute); with no
+    champion in the report, nothing can regress."""
+    regressed = []
+    for name, entry in sorted((report.get("benchmarks") or {}).items()):
+        challenger, champion = entry.get("finetuned"), entry.get("champion")
+        if challenger and champion and challenger[metric] - champion[metric] > margin:
+            regressed.append(name)
+    return regressed
+
+
+def _evaluate_ctranslate2(checkpoint_dir, export_dir, job, references, decoder, policy, resamples,
+                          transformers_rates, emit) -> dict:
+    from asr_pipeline.core.export import ct2_loader, export_ctranslate2
 
     emit(f"exporting {checkpoint_dir} to CTranslate2 int8 at {export_dir}")
     export_ctranslate2(checkpoint_dir, export_dir, quantization="int8")
-    model, tokenizer = load_ctranslate2(export_dir), load_processor(checkpoint_dir).tokenizer
-    started = time.perf_counter()
-    texts = transcribe_features_ct2(model, tokenizer, features, len(rows), batch_size=batch_size,
-                                    max_new_tokens=max_new_tokens, expected_tokens=expected, emit=emit)
-    seconds = time.perf_counter() - started
-    rates, _ = score(references, texts, policy, resamples)
-    return {"path": str(export_dir), "quantization": "int8", **rates, "decode_seconds": round(seconds, 3),
-            "utterances_per_s": round(len(rows) / seconds, 3),
+    result = decoder.run("ctranslate2", str(export_dir), CTRANSLATE2, ct2_loader(checkpoint_dir, decoder.policy, emit),
+                         [job], fingerprint_source=checkpoint_dir)["test"]
+    rates, _ = score(references, result["texts"], policy, resamples)
+    summary = decode_summary(result, job.count)
+    return {"path": str(export_dir), "quantization": "int8", **rates, **summary,
             "transformers_utterances_per_s": transformers_rates["utterances_per_s"],
-            "speedup_vs_transformers": round(transformers_rates["decode_seconds"] / seconds, 3),
+            "speedup_vs_transformers": round(transformers_rates["decode_seconds"] / summary["decode_seconds"], 3)
+            if summary["decode_seconds"] else None,
             "cer_minus_transformers": rates["cer"] - transformers_rates["cer"],
-            "hypotheses": texts}
+            "hypotheses": result["texts"]}

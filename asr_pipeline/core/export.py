@@ -13,9 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from asr_pipeline.core.decoding import budgeted_batches
+from asr_pipeline.core.decoding import Candidate, DecodeResult, DecodingPolicy, guarded_decode
 from asr_pipeline.core.model import LANGUAGE, TASK
-from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.storage import publish, staging_dir
 from asr_pipeline.core.text import clean
 
@@ -37,10 +36,19 @@ def export_ctranslate2(checkpoint_dir: str | Path, out_dir: Path, quantization: 
     return out_dir
 
 
+def ct2_device_and_compute_type(cuda_devices: int, quantization: str = "int8") -> tuple[str, str]:
+    """Where CTranslate2 decodes (device="auto" picks CUDA when it sees a GPU) and with what arithmetic: int8
+    weights with float16 activations on a GPU, int8 on a CPU."""
+    if cuda_devices > 0:
+        return "cuda", f"{quantization}_float16" if quantization == "int8" else quantization
+    return "cpu", quantization
+
+
 def load_ctranslate2(model_dir: str | Path, compute_type: str = "int8", threads: int | None = None):
     import ctranslate2
 
-    return ctranslate2.models.Whisper(str(model_dir), device="cpu", compute_type=compute_type,
+    _, compute = ct2_device_and_compute_type(ctranslate2.get_cuda_device_count(), compute_type)
+    return ctranslate2.models.Whisper(str(model_dir), device="auto", compute_type=compute,
                                       intra_threads=threads or os.cpu_count() or 1)
 
 
@@ -54,30 +62,58 @@ def _language_code(tokenizer) -> str:
     return TO_LANGUAGE_CODE[LANGUAGE.lower()]
 
 
+class CTranslate2Runtime:
+    """decoding.Runtime on a CTranslate2 Whisper: the statistics come from CTranslate2 itself (return_scores,
+    return_no_speech_prob), read as faster-whisper reads them."""
+
+    def __init__(self, model, tokenizer, features: Callable[[int], np.ndarray]):
+        self.model, self.tokenizer, self.features = model, tokenizer, features
+        self.prompt = prompt_tokens(tokenizer)
+
+    def decode(self, chosen, temperature, max_new_tokens, best_of, seed):
+        import ctranslate2
+
+        batch = np.ascontiguousarray(np.stack([self.features(i) for i in chosen]).astype(np.float32))
+        options = {"beam_size": 1, "num_hypotheses": best_of, "sampling_topk": 0,
+                   "sampling_temperature": temperature} if temperature > 0 else {"beam_size": 1}
+        ctranslate2.set_random_seed(seed)
+        results = self.model.generate(ctranslate2.StorageView.from_array(batch), [self.prompt] * len(chosen),
+                                      max_length=max_new_tokens + len(self.prompt), return_scores=True,
+                                      return_no_speech_prob=True, suppress_blank=True, **options)
+        out = []
+        for result in results:
+            # hypotheses come best first; faster-whisper: avg log-prob = score x length / (length + 1)
+            tokens, score = result.sequences_ids[0], result.scores[0]
+            text = clean(self.tokenizer.decode(tokens, skip_special_tokens=True))
+            out.append(Candidate(text, score * len(tokens) / (len(tokens) + 1), result.no_speech_prob, temperature))
+        return out
+
+
 def transcribe_features_ct2(
     model,
     tokenizer,
     features: Callable[[int], np.ndarray],
-    count: int,
-    batch_size: int = 16,
-    max_new_tokens: int = 225,
-    expected_tokens: Sequence[int] | None = None,
+    durations: Sequence[float],
+    policy: DecodingPolicy = DecodingPolicy(),
     emit: Callable[[str], None] = print,
     what: str = "decoding (ctranslate2)",
-) -> list[str]:
-    """The same policy as decoding.transcribe_features (greedy, longest first, label-derived budget), so the two
-    runtimes are compared on equal terms."""
-    import ctranslate2
+) -> DecodeResult:
+    """The same policy as decoding.transcribe_features (audio-duration order and budget, temperature fallback,
+    no-speech), so the two runtimes are compared on equal terms."""
+    return guarded_decode(CTranslate2Runtime(model, tokenizer, features), durations, policy, emit, what)
 
-    prompt = prompt_tokens(tokenizer)
-    texts: list[str | None] = [None] * count
-    progress = Progress(what, count, emit)
-    for chosen, budget in budgeted_batches(count, batch_size, max_new_tokens, expected_tokens):
-        batch = np.ascontiguousarray(np.stack([features(i) for i in chosen]).astype(np.float32))
-        results = model.generate(ctranslate2.StorageView.from_array(batch), [prompt] * len(chosen),
-                                 beam_size=1, max_length=budget + len(prompt), suppress_blank=True,
-                                 return_scores=False)
-        for i, result in zip(chosen, results):
-            texts[i] = clean(tokenizer.decode(result.sequences_ids[0], skip_special_tokens=True))
-        progress.advance(len(chosen))
-    return texts
+
+def ct2_loader(checkpoint_dir: str, policy: DecodingPolicy, emit: Callable[[str], None]):
+    """For cached_decoding.CachedDecoder: load the export (and the checkpoint's tokenizer) only on a cache miss."""
+
+    def load(export_dir: str):
+        from asr_pipeline.core.model import load_processor
+
+        model, tokenizer = load_ctranslate2(export_dir), load_processor(checkpoint_dir).tokenizer
+
+        def decode(job) -> DecodeResult:
+            return transcribe_features_ct2(model, tokenizer, job.features, job.durations(), policy, emit)
+
+        return decode
+
+    return load

@@ -96,16 +96,14 @@ def load_processor(source: str):
 
 
 def load_model(source: str, device: str | None = None, dtype=None):
-    """WhisperForConditionalGeneration with Korean/transcribe generation settings and SDPA attention; dtype (e.g.
-    inference_dtype()) casts the loaded copy for decoding."""
+    """WhisperForConditionalGeneration with Korean/transcribe generation settings and SDPA attention; device and
+    dtype (e.g. from inference_placement()) place and cast the loaded copy for decoding."""
     from transformers import WhisperForConditionalGeneration
 
     model = WhisperForConditionalGeneration.from_pretrained(source, attn_implementation="sdpa")
     configure_generation(model)
-    if device:
-        model.to(device)
-    if dtype is not None:
-        model.to(dtype)
+    if device or dtype is not None:
+        model.to(device=device, dtype=dtype)
     return model
 
 
@@ -117,15 +115,29 @@ def cpu_has_native_bf16() -> bool:
     return any(probe() for probe in probes if probe is not None)
 
 
-def inference_dtype(prefer_bf16: bool = True):
-    """bfloat16 where the hardware has it (a bf16 GPU, or a CPU with AVX512-BF16/AMX) and prefer_bf16, else float32.
-    Weights stay float32 on disk; only the copy that decodes is cast."""
+def inference_device_and_dtype(prefer_bf16: bool, cuda_available: bool, cuda_bf16: bool,
+                               cpu_bf16: bool) -> tuple[str, str]:
+    """Where and in what precision a model decodes, from what the machine has (a pure function, tested without a
+    GPU): a GPU decodes in bfloat16 where it supports it, else float16; a CPU in bfloat16 only where it multiplies
+    bf16 in hardware (AVX512-BF16/AMX), else float32. prefer_bf16=False (--float32) keeps float32 everywhere."""
+    if cuda_available:
+        return "cuda", ("bfloat16" if cuda_bf16 else "float16") if prefer_bf16 else "float32"
+    return "cpu", "bfloat16" if prefer_bf16 and cpu_bf16 else "float32"
+
+
+def inference_placement(prefer_bf16: bool = True) -> tuple[str, "object"]:
+    """(device, torch dtype) for this machine; weights stay float32 on disk, only the decoding copy is cast."""
     import torch
 
-    if prefer_bf16 and ((torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-                        or (not torch.cuda.is_available() and cpu_has_native_bf16())):
-        return torch.bfloat16
-    return torch.float32
+    cuda = torch.cuda.is_available()
+    device, dtype = inference_device_and_dtype(prefer_bf16, cuda, cuda and torch.cuda.is_bf16_supported(),
+                                               not cuda and cpu_has_native_bf16())
+    return device, getattr(torch, dtype)
+
+
+def inference_dtype(prefer_bf16: bool = True):
+    """The torch dtype of inference_placement."""
+    return inference_placement(prefer_bf16)[1]
 
 
 def configure_generation(model) -> None:

@@ -188,6 +188,36 @@ def _ct2_text(report: dict) -> str | None:
             f"transformers generate ({c['speedup_vs_transformers']:.2f}x) on this machine's CPU.")
 
 
+def _decoding_text(report: dict) -> str:
+    """The decoding policy and the sample, as the report applied them (docs/EVALUATION.md)."""
+    d, sample = report.get("decoding") or {}, report.get("sample")
+    guards = (f"temperature fallback {d.get('temperatures')} on compression ratio > "
+              f"{d.get('compression_ratio_threshold')} or mean log-prob < {d.get('logprob_threshold')}, no-speech "
+              f"threshold {d.get('no_speech_threshold')}") if len(d.get("temperatures") or []) > 1 else "greedy only"
+    text = (f"Decoding as deployed (no reference information): longest audio first, token budget "
+            f"{d.get('token_budget')}; {guards}; {d.get('device', 'cpu')}, {d.get('dtype', 'float32')}.")
+    if sample:
+        scope = "the whole test split" if sample.get("full_split") else (
+            f"a stable sample of {sample['utterances']} of {sample['test_split_rows']} test utterances "
+            f"({sample['episodes']} episodes, at most {sample.get('per_episode')} clips each)")
+        text += f" Scored on {scope}, fingerprint {str(sample.get('fingerprint'))[:12]}."
+    return text
+
+
+BENCHMARK_HEADER = ["benchmark set", "utterances", "model", "CER [95% CI]", "CER normalised [95% CI]", "cached"]
+
+
+def _benchmark_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for name, entry in sorted((report.get("benchmarks") or {}).items()):
+        for model in ("base", "finetuned", "champion"):
+            if model in entry:
+                r = entry[model]
+                rows.append([name, str(entry["set"]["utterances"]), MODEL_LABELS[model], _interval(r, "cer"),
+                             _interval(r, "cer_normalized"), "yes" if r.get("cached") else "no"])
+    return rows
+
+
 # ---------------------------------------------------------------- Markdown
 
 
@@ -222,7 +252,7 @@ def render_markdown(report: dict, curves_png: bytes | None = None) -> str:
         parts += [f"> **WARNING:** {report['warning']}", ""]
     parts += [f"Test split: {report['test_rows']} utterances. Created {report['created_at']}.", "",
               metrics_table(report), "", _policy_text(report), ""]
-    for text in (_promotion_text(report), _ct2_text(report)):
+    for text in (_promotion_text(report), _ct2_text(report), _decoding_text(report)):
         if text:
             parts += [text, ""]
     if report.get("comparisons"):
@@ -231,6 +261,8 @@ def render_markdown(report: dict, curves_png: bytes | None = None) -> str:
     if _hallucination_rows(report):
         parts += ["## Hallucination", "", _md_table(HALLUCINATION_HEADER, _hallucination_rows(report)), "",
                   HALLUCINATION_NOTE, ""]
+    if report.get("benchmarks"):
+        parts += ["## Fixed benchmark sets", "", _md_table(BENCHMARK_HEADER, _benchmark_rows(report)), ""]
     for key, label in (("by_duration", "duration"), ("by_programme", "programme")):
         parts += [f"## CER by {label}", "", _md_table(_bucket_header(report, key, label), _bucket_rows(report, key)),
                   ""]
@@ -246,7 +278,7 @@ def render_markdown(report: dict, curves_png: bytes | None = None) -> str:
               _md_table(["id", "programme", "s", "CER", "reference", "diff"],
                         [[str(w["id"]), w["programme"], f"{w['duration']:.1f}", f"{w['cer']:.3f}", w["reference"],
                           diff_markdown(w["diff"])] for w in worst]), ""]
-    parts += [f"Full per-utterance results: `{report.get('json_path')}`. Decoding: greedy, "
+    parts += [f"Full per-utterance results: `{report.get('json_path')}`. Decoding: "
               f"{report['decoding']['token_budget']}, {report['decoding'].get('dtype', 'float32')}.", ""]
     return "\n".join(parts)
 
@@ -320,6 +352,10 @@ def render_html(report: dict, curves_png: bytes | None = None) -> str:
         parts.append("<h2>Hallucination</h2>")
         parts.append(_html_table(HALLUCINATION_HEADER, _hallucination_rows(report)))
         parts.append(f"<p>{_h(HALLUCINATION_NOTE)}</p>")
+    parts.append(f'<p class="decoding">{_h(_decoding_text(report))}</p>')
+    if report.get("benchmarks"):
+        parts.append("<h2>Fixed benchmark sets</h2>")
+        parts.append(_html_table(BENCHMARK_HEADER, _benchmark_rows(report)))
     for key, label in (("by_duration", "duration"), ("by_programme", "programme")):
         parts.append(f"<h2>CER by {label}</h2>")
         parts.append(_html_table(_bucket_header(report, key, label), _bucket_rows(report, key)))
@@ -340,7 +376,7 @@ def render_html(report: dict, curves_png: bytes | None = None) -> str:
                     f"<div class=diff>HYP {hyp}</div><small>{_h(w['audio_path'])}</small></td></tr>")
     parts.append("<table><thead><tr><th>id</th><th>programme</th><th>s</th><th>CER</th><th>aligned diff</th></tr>"
                  f"</thead><tbody>{''.join(rows)}</tbody></table>")
-    parts.append(f"<p>Decoding: greedy, {_h(report['decoding']['token_budget'])}, "
+    parts.append(f"<p>Decoding: {_h(report['decoding']['token_budget'])}, "
                  f"{_h(report['decoding'].get('dtype', 'float32'))}. Full per-utterance results: "
                  f"{_h(report.get('json_path'))}.</p></body></html>")
     return "\n".join(parts)

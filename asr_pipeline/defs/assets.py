@@ -12,6 +12,8 @@ from pydantic import Field
 
 from asr_pipeline.core import audio, champion, evaluation, features, manifest, training
 from asr_pipeline.core.batches import parse_batch_key
+from asr_pipeline.core.benchmark_sets import BenchmarkSet
+from asr_pipeline.core.decoding import DecodingPolicy
 from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
 from asr_pipeline.core.report import render_markdown, write_report
 from asr_pipeline.core.storage import read_json, write_json
@@ -249,15 +251,43 @@ def _read_bytes(path: Path) -> bytes | None:
 
 
 class EvaluationConfig(dg.Config):
-    batch_size: int = Field(default=16, description="utterances decoded together")
-    max_new_tokens: int = Field(default=225, description="decoding budget per utterance")
-    budget_from_labels: bool = Field(default=True, description="decode longest first, at most 2x the reference "
-                                     "label length + 10 tokens a batch (stops hallucination loops early)")
+    batch_size: int = Field(default=16, description="utterances decoded together (ordered by audio duration)")
+    # decoding policy (core/decoding.py, docs/EVALUATION.md): as deployed, nothing from the references
+    max_new_tokens: int = Field(default=444, description="most new tokens per utterance (Whisper's limit is 444)")
+    tokens_per_second: float = Field(default=12.0, description="token budget per second of audio: a batch may "
+                                     "generate ceil(rate x its longest clip's seconds) + token_allowance tokens")
+    token_allowance: int = Field(default=16, description="tokens added to every budget")
+    temperature_fallback: bool = Field(default=True, description="Whisper's temperature fallback (0, 0.2 .. 1.0) "
+                                       "and no-speech guard; off: greedy only")
+    compression_ratio_threshold: float = Field(default=2.4, description="fallback when the text compresses more")
+    logprob_threshold: float = Field(default=-1.0, description="fallback when the mean token log-prob is lower")
+    no_speech_threshold: float = Field(default=0.6, description="silence when P(<|nospeech|>) is higher and the "
+                                       "mean log-prob is below logprob_threshold")
+    best_of: int = Field(default=1, description="samples per fallback temperature (faster-whisper's default is 5)")
+    max_utterances: int | None = Field(default=None, description="test utterances decoded (a stable sample "
+                                       "stratified by episode); None: ASR_EVAL_MAX_UTTERANCES (default 2000); 0: all")
+    full_test_split: bool = Field(default=False, description="decode the whole test split, not the sample")
+    per_episode: int = Field(default=20, description="most clips of one episode in the sample")
+    cache_hypotheses: bool = Field(default=True, description="reuse the hypotheses of an unchanged model on an "
+                                   "unchanged sample ($ASR_HOME/cache/hypotheses)")
     export_ctranslate2: bool = Field(default=True, description="export the checkpoint to CTranslate2 int8 and "
                                      "score the export on the test split too")
     bootstrap_resamples: int = Field(default=1000, description="bootstrap resamples for the 95% intervals")
     bf16: bool = Field(default=True, description="decode in bfloat16 where the hardware has it (a bf16 GPU, a CPU "
-                       "with AMX/AVX512-BF16); every model in the report alike")
+                       "with AMX/AVX512-BF16; float16 on other GPUs); every model in the report alike")
+
+    def decoding_policy(self) -> DecodingPolicy:
+        guards = {} if self.temperature_fallback else {"temperatures": (0.0,), "compression_ratio_threshold": None,
+                                                       "logprob_threshold": None, "no_speech_threshold": None}
+        return DecodingPolicy(**{"max_new_tokens": self.max_new_tokens, "tokens_per_second": self.tokens_per_second,
+                                 "token_allowance": self.token_allowance, "batch_size": self.batch_size,
+                                 "compression_ratio_threshold": self.compression_ratio_threshold,
+                                 "logprob_threshold": self.logprob_threshold, "best_of": self.best_of,
+                                 "no_speech_threshold": self.no_speech_threshold, **guards})
+
+    def sample_size(self, settings: PipelineSettings) -> int | None:
+        size = settings.eval_max_utterances if self.max_utterances is None else self.max_utterances
+        return None if self.full_test_split or not size else size
 
 
 @dg.asset(group_name=GROUP, kinds={"html", "json", "markdown"}, pool=TRAINING_POOL,
@@ -278,12 +308,13 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     if incumbent:
         context.log.info(f"current champion: {incumbent['model_path']} (promoted {incumbent['promoted_at']})")
     report = evaluation.evaluate_on_test(
-        shards[0].meta["model"], str(finetuned_checkpoint), shards, batch_size=config.batch_size,
-        max_new_tokens=config.max_new_tokens, warning=warning, emit=context.log.info,
-        budget_from_labels=config.budget_from_labels, policy=settings.normalization_policy(),
+        shards[0].meta["model"], str(finetuned_checkpoint), shards, decoding=config.decoding_policy(),
+        warning=warning, emit=context.log.info, policy=settings.normalization_policy(),
         champion=incumbent, ctranslate2_dir=out / "ctranslate2" if config.export_ctranslate2 else None,
         programme_pattern=settings.programme_pattern, bootstrap_resamples=config.bootstrap_resamples,
-        prefer_bf16=config.bf16)
+        prefer_bf16=config.bf16, max_utterances=config.sample_size(settings), per_episode=config.per_episode,
+        cache_dir=settings.home_dir() / "cache" if config.cache_hypotheses else None,
+        benchmark_sets=[BenchmarkSet.load(name, folder) for name, folder in settings.parsed_benchmark_sets()])
     if "ctranslate2" in report:  # where the IO manager publishes it, not the staging directory
         report["ctranslate2"]["path"] = str(final_dir / "ctranslate2")
     report["partitions"] = sorted(featurized_shards)
@@ -296,6 +327,11 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         "html_path": dg.MetadataValue.path(report["html_path"]),
         "json_path": dg.MetadataValue.path(report["json_path"]),
         "test_rows": report["test_rows"],
+        "test_split_rows": report["sample"]["test_split_rows"],
+        "hypotheses_decoded": report["hypotheses_decoded"],
+        **{f"benchmark_{name}_{model}_cer_normalized": entry[model]["cer_normalized"]
+           for name, entry in (report.get("benchmarks") or {}).items()
+           for model in ("base", "finetuned", "champion") if model in entry},
         **{f"{name}_{measure}": report[name][measure] for name in ("base", "finetuned", "champion", "ctranslate2")
            if name in report for measure in ("cer", "cer_normalized", "wer", "wer_normalized")},
         "finetuned_cer_ci95": dg.MetadataValue.json(report["finetuned"]["cer_ci95"]),
@@ -340,8 +376,8 @@ def _promotion_decision(report: dict, incumbent: dict | None, settings: Pipeline
         unavailable = (f"the champion at {incumbent['model_path']} is missing or takes other features (a different "
                        "base model?), so it cannot be compared on this test split; restore it, or retire it with "
                        "`asr-pipeline champion --retire` to let the next challenger in")
-    regressions = getattr(evaluation, "benchmark_regressions", None)  # benchmark sets, where configured
-    regressed = regressions(report, settings.promotion_margin) if regressions and report.get("benchmarks") else []
+    # fixed benchmark sets (ASR_BENCHMARK_SETS): worse than the champion on any by more than the margin
+    regressed = evaluation.benchmark_regressions(report, settings.promotion_margin) if report.get("benchmarks") else []
     return champion.decide_promotion(report, settings.promotion_policy(), unavailable, regressed)
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr
 
 from asr_pipeline.core import settings as env
 from asr_pipeline.core.champion import PROMOTION_RULES, PromotionPolicy
+from asr_pipeline.core.benchmark_sets import parse_benchmark_sets, parse_gate
 from asr_pipeline.core.database import TableSpec, TranscriptTable, masked
 from asr_pipeline.core.model import BaseModel, resolve_base_model
 from asr_pipeline.core.settings import AudioRoots, PathMap, SplitRatios
@@ -97,6 +98,12 @@ class PipelineSettings(dg.ConfigurableResource):
                                         "significant rule decides on (fewer: the champion stays)")
     hallucination_margin: float = Field(default=0.01, description="ASR_HALLUCINATION_MARGIN: how much higher a "
                                         "challenger's hallucination share may be than the incumbent's")
+    eval_max_utterances: int = Field(default=2000, description="ASR_EVAL_MAX_UTTERANCES: test utterances the nightly "
+                                     "report decodes (a stable sample stratified by episode); 0: the whole split")
+    benchmark_sets: str = Field(default="", description="ASR_BENCHMARK_SETS: fixed evaluation sets, NAME=FOLDER "
+                                "entries separated by os.pathsep; each folder holds manifest.csv (audio_path,transcript)")
+    benchmark_gate: str = Field(default="block", description="ASR_BENCHMARK_GATE: block | warn, when the challenger "
+                                "is worse than the champion on a benchmark set by more than ASR_PROMOTION_MARGIN")
 
     def parsed_path_map(self) -> PathMap:
         return PathMap.parse(self.path_map)
@@ -112,7 +119,10 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def promotion_policy(self) -> PromotionPolicy:
         return PromotionPolicy(self.promotion_rule, self.promotion_margin, self.hallucination_margin,
-                               getattr(self, "benchmark_gate", "block"), self.promotion_min_episodes)
+                               self.benchmark_gate, self.promotion_min_episodes)
+
+    def parsed_benchmark_sets(self) -> list[tuple[str, Path]]:
+        return parse_benchmark_sets(self.benchmark_sets)
 
     def home_dir(self) -> Path:
         return Path(self.home)
@@ -155,7 +165,17 @@ def settings_from_environment() -> PipelineSettings:
                                            "a whole number of episodes, at least 2"),
         hallucination_margin=_number_env("ASR_HALLUCINATION_MARGIN", 0.01, float, lambda v: 0.0 <= v <= 1.0,
                                          "a share of utterances between 0 and 1, e.g. 0.01"),
+        eval_max_utterances=_number_env("ASR_EVAL_MAX_UTTERANCES", 2000, int, lambda v: v >= 0,
+                                        "a whole number >= 0 (0: the whole test split)"),
+        benchmark_sets=_benchmark_sets_env(),
+        benchmark_gate=parse_gate(os.environ.get("ASR_BENCHMARK_GATE")),
     )
+
+
+def _benchmark_sets_env() -> str:
+    value = os.environ.get("ASR_BENCHMARK_SETS", "")
+    parse_benchmark_sets(value)  # a missing folder or manifest fails now, naming the variable
+    return value
 
 
 def database_from_environment() -> TranscriptDatabase:

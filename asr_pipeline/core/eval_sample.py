@@ -1,0 +1,92 @@
+"""The nightly report's sample of the test split: bounded, stable as data arrives, stratified by episode.
+
+Episodes are ranked by a hash of their id and clips within an episode by a hash of their row id, so the ranking
+never depends on what else is in the table. The sample takes up to `per_episode` clips of each episode in rank
+order until it holds `max_utterances`. It is sticky: the previous night's sample (its ids, remembered beside the
+hypothesis cache) is kept as long as those rows exist, and only topped up from the ranking when rows are gone,
+so new test episodes do not reshuffle it and the hypotheses of unchanged models stay cached. max_utterances 0
+(or None) means the whole split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+DEFAULT_MAX_UTTERANCES = 2000
+DEFAULT_PER_EPISODE = 20
+
+
+def _rank(text: str) -> str:
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    positions: list[int]  # indices into the split's rows, ascending
+    split_rows: int
+    episodes: int
+    full: bool
+
+    def describe(self) -> dict:
+        return {"utterances": len(self.positions), "test_split_rows": self.split_rows, "episodes": self.episodes,
+                "full_split": self.full}
+
+
+def stable_sample(ids: Sequence[int], groups: Sequence[str], max_utterances: int | None,
+                  per_episode: int = DEFAULT_PER_EPISODE, previous: Sequence[int] = ()) -> EvalSample:
+    """ids and groups: the test split's row ids and episodes; previous: the ids sampled last time."""
+    count = len(ids)
+    if not max_utterances or count <= max_utterances:
+        return EvalSample(list(range(count)), count, len(set(groups)), True)
+    by_episode: dict[str, list[int]] = {}
+    for position, group in enumerate(groups):
+        by_episode.setdefault(str(group), []).append(position)
+    position_of = {int(uid): p for p, uid in enumerate(ids)}
+    chosen: list[int] = []
+    taken: dict[str, int] = {}
+    for uid in previous:  # sticky: last night's rows that still exist, in their old order
+        p = position_of.get(int(uid))
+        if p is not None and len(chosen) < max_utterances:
+            chosen.append(p)
+            taken[str(groups[p])] = taken.get(str(groups[p]), 0) + 1
+    already = set(chosen)
+    for episode in sorted(by_episode, key=_rank):
+        if len(chosen) >= max_utterances:
+            break
+        for p in sorted(by_episode[episode], key=lambda q: _rank(str(ids[q]))):
+            if taken.get(episode, 0) >= per_episode or len(chosen) >= max_utterances:
+                break
+            if p not in already:
+                chosen.append(p)
+                taken[episode] = taken.get(episode, 0) + 1
+    chosen.sort()
+    return EvalSample(chosen, count, len({str(groups[p]) for p in chosen}), False)
+
+
+class SampleMemory:
+    """The last sample's ids, per (max_utterances, per_episode), in $ASR_HOME/cache/test_sample.json."""
+
+    def __init__(self, cache_dir: Path | None):
+        self.path = Path(cache_dir) / "test_sample.json" if cache_dir else None
+
+    def previous(self, max_utterances: int | None, per_episode: int) -> list[int]:
+        if self.path is None or not self.path.exists():
+            return []
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError:
+            return []
+        same = saved.get("max_utterances") == max_utterances and saved.get("per_episode") == per_episode
+        return [int(i) for i in saved.get("ids", [])] if same else []
+
+    def remember(self, ids: Sequence[int], max_utterances: int | None, per_episode: int) -> None:
+        if self.path is None:
+            return
+        from asr_pipeline.core.hypothesis_cache import _atomic_write_json
+
+        _atomic_write_json(self.path, {"max_utterances": max_utterances, "per_episode": per_episode,
+                                       "ids": [int(i) for i in ids]})

@@ -1,0 +1,107 @@
+"""Hypotheses cached by (model, decoding policy, sample), so a model is never decoded twice on the same utterances.
+
+The nightly report decodes the base model, the challenger and the champion. Two of the three usually did not change
+since last night: their hypotheses on an unchanged sample come from here, and only the new checkpoint is decoded.
+
+- model fingerprint: SHA-256 of the model directory's files that decide its outputs (weights, configs, tokenizer),
+  by content. Hashing a large checkpoint takes seconds, so each file's digest is remembered under the cache
+  directory keyed by (path, size, mtime); a file rewritten in place gets a new mtime and is hashed again.
+- sample fingerprint: the utterance ids with a digest of each one's decoder input (features or audio bytes) and
+  duration (it sets the token budget), computed by the caller.
+- the key also holds the runtime (transformers or CTranslate2), the device/dtype and the decoding policy.
+Entries are JSON files written atomically (a temporary file, then os.replace), so a killed run leaves either
+the old entry, the new one, or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+# files whose bytes decide what a model outputs; anything else in a checkpoint (training logs, TensorBoard) does not
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+IGNORED_FILES = {"training_log.json", "training_summary.json", "trainer_state.json", "export.json"}
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out, ensure_ascii=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class HypothesisCache:
+    """$ASR_HOME/cache: hypotheses/<key>.json and the remembered file digests (file_digests.json)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.hypotheses = self.root / "hypotheses"
+        self._digests_path = self.root / "file_digests.json"
+
+    def model_fingerprint(self, source: str) -> str:
+        """Content hash of a local model directory; a hub id (no local directory) is identified by its name."""
+        directory = Path(source)
+        if not directory.is_dir():
+            return "hub:" + hashlib.sha256(source.encode()).hexdigest()
+        files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES
+                       and p.name not in IGNORED_FILES)
+        known = self._load_digests()
+        combined = hashlib.sha256()
+        for path in files:
+            stat = path.stat()
+            remembered = known.get(str(path.resolve()))
+            if remembered and remembered["size"] == stat.st_size and remembered["mtime_ns"] == stat.st_mtime_ns:
+                digest = remembered["sha256"]
+            else:
+                digest = file_digest(path)
+                known[str(path.resolve())] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+            combined.update(f"{path.name}\0{digest}\n".encode())
+        self._save_digests(known)
+        return combined.hexdigest()
+
+    def _load_digests(self) -> dict:
+        try:
+            return json.loads(self._digests_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def _save_digests(self, known: dict) -> None:
+        _atomic_write_json(self._digests_path, known)
+
+    @staticmethod
+    def key(model_fingerprint: str, runtime: str, placement: str, policy: dict, sample_fingerprint: str) -> str:
+        payload = json.dumps([model_fingerprint, runtime, placement, policy, sample_fingerprint], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return json.loads((self.hypotheses / f"{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # absent, or unreadable: decode again
+
+    def put(self, key: str, entry: dict) -> None:
+        _atomic_write_json(self.hypotheses / f"{key}.json", entry)
+
+
+def sample_fingerprint(ids, digests, durations) -> str:
+    """ids, per-utterance content digests and durations, in decoding order."""
+    combined = hashlib.sha256()
+    for uid, digest, seconds in zip(ids, digests, durations):
+        combined.update(f"{uid}\0{digest}\0{float(seconds):.4f}\n".encode())
+    return combined.hexdigest()
