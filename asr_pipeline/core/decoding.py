@@ -214,9 +214,12 @@ class TransformersRuntime:
             {"do_sample": False, "num_beams": 1}
         torch.manual_seed(seed)
         with torch.inference_mode():
+            # one generate call, as for a 30 s clip: without it Whisper's generate treats a text that ends in a
+            # timestamp token as unfinished audio and seeks on into input_features, which it does not have here
             out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language=LANGUAGE,
-                                      task=TASK, max_new_tokens=max_new_tokens, **options)
-        rows = out.long().tolist()
+                                      task=TASK, max_new_tokens=max_new_tokens, force_unique_generate_call=True,
+                                      **options)
+        rows = [self._without_prompt(row) for row in out.long().tolist()]
         tokens = [self._until_eot(row) for row in rows]
         ended = [self.eot in row for row in rows]  # a text cut by the budget has no <|endoftext|> to score
         avg_logprob, no_speech = self._statistics(hidden, tokens, ended)
@@ -224,6 +227,10 @@ class TransformersRuntime:
                       for t, lp, ns in zip(tokens, avg_logprob, no_speech)]
         return [max(candidates[k * samples:(k + 1) * samples], key=lambda c: c.avg_logprob)
                 for k in range(len(chosen))]
+
+    def _without_prompt(self, row: list[int]) -> list[int]:
+        """A single generate call returns the decoder prompt (<|startoftranscript|><|ko|>...) before the text."""
+        return row[len(self.prompt):] if row[: len(self.prompt)] == self.prompt else row
 
     def _until_eot(self, row: list[int]) -> list[int]:
         return row[: row.index(self.eot)] if self.eot in row else row

@@ -18,10 +18,9 @@ pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 TINY_TRAINING = {"max_steps": 2, "batch_size": 4, "eval_steps": 2, "warmup_steps": 0}
 SHORT_EVALUATION = {"max_new_tokens": 16, "export_ctranslate2": False, "bootstrap_resamples": 50}
 TINY_RUN = ["run", "--max-steps", "2", "--batch-size", "4", "--eval-steps", "2", "--warmup-steps", "0"]
-# What a challenger that is not promoted does to its run. Today the blocking check challenger_beats_champion fails
-# the run (the CLI reports "not promoted"). After issue 12 (gate) the run succeeds with evaluation_report green
-# and only champion_model held back: then set this to SUCCESS; the other assertions stay.
-NOT_PROMOTED_RUN_STATUS = dg.DagsterRunStatus.FAILURE
+# Not promoting is a result, not a failure: the run is green, evaluation_report is materialized and only
+# champion_model is held back (the CLI reports "not promoted").
+NOT_PROMOTED_RUN_STATUS = dg.DagsterRunStatus.SUCCESS
 
 
 def _check(instance, asset: str, name: str):
@@ -57,7 +56,7 @@ def _copy_model(source: Path, target: Path, **config_changes) -> Path:
 def test_a_shard_that_is_not_16k_blocks_featurizing(pipeline_env, monkeypatch):
     # a resampler regression: clips come out at 22.05 kHz (the demo's source rate) instead of 16 kHz
     monkeypatch.setattr(audio, "SAMPLE_RATE", 22_050)
-    with pytest.raises(SystemExit, match="asr_ingest .* failed"):
+    with pytest.raises(SystemExit, match="ingest failed for batches"):
         cli.main(["ingest"])
     instance = dg.DagsterInstance.get()
     status, evaluation = _check(instance, "resampled_dataset", checks.CLIPS_16K)
@@ -88,7 +87,7 @@ def test_features_with_the_wrong_number_of_mel_bins_block_training(pipeline_env,
     processor_config.write_text(json.dumps(saved))
     monkeypatch.setenv("ASR_BASE_MODEL", str(mismatched))
     monkeypatch.setattr(assets, "load_processor", lambda source: WhisperProcessor.from_pretrained(source))
-    with pytest.raises(SystemExit, match="asr_ingest .* failed"):
+    with pytest.raises(SystemExit, match="ingest failed for batches"):
         cli.main(TINY_RUN)
     instance = dg.DagsterInstance.get()
     status, evaluation = _check(instance, "featurized_shards", checks.FEATURE_SHAPES)
