@@ -240,7 +240,8 @@ def test_make_demo_runs_the_whole_graph_on_the_embedded_database_and_says_the_mo
     assert PLACEHOLDER_WARNING in (report_dir / "report.md").read_text()
     assert "BASE MODEL IS A PLACEHOLDER" in (report_dir / "report.html").read_text()
     # what README says the demo prints: the table, the decision, where the report lies, how to open the UI
-    assert "| model |" in output and "promoted to champion" in output
+    assert "| model |" in output  # the decision follows the table; the placeholder's depends on its random weights
+    assert re.search(r"^(promoted to champion|not promoted): ", output, re.M), output[-2000:]
     assert str(report_dir / "report.html") in output and "make ui" in output
     assert (home / "dagster" / "dagster.yaml").exists()
 
