@@ -259,7 +259,9 @@ def _end_to_end_invocations(values: dict[str, str]) -> list[Command]:
     documented option runs once, without repeating an expensive backfill for each combination."""
     covered: set[tuple[str, str]] = set()
     chosen = []
-    for command in readme_commands("asr-pipeline") + table_invocations(values):
+    # README's prose uses the table's placeholders too (`asr-pipeline backfill KEY`): give them real values
+    prose = [Command(tuple(values.get(a, a) for a in c.argv), c.where) for c in readme_commands("asr-pipeline")]
+    for command in prose + table_invocations(values):
         if not command.argv or command.argv[0] not in RUN_END_TO_END:
             continue
         features = _features(command.argv)
