@@ -54,6 +54,7 @@ def daemon_home(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_
         "ASR_DB_URL": database_url.render_as_string(hide_password=False),
         "ASR_PATH_MAP": f"/cul_m01/archive/={audio_dir}/", "ASR_BASE_MODEL": str(tiny_model_dir),
         "ASR_SPLIT_RATIOS": "60/20/20", "ASR_BATCH_ROWS": "40", "ASR_SENSOR_INTERVAL_SECONDS": "5",
+        "ASR_BATCH_MAX_WAIT_MINUTES": "0",  # rows inserted later become a batch at the next tick, not in an hour
         "ASR_RETRAIN_CRON": "* * * * *", "ASR_RETRAIN_TIMEZONE": "UTC",
         # one process a run instead of one a step: the same pools and retries, less CPU on a small machine
         "ASR_EXECUTOR": "in_process",
