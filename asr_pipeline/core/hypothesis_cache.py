@@ -86,7 +86,10 @@ class HypothesisCache:
 
     @staticmethod
     def key(model_fingerprint: str, runtime: str, placement: str, policy: dict, sample_fingerprint: str) -> str:
-        payload = json.dumps([model_fingerprint, runtime, placement, policy, sample_fingerprint], sort_keys=True)
+        # the decoding software too: after an upgrade the champion's cached hypotheses would come from the old
+        # library while the challenger is decoded by the new one, and the paired comparison would be biased
+        payload = json.dumps([model_fingerprint, runtime, placement, policy, sample_fingerprint, _software()],
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> dict | None:
@@ -105,3 +108,17 @@ def sample_fingerprint(ids, digests, durations) -> str:
     for uid, digest, seconds in zip(ids, digests, durations):
         combined.update(f"{uid}\0{digest}\0{float(seconds):.4f}\n".encode())
     return combined.hexdigest()
+
+
+def _software() -> dict[str, str]:
+    """Versions of the libraries that decode (a hub model's weights can also change under its name: a hub id is
+    cached by name, so pin hub models to a local directory where that matters)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("torch", "transformers", "ctranslate2"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found

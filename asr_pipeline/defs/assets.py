@@ -16,7 +16,7 @@ from asr_pipeline.core.benchmark_sets import BenchmarkSet
 from asr_pipeline.core.decoding import DecodingPolicy
 from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
 from asr_pipeline.core.report import render_markdown, write_report
-from asr_pipeline.core.storage import read_json, write_json
+from asr_pipeline.core.storage import read_json, resolved, write_json
 from asr_pipeline.core.versions import mixed_versions_message
 from asr_pipeline.defs import checks, launcher, schedules, training_inputs, versions
 from asr_pipeline.defs.io_managers import stage
@@ -308,7 +308,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     if incumbent:
         context.log.info(f"current champion: {incumbent['model_path']} (promoted {incumbent['promoted_at']})")
     report = evaluation.evaluate_on_test(
-        shards[0].meta["model"], str(finetuned_checkpoint), shards, decoding=config.decoding_policy(),
+        # the version directory, not the published link: champion_model must copy the weights this report scored,
+        # even if another training publishes in between
+        shards[0].meta["model"], str(resolved(finetuned_checkpoint)), shards, decoding=config.decoding_policy(),
         warning=warning, emit=context.log.info, policy=settings.normalization_policy(),
         champion=incumbent, ctranslate2_dir=out / "ctranslate2" if config.export_ctranslate2 else None,
         programme_pattern=settings.programme_pattern, bootstrap_resamples=config.bootstrap_resamples,
@@ -355,8 +357,12 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
         # Not promoting is the report's answer, not an error: the step succeeds and materializes nothing.
         context.log.info(f"nothing to promote, the champion stays: {decision.get('reason', 'no decision recorded')}")
         return
+    evaluated = Path(report["finetuned_model"])
+    if not (evaluated / "config.json").exists():
+        raise FileNotFoundError(f"the checkpoint this report evaluated is gone ({evaluated}): a newer training replaced "
+                                "it; materialize evaluation_report again to decide on the current checkpoint")
     export = evaluation_report / "ctranslate2"
-    pointer = champion.promote(settings.home_dir(), Path(report["finetuned_model"]),
+    pointer = champion.promote(settings.home_dir(), evaluated,
                                export if export.exists() else None, report, run_id=context.run.run_id)
     context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
     out = stage(context, storage_dir(settings))

@@ -187,7 +187,8 @@ def _state(key: str, records: list, processed: str | None, fingerprint: str | No
     for record in records[:RUNS_LOOKED_AT]:
         if record.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
             break
-        if _final_failure(record, now):
+        # an attempt is a run and its automatic retries: a failed run whose retry was launched is not its end
+        if _final_failure(record, now) and AUTO_RETRY_RUN_TAG not in record.dagster_run.tags:
             state.failures += 1
             if state.last_failure_at is None:
                 state.last_failure_at = (record.end_time or record.update_timestamp.timestamp())

@@ -102,6 +102,9 @@ def plan_ingest(instance: dg.DagsterInstance, table: TranscriptTable, settings: 
     cursor = cursor or IngestCursor()
     now = clock() if now is None else now
     wait = settings.batch_max_wait_minutes * 60 if max_wait_s is None else max_wait_s
+    # the next tick looks for runs that failed after this instant: taken before this tick reads them, so a run that
+    # fails while it plans is seen by the next one (wall clock, as the run records' times are, even when `now` is not)
+    tick_started = time.time()
     new, registered = cut_and_register(instance, table, settings, cursor, wait, now)
     requests = [BatchRequest(key, table.batch_fingerprint(first, last), "new")
                 for key, (first, last) in zip(new.keys, new.ranges)]
@@ -118,8 +121,7 @@ def plan_ingest(instance: dg.DagsterInstance, table: TranscriptTable, settings: 
             requests.append(request)
         elif state.state in ("failed", "blocked") and not state.running:
             waiting.append(state)
-    # last_tick is compared with the run records' wall-clock times, so it is the wall clock even when `now` is not
-    next_cursor = IngestCursor(new.high_water, rotation, new.pending_since, new.pending_upto, time.time())
+    next_cursor = IngestCursor(new.high_water, rotation, new.pending_since, new.pending_upto, tick_started)
     return IngestPlan(new.keys, requests, checked, next_cursor,
                       new.describe(now, wait, settings.batch_rows), waiting)
 
