@@ -164,11 +164,6 @@ class TranscriptTable:
         value = self._scalar(f"looking for new rows in {self.spec.table}", query)
         return None if value is None else int(value)
 
-    def batch_end_after(self, after_id: int, batch_rows: int) -> int | None:
-        """The id of the batch_rows-th row after after_id, or the last id when fewer rows follow (None: none)."""
-        value = self.nth_id_after(after_id, batch_rows)
-        return value if value is not None else self.max_id_after(after_id)
-
     def live_ids(self, first_id: int, last_id: int) -> set[int]:
         """The ids present in first..last: one index range scan of the id column only (no row data)."""
         id_col = self.spec.table_clause().c[self.spec.id_column]
