@@ -58,16 +58,21 @@ def test_cli_ingest_waits_for_the_planning_lock(env, mysql_database):
         ["ids-0000000001-0000000006", "ids-0000000007-0000000012"]
 
 
-def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, korean_clips):
+def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, korean_clips, monkeypatch):
+    # The sensor cuts only full batches of 20 (its wait is an hour); the CLI always cuts what is pending (wait 0). With
+    # one row arriving every 0.15 s, a CLI run almost always finds a remainder to cut while the sensor keeps cutting
+    # full batches, so both planners really plan the same rows at the same time.
+    monkeypatch.setenv("ASR_BATCH_ROWS", "20")
+    monkeypatch.setenv("ASR_BATCH_MAX_WAIT_MINUTES", "60")
     daemon = Daemon()
     stop = threading.Event()
     inserted = [12]
 
     def insert_rows_slowly():
         while not stop.is_set() and inserted[0] < 120:
-            insert_rows(env, korean_clips, range(inserted[0] + 1, inserted[0] + 3))
-            inserted[0] += 2
-            time.sleep(0.25)  # rows keep arriving while the CLI starts (several seconds) and plans
+            insert_rows(env, korean_clips, [inserted[0] + 1])
+            inserted[0] += 1
+            time.sleep(0.15)  # rows keep arriving while the CLI starts (several seconds) and plans
 
     writer = threading.Thread(target=insert_rows_slowly)
     writer.start()
@@ -84,7 +89,8 @@ def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, ko
         writer.join()
     outputs = [c.communicate(timeout=300)[0] for c in clis]
     assert all(c.returncode == 0 for c in clis), outputs
-    daemon.tick()  # whatever arrived last
+    monkeypatch.setenv("ASR_BATCH_MAX_WAIT_MINUTES", "0")
+    Daemon().tick()  # whatever arrived last, cut now (a fresh sensor starts from the registered batches)
 
     ranges = sorted(parse_batch_key(k) for k in daemon.instance.get_dynamic_partitions(INGEST_BATCHES.name))
     for (_, last), (first, _) in zip(ranges, ranges[1:]):
@@ -95,4 +101,5 @@ def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, ko
     owners = {i: [r for r in ranges if r[0] <= i <= r[1]] for i in ids}
     assert all(len(found) == 1 for found in owners.values())
     cut_by_cli = sum("new" in line for output in outputs for line in output.splitlines() if "ingest: batch" in line)
-    assert ticks > 3 and cut_by_cli > 0, (ticks, outputs)  # both planners really cut batches
+    full_batches = sum(last - first + 1 == 20 for first, last in ranges)
+    assert ticks > 3 and cut_by_cli > 0 and full_batches > 0, (ticks, outputs)  # both planners really cut batches
