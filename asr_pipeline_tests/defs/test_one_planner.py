@@ -61,7 +61,7 @@ def test_cli_ingest_waits_for_the_planning_lock(env, mysql_database):
 def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, korean_clips, monkeypatch):
     # The sensor cuts only full batches of 20 (its wait is an hour); the CLI always cuts what is pending (wait 0). With
     # one row arriving every 0.15 s, a CLI run almost always finds a remainder to cut while the sensor keeps cutting
-    # full batches, so both planners really plan the same rows at the same time.
+    # full batches. 125 rows is not a multiple of 20, so a CLI started after the last insert always finds the rest.
     monkeypatch.setenv("ASR_BATCH_ROWS", "20")
     monkeypatch.setenv("ASR_BATCH_MAX_WAIT_MINUTES", "60")
     daemon = Daemon()
@@ -69,25 +69,27 @@ def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, ko
     inserted = [12]
 
     def insert_rows_slowly():
-        while not stop.is_set() and inserted[0] < 120:
+        while not stop.is_set() and inserted[0] < 125:
             insert_rows(env, korean_clips, [inserted[0] + 1])
             inserted[0] += 1
             time.sleep(0.15)  # rows keep arriving while the CLI starts (several seconds) and plans
 
     writer = threading.Thread(target=insert_rows_slowly)
     writer.start()
-    clis = [_cli_ingest()]
+    clis, outputs = [_cli_ingest()], []
     ticks = 0
     try:
-        while writer.is_alive() or any(c.poll() is None for c in clis):
+        while writer.is_alive() or clis[-1].poll() is None:
             daemon.tick()  # plans and registers under the lock; runs are requested, not executed
             ticks += 1
-            if len(clis) < 4 and writer.is_alive() and clis[-1].poll() is not None:
-                clis.append(_cli_ingest())  # a person running `asr-pipeline ingest` again
+            if clis[-1].poll() is not None and len(clis) < 4:
+                outputs.append(clis[-1].communicate()[0])
+                if writer.is_alive() or _batches_cut(outputs) == 0:
+                    clis.append(_cli_ingest())  # a person running `asr-pipeline ingest` again
     finally:
         stop.set()
         writer.join()
-    outputs = [c.communicate(timeout=300)[0] for c in clis]
+    outputs += [c.communicate(timeout=300)[0] for c in clis[len(outputs):]]
     assert all(c.returncode == 0 for c in clis), outputs
     monkeypatch.setenv("ASR_BATCH_MAX_WAIT_MINUTES", "0")
     Daemon().tick()  # whatever arrived last, cut now (a fresh sensor starts from the registered batches)
@@ -97,9 +99,13 @@ def test_cli_and_sensor_planning_at_once_while_rows_arrive_never_overlap(env, ko
         assert first == last + 1, f"batches overlap or leave a gap: {ranges}"
     with env.connect() as conn:
         ids = [row[0] for row in conn.execute(sa.text("SELECT id FROM training_datas ORDER BY id"))]
-    assert len(ids) == inserted[0] == 120
+    assert len(ids) == inserted[0] == 125
     owners = {i: [r for r in ranges if r[0] <= i <= r[1]] for i in ids}
     assert all(len(found) == 1 for found in owners.values())
-    cut_by_cli = sum("new" in line for output in outputs for line in output.splitlines() if "ingest: batch" in line)
+    cut_by_cli = _batches_cut(outputs)
     full_batches = sum(last - first + 1 == 20 for first, last in ranges)
     assert ticks > 3 and cut_by_cli > 0 and full_batches > 0, (ticks, outputs)  # both planners really cut batches
+
+
+def _batches_cut(outputs: list[str]) -> int:
+    return sum("new" in line for output in outputs for line in output.splitlines() if "ingest: batch" in line)
