@@ -55,6 +55,10 @@ def remove_stale_staging(final: Path) -> list[Path]:
         if final.exists():
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
+    for candidate in final.parent.glob(f".{final.name}.link-*"):  # killed between making the link and the swap
+        if os.path.islink(candidate) and _link_age(candidate) > REPLACED_GRACE_S:
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
     return removed
 
 
@@ -69,6 +73,13 @@ def process_alive(pid: int) -> bool:
 def _age(path: Path) -> float:
     try:
         return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _link_age(link: Path) -> float:
+    try:
+        return time.time() - os.lstat(link).st_mtime
     except OSError:
         return 0.0
 
@@ -90,6 +101,7 @@ def publish(staged: Path, final: Path) -> Path:
     """Make `staged` the content of `final` in one atomic step, then remove the version it replaced."""
     final.parent.mkdir(parents=True, exist_ok=True)
     version = final.parent / f".{final.name}.v-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    sync_tree(staged)  # on disk before the link points at it: a power cut cannot publish empty files
     os.utime(staged)  # fresh: no other publisher's clean-up takes it for a long-replaced version
     os.rename(staged, version)
     link = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:12]}"
@@ -107,8 +119,32 @@ def publish(staged: Path, final: Path) -> Path:
             os.utime(final.parent / previous)  # its grace period starts now
         except OSError:
             pass
+    _sync_directory(final.parent)  # the swap itself survives a power cut
     remove_stale_staging(final)
     return final
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file and directory under root. A killed process loses nothing the OS has (its page cache
+    survives); a power cut or kernel crash loses what is not on disk, and renames can reach the disk before data."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _sync_directory(Path(directory))
+
+
+def _sync_directory(path: Path) -> None:
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows; NTFS journals its metadata
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _replace_directory_with_link(link: Path, final: Path) -> None:
@@ -141,7 +177,10 @@ def _publish_by_renames(version: Path, final: Path) -> Path:
 
 def write_json(path: Path, data: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+        handle.flush()
+        os.fsync(handle.fileno())  # the replace below must never expose an empty file after a power cut
     os.replace(tmp, path)
 
 

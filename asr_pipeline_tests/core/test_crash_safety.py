@@ -107,6 +107,34 @@ def test_replaced_and_orphaned_versions_are_removed_after_the_grace_period_never
     assert _complete_version(final) == 2
 
 
+def test_a_link_left_by_a_publish_killed_before_its_swap_is_removed_after_the_grace_period(tmp_path):
+    final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
+    publish(_stage(final, 1), final)
+    leftover = final.parent / f".{final.name}.link-0123456789ab"  # made by os.symlink, never swapped in
+    os.symlink(os.readlink(final), leftover, target_is_directory=True)
+    assert storage.remove_stale_staging(final) == []  # a publisher may be about to swap it in
+    stale = time.time() - storage.REPLACED_GRACE_S - 1
+    os.utime(leftover, (stale, stale), follow_symlinks=False)
+    assert storage.remove_stale_staging(final) == [leftover]
+    assert not os.path.lexists(leftover) and _complete_version(final) == 1
+
+
+def test_every_file_is_on_disk_before_the_link_points_at_it(tmp_path, monkeypatch):
+    """A power cut can reorder a rename before the data it publishes; fsync of each file first rules that out."""
+    final = tmp_path / "resampled_dataset" / "ids-0000000001-0000000010"
+    staged = _stage(final, 1)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
+    publish(staged, final)
+    swap = events.index(("replace", str(final)))
+    synced_before = {Path(p).name for kind, p in events[:swap] if kind == "fsync"}
+    assert {"a.txt", "b.txt"} <= synced_before
+    assert ("fsync", str(final.parent)) in events[swap:]  # and the swap itself
+
+
 def test_process_checks_use_psutil_not_os_kill(monkeypatch):
     """os.kill(pid, 0) terminates the process on Windows: process_alive asks psutil (OpenProcess there)."""
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
