@@ -199,6 +199,21 @@ def test_a_destination_that_is_down_changes_no_run_and_no_tick_and_is_retried(in
     assert WEBHOOK_TOKEN not in logged and SMTP_PASSWORD not in logged
 
 
+def test_a_canceled_batch_run_is_alerted_once_as_canceled(incoming, webhook, monkeypatch):
+    """A run canceled from the UI (or by the run monitor after its worker died) leaves the batch undone: that is a
+    problem like a failure, and the message says it was canceled rather than inventing an error."""
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    daemon = AlertDaemon()
+    run = daemon.instance.create_run_for_job(daemon.defs.resolve_job_def("asr_ingest"),
+                                             tags={"dagster/partition": KEY})
+    daemon.instance.report_run_canceled(run)
+    daemon.tick()
+    daemon.tick()
+    assert len(webhook.texts) == 1, webhook.texts
+    assert f"ingest of batch {KEY} failed at asr_ingest" in webhook.texts[0]
+    assert "the run was canceled" in webhook.texts[0] and f"{UI}/runs/{run.run_id}" in webhook.texts[0]
+
+
 def test_a_failed_nightly_training_alerts_once_and_the_digest_follows(incoming, webhook, monkeypatch):
     monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
     monkeypatch.setenv("ASR_ALERT_DIGEST", "on")

@@ -50,12 +50,15 @@ def run_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
     if not asset:
         run = instance.get_run_by_id(run_id)
         asset = run.job_name if run else "?"
+        if run is not None and run.status == DagsterRunStatus.CANCELED:
+            error = error or "the run was canceled (from the UI, or by the run monitor after a worker died)"
         error = error or "the run failed before any step did (see the run's events)"
     return RunFailure(run_id, asset, error, tuple(checks))
 
 
 def latest_failed_run(instance: dg.DagsterInstance, **filters) -> str | None:
-    records = instance.get_run_records(dg.RunsFilter(statuses=[DagsterRunStatus.FAILURE], **filters), limit=1)
+    records = instance.get_run_records(dg.RunsFilter(statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+                                                     **filters), limit=1)
     return records[0].dagster_run.run_id if records else None
 
 
