@@ -48,11 +48,14 @@ def stable_sample(ids: Sequence[int], groups: Sequence[str], max_utterances: int
     position_of = {int(uid): p for p, uid in enumerate(ids)}
     chosen: list[int] = []
     taken: dict[str, int] = {}
-    for uid in previous:  # sticky: last night's rows that still exist, in their old order
+    for uid in previous:  # sticky: last night's rows that still exist, in their old order...
         p = position_of.get(int(uid))
-        if p is not None and len(chosen) < max_utterances:
-            chosen.append(p)
-            taken[str(groups[p])] = taken.get(str(groups[p]), 0) + 1
+        if p is None or len(chosen) >= max_utterances:
+            continue
+        if taken.get(str(groups[p]), 0) >= per_episode:
+            continue  # ...within the cap: rows regrouped since (a new ASR_GROUP_PATTERN) can join one episode
+        chosen.append(p)
+        taken[str(groups[p])] = taken.get(str(groups[p]), 0) + 1
     already = set(chosen)
     for episode in sorted(by_episode, key=_rank):
         if len(chosen) >= max_utterances:

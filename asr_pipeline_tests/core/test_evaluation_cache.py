@@ -126,6 +126,9 @@ def test_the_sample_is_bounded_stratified_stable_and_sticky():
                            previous=previous)
     kept = {survivors[p] for p in topped.positions}
     assert len(kept) == 40 and set(previous[5:]) <= kept
+    # rows regrouped since (a new group pattern puts all of them in one episode): the cap holds for sticky rows too
+    merged = stable_sample(ids, ["ONE"] * 200, 40, 4, previous=previous)
+    assert len(merged.positions) == 4 and {ids[p] for p in merged.positions} <= set(previous)
     # 0 or None: the whole split
     assert stable_sample(ids, groups, 0).full and len(stable_sample(ids, groups, None).positions) == 200
 
