@@ -8,13 +8,13 @@ atomically under an exclusive lock, so it survives daemon restarts and two evalu
 
 from __future__ import annotations
 
-import fcntl
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from asr_pipeline.core.locks import file_lock
 from asr_pipeline.core.storage import write_json
 
 MAX_OUTBOX = 200  # undelivered recoveries/digests kept while every destination is down; the oldest go first
@@ -86,14 +86,10 @@ class AlertLedger:
 
 
 @contextmanager
-def locked_ledger(path: Path) -> Iterator[AlertLedger]:
+def locked_ledger(path: Path, timeout_s: float = 60.0) -> Iterator[AlertLedger]:
     """The ledger at `path`, written back (atomically) when the block ends without an exception."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            ledger = AlertLedger(json.loads(path.read_text(encoding="utf-8")) if path.exists() else None)
-            yield ledger
-            write_json(path, ledger.to_json())
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(path.with_suffix(".lock"), timeout_s):
+        ledger = AlertLedger(json.loads(path.read_text(encoding="utf-8")) if path.exists() else None)
+        yield ledger
+        write_json(path, ledger.to_json())

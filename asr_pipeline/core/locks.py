@@ -15,7 +15,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -47,7 +47,8 @@ def planning_lock(table: TranscriptTable, lock_dir: Path, timeout_s: float = 30.
     else:
         database = table.url.database
         directory = Path(database).parent if backend == "sqlite" and database and database != ":memory:" else lock_dir
-        with _file_lock(Path(directory) / f".{table.spec.table}.asr-plan.lock", timeout_s) as held:
+        path = Path(directory) / f".{table.spec.table}.asr-plan.lock"
+        with file_lock(path, timeout_s, busy=lambda: _busy(f"the lock file {path}", timeout_s)) as held:
             yield held
 
 
@@ -114,14 +115,17 @@ def _postgres_lock(table: TranscriptTable, timeout_s: float) -> Iterator[str]:
 
 
 @contextmanager
-def _file_lock(path: Path, timeout_s: float) -> Iterator[str]:
+def file_lock(path: Path, timeout_s: float, busy: Callable[[], Exception] | None = None) -> Iterator[str]:
+    """An exclusive lock on `path` between processes of this machine (fcntl on POSIX, msvcrt on Windows), waited
+    for up to timeout_s (then `busy()` is raised, TimeoutError by default); the OS releases it when the holder dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+b")
     try:
         deadline = time.monotonic() + timeout_s
         while not _try_lock(handle):
             if time.monotonic() >= deadline:
-                raise _busy(f"the lock file {path}", timeout_s)
+                raise busy() if busy else TimeoutError(f"another process held the lock file {path} for more than "
+                                                       f"{timeout_s:.0f} s")
             time.sleep(0.05)
         try:
             yield f"lock file {path}"
