@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from asr_pipeline.core.storage import write_json
+
 DEFAULT_MAX_UTTERANCES = 2000
 DEFAULT_PER_EPISODE = 20
 
@@ -89,7 +91,5 @@ class SampleMemory:
     def remember(self, ids: Sequence[int], max_utterances: int | None, per_episode: int) -> None:
         if self.path is None:
             return
-        from asr_pipeline.core.hypothesis_cache import _atomic_write_json
-
-        _atomic_write_json(self.path, {"max_utterances": max_utterances, "per_episode": per_episode,
+        write_json(self.path, {"max_utterances": max_utterances, "per_episode": per_episode,
                                        "ids": [int(i) for i in ids]})

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from asr_pipeline.core.storage import write_json
 
 # files whose bytes decide what a model outputs; anything else in a checkpoint (training logs, TensorBoard) does not
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
@@ -32,18 +32,6 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, ensure_ascii=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class HypothesisCache:
@@ -82,7 +70,7 @@ class HypothesisCache:
             return {}
 
     def _save_digests(self, known: dict) -> None:
-        _atomic_write_json(self._digests_path, known)
+        write_json(self._digests_path, known, indent=None)
 
     @staticmethod
     def key(model_fingerprint: str, runtime: str, placement: str, policy: dict, sample_fingerprint: str) -> str:
@@ -99,7 +87,7 @@ class HypothesisCache:
             return None  # absent, or unreadable: decode again
 
     def put(self, key: str, entry: dict) -> None:
-        _atomic_write_json(self.hypotheses / f"{key}.json", entry)
+        write_json(self.hypotheses / f"{key}.json", entry, indent=None)
 
 
 def sample_fingerprint(ids, digests, durations) -> str:

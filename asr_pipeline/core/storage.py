@@ -175,13 +175,21 @@ def _publish_by_renames(version: Path, final: Path) -> Path:
     return final
 
 
-def write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(data, ensure_ascii=False, indent=2, default=str))
-        handle.flush()
-        os.fsync(handle.fileno())  # the replace below must never expose an empty file after a power cut
-    os.replace(tmp, path)
+def write_json(path: Path, data: object, indent: int | None = 2) -> None:
+    """Replace `path` with `data` as JSON atomically: readers see the old file or the new one, never a part, and a
+    failure (or a kill) leaves at most a hidden `.NAME.*.tmp` beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, ensure_ascii=False, indent=indent, default=str))
+            handle.flush()
+            os.fsync(handle.fileno())  # the replace below must never expose an empty file after a power cut
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict:
