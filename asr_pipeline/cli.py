@@ -201,7 +201,7 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
 
 
 def _training_overrides(args) -> dict:
-    names = ["max_steps", "epochs", "batch_size", "learning_rate", "eval_steps", "warmup_steps"]
+    names = ["max_steps", "epochs", "batch_size", "learning_rate", "eval_steps", "warmup_steps", "packing"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if "epochs" in overrides:
         if "max_steps" in overrides:
@@ -601,6 +601,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 500)")
     parser.add_argument("--float32", action="store_true", help="train and decode in float32 even where the hardware "
                         "has bf16 (results comparable with machines that lack it)")
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                        help="train on packed 30 s windows of consecutive clips (default on; --no-packing: one clip "
+                        "an input, as validation and the report always are)")
 
 
 def build_parser() -> argparse.ArgumentParser:

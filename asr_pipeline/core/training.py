@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from asr_pipeline.core.features import FeatureShard, rebuild_padded
+from asr_pipeline.core.packing import PackedWindows, windows_per_step
 from asr_pipeline.core.storage import write_json
 
 CHECKPOINT_COMPLETE = "asr_checkpoint_complete.json"  # written into a Trainer checkpoint once its save finished
@@ -43,6 +44,9 @@ class TrainingSettings:
     gradient_checkpointing: bool = False  # less activation memory for more compute
     torch_compile: bool = False
     cpu_bf16: bool = True  # bf16 autocast on CPUs that multiply bf16 in hardware (AVX512-BF16/AMX); fp32 elsewhere
+    # train on packed windows: consecutive clips of an episode in one 30 s input (core/packing.py); batch_size stays
+    # the utterances an optimizer step trains on, so a step takes about batch_size / (clips a window) windows
+    packing: bool = True
 
     def validate(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):
@@ -92,6 +96,11 @@ class FeatureRows:
         s, i = self.positions[k]
         return self.shards[s].index.iloc[i]
 
+    def column(self, name: str) -> list:
+        """One index column's value for every row, read column-wise: fast on millions of rows."""
+        columns = [shard.index[name].to_numpy() for shard in self.shards]
+        return [columns[s][i] for s, i in self.positions]
+
     def groups(self) -> np.ndarray:
         """Each row's episode (the manifest's `group`), read column-wise: fast on millions of rows."""
         columns = [shard.index["group"].astype(str).to_numpy() for shard in self.shards]
@@ -136,11 +145,13 @@ def _shard_trainer_class():
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class ShardTrainer(Seq2SeqTrainer):
-        """Groups by the label lengths stored in the shard index, instead of reading every item to measure it."""
+        """Groups by the label lengths stored in the shard index (or planned for packed windows), instead of reading
+        every item to measure it."""
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, FeatureRows):
+            if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset,
+                                                                                     (FeatureRows, PackedWindows)):
                 return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                             lengths=dataset.label_lengths())
             return super()._get_train_sampler(train_dataset)
@@ -238,18 +249,21 @@ def duplicate_audio_ids(shards: Sequence[FeatureShard]) -> set[int]:
     return leaked
 
 
-def training_steps(settings: TrainingSettings, train_rows: int, world_size: int = 1) -> int:
-    """The budget in optimizer steps: max_steps, or epochs over the train split."""
+def training_steps(settings: TrainingSettings, train_items: int, world_size: int = 1,
+                   device_batch: int | None = None) -> int:
+    """The budget in optimizer steps: max_steps, or epochs over the train split. train_items: clips, or packed
+    windows; device_batch: items a device step takes (batch_size unpacked)."""
     if settings.max_steps is not None:
         return int(settings.max_steps)
-    per_step = settings.batch_size * settings.gradient_accumulation_steps * max(1, world_size)
-    return max(1, math.ceil(settings.epochs * math.ceil(train_rows / per_step)))
+    per_step = (device_batch or settings.batch_size) * settings.gradient_accumulation_steps * max(1, world_size)
+    return max(1, math.ceil(settings.epochs * math.ceil(train_items / per_step)))
 
 
 def projected_wall_time(steps: int, settings: TrainingSettings, device: str, base_source: str,
-                        previous: dict | None) -> tuple[float | None, str]:
-    """(seconds, how they were projected) from the previous training's measured pace, scaled to this batch size;
-    None when there is no comparable measurement (another device or base model, or none yet)."""
+                        previous: dict | None, device_batch: int | None = None) -> tuple[float | None, str]:
+    """(seconds, how they were projected) from the previous training's measured pace, scaled to this batch size
+    (device_batch: items a device step takes, packed windows or clips; batch_size when None); None when there is
+    no comparable measurement (another device, base model or packing, or none yet)."""
     steps_run = (previous or {}).get("steps_run", (previous or {}).get("steps"))
     if not previous or not steps_run or not previous.get("train_runtime_s"):
         return None, "no previous training to measure the pace from; it is measured after the first steps"
@@ -257,12 +271,18 @@ def projected_wall_time(steps: int, settings: TrainingSettings, device: str, bas
         return None, (f"the previous training ran on {previous.get('device')} with {previous.get('base_model')}, "
                       "not comparable; the pace is measured after the first steps")
     old = previous.get("settings", {})
-    old_samples = old.get("batch_size", settings.batch_size) * old.get("gradient_accumulation_steps", 1)
-    per_sample = previous["train_runtime_s"] / (steps_run * old_samples)
-    per_step = per_sample * settings.batch_size * settings.gradient_accumulation_steps
+    if old.get("packing", False) != settings.packing:  # a window costs more than a clip: paces are not comparable
+        return None, (f"the previous training ran with packing {'on' if old.get('packing') else 'off'}, not "
+                      "comparable; the pace is measured after the first steps")
+    old_items = (previous.get("windows_per_step") or old.get("batch_size", settings.batch_size)) \
+        * old.get("gradient_accumulation_steps", 1)
+    per_item = previous["train_runtime_s"] / (steps_run * old_items)
+    batch = device_batch or settings.batch_size
+    per_step = per_item * batch * settings.gradient_accumulation_steps
+    unit = " windows" if settings.packing else ""
     return per_step * steps, (f"{per_step:.3g} s/step from the previous training ({steps_run} steps in "
                               f"{_duration(previous['train_runtime_s'])}, validation included), scaled to batch "
-                              f"{settings.batch_size}x{settings.gradient_accumulation_steps}")
+                              f"{batch}{unit}x{settings.gradient_accumulation_steps}")
 
 
 def _duration(seconds: float) -> str:
@@ -327,7 +347,16 @@ def train_whisper(
         model.freeze_encoder()  # the frozen encoder runs forward only: no activations kept, no backward
     evaluate = len(valid_rows) > 0
     strategy = "steps" if evaluate else "no"
-    max_steps = training_steps(settings, len(train_rows), int(os.environ.get("WORLD_SIZE", "1")))
+    # validation stays on single clips (as in service); training reads packed windows or single clips
+    train_data = PackedWindows(train_rows, processor.tokenizer) if settings.packing else train_rows
+    device_batch = windows_per_step(settings.batch_size, len(train_rows), len(train_data)) if settings.packing \
+        else settings.batch_size
+    if settings.packing:
+        emit(f"packed {len(train_rows)} train clips into {len(train_data)} windows of at most 30 s "
+             f"({train_data.packing_factor():.2f} clips a window); a step takes {device_batch} windows, about "
+             f"{device_batch * train_data.packing_factor():.3g} clips")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    max_steps = training_steps(settings, len(train_data), world_size, device_batch)
     # a short run (max_steps < eval_steps) still validates once, at its end, so best-model selection has a score
     eval_steps = min(settings.eval_steps, max_steps)
     on_gpu = torch.cuda.is_available()
@@ -337,7 +366,7 @@ def train_whisper(
     workers = settings.dataloader_num_workers if settings.dataloader_num_workers is not None else (4 if on_gpu else 0)
     args = Seq2SeqTrainingArguments(
         output_dir=str(work_dir),
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=device_batch,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=settings.learning_rate,
@@ -379,12 +408,12 @@ def train_whisper(
     resume_from = last_complete_checkpoint(work_dir, emit)
     device = "cuda" if on_gpu else "cpu"
     projected_s, projection = projected_wall_time(max_steps - (_step_of(resume_from) or 0), settings, device,
-                                                  base_source, previous_summary)
+                                                  base_source, previous_summary, device_batch)
     try:
         trainer = ShardTrainer(
             model=model,
             args=args,
-            train_dataset=train_rows,
+            train_dataset=train_data,
             eval_dataset=valid_rows if evaluate else None,
             data_collator=SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
             processing_class=processor.feature_extractor,
@@ -394,7 +423,7 @@ def train_whisper(
         budget = f"{settings.epochs:g} epochs = " if settings.max_steps is None else ""
         emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation, "
              f"{validation.source}, best checkpoint by validation {SELECTION_METRIC}), "
-             f"{budget}{max_steps} steps of {settings.batch_size}")
+             f"{budget}{max_steps} steps of {device_batch}{' windows' if settings.packing else ''}")
         emit("projected wall time: " + (f"{_duration(projected_s)} ({projection})" if projected_s is not None
                                         else f"unknown ({projection})"))
         if resume_from:
@@ -419,6 +448,11 @@ def train_whisper(
     train_losses = [h["loss"] for h in history if "loss" in h]
     evals = [h for h in history if "eval_cer" in h]
     best = trainer.state.best_metric if evaluate else None
+    steps_run = int(trainer.state.global_step) - (_step_of(resume_from) or 0)  # what train_runtime_s covers
+    runtime_s = float(result.metrics.get("train_runtime", 0.0))
+    # counted as the Trainer counts samples (steps x windows a step), utterances as windows x clips a window
+    packing_factor = len(train_rows) / len(train_data)
+    windows_per_optimizer_step = device_batch * settings.gradient_accumulation_steps * world_size
     summary = {
         "base_model": base_source,
         "train_rows": len(train_rows),
@@ -440,10 +474,18 @@ def train_whisper(
         "duplicate_audio_excluded": len(duplicates),
         "projected_wall_s": round(projected_s, 1) if projected_s is not None else None,
         "precision": "bf16 autocast" if bf16 else ("fp16 autocast" if on_gpu else "fp32"),
-        "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
-        "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),
+        "train_runtime_s": round(runtime_s, 3),
+        "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),  # windows/s
         "resumed_from_step": _step_of(resume_from),
-        "steps_run": int(trainer.state.global_step) - (_step_of(resume_from) or 0),  # what train_runtime_s covers
+        "steps_run": steps_run,
+        "packing": settings.packing,
+        "train_windows": len(train_data),
+        "packing_factor": round(packing_factor, 3),
+        "windows_per_step": device_batch,
+        "windows_seen": int(trainer.state.global_step) * windows_per_optimizer_step,
+        "utterances_seen": round(int(trainer.state.global_step) * windows_per_optimizer_step * packing_factor),
+        "train_utterances_per_s": round(steps_run * windows_per_optimizer_step * packing_factor / runtime_s, 4)
+        if runtime_s > 0 else None,
     }
     if not math.isfinite(summary["train_loss"]):
         raise FloatingPointError(f"training loss is {summary['train_loss']}: the checkpoint would be garbage")

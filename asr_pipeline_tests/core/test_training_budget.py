@@ -26,9 +26,9 @@ def test_an_epoch_budget_trains_that_many_passes_and_the_wall_time_is_projected_
                 "base_model": str(tiny_model_dir), "settings": {"batch_size": 2, "gradient_accumulation_steps": 1}}
     lines = []
     summary = train_whisper(str(tiny_model_dir), [shard], tmp_path / "model",
-                            TrainingSettings(**FAST, max_steps=None, epochs=2.0, eval_steps=100),
+                            TrainingSettings(**FAST, max_steps=None, epochs=2.0, eval_steps=100, packing=False),
                             emit=lines.append, previous_summary=previous)
-    # 10 train clips in batches of 4: 3 steps an epoch, 6 for two
+    # 10 train clips in batches of 4: 3 steps an epoch, 6 for two (packed windows: test_packing.py)
     assert summary["steps"] == 6 and summary["epochs"] == pytest.approx(2.0)
     # 2 s a sample of 2 = 1 s a sample, so 4 s a step of 4: 24 s for 6 steps, printed before the first step
     assert summary["projected_wall_s"] == 24.0

@@ -46,8 +46,21 @@ def test_a_deleted_row_is_not_trained_on_while_its_batch_cannot_be_re_ingested(p
     assert summary["batches_not_used"]["ids-0000000041-0000000041"].startswith("blocked: blocking check")
     assert summary["batches_outdated"]["ids-0000000001-0000000020"].startswith("blocked: ")
 
+    # packed windows by default (TrainingConfig.packing); the deleted row is in none of them (train_rows above)
+    assert summary["packing"] is True and summary["settings"]["packing"] is True
+    assert summary["packing_factor"] == round(summary["train_rows"] / summary["train_windows"], 3) > 1
+
     event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("finetuned_checkpoint"))
     metadata = event.asset_materialization.metadata
     assert metadata["deleted_rows_excluded"].value == 1
     assert list(metadata["batches_not_used"].value) == ["ids-0000000041-0000000041"]
+    for name in ("utterances_seen", "windows_seen", "packing_factor"):
+        assert metadata[name].value == summary[name]
+    assert summary["windows_seen"] == 2 * summary["windows_per_step"]  # 2 steps
+
+    cli.main(TRAIN + ["--no-packing"])  # the CLI flag reaches the Dagster config, and the config the training
+    summary = json.loads((pipeline_env / "storage" / "finetuned_checkpoint" / "training_summary.json").read_text())
+    assert (summary["packing"], summary["packing_factor"]) == (False, 1.0)
+    assert summary["windows_seen"] == summary["utterances_seen"] == 2 * 4
+    assert summary["train_rows"] == len(FeatureRows(shards, "train")) - 1
 
