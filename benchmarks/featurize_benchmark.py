@@ -4,8 +4,8 @@
 
 DIR is a Whisper directory (e.g. built by ../shared/tools/whisper_base_offline/build.sh). The corpus is espeak-ng
 Korean speech (22.05 kHz WAV, every 10th clip 44.1 kHz stereo FLAC), so both sides decode and resample.
-"Ours" is what resampled_dataset + featurized_shards do: decode/resample on all cores, compact float16 frames.
-Prints one JSON object with both sides and the ratios.
+"Ours" is what resampled_dataset + featurized_shards do: decode/resample on all cores, int16 audio, compact float16
+frames. Prints one JSON object with both sides, the ratios, and the CPU (model, SIMD flags).
 """
 
 import argparse
@@ -23,6 +23,7 @@ from asr_pipeline.core.features import featurize_shard
 from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.storage import directory_bytes
 from asr_pipeline.core.synth import write_demo_corpus
+from loop_simulation import _cpu as cpu_info  # noqa: E402  (benchmarks/ is the script's directory)
 
 SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
 
@@ -53,11 +54,12 @@ def our_featurize(frame: pd.DataFrame, out: Path, model: str) -> dict:
     summary = featurize_shard(AudioShard(audio_dir), features_dir, processor.feature_extractor,
                               processor.tokenizer, model, emit=lambda _: None)
     seconds = time.perf_counter() - started
-    size = directory_bytes(features_dir)
+    size, audio_size = directory_bytes(features_dir), directory_bytes(audio_dir)
     return {"step": "featurize", "rows": summary["rows"], "seconds": round(seconds, 3),
             "rows_per_s": round(summary["rows"] / seconds, 3), "bytes": size,
             "bytes_per_row": size // max(summary["rows"], 1),
-            "bytes_per_row_with_16k_audio": (size + directory_bytes(audio_dir)) // max(summary["rows"], 1)}
+            "audio_bytes_per_row": audio_size // max(summary["rows"], 1),
+            "bytes_per_row_with_16k_audio": (size + audio_size) // max(summary["rows"], 1)}
 
 
 def run_featurization(work: Path, clips: int, base_model: str) -> dict:
@@ -67,7 +69,7 @@ def run_featurization(work: Path, clips: int, base_model: str) -> dict:
     run_dir = work / f"run_{os.getpid()}"
     seed = seed_featurize(work / f"corpus_{clips}.csv", run_dir / "seed", base_model)
     ours = our_featurize(frame, run_dir / "ours", base_model)
-    return {"clips": clips, "cpu_count": os.cpu_count(), "seed": seed, "ours": ours,
+    return {"clips": clips, "cpu": cpu_info(), "cpu_count": os.cpu_count(), "seed": seed, "ours": ours,
             "rows_per_s_ratio": round(ours["rows_per_s"] / seed["rows_per_s"], 2),
             "bytes_per_row_ratio": round(seed["bytes_per_row"] / ours["bytes_per_row"], 2)}
 

@@ -23,7 +23,8 @@ from asr_pipeline.core.settings import PathMap, SplitRatios
 
 # Bump when the asset's own code changes what it writes.
 MANIFEST_FORMAT = 1
-AUDIO_FORMAT = 2  # 2: index.parquet carries audio_sha256 (exact-duplicate detection)
+AUDIO_FORMAT = 3  # 2: index.parquet carries audio_sha256 (exact-duplicate detection); 3: int16 samples in
+# audio.arrow, audio_sha256 of the stored int16 (older float32 shards still read, and show as stale)
 FEATURES_FORMAT = 2  # 2: index.parquet carries audio_sha256
 # The files that make a processor: what the tokenizer and the feature extractor read.
 PROCESSOR_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json",
