@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +34,7 @@ HOP_LENGTH = 160
 HALF_WINDOW = 200  # n_fft // 2: a centred STFT frame reaches this far either side of its centre
 FRAMES_30S = 3000
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
+CLIPS_IN_FLIGHT = 256  # clips handed to the threads at once: bounded memory, whatever the shard's size
 
 
 def frames_holding_audio(num_samples: int) -> int:
@@ -55,9 +58,19 @@ def log_mel_frames(feature_extractor, clip: np.ndarray) -> np.ndarray:
     padded[: min(len(clip), len(padded))] = clip[: len(padded)]
     if len(padded) > FRAMES_30S * HOP_LENGTH:  # longer than 30 s: Whisper truncates to 30 s
         padded = padded[: FRAMES_30S * HOP_LENGTH]
-    features = feature_extractor(padded, sampling_rate=feature_extractor.sampling_rate, padding="longest",
-                                 return_tensors="np").input_features[0]
+    if hasattr(feature_extractor, "log_mel"):  # whisper_inputs.LogMelExtractor: the same values, without torch
+        features = feature_extractor.log_mel(padded)
+    else:  # transformers' WhisperFeatureExtractor
+        features = feature_extractor(padded, sampling_rate=feature_extractor.sampling_rate, padding="longest",
+                                     return_tensors="np").input_features[0]
     return features[:, :kept]
+
+
+def label_ids(tokenizer, text: str) -> list[int]:
+    """Whisper's label ids for a transcript: prefix tokens, the text, <|endoftext|>."""
+    if hasattr(tokenizer, "label_ids"):  # whisper_inputs.LabelTokenizer
+        return tokenizer.label_ids(text)
+    return tokenizer(text).input_ids  # transformers' WhisperTokenizer
 
 
 def rebuild_padded(frames: np.ndarray, pad_value: float, total_frames: int = FRAMES_30S) -> np.ndarray:
@@ -74,31 +87,48 @@ def featurize_shard(
     tokenizer,
     model_name: str,
     emit: Callable[[str], None] = print,
+    workers: int | None = None,
 ) -> dict:
-    """Compute compact log-mels and label ids for every clip of an audio shard into out_dir."""
+    """Compute compact log-mels and label ids for every clip of an audio shard into out_dir.
+
+    feature_extractor, tokenizer: model.load_featurizer's (numpy, tokenizers) or a WhisperProcessor's.
+    Log-mels are computed on `workers` threads (default: one per core, at most 8), in order."""
+    from threadpoolctl import threadpool_limits
+
     out_dir = Path(out_dir)
     n_mels = int(feature_extractor.feature_size)
-    rows, quarantine = [], []
+    rows, quarantine, kept_rows = [], [], []
+    for position, meta in enumerate(audio.index.to_dict("records")):  # labels first: a too long one is not featurized
+        labels = label_ids(tokenizer, meta["transcript"])
+        if len(labels) > MAX_LABEL_TOKENS:
+            quarantine.append({"id": int(meta["id"]), "audio_path": meta["audio_path"],
+                               "reason": f"label longer than {MAX_LABEL_TOKENS} tokens ({len(labels)})"})
+        else:
+            kept_rows.append((position, meta, labels))
     offset = 0
     progress = Progress("featurizing", len(audio), emit)
-    with open(out_dir / "features.f16", "wb") as frames_file:
-        for i in range(len(audio)):
-            progress.advance()
-            meta = audio.index.iloc[i]
-            labels = tokenizer(meta["transcript"]).input_ids
-            if len(labels) > MAX_LABEL_TOKENS:
-                quarantine.append({"id": int(meta["id"]), "audio_path": meta["audio_path"],
-                                   "reason": f"label longer than {MAX_LABEL_TOKENS} tokens ({len(labels)})"})
-                continue
-            kept = log_mel_frames(feature_extractor, audio.samples(i))
-            frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
-            rows.append(
-                {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
-                 "audio_sha256": meta.get("audio_sha256"),  # exact duplicates never train on what they test
-                 "offset": offset, "num_frames": kept.shape[1], "pad_value": padding_value(kept),
-                 "labels": [int(t) for t in labels], "label_length": len(labels)}
-            )
-            offset += kept.shape[1]
+    progress.advance(len(quarantine))
+
+    def log_mel(clip: np.ndarray) -> np.ndarray:
+        return log_mel_frames(feature_extractor, clip)
+
+    # scipy's FFT and the mel projection release the GIL, so threads use every core. BLAS is held to one thread
+    # per call: its own threads only contend with ours on these small products (several times slower).
+    with open(out_dir / "features.f16", "wb") as frames_file, ThreadPoolExecutor(workers or _default_workers()) as pool, \
+            threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, len(kept_rows), CLIPS_IN_FLIGHT):
+            chunk = kept_rows[start: start + CLIPS_IN_FLIGHT]
+            clips = [audio.samples(position) for position, _, _ in chunk]  # the index is read on this thread only
+            for (_, meta, labels), kept in zip(chunk, pool.map(log_mel, clips)):
+                frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
+                rows.append(
+                    {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
+                     "audio_sha256": meta.get("audio_sha256"),  # exact duplicates never train on what they test
+                     "offset": offset, "num_frames": kept.shape[1], "pad_value": padding_value(kept),
+                     "labels": [int(t) for t in labels], "label_length": len(labels)}
+                )
+                offset += kept.shape[1]
+                progress.advance()
     index = pd.DataFrame(rows, columns=["id", "audio_path", "transcript", "group", "split", "duration",
                                         "audio_sha256", "offset", "num_frames", "pad_value", "labels", "label_length"])
     index.to_parquet(out_dir / "index.parquet", index=False)
@@ -107,6 +137,10 @@ def featurize_shard(
                "frames": offset, "splits": index["split"].value_counts().to_dict()}
     write_json(out_dir / "meta.json", summary)
     return summary
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 class FeatureShard:

@@ -20,6 +20,7 @@ from asr_pipeline.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 LANGUAGE = "korean"
+LANGUAGE_CODE = "ko"  # the <|ko|> token
 TASK = "transcribe"
 PLACEHOLDER_NAME = "tiny-random-whisper-ko"
 PLACEHOLDER_WARNING = (
@@ -52,12 +53,13 @@ def hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
 
 
 def _cached_locally(name: str) -> bool:
-    try:
-        from transformers import WhisperConfig
+    """The hub id's config.json is in the local Hugging Face cache (what from_pretrained(local_files_only=True)
+    looks for), asked of huggingface_hub rather than transformers, whose import costs seconds."""
+    from huggingface_hub import try_to_load_from_cache
 
-        WhisperConfig.from_pretrained(name, local_files_only=True)
-        return True
-    except Exception:
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a valid repo id
         return False
 
 
@@ -93,6 +95,77 @@ def load_processor(source: str):
                     processor.feature_extractor.feature_size, num_mel_bins)
         processor.feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
     return processor
+
+
+def model_file(source: str, filename: str) -> Path | None:
+    """One file of a local model directory or of a hub id (from the Hugging Face cache, downloaded if need be);
+    None when the model has no such file or it cannot be had."""
+    if Path(source).expanduser().is_dir():
+        path = Path(source).expanduser() / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, filename))
+    except Exception:  # no such file in the repo, offline and not cached, ...: the caller says what it falls back to
+        return None
+
+
+def model_num_mel_bins(source: str) -> int:
+    """The model's num_mel_bins (80 for tiny..large-v2, 128 for large-v3), from its config.json."""
+    path = model_file(source, "config.json")
+    if path is None:
+        raise ConfigError(f"{source} has no readable config.json")
+    return int(json.loads(path.read_text()).get("num_mel_bins", 80))  # WhisperConfig's default is 80
+
+
+def saved_feature_extractor_settings(source: str) -> dict | None:
+    """The feature extractor's saved settings where WhisperProcessor.from_pretrained finds them: the
+    "feature_extractor" entry of processor_config.json (what transformers 5 saves), else preprocessor_config.json
+    (hub checkpoints)."""
+    path = model_file(source, "processor_config.json")
+    if path is not None and "feature_extractor" in (saved := json.loads(path.read_text())):
+        return saved["feature_extractor"]
+    path = model_file(source, "preprocessor_config.json")
+    return json.loads(path.read_text()) if path is not None else None
+
+
+def load_featurizer(source: str):
+    """(feature extractor, label tokenizer) for features.featurize_shard, the way load_processor would make them.
+
+    Every released Whisper has a tokenizer.json and the standard audio settings (16 kHz, n_fft 400, hop 160, 30 s
+    chunks): for those, numpy and the tokenizers library compute the same log-mel and label ids without importing
+    transformers or torch (core/whisper_inputs.py; seconds of every ingest). Anything else goes through
+    load_processor, saying why."""
+    from asr_pipeline.core.whisper_inputs import WHISPER_AUDIO, LabelTokenizer, LogMelExtractor
+
+    tokenizer_json = model_file(source, "tokenizer.json")
+    settings = saved_feature_extractor_settings(source)
+    num_mel_bins = model_num_mel_bins(source)
+    reason = None
+    if tokenizer_json is None:
+        if model_file(source, "vocab.json") is None or model_file(source, "merges.txt") is None:
+            raise ConfigError(f"{source} has no tokenizer: neither tokenizer.json nor vocab.json + merges.txt")
+        reason = "the model has no tokenizer.json, only a slow tokenizer's vocab.json/merges.txt"
+    elif settings is None:
+        reason = "the model has no saved feature extractor settings"
+    elif settings.get("feature_size") == num_mel_bins and any(
+            settings.get(key, value) != value for key, value in WHISPER_AUDIO.items()):
+        # (with other mel bins than the model's, load_processor makes a default extractor: Whisper's settings)
+        reason = f"its feature extractor's settings differ from Whisper's {WHISPER_AUDIO}"
+    if reason is None:
+        try:
+            tokenizer = LabelTokenizer(tokenizer_json, LANGUAGE_CODE, TASK)
+        except ValueError as exc:  # no Whisper special tokens in it
+            reason = str(exc)
+    if reason is not None:
+        log.warning("featurizing with transformers' WhisperProcessor (slower to load: it imports torch): %s", reason)
+        processor = load_processor(source)
+        return processor.feature_extractor, processor.tokenizer
+    if settings.get("feature_size") != num_mel_bins:  # as load_processor: the model's mel bins win
+        log.warning("feature extractor has %s mel bins but the model expects %s; using the model's",
+                    settings.get("feature_size"), num_mel_bins)
+    return LogMelExtractor(feature_size=num_mel_bins), tokenizer
 
 
 def load_model(source: str, device: str | None = None, dtype=None):

@@ -14,7 +14,7 @@ from asr_pipeline.core import audio, champion, evaluation, features, manifest, t
 from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.benchmark_sets import BenchmarkSet
 from asr_pipeline.core.decoding import DecodingPolicy
-from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_processor
+from asr_pipeline.core.model import PLACEHOLDER_WARNING, load_featurizer
 from asr_pipeline.core.report import render_markdown, write_report
 from asr_pipeline.core.storage import read_json, resolved, write_json
 from asr_pipeline.core.versions import mixed_versions_message
@@ -100,10 +100,9 @@ def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path
     base = settings.resolve_base(corpus=clips.index["transcript"].tolist())
     if base.warning:
         context.log.warning(base.warning)
-    processor = load_processor(base.source)
+    feature_extractor, tokenizer = load_featurizer(base.source)  # numpy + tokenizers: no torch in an ingest
     out = stage(context, storage_dir(settings))
-    summary = features.featurize_shard(clips, out, processor.feature_extractor, processor.tokenizer, base.source,
-                                       emit=context.log.info)
+    summary = features.featurize_shard(clips, out, feature_extractor, tokenizer, base.source, emit=context.log.info)
     summary["placeholder_model"] = base.placeholder
     version = versions.current_versions(settings)["featurized_shards"]
     # in the shard itself, so training can tell batches made with other settings apart (mixed_versions_message)

@@ -73,7 +73,7 @@ def test_a_shard_that_is_not_16k_blocks_featurizing(pipeline_env, monkeypatch):
 def test_features_with_the_wrong_number_of_mel_bins_block_training(pipeline_env, monkeypatch, tiny_model_dir,
                                                                    tmp_path):
     # A base model whose processor was saved from another Whisper (128 mel bins; the model takes 80), and a
-    # featurizer regression: the processor is used as saved, without load_processor's correction to the model's
+    # featurizer regression: the processor is used as saved, without load_featurizer's correction to the model's
     # mel bins. The check is what stands between such features and the training.
     from transformers import WhisperProcessor
 
@@ -86,7 +86,11 @@ def test_features_with_the_wrong_number_of_mel_bins_block_training(pipeline_env,
     saved["feature_extractor"]["feature_size"] = 128
     processor_config.write_text(json.dumps(saved))
     monkeypatch.setenv("ASR_BASE_MODEL", str(mismatched))
-    monkeypatch.setattr(assets, "load_processor", lambda source: WhisperProcessor.from_pretrained(source))
+    def processor_as_saved(source):
+        processor = WhisperProcessor.from_pretrained(source)
+        return processor.feature_extractor, processor.tokenizer
+
+    monkeypatch.setattr(assets, "load_featurizer", processor_as_saved)
     with pytest.raises(SystemExit, match="ingest failed for batches"):
         cli.main(TINY_RUN)
     instance = dg.DagsterInstance.get()

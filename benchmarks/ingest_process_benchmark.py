@@ -1,0 +1,194 @@
+"""Lean runs (issue 14.3): a whole `asr-pipeline ingest` process against the seed recipe's whole featurize process.
+
+    .venv/bin/python benchmarks/ingest_process_benchmark.py --base-model DIR [--clips 1000] [--repeats 3]
+
+Both sides are timed as a user times them: wall clock from starting the process to its exit, nothing loaded
+beforehand. The corpus is the espeak-ng Korean one of featurize_benchmark.py (made once under --work and reused);
+its rows go into a MariaDB table of the notebook's shape, which `asr-pipeline ingest` reads (a fresh ASR_HOME and
+Dagster instance each time: the first ingest of those rows, one batch). The seed recipe featurizes the same clips
+from a CSV of the same paths and transcripts (`seed_recipe.py featurize`).
+
+Each repetition runs both sides twice: "cold" after the page cache has dropped every file either side reads (the
+Python packages, the model directory, the corpus; posix_fadvise DONTNEED, the state after a reboot or a long
+pause), then "warm" right after it. Medians over --repeats. Each of our runs also records when its output lines
+arrived, so the JSON shows where the time goes (start-up, planning, each asset).
+
+Prints one JSON object and writes it to benchmarks/results/ingest_process_<date>.json, with CPU model and flags.
+The database it creates (asr_bench_*) is dropped at the end.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from featurize_benchmark import SEED_RECIPE, corpus  # noqa: E402  (benchmarks/ is this script's directory)
+from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
+from loop_simulation import _cpu  # noqa: E402
+
+
+def evict_from_page_cache(roots: list[Path]) -> int:
+    """Ask the kernel to drop the cached pages of every file under roots; returns the number of files."""
+    count = 0
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                try:
+                    fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    count += 1
+                finally:
+                    os.close(fd)
+    return count
+
+
+def timed_process(command: list[str], env: dict, cwd: Path) -> dict:
+    """Wall seconds from start to exit, and when each output line arrived (seconds after start)."""
+    lines: list[tuple[float, str]] = []
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1)
+
+    def collect():
+        for line in process.stdout:
+            lines.append((time.perf_counter() - started, line.rstrip("\n")))
+
+    reader = threading.Thread(target=collect)
+    reader.start()
+    process.wait()
+    seconds = time.perf_counter() - started
+    reader.join()
+    if process.returncode != 0:
+        tail = "\n".join(line for _, line in lines[-30:])
+        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n{tail}")
+    return {"seconds": round(seconds, 3), "lines": lines}
+
+
+def first_line_with(lines: list[tuple[float, str]], *needles: str) -> float | None:
+    for at, line in lines:
+        if all(needle in line for needle in needles):
+            return round(at, 3)
+    return None
+
+
+def milestones(lines: list[tuple[float, str]]) -> dict:
+    """When our process reached each stage: from its own output, seconds after start."""
+    return {
+        "planned": first_line_with(lines, "ingest: batch"),
+        "raw_manifest_started": first_line_with(lines, "raw_manifest", "STEP_START"),
+        "resampled_dataset_started": first_line_with(lines, "resampled_dataset", "STEP_START"),
+        "featurized_shards_started": first_line_with(lines, "featurized_shards", "STEP_START"),
+        "featurizing_done": first_line_with(lines, "featurizing: "),
+        "featurized_shards_succeeded": first_line_with(lines, "featurized_shards", "STEP_SUCCESS"),
+        "run_succeeded": first_line_with(lines, "succeeded"),
+    }
+
+
+def run_ours(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="ingest_home_", dir=work))
+    env = {**env_base, "ASR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ASR_DB_URL": url,
+           "ASR_BASE_MODEL": base_model, "ASR_AUDIO_ROOTS": str(corpus_dir.resolve())}
+    script = Path(sys.executable).parent / "asr-pipeline"  # the console script a user runs
+    command = [str(script), "ingest"] if script.exists() else [sys.executable, "-m", "asr_pipeline.cli", "ingest"]
+    result = timed_process(command, env, REPO)
+    meta = json.loads((home / "storage" / "featurized_shards").glob("*/meta.json").__next__().read_text())
+    shutil.rmtree(home, ignore_errors=True)
+    return {"seconds": result["seconds"], "rows": meta["rows"], "milestones": milestones(result["lines"])}
+
+
+def run_seed(env_base: dict, seed_recipe: Path, manifest_csv: Path, base_model: str, work: Path) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="seed_out_", dir=work)) / "features"
+    result = timed_process([sys.executable, str(seed_recipe), "featurize", str(manifest_csv), str(out), base_model],
+                           env_base, REPO)
+    inner = json.loads(result["lines"][-1][1])  # the recipe's own JSON line: its map() + save_to_disk time
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return {"seconds": result["seconds"], "rows": inner["rows"], "featurize_loop_s": inner["seconds"]}
+
+
+def median_of(runs: list[dict], key: str = "seconds") -> float:
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", required=True, help="a local Whisper directory (e.g. whisper-base)")
+    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mysql", default=DEFAULT_MYSQL)
+    parser.add_argument("--work", default="/tmp/asr_featurize_benchmark", help="corpus cache and scratch space")
+    parser.add_argument("--seed-recipe", default=str(SEED_RECIPE))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    frame = corpus(work, args.clips)
+    manifest_csv = work / f"corpus_{args.clips}.csv"
+    corpus_dir = work / f"corpus_{args.clips}"
+    # subprocesses import this checkout's package, whatever is installed in the environment
+    env_base = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    read_by_either = [Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["stdlib"]),
+                      Path(args.base_model), corpus_dir, REPO / "asr_pipeline"]
+
+    url, server = _database(args.mysql)
+    engine = sa.create_engine(url)
+    runs = {"ours_cold": [], "ours_warm": [], "seed_cold": [], "seed_warm": []}
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                         [{"p": r.audio_path, "t": r.transcript} for r in frame.itertuples()])
+        for repeat in range(args.repeats):
+            for side in ("seed", "ours"):
+                for cache in ("cold", "warm"):
+                    if cache == "cold":
+                        evict_from_page_cache(read_by_either)
+                    if side == "seed":
+                        result = run_seed(env_base, Path(args.seed_recipe), manifest_csv, args.base_model, work)
+                    else:
+                        result = run_ours(env_base, url, args.base_model, corpus_dir, work)
+                    runs[f"{side}_{cache}"].append(result)
+                    print(f"repeat {repeat + 1}/{args.repeats} {side} {cache}: {result['seconds']} s "
+                          f"({result['rows']} rows)", file=sys.stderr)
+    finally:
+        engine.dispose()
+        _drop(server, url)
+
+    medians = {name: median_of(values) for name, values in runs.items()}
+    result = {
+        "clips": args.clips, "repeats": args.repeats, "base_model": args.base_model,
+        "median_seconds": medians,
+        "ratio_cold": round(medians["seed_cold"] / medians["ours_cold"], 2),
+        "ratio_warm": round(medians["seed_warm"] / medians["ours_warm"], 2),
+        "runs": runs,
+        "note": "other work may have shared the machine's cores while this ran",
+        "cpu": _cpu(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "date": date.today().isoformat(),
+        "command": "python benchmarks/ingest_process_benchmark.py " + " ".join(sys.argv[1:]),
+    }
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ingest_process_{result['date']}.json").write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
