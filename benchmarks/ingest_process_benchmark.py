@@ -81,28 +81,39 @@ def timed_process(command: list[str], env: dict, cwd: Path) -> dict:
     return {"seconds": round(seconds, 3), "lines": lines}
 
 
-def first_line_with(lines: list[tuple[float, str]], *needles: str) -> float | None:
-    for at, line in lines:
-        if all(needle in line for needle in needles):
-            return round(at, 3)
-    return None
+def when_printed(lines: list[tuple[float, str]], *needles: str, last: bool = False) -> float | None:
+    found = [round(at, 3) for at, line in lines if all(needle in line for needle in needles)]
+    return (found[-1] if last else found[0]) if found else None
 
 
 def milestones(lines: list[tuple[float, str]]) -> dict:
-    """When our process reached each stage: from its own output, seconds after start."""
+    """When our process reached each stage, from its own output: seconds after start."""
     return {
-        "planned": first_line_with(lines, "ingest: batch"),
-        "raw_manifest_started": first_line_with(lines, "raw_manifest", "STEP_START"),
-        "resampled_dataset_started": first_line_with(lines, "resampled_dataset", "STEP_START"),
-        "featurized_shards_started": first_line_with(lines, "featurized_shards", "STEP_START"),
-        "featurizing_done": first_line_with(lines, "featurizing: "),
-        "featurized_shards_succeeded": first_line_with(lines, "featurized_shards", "STEP_SUCCESS"),
-        "run_succeeded": first_line_with(lines, "succeeded"),
+        "planned": when_printed(lines, "ingest: batch"),
+        "raw_manifest_reading": when_printed(lines, "raw_manifest", "reading ids"),
+        "raw_manifest_done": when_printed(lines, "raw_manifest", "rows, splits"),
+        "resampling_done": when_printed(lines, "resampling: ", last=True),
+        "featurizing_started": when_printed(lines, "featurized_shards", "featurizing ", "clips for"),
+        "featurizing_done": when_printed(lines, "featurizing: ", last=True),
+        "run_succeeded": when_printed(lines, "succeeded"),
     }
 
 
-def run_ours(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path) -> dict:
+def dagster_instance_template(env_base: dict, work: Path) -> Path:
+    """A Dagster instance as any earlier `asr-pipeline` command leaves it (dagster.yaml, SQLite schema), with no run
+    and no batch in it: copied for each of our runs, so each ingests the 1,000 rows as new."""
+    template = Path(tempfile.mkdtemp(prefix="dagster_template_", dir=work))
+    subprocess.run([sys.executable, "-c", "from asr_pipeline.cli import _instance; _instance()"],
+                   env={**env_base, "DAGSTER_HOME": str(template), "ASR_HOME": str(template.parent)}, check=True)
+    return template
+
+
+def run_ours(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,
+             instance_template: Path | None) -> dict:
+    """instance_template None: a DAGSTER_HOME that does not exist yet (the first command on a new machine)."""
     home = Path(tempfile.mkdtemp(prefix="ingest_home_", dir=work))
+    if instance_template is not None:
+        shutil.copytree(instance_template, home / "dagster")
     env = {**env_base, "ASR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ASR_DB_URL": url,
            "ASR_BASE_MODEL": base_model, "ASR_AUDIO_ROOTS": str(corpus_dir.resolve())}
     script = Path(sys.executable).parent / "asr-pipeline"  # the console script a user runs
@@ -150,23 +161,24 @@ def main() -> None:
 
     url, server = _database(args.mysql)
     engine = sa.create_engine(url)
-    runs = {"ours_cold": [], "ours_warm": [], "seed_cold": [], "seed_warm": []}
+    runs = {"seed_cold": [], "seed_warm": [], "ours_cold": [], "ours_warm": [], "ours_warm_new_instance": []}
     try:
         with engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
                          [{"p": r.audio_path, "t": r.transcript} for r in frame.itertuples()])
+        template = dagster_instance_template(env_base, work)
         for repeat in range(args.repeats):
-            for side in ("seed", "ours"):
-                for cache in ("cold", "warm"):
-                    if cache == "cold":
-                        evict_from_page_cache(read_by_either)
-                    if side == "seed":
-                        result = run_seed(env_base, Path(args.seed_recipe), manifest_csv, args.base_model, work)
-                    else:
-                        result = run_ours(env_base, url, args.base_model, corpus_dir, work)
-                    runs[f"{side}_{cache}"].append(result)
-                    print(f"repeat {repeat + 1}/{args.repeats} {side} {cache}: {result['seconds']} s "
-                          f"({result['rows']} rows)", file=sys.stderr)
+            for name in runs:
+                if name.endswith("cold"):
+                    evict_from_page_cache(read_by_either)
+                if name.startswith("seed"):
+                    result = run_seed(env_base, Path(args.seed_recipe), manifest_csv, args.base_model, work)
+                else:
+                    result = run_ours(env_base, url, args.base_model, corpus_dir, work,
+                                      None if name == "ours_warm_new_instance" else template)
+                runs[name].append(result)
+                print(f"repeat {repeat + 1}/{args.repeats} {name}: {result['seconds']} s ({result['rows']} rows)",
+                      file=sys.stderr)
     finally:
         engine.dispose()
         _drop(server, url)
@@ -177,6 +189,11 @@ def main() -> None:
         "median_seconds": medians,
         "ratio_cold": round(medians["seed_cold"] / medians["ours_cold"], 2),
         "ratio_warm": round(medians["seed_warm"] / medians["ours_warm"], 2),
+        "ratio_warm_new_instance": round(medians["seed_warm"] / medians["ours_warm_new_instance"], 2),
+        # where our time goes: the median second at which each stage's line was printed
+        "ours_milestones_median": {name: {stage: round(statistics.median(r["milestones"][stage] for r in runs[name]), 3)
+                                          for stage in runs[name][0]["milestones"]}
+                                   for name in runs if name.startswith("ours")},
         "runs": runs,
         "note": "other work may have shared the machine's cores while this ran",
         "cpu": _cpu(), "cpu_count": os.cpu_count(), "python": platform.python_version(),

@@ -101,6 +101,8 @@ def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path
     if base.warning:
         context.log.warning(base.warning)
     feature_extractor, tokenizer = load_featurizer(base.source)  # numpy + tokenizers: no torch in an ingest
+    context.log.info(f"featurizing {len(clips)} clips for {base.source} (log-mel: {type(feature_extractor).__name__}, "
+                     f"labels: {type(tokenizer).__name__})")
     out = stage(context, storage_dir(settings))
     summary = features.featurize_shard(clips, out, feature_extractor, tokenizer, base.source, emit=context.log.info)
     summary["placeholder_model"] = base.placeholder
