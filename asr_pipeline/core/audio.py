@@ -276,7 +276,8 @@ class AudioShard:
         size = path.stat().st_size
         self._chunks = [np.memmap(path, dtype=np.float32, mode="r") if size else np.zeros(0, np.float32)]
         self._starts = self.index["offset"].to_numpy(np.int64)
-        self._stops = self._starts + self.index["num_samples"].to_numpy(np.int64)
+        # what the file holds, not what the index claims: a truncated audio.f32 shows as short clips
+        self._stops = np.minimum(self._starts + self.index["num_samples"].to_numpy(np.int64), size // 4)
         self._chunk_of_row = np.zeros(len(self.index), np.int64)
         self._scales = None
         self.stored_ids = self.index["id"].to_numpy()

@@ -129,7 +129,9 @@ def sync_tree(root: Path) -> None:
     survives); a power cut or kernel crash loses what is not on disk, and renames can reach the disk before data."""
     for directory, _, files in os.walk(root):
         for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            # Windows flushes only handles opened for writing (FlushFileBuffers); POSIX fsyncs any descriptor
+            fd = os.open(os.path.join(directory, name), os.O_RDWR | getattr(os, "O_BINARY", 0) if os.name == "nt"
+                         else os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:

@@ -95,6 +95,9 @@ class LabelTokenizer:
         from tokenizers import Tokenizer, processors
 
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        # a tokenizer.json saved with truncation would cut long labels silently (they must be quarantined instead)
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
         prefix = ["<|startoftranscript|>", f"<|{language_code}|>", f"<|{task}|>", "<|notimestamps|>"]
         ids = {token: self.tokenizer.token_to_id(token) for token in [*prefix, "<|endoftext|>"]}
         missing = [token for token, token_id in ids.items() if token_id is None]

@@ -167,6 +167,7 @@ def test_a_hub_id_in_the_local_cache_is_featurized_from_the_cache(tiny_model_dir
     cache = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what resolve_base_model reads: no hub, even on a machine with one
     with pytest.raises(ConfigError, match="neither a local directory nor reachable"):  # HF_HUB_OFFLINE=1
         resolve_base_model(repo, allow_placeholder=False, home=tmp_path)
     shutil.copytree(tiny_model_dir.resolve(), cache / "models--asr-test--tiny-whisper-ko" / "snapshots" / commit)
