@@ -606,8 +606,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float32", action="store_true", help="train and decode in float32 even where the hardware "
                         "has bf16 (results comparable with machines that lack it)")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
-                        help="train on packed 30 s windows of consecutive clips (default on; --no-packing: one clip "
-                        "an input, as validation and the report always are)")
+                        help="train on packed 30 s windows of consecutive clips (default off: measured less "
+                        "accurate so far, docs/BENCHMARKS.md; --no-packing: one clip an input, as validation and the report)")
 
 
 def build_parser() -> argparse.ArgumentParser:

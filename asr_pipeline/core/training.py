@@ -46,7 +46,7 @@ class TrainingSettings:
     cpu_bf16: bool = True  # bf16 autocast on CPUs that multiply bf16 in hardware (AVX512-BF16/AMX); fp32 elsewhere
     # train on packed windows: consecutive clips of an episode in one 30 s input (core/packing.py); batch_size stays
     # the utterances an optimizer step trains on, so a step takes about batch_size / (clips a window) windows
-    packing: bool = True
+    packing: bool = False  # off by default: see docs/BENCHMARKS.md, the CER goal is not met yet
 
     def validate(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):

@@ -165,7 +165,7 @@ class TrainingConfig(dg.Config):
     gradient_checkpointing: bool = Field(default=False, description="less memory, more compute")
     torch_compile: bool = Field(default=False, description="torch.compile the model")
     cpu_bf16: bool = Field(default=True, description="bf16 autocast on CPUs with AMX/AVX512-BF16 (fp32 elsewhere)")
-    packing: bool = Field(default=True, description="train on packed windows: an episode's consecutive clips in one "
+    packing: bool = Field(default=False, description="(off: not yet as accurate, docs/BENCHMARKS.md) train on packed windows: an episode's consecutive clips in one "
                           "30 s input, texts joined by a space (validation and the report stay on single clips); "
                           "batch_size stays the clips a step trains on")
     dataloader_num_workers: int | None = Field(default=None, description="None: 4 with a GPU, 0 on CPU")

@@ -154,7 +154,7 @@ def test_packed_frames_equal_the_concatenated_audios_log_mel_away_from_the_bound
 
 
 def test_packing_is_part_of_the_training_fingerprint_and_of_the_pace_projection():
-    packed, unpacked = TrainingSettings(), TrainingSettings(packing=False)
+    packed, unpacked = TrainingSettings(packing=True), TrainingSettings(packing=False)
     assert training_fingerprint("base", [{}], packed) != training_fingerprint("base", [{}], unpacked)
     previous = {"steps_run": 10, "train_runtime_s": 40.0, "device": "cpu", "base_model": "base",
                 "windows_per_step": 2, "settings": {"batch_size": 16, "gradient_accumulation_steps": 1,
@@ -202,7 +202,7 @@ def test_training_packs_the_train_split_and_validates_on_single_clips(shard_with
     seen = _collated_labels(monkeypatch)
     lines = []
     summary = train_whisper(str(tiny_model_dir), [shard_with_valid], tmp_path / "packed",
-                            TrainingSettings(**FAST, batch_size=8, max_steps=None, epochs=1.0, eval_steps=100),
+                            TrainingSettings(**FAST, batch_size=8, max_steps=None, epochs=1.0, eval_steps=100, packing=True),
                             emit=lines.append)
     tokenizer = load_processor(str(tiny_model_dir)).tokenizer
     texts = [tokenizer.decode(labels, skip_special_tokens=True) for labels in seen]

@@ -13,7 +13,7 @@ from asr_pipeline.core.training import FeatureRows
 
 pytestmark = pytest.mark.mysql
 
-TRAIN = ["train", "--max-steps", "2", "--batch-size", "4", "--eval-steps", "2", "--warmup-steps", "0"]
+TRAIN = ["train", "--max-steps", "2", "--batch-size", "4", "--eval-steps", "2", "--warmup-steps", "0", "--packing"]
 
 
 def test_a_deleted_row_is_not_trained_on_while_its_batch_cannot_be_re_ingested(pipeline_env, monkeypatch,
@@ -46,7 +46,7 @@ def test_a_deleted_row_is_not_trained_on_while_its_batch_cannot_be_re_ingested(p
     assert summary["batches_not_used"]["ids-0000000041-0000000041"].startswith("blocked: blocking check")
     assert summary["batches_outdated"]["ids-0000000001-0000000020"].startswith("blocked: ")
 
-    # packed windows by default (TrainingConfig.packing); the deleted row is in none of them (train_rows above)
+    # packed windows (--packing); the deleted row is in none of them (train_rows above)
     assert summary["packing"] is True and summary["settings"]["packing"] is True
     assert summary["packing_factor"] == round(summary["train_rows"] / summary["train_windows"], 3) > 1
 
