@@ -204,7 +204,8 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
 
 
 def _training_overrides(args) -> dict:
-    names = ["max_steps", "epochs", "batch_size", "learning_rate", "eval_steps", "warmup_steps", "packing"]
+    names = ["max_steps", "epochs", "batch_size", "learning_rate", "eval_steps", "warmup_steps", "packing",
+             "packing_max_seconds"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if "epochs" in overrides:
         if "max_steps" in overrides:
@@ -606,8 +607,17 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float32", action="store_true", help="train and decode in float32 even where the hardware "
                         "has bf16 (results comparable with machines that lack it)")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
-                        help="train on packed 30 s windows of consecutive clips (default off: measured less "
-                        "accurate so far, docs/BENCHMARKS.md; --no-packing: one clip an input, as validation and the report)")
+                        help="train on packed windows of consecutive clips (the default; docs/BENCHMARKS.md); "
+                        "--no-packing: one clip an input, as validation and the report")
+    parser.add_argument("--packing-max-seconds", type=_window_seconds, help="the longest packed window, 1 to 30 "
+                        "seconds (default 15)")
+
+
+def _window_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 1.0 <= seconds <= 30.0:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 30 (Whisper's input is 30 s), got {value}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:

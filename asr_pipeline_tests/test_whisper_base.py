@@ -140,7 +140,9 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
     features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
                 for c in clips]
     durations = [len(load_16k(c["audio_path"])) / 16_000 for c in clips]
-    policy = DecodingPolicy(batch_size=6)
+    # greedy only: the temperature fallback samples, and the two runtimes draw different random numbers, so the
+    # fallen-back clips of this unsure base model would differ by chance rather than by the export
+    policy = DecodingPolicy(batch_size=6, temperatures=(0.0,))
     refs = [c["transcript"] for c in clips]
     reference_texts = transcribe_features(load_model(str(whisper_base_dir)), processor, features, durations, policy,
                                           emit=lambda _: None).texts
@@ -179,3 +181,23 @@ def test_both_runtimes_read_the_same_guard_statistics(whisper_base_dir, korean_c
     assert [c.text for c in hf] == [c.text for c in ct2]
     assert [c.avg_logprob for c in hf] == pytest.approx([c.avg_logprob for c in ct2], abs=0.02)
     assert [c.no_speech_prob for c in hf] == pytest.approx([c.no_speech_prob for c in ct2], abs=0.001)
+
+
+def test_best_of_samples_stay_with_their_clip(whisper_base_dir, korean_clips, monkeypatch):
+    """With best_of > 1 each clip's encoder states and cross-attention keys/values are repeated in place: were the
+    sampling an argmax, every sample of a clip would be that clip's greedy text."""
+    from asr_pipeline.core import decoding
+
+    model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
+    extractor = processor.feature_extractor
+    features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
+                for c in korean_clips[:3]]
+    runtime = decoding.TransformersRuntime(model, processor, features.__getitem__)
+    greedy = runtime.decode([0, 1, 2], 0.0, 8, 1, 0)
+    choose = decoding.TransformersRuntime._choose
+    monkeypatch.setattr(decoding.TransformersRuntime, "_choose",
+                        lambda self, logits, temperature, generator, first: choose(self, logits, 0.0, None, first))
+    sampled = runtime.decode([0, 1, 2], 0.7, 8, 3, 0)
+    assert [c.text for c in sampled] == [c.text for c in greedy]
+    assert [c.avg_logprob for c in sampled] == pytest.approx([c.avg_logprob for c in greedy], abs=1e-4)
+    assert len({c.text for c in greedy}) == 3  # the clips decode differently: a mix-up would show

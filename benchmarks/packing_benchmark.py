@@ -3,7 +3,7 @@ with the seed recipe (../shared/reference/seed_recipe.py) alongside, on the same
 
     cd benchmarks && flock /work/bench.lock ../.venv/bin/python packing_benchmark.py --base-model DIR \\
         [--clips 480] [--test 50] [--valid 5] [--utterances 128] [--batch-size 8] [--learning-rate 1e-5] [--work DIR]
-        [--seed-recipe PATH] [--with-base]
+        [--seed-recipe PATH] [--with-base] [--window-seconds S] [--also-window-seconds S1,S2]
 
 Corpus: --clips espeak-ng Korean utterances (featurize_benchmark.corpus: about 3.5 s each, five clips an episode,
 named like the archive). Whole episodes are split: the last ones (at least --test clips) are the test split, the
@@ -15,7 +15,9 @@ A packed step takes round(batch / clips a window) windows, so its step count is 
 clips (round(utterances / (windows a step x clips a window))), within a step of the others':
   seed             the seed's train() on its own features (padded float32, datasets)
   unpacked         train_whisper, packing off, cpu_bf16 off (float32)
-  packed           train_whisper, packing on (the default), cpu_bf16 off (float32)
+  packed           train_whisper, packing on (the default) with windows of at most --window-seconds (default: the
+                   training default, packing_max_seconds), cpu_bf16 off (float32)
+  packed_<s>s      the same with windows of at most s seconds, for each s in --also-window-seconds
   packed_bf16      train_whisper, packing on, bf16 autocast (only where the CPU has bf16 hardware)
 Utterances/s are utterances seen over the trainer's train_runtime minus the validation time inside it
 (`training_s`); `call_s` is the whole train_whisper call (loading, packing, validation, saving) as a user waits for
@@ -43,7 +45,7 @@ from asr_pipeline.core.evaluation import score
 from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor
 from asr_pipeline.core.settings import normalization_policy
-from asr_pipeline.core.packing import PackedWindows, windows_per_step
+from asr_pipeline.core.packing import PackedWindows, window_frames_limit, windows_per_step
 from asr_pipeline.core.text import clean, paired_episode_bootstrap
 from asr_pipeline.core.training import FeatureRows, TrainingSettings, train_whisper
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
@@ -105,21 +107,24 @@ def test_scores(model, processor, shard: FeatureShard) -> tuple[dict, object]:
             "examples": [[str(r), h] for r, h in list(zip(rows.column("transcript"), hypotheses))[:3]]}, counts
 
 
-def packed_steps(shard: FeatureShard, model: str, utterances: int, batch_size: int) -> int:
+def packed_steps(shard: FeatureShard, model: str, utterances: int, batch_size: int, window_seconds: float) -> int:
     """Steps of packed windows that train on `utterances` clips (windows a step x clips a window), as train_whisper
     plans them (the valid split exists, so every train clip is packed)."""
-    windows = PackedWindows(FeatureRows([shard], "train"), load_processor(model).tokenizer)
+    windows = PackedWindows(FeatureRows([shard], "train"), load_processor(model).tokenizer,
+                            max_frames=window_frames_limit(window_seconds))
     per_step = windows_per_step(batch_size, windows.utterances(), len(windows)) * windows.packing_factor()
     return max(1, round(utterances / per_step))
 
 
-def train_ours(name: str, shard: FeatureShard, out: Path, model: str, args, packing: bool, bf16: bool) -> dict:
-    steps = packed_steps(shard, model, args.utterances, args.batch_size) if packing \
+def train_ours(name: str, shard: FeatureShard, out: Path, model: str, args, packing: bool, bf16: bool,
+               window_seconds: float = TrainingSettings.packing_max_seconds) -> dict:
+    steps = packed_steps(shard, model, args.utterances, args.batch_size, window_seconds) if packing \
         else args.utterances // args.batch_size
     settings = TrainingSettings(learning_rate=args.learning_rate, batch_size=args.batch_size, warmup_steps=5,
                                 max_steps=steps, eval_steps=10_000, logging_steps=max(1, steps // 4),
                                 max_eval_samples=args.valid, generation_max_length=64, packing=packing,
-                                cpu_bf16=bf16)
+                                packing_max_seconds=window_seconds, cpu_bf16=bf16,
+                                seed=getattr(args, "seed", TrainingSettings.seed))
     print(f"training: {name}", file=sys.stderr)
     started = time.perf_counter()
     summary = train_whisper(model, [shard], out / name, settings, emit=lambda line: print(line, file=sys.stderr))
@@ -127,7 +132,8 @@ def train_ours(name: str, shard: FeatureShard, out: Path, model: str, args, pack
     history = json.loads((out / name / "training_log.json").read_text())
     validation_s = sum(h.get("eval_runtime", 0.0) for h in history)
     training_s = summary["train_runtime_s"] - validation_s
-    return {"precision": summary["precision"], "packing": summary["packing"], "steps": summary["steps"],
+    return {"precision": summary["precision"], "packing": summary["packing"],
+            "packing_max_seconds": window_seconds if packing else None, "steps": summary["steps"],
             "windows_per_step": summary["windows_per_step"], "packing_factor": summary["packing_factor"],
             "train_windows": summary["train_windows"], "windows_seen": summary["windows_seen"],
             "utterances_seen": summary["utterances_seen"], "train_runtime_s": summary["train_runtime_s"],
@@ -159,7 +165,7 @@ def run(args) -> dict:
                                           ("train", "valid", "test")},
                    "mean_seconds": round(float(shard.index["duration"].mean()), 2)},
         "utterances": args.utterances, "batch_size": args.batch_size, "steps": steps,
-        "learning_rate": args.learning_rate, "training": {}, "test": {},
+        "learning_rate": args.learning_rate, "window_seconds": args.window_seconds, "training": {}, "test": {},
     }
     counts = {}
     if args.with_base:  # slow: the raw model on synthetic speech falls back through every temperature
@@ -176,28 +182,34 @@ def run(args) -> dict:
     results["test"]["seed"], counts["seed"] = test_scores(seed_model, processor, shard)
     del seed_model
 
-    variants = [("unpacked", False, False), ("packed", True, False)]
+    # (name, packing, bf16, longest window in seconds): "packed" is the default window; --also-window-seconds adds
+    # packed_<s>s variants to compare window lengths on the same corpus in the same run
+    variants = [("unpacked", False, False, 30.0), ("packed", True, False, args.window_seconds)]
+    variants += [(f"packed_{s:g}s", True, False, s) for s in args.also_window_seconds]
     if cpu_has_native_bf16():
-        variants.append(("packed_bf16", True, True))
-    for name, packing, bf16 in variants:
-        results["training"][name] = train_ours(name, shard, run_dir / "models", args.base_model, args, packing, bf16)
+        variants.append(("packed_bf16", True, True, args.window_seconds))
+    for name, packing, bf16, seconds in variants:
+        results["training"][name] = train_ours(name, shard, run_dir / "models", args.base_model, args, packing, bf16,
+                                               seconds)
         results["test"][name], counts[name] = test_scores(load_model(str(run_dir / "models" / name)), processor,
                                                           shard)
 
     training, test = results["training"], results["test"]
-    results["ratios"] = {
-        "packed_vs_unpacked_utterances_per_s": round(training["packed"]["utterances_per_s"]
-                                                     / training["unpacked"]["utterances_per_s"], 2),
-        "packed_vs_unpacked_whole_call": round(training["packed"]["utterances_per_s_whole_call"]
-                                               / training["unpacked"]["utterances_per_s_whole_call"], 2),
-        "packed_vs_seed_utterances_per_s": round(training["packed"]["utterances_per_s"]
-                                                 / training["seed"]["utterances_per_s"], 2),
-        "unpacked_vs_seed_utterances_per_s": round(training["unpacked"]["utterances_per_s"]
-                                                   / training["seed"]["utterances_per_s"], 2),
-        # paired over test episodes, as the promotion decision compares two models
-        "packed_minus_unpacked_test_cer_normalized": paired_episode_bootstrap(
-            counts["packed"], counts["unpacked"], FeatureRows([shard], "test").column("group")),
-    }
+    groups = FeatureRows([shard], "test").column("group")
+    results["ratios"] = {"unpacked_vs_seed_utterances_per_s": round(training["unpacked"]["utterances_per_s"]
+                                                                    / training["seed"]["utterances_per_s"], 2)}
+    for name in [v[0] for v in variants if v[1] and not v[2]]:
+        results["ratios"].update({
+            f"{name}_vs_unpacked_utterances_per_s": round(training[name]["utterances_per_s"]
+                                                          / training["unpacked"]["utterances_per_s"], 2),
+            f"{name}_vs_unpacked_whole_call": round(training[name]["utterances_per_s_whole_call"]
+                                                    / training["unpacked"]["utterances_per_s_whole_call"], 2),
+            f"{name}_vs_seed_utterances_per_s": round(training[name]["utterances_per_s"]
+                                                      / training["seed"]["utterances_per_s"], 2),
+            # paired over test episodes, as the promotion decision compares two models
+            f"{name}_minus_unpacked_test_cer_normalized": paired_episode_bootstrap(counts[name], counts["unpacked"],
+                                                                                    groups),
+        })
     if "packed_bf16" in training:
         results["ratios"]["packed_bf16_vs_unpacked_fp32_utterances_per_s"] = round(
             training["packed_bf16"]["utterances_per_s"] / training["unpacked"]["utterances_per_s"], 2)
@@ -216,6 +228,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--with-base", action="store_true", help="score the base model too (slow)")
     parser.add_argument("--learning-rate", type=float, default=1e-5)
+    parser.add_argument("--window-seconds", type=float, default=TrainingSettings.packing_max_seconds,
+                        help="the longest packed window of the 'packed' variant (default: the training default)")
+    parser.add_argument("--also-window-seconds", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
+                        help="comma-separated window lengths to compare too (packed_<s>s variants)")
     parser.add_argument("--work", default="/tmp/asr_packing_benchmark")
     parser.add_argument("--seed-recipe", default=str(SEED_RECIPE), help="the seed recipe (default: the one beside "
                         "the repository, ../shared/reference/seed_recipe.py)")

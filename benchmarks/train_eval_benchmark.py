@@ -35,6 +35,7 @@ from asr_pipeline.core.text import error_rates
 from asr_pipeline.core.training import FeatureRows, SpeechSeq2SeqCollator, TrainingSettings, train_whisper
 
 SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _seed_module():
@@ -122,12 +123,13 @@ def our_evaluate(shard: FeatureShard, model_dir: str, batch_size: int = 16, pref
     model, processor = load_model(model_dir, dtype=inference_dtype(prefer_bf16)), load_processor(model_dir)
     durations = [float(rows.row(i)["duration"]) for i in range(len(rows))]
     started = time.perf_counter()
-    texts = transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), durations,
-                                DecodingPolicy(batch_size=batch_size), emit=lambda _: None).texts
+    decoded = transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), durations,
+                                  DecodingPolicy(batch_size=batch_size), emit=lambda _: None)
     seconds = time.perf_counter() - started
     references = [str(rows.row(i)["transcript"]) for i in range(len(rows))]
     return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4),
-            "dtype": str(next(model.parameters()).dtype), "cer": round(error_rates(references, texts).cer, 4)}
+            "dtype": str(next(model.parameters()).dtype), "cer": round(error_rates(references, decoded.texts).cer, 4),
+            **{k: round(v, 3) for k, v in decoded.stats().items()}}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -139,11 +141,60 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--valid", type=int, default=32)
     parser.add_argument("--variants", default="full,full_fp32,frozen")
     parser.add_argument("--work", default="/tmp/asr_featurize_benchmark")
+    parser.add_argument("--evaluation-only", action="store_true", help="no training: decode the held-out clips the "
+                        "seed's way and ours (float32, and bf16 where the CPU has it) with each --eval-models model, "
+                        "and save benchmarks/results/evaluation_<date>.json")
+    parser.add_argument("--eval-models", default="", help="comma-separated models for --evaluation-only "
+                        "(default: --base-model); a fine-tuned checkpoint falls back far less than the raw model")
     return parser
 
 
 def main() -> None:
-    print(json.dumps(run_benchmark(parser().parse_args()), indent=2))
+    args = parser().parse_args()
+    if args.evaluation_only:
+        results = evaluation_benchmark(args)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"evaluation_{results['date']}.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results, indent=2))
+        return
+    print(json.dumps(run_benchmark(args), indent=2))
+
+
+def evaluation_benchmark(args) -> dict:
+    """The seed's evaluation (Seq2SeqTrainer.predict, greedy, generation_max_length=225, batch 16) against ours (the
+    report's decoding policy: budget, temperature fallback, no-speech guard), on the last --valid clips, per model."""
+    from datetime import date
+    import platform
+
+    import torch
+
+    from asr_pipeline.core.model import cpu_has_native_bf16
+    from loop_simulation import _cpu
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    frame = corpus(work, args.clips)
+    valid_frame = frame.iloc[-args.valid:]
+    run = work / f"evaluation_{os.getpid()}"
+    run.mkdir(parents=True)
+    seed = _seed_module()
+    valid_frame[["audio_path", "transcript"]].to_csv(run / "seed_valid.csv", index=False)
+    seed.featurize(str(run / "seed_valid.csv"), str(run / "seed_valid_features"), args.base_model)
+    ours_valid = _our_shard(valid_frame, "valid", run / "ours_valid", args.base_model)
+    results = {"command": "python benchmarks/train_eval_benchmark.py " + " ".join(sys.argv[1:]),
+               "date": date.today().isoformat(), "cpu": _cpu(), "cpu_count": os.cpu_count(),
+               "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+               "clips": args.clips, "held_out": args.valid, "models": {}}
+    for model_dir in [m for m in args.eval_models.split(",") if m] or [args.base_model]:
+        print(f"evaluation: {model_dir}", file=sys.stderr)
+        entry = {"seed": seed_evaluate(run / "seed_valid_features", model_dir),
+                 "ours_fp32": our_evaluate(ours_valid, model_dir, prefer_bf16=False)}
+        if cpu_has_native_bf16():
+            entry["ours_bf16"] = our_evaluate(ours_valid, model_dir, prefer_bf16=True)
+        for name in [k for k in entry if k.startswith("ours")]:
+            entry[name]["speedup"] = round(entry[name]["utterances_per_s"] / entry["seed"]["utterances_per_s"], 2)
+        results["models"][model_dir] = entry
+    return results
 
 
 def run_benchmark(args) -> dict:

@@ -17,7 +17,10 @@ import numpy as np
 from asr_pipeline.core.decoding import DecodeResult, DecodingPolicy
 from asr_pipeline.core.hypothesis_cache import HypothesisCache
 
-TRANSFORMERS = "transformers"
+# the runtime's name is part of the hypothesis cache key: a new decoder revision (here the step-by-step loop of
+# decoding.TransformersRuntime, whose sampled fallbacks draw other random numbers than transformers' generate did)
+# must not reuse the previous one's cached hypotheses, or the champion and the challenger would be decoded differently
+TRANSFORMERS = "transformers/stepwise-1"
 CTRANSLATE2 = "ctranslate2-int8"
 
 

@@ -16,6 +16,7 @@ on CTranslate2, so the report, `transcribe` and the deployable export decode ali
 
 from __future__ import annotations
 
+import inspect
 import math
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,8 @@ class DecodingPolicy:
 
     def budget(self, seconds: float) -> int:
         """New tokens an utterance of this duration may generate."""
-        return min(self.max_new_tokens, math.ceil(self.tokens_per_second * max(seconds, 0.0)) + self.token_allowance)
+        return max(1, min(self.max_new_tokens,
+                          math.ceil(self.tokens_per_second * max(seconds, 0.0)) + self.token_allowance))
 
     def describe(self) -> dict:
         """What the report records, and part of the hypothesis cache's key."""
@@ -171,9 +173,17 @@ def guarded_decode(runtime: Runtime, durations: Sequence[float], policy: Decodin
 
 
 class TransformersRuntime:
-    """WhisperForConditionalGeneration: generate, then one teacher-forced pass for the statistics the guards need
-    (the mean log-probability of the tokens and <|eot|>, and P(<|nospeech|>) after <|startoftranscript|>, as
-    openai-whisper and CTranslate2 compute them)."""
+    """WhisperForConditionalGeneration, decoded step by step with a key/value cache (what `generate` does for Whisper,
+    with its token suppression rules), plus what the guards need, read from the same forward passes: the mean
+    log-probability of the tokens and <|endoftext|> under the unmodified logits, and P(<|nospeech|>) after
+    <|startoftranscript|>, as openai-whisper and CTranslate2 compute them.
+
+    Why not `generate`: it keeps decoding every row of a batch until the last one ends, and the guards then needed a
+    second, teacher-forced pass. Here a row leaves the batch when it emits <|endoftext|> (a base model that babbles
+    on one clip no longer holds up fifteen finished ones), the statistics come from the decoding passes themselves,
+    and the encoder states and cross-attention keys/values of a batch are computed once for every temperature.
+    In float32 its greedy tokens equal `generate`'s (asr_pipeline_tests/core/test_decoding.py); in bf16/fp16 a batch
+    that shrinks as rows end may round a near-tie differently."""
 
     def __init__(self, model, processor, features: Callable[[int], np.ndarray]):
         self.model, self.tokenizer, self.features = model, processor.tokenizer, features
@@ -185,12 +195,27 @@ class TransformersRuntime:
         nospeech = self.tokenizer.convert_tokens_to_ids("<|nospeech|>")
         self.no_speech = int(nospeech) if isinstance(nospeech, int) and nospeech != self.tokenizer.unk_token_id \
             else int(gc.no_timestamps_token_id) - 1
+        # generate's rules for Whisper: suppress_tokens at every step, begin_suppress_tokens (" " and <|endoftext|>)
+        # at the first generated position
+        # (ids outside the vocabulary are skipped, as generate skips them). Other generation_config options
+        # (repetition_penalty, no_repeat_ngram_size, top_k/top_p) are not applied: Whisper's configs set none of them.
+        vocabulary = int(model.config.vocab_size)
+        self.suppress = [int(t) for t in (gc.suppress_tokens or []) if 0 <= int(t) < vocabulary]
+        self.begin_suppress = [int(t) for t in (getattr(gc, "begin_suppress_tokens", None) or [])
+                               if 0 <= int(t) < vocabulary]
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         model.eval()
-        self._encoded: tuple[tuple[int, ...], object] | None = None
+        # the batch being decoded: its utterance indices, encoder states and each decoder layer's cross-attention keys
+        # and values, computed once for the greedy pass and every fallback temperature
+        self._encoded: tuple[tuple[int, ...], object, list] | None = None
+        # transformers renamed past_key_values to cache during 5.x; the project allows any 5.x
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def _encode(self, chosen: list[int]):
+        """(encoder states, cross-attention keys/values per decoder layer) of the chosen utterances, in that order.
+        Without the cached keys/values each temperature pass would project the 1500 encoder positions again in each
+        decoder layer (about a tenth of the encoder's work each time, in float32)."""
         import torch
 
         key = tuple(chosen)
@@ -198,67 +223,103 @@ class TransformersRuntime:
             batch = torch.from_numpy(np.stack([self.features(i) for i in chosen]))
             with torch.inference_mode():
                 hidden = self.model.model.encoder(batch.to(device=self.device, dtype=self.dtype)).last_hidden_state
-            self._encoded = (key, hidden)
-        keys, hidden = self._encoded
-        return hidden[[keys.index(i) for i in chosen]]
+                cross = [self._cross_key_value(layer.encoder_attn, hidden) for layer in self.model.model.decoder.layers]
+            self._encoded = (key, hidden, cross)
+        keys, hidden, cross = self._encoded
+        if key == keys:
+            return hidden, cross
+        rows = torch.tensor([keys.index(i) for i in chosen], device=hidden.device)
+        return hidden[rows], [(k[rows], v[rows]) for k, v in cross]
+
+    @staticmethod
+    def _cross_key_value(attention, hidden):
+        """What WhisperAttention computes for cross-attention before caching it: [batch, heads, positions, head_dim]."""
+        shape = (hidden.shape[0], -1, attention.num_heads, attention.head_dim)
+        return (attention.k_proj(hidden).view(shape).transpose(1, 2).contiguous(),
+                attention.v_proj(hidden).view(shape).transpose(1, 2).contiguous())
+
+    @staticmethod
+    def _cache(cross, repeats: int = 1):
+        """A fresh decoder cache whose cross-attention part is already filled (the model then skips recomputing it)."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        if repeats > 1:
+            cross = [(k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0)) for k, v in cross]
+        return EncoderDecoderCache(DynamicCache(), DynamicCache(cross))
+
+    def _forward(self, hidden, cache, ids):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return self.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), decoder_input_ids=ids,
+                          use_cache=True, **{self._cache_kwarg: cache}).logits.float()
 
     def decode(self, chosen, temperature, max_new_tokens, best_of, seed):
         import torch
-        from transformers.modeling_outputs import BaseModelOutput
 
-        hidden = self._encode(chosen)
+        hidden, cross = self._encode(chosen)
         samples = best_of if temperature > 0 else 1
         if samples > 1:
             hidden = hidden.repeat_interleave(samples, dim=0)
-        options = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else \
-            {"do_sample": False, "num_beams": 1}
-        torch.manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         with torch.inference_mode():
-            # one generate call, as for a 30 s clip: without it Whisper's generate treats a text that ends in a
-            # timestamp token as unfinished audio and seeks on into input_features, which it does not have here
-            out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language=LANGUAGE,
-                                      task=TASK, max_new_tokens=max_new_tokens, force_unique_generate_call=True,
-                                      **options)
-        rows = [self._without_prompt(row) for row in out.long().tolist()]
-        tokens = [self._until_eot(row) for row in rows]
-        ended = [self.eot in row for row in rows]  # a text cut by the budget has no <|endoftext|> to score
-        avg_logprob, no_speech = self._statistics(hidden, tokens, ended)
-        candidates = [Candidate(clean(self.tokenizer.decode(t, skip_special_tokens=True)), lp, ns, temperature)
-                      for t, lp, ns in zip(tokens, avg_logprob, no_speech)]
+            tokens, logprob_sums, no_speech, ended = self._generate(hidden, self._cache(cross, samples), temperature,
+                                                                    max_new_tokens, generator)
+        # mean log-probability as faster-whisper reads CTranslate2's score: the tokens (and <|endoftext|> when the text
+        # ended; a text cut by the budget has none to score) summed, divided by the token count + 1
+        candidates = [Candidate(clean(self.tokenizer.decode(t, skip_special_tokens=True)), s / (len(t) + 1), ns,
+                                temperature) for t, s, ns in zip(tokens, logprob_sums, no_speech)]
         return [max(candidates[k * samples:(k + 1) * samples], key=lambda c: c.avg_logprob)
                 for k in range(len(chosen))]
 
-    def _without_prompt(self, row: list[int]) -> list[int]:
-        """A single generate call returns the decoder prompt (<|startoftranscript|><|ko|>...) before the text."""
-        return row[len(self.prompt):] if row[: len(self.prompt)] == self.prompt else row
-
-    def _until_eot(self, row: list[int]) -> list[int]:
-        return row[: row.index(self.eot)] if self.eot in row else row
-
-    def _statistics(self, hidden, tokens: list[list[int]], ended: list[bool]) -> tuple[list[float], list[float]]:
-        """Mean log-probability as faster-whisper reads CTranslate2's score: the tokens (and <|endoftext|> when the
-        text ended) summed, divided by the token count + 1; P(<|nospeech|>) after <|startoftranscript|>."""
+    def _generate(self, hidden, cache, temperature: float, max_new_tokens: int, generator):
+        """(tokens without <|endoftext|>, summed log-probabilities, P(<|nospeech|>), ended) per row."""
         import torch
 
-        width = len(self.prompt) + max(len(t) for t in tokens)
-        ids = torch.full((len(tokens), width), self.eot, dtype=torch.long)
-        for row, t in enumerate(tokens):
-            ids[row, : len(self.prompt) + len(t)] = torch.tensor(self.prompt + t, dtype=torch.long)
-        with torch.inference_mode():
-            from transformers.modeling_outputs import BaseModelOutput
+        rows = hidden.shape[0]
+        ids = torch.tensor([self.prompt] * rows, dtype=torch.long, device=self.device)
+        logits = self._forward(hidden, cache, ids)
+        lse = logits[:, 0].logsumexp(dim=-1)
+        no_speech = (logits[:, 0, self.no_speech] - lse).exp().tolist()
+        logits = logits[:, -1]
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        sums, ended = [0.0] * rows, [False] * rows
+        active = list(range(rows))  # the rows still decoding, in the order of the cache's batch dimension
+        for step in range(max_new_tokens):
+            chosen = self._choose(logits, temperature, generator, first=step == 0)
+            logprobs = logits.gather(1, chosen[:, None])[:, 0] - logits.logsumexp(dim=-1)
+            # one copy to the host a step (token ids are exact in float64)
+            picked = torch.stack([chosen.double(), logprobs.double()], dim=1).tolist()
+            keep = []
+            for position, (row, (token, logprob)) in enumerate(zip(active, picked)):
+                token = int(token)
+                sums[row] += logprob
+                if token == self.eot:
+                    ended[row] = True
+                else:
+                    tokens[row].append(token)
+                    keep.append(position)
+            if not keep or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch and the cache
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                hidden, chosen = hidden[index], chosen[index]
+                active = [active[p] for p in keep]
+            logits = self._forward(hidden, cache, chosen[:, None])[:, -1]
+        return tokens, sums, no_speech, ended
 
-            logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                                decoder_input_ids=ids.to(self.device)).logits.float()
-        lse = logits.logsumexp(dim=-1)  # log-softmax without a second vocabulary-sized tensor
-        no_speech = (logits[:, 0, self.no_speech] - lse[:, 0]).exp().tolist()
-        start = len(self.prompt) - 1  # the logits at the last prompt position predict the first token
-        averages = []
-        for row, (t, done) in enumerate(zip(tokens, ended)):
-            targets = torch.tensor(t + ([self.eot] if done else []), dtype=torch.long, device=logits.device)
-            positions = torch.arange(start, start + len(targets), device=logits.device)
-            picked = logits[row, positions, targets] - lse[row, positions]
-            averages.append(float(picked.sum()) / (len(t) + 1))
-        return averages, no_speech
+    def _choose(self, logits, temperature: float, generator, first: bool):
+        """The next token of each row: generate's suppression, then argmax (greedy) or a sample at the temperature."""
+        import torch
+
+        scores = logits.clone()
+        suppressed = self.suppress + (self.begin_suppress if first else [])
+        if suppressed:
+            scores[:, suppressed] = -float("inf")
+        if temperature == 0:
+            return scores.argmax(dim=-1)
+        probabilities = torch.softmax(scores / temperature, dim=-1)
+        return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
 
 
 def _language_code() -> str:

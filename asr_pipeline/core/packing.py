@@ -1,16 +1,19 @@
 """Packed training windows: several short clips of the train split in one 30 s Whisper input.
 
 Whisper's encoder always sees 30 s (3000 mel frames). Broadcast caption clips are 2-6 s, so unpacked training spends
-most of its encoder work on padding. Packing puts consecutive clips into one window instead (what distil-whisper
+most of its encoder work on padding. Packing puts consecutive clips into one window (at most 15 s by default: see
+docs/BENCHMARKS.md for why not 30) instead (what distil-whisper
 calls concatenating audio):
 
 * Order: clips sorted by (group, id), i.e. an episode's clips in the order they were broadcast, then the next
   episode's; a window is filled in that order and closed when the next clip would not fit, so a window holds one
   episode's neighbouring clips first and the next episode's first clips after them.
-* Limits: at most 3000 frames (30 s), and at most 444 label tokens after the 4-token Korean/transcribe prefix (the
-  joined text and <|endoftext|>), so the full label, prefix included, fits Whisper's 448 target positions.
-  A clip that alone exceeds a limit (featurized_shards quarantines such labels, and truncates audio at 30 s, so
-  it does not happen with stored shards) gets a window of its own: it trains exactly as it would unpacked.
+* Limits: at most `packing_max_seconds` of the training settings (default 15 s, at most 3000 frames = 30 s), and
+  at most 444 label tokens after the 4-token Korean/transcribe prefix (the joined text and <|endoftext|>), so the
+  full label, prefix included, fits Whisper's 448 target positions.
+  A clip that alone exceeds a limit gets a window of its own and trains exactly as it would unpacked: with the
+  default 15 s windows, every stored clip of 15 to 30 s (featurized_shards quarantines labels over the limit and
+  truncates audio at 30 s, so nothing longer is stored).
 * Labels: the prefix once, the clips' texts joined by a space, <|endoftext|> once: exactly the tokenizer's ids of
   "text1 text2 ...". The ids of a clip that follows another are those of " " + its text, not a space token
   followed by its own ids: Whisper's byte-level BPE merges the space into the next word ("다음" and " 다음" are
@@ -40,6 +43,11 @@ from asr_pipeline.core.features import FRAMES_30S
 
 MAX_WINDOW_FRAMES = FRAMES_30S
 MAX_WINDOW_LABEL_TOKENS = 444  # joined text + <|endoftext|>; with the 4-token prefix, Whisper's 448 positions
+
+
+def window_frames_limit(seconds: float) -> int:
+    """Mel frames in a window of at most `seconds` (100 frames a second: hop 160 at 16 kHz), never over 30 s."""
+    return min(MAX_WINDOW_FRAMES, int(round(seconds * 100)))
 
 
 def plan_windows(groups: Sequence[Any], ids: Sequence[int], num_frames: Sequence[int], first_lengths: Sequence[int],

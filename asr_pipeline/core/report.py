@@ -185,7 +185,7 @@ def _ct2_text(report: dict) -> str | None:
         return None
     return (f"CTranslate2 int8 export at `{c['path']}`: CER {c['cer']:.4f} ({c['cer_minus_transformers']:+.4f} vs "
             f"transformers), {c['utterances_per_s']:.2f} utterances/s vs {c['transformers_utterances_per_s']:.2f} with "
-            f"transformers generate ({c['speedup_vs_transformers']:.2f}x) on this machine's CPU.")
+            f"transformers ({c['speedup_vs_transformers']:.2f}x) on this machine's CPU.")
 
 
 def _decoding_text(report: dict) -> str:

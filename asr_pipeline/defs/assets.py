@@ -165,9 +165,12 @@ class TrainingConfig(dg.Config):
     gradient_checkpointing: bool = Field(default=False, description="less memory, more compute")
     torch_compile: bool = Field(default=False, description="torch.compile the model")
     cpu_bf16: bool = Field(default=True, description="bf16 autocast on CPUs with AMX/AVX512-BF16 (fp32 elsewhere)")
-    packing: bool = Field(default=False, description="(off: not yet as accurate, docs/BENCHMARKS.md) train on packed windows: an episode's consecutive clips in one "
-                          "30 s input, texts joined by a space (validation and the report stay on single clips); "
+    packing: bool = Field(default=True, description="train on packed windows: an episode's consecutive clips in one "
+                          "input of at most packing_max_seconds, texts joined by a space (validation and the report "
+                          "stay on single clips); "
                           "batch_size stays the clips a step trains on")
+    packing_max_seconds: float = Field(default=15.0, description="the longest packed window in seconds (1 to 30): "
+                                       "shorter windows hold fewer clips, less speed-up, more clips at the input's start")
     dataloader_num_workers: int | None = Field(default=None, description="None: 4 with a GPU, 0 on CPU")
     launcher: str = Field(default="", description="inprocess | torchrun (a Dagster Pipes subprocess running "
                           "torch.distributed.run); empty: ASR_TRAIN_LAUNCHER, default inprocess")

@@ -65,7 +65,7 @@ def tiny(tiny_model_dir):
     return load_model(str(tiny_model_dir)), load_processor(str(tiny_model_dir))
 
 
-def test_a_real_whisper_decodes_within_the_audio_budget_with_the_guards(tiny, korean_clips):
+def test_a_real_whisper_decodes_within_the_audio_budget_with_the_guards(tiny, korean_clips, monkeypatch):
     from asr_pipeline.core.audio import load_16k
 
     model, processor = tiny
@@ -73,17 +73,14 @@ def test_a_real_whisper_decodes_within_the_audio_budget_with_the_guards(tiny, ko
     # the random tiny Whisper babbles until it is stopped: the audio budget is what stops it
     policy = DecodingPolicy(tokens_per_second=2.0, token_allowance=4, batch_size=4)
     calls = []
-    generate = model.generate
+    generate = decoding.TransformersRuntime._generate
 
-    def counting_generate(*args, **kwargs):
-        calls.append(kwargs["max_new_tokens"])
-        return generate(*args, **kwargs)
+    def counting_generate(self, hidden, cache, temperature, max_new_tokens, generator):
+        calls.append(max_new_tokens)
+        return generate(self, hidden, cache, temperature, max_new_tokens, generator)
 
-    model.generate = counting_generate
-    try:
-        texts = transcribe_audio(model, processor, clips, policy, emit=lambda _: None)
-    finally:
-        del model.generate
+    monkeypatch.setattr(decoding.TransformersRuntime, "_generate", counting_generate)
+    texts = transcribe_audio(model, processor, clips, policy, emit=lambda _: None)
     budgets = {policy.budget(max(len(c) for c in group) / 16_000) for group in
                ([clips[i] for i in idx] for idx, _ in duration_batches([len(c) / 16_000 for c in clips], policy))}
     assert set(calls) <= budgets and len(texts) == 6
@@ -161,3 +158,74 @@ def test_evaluation_settings_are_validated_with_the_variable_name(monkeypatch, t
         with pytest.raises(ConfigError, match=name):
             settings_from_environment()
         monkeypatch.delenv(name)
+
+
+def test_the_step_by_step_decoder_gives_generates_greedy_tokens_and_its_own_statistics(tiny, korean_clips):
+    """The runtime's own loop (rows leave the batch when they end, statistics from the same passes) picks the tokens
+    transformers' generate picks, with Whisper's suppression rules, and scores them as a teacher-forced pass does."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from asr_pipeline.core.audio import load_16k
+    from asr_pipeline.core.model import LANGUAGE, TASK
+
+    model, processor = tiny
+    extractor = processor.feature_extractor
+    features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
+                for c in korean_clips[:3]]
+    runtime = decoding.TransformersRuntime(model, processor, features.__getitem__)
+    hidden, cross = runtime._encode([0, 1, 2])
+    with torch.inference_mode():
+        tokens, sums, no_speech, ended = runtime._generate(hidden, runtime._cache(cross), 0.0, 12, None)
+        reference = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), language=LANGUAGE,
+                                   task=TASK, max_new_tokens=12, do_sample=False, num_beams=1,
+                                   force_unique_generate_call=True)
+    for row, expected in enumerate(reference.tolist()):
+        expected = expected[len(runtime.prompt):]
+        expected = expected[: expected.index(runtime.eot) + 1] if runtime.eot in expected else expected
+        assert tokens[row] + ([runtime.eot] if ended[row] else []) == expected
+        # the statistics: a teacher-forced pass over prompt + tokens gives the same log-probabilities
+        ids = torch.tensor([runtime.prompt + expected])
+        with torch.inference_mode():
+            logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[row:row + 1]),
+                           decoder_input_ids=ids).logits.float()[0]
+        logprobs = logits.log_softmax(dim=-1)
+        start = len(runtime.prompt) - 1
+        assert sums[row] == pytest.approx(sum(float(logprobs[start + k, t]) for k, t in enumerate(expected)), abs=1e-3)
+        assert no_speech[row] == pytest.approx(float(logprobs[0, runtime.no_speech].exp()), abs=1e-5)
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others(tiny, korean_clips, monkeypatch):
+    """A row that ends early is dropped from the batch and the cache; the rows still decoding get the tokens they get
+    decoded alone."""
+    from asr_pipeline.core.audio import load_16k
+
+    model, processor = tiny
+    extractor = processor.feature_extractor
+    features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
+                for c in korean_clips[:3]]
+    runtime = decoding.TransformersRuntime(model, processor, features.__getitem__)
+    choose = decoding.TransformersRuntime._choose
+    steps = []
+
+    def ending_row_one_at_step_three(self, logits, temperature, generator, first):
+        chosen = choose(self, logits, temperature, generator, first)
+        steps.append(chosen.shape[0])
+        if len(steps) == 3:
+            chosen[1] = self.eot  # the second row ends after two tokens
+        return chosen
+
+    with torch.inference_mode():
+        alone = [runtime._generate(*_one(runtime, i), 0.0, 8, None)[0][0] for i in range(3)]
+    monkeypatch.setattr(decoding.TransformersRuntime, "_choose", ending_row_one_at_step_three)
+    hidden, cross = runtime._encode([0, 1, 2])
+    with torch.inference_mode():
+        tokens, _, _, ended = runtime._generate(hidden, runtime._cache(cross), 0.0, 8, None)
+    assert ended == [False, True, False] and tokens[1] == alone[1][:2]
+    assert tokens[0] == alone[0] and tokens[2] == alone[2]
+    assert steps[:3] == [3, 3, 3] and set(steps[3:]) == {2}  # two rows decode on after the third step
+
+
+def _one(runtime, i):
+    hidden, cross = runtime._encode([i])
+    return hidden, runtime._cache(cross)
+

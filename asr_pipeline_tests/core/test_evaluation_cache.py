@@ -52,16 +52,17 @@ def _variant(tiny_model_dir, out, seed):
 
 @pytest.fixture()
 def counted_generate(monkeypatch):
-    from transformers import WhisperForConditionalGeneration
+    """Every decoding pass the transformers runtime runs (its budget)."""
+    from asr_pipeline.core.decoding import TransformersRuntime
 
     calls = []
-    original = WhisperForConditionalGeneration.generate
+    original = TransformersRuntime._generate
 
-    def counting(self, *args, **kwargs):
-        calls.append(kwargs.get("max_new_tokens"))
-        return original(self, *args, **kwargs)
+    def counting(self, hidden, cache, temperature, max_new_tokens, generator):
+        calls.append(max_new_tokens)
+        return original(self, hidden, cache, temperature, max_new_tokens, generator)
 
-    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", counting)
+    monkeypatch.setattr(TransformersRuntime, "_generate", counting)
     return calls
 
 

@@ -11,7 +11,7 @@ from asr_pipeline.core.audio import AudioShard, load_16k, resample_manifest
 from asr_pipeline.core.features import HOP_LENGTH, FeatureShard, featurize_shard, log_mel_frames, rebuild_padded
 from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, plan_windows, window_frames,
-                                       window_labels, windows_per_step)
+                                       window_frames_limit, window_labels, windows_per_step)
 from asr_pipeline.core.synth import demo_sentences
 from asr_pipeline.core.training import (FeatureRows, SpeechSeq2SeqCollator, TrainingSettings, projected_wall_time,
                                         train_whisper, training_fingerprint)
@@ -32,6 +32,20 @@ def test_an_episodes_clips_are_packed_in_order_and_the_next_episode_fills_the_re
 def test_a_window_holds_at_most_30_seconds():
     assert _plan([("A", 1, 1000, 5, 5), ("A", 2, 2000, 5, 5)]) == [[1, 2]]  # exactly 3000 frames
     assert _plan([("A", 1, 1000, 5, 5), ("A", 2, 2001, 5, 5)]) == [[1], [2]]
+
+
+def test_a_shorter_window_limit_holds_fewer_clips_and_never_exceeds_30_seconds():
+    assert window_frames_limit(15) == 1500 and window_frames_limit(30) == 3000 and window_frames_limit(45) == 3000
+    clips = [("A", k, 500, 5, 5) for k in range(1, 7)]
+    assert _plan(clips) == [[1, 2, 3, 4, 5, 6]]
+    assert _plan(clips, max_frames=window_frames_limit(15)) == [[1, 2, 3], [4, 5, 6]]
+    assert _plan(clips, max_frames=window_frames_limit(14.99)) == [[1, 2], [3, 4], [5, 6]]
+
+
+@pytest.mark.parametrize("seconds", [0.5, 30.5])
+def test_a_window_limit_outside_1_to_30_seconds_is_refused(seconds):
+    with pytest.raises(ValueError, match="packing_max_seconds must be between 1 and 30"):
+        TrainingSettings(packing_max_seconds=seconds).validate()
 
 
 def test_a_clip_longer_than_the_remaining_window_starts_a_new_one_and_order_is_kept():
@@ -220,6 +234,31 @@ def test_training_packs_the_train_split_and_validates_on_single_clips(shard_with
     assert summary["utterances_seen"] == round(summary["windows_seen"] * 12 / summary["train_windows"])
     assert summary["train_utterances_per_s"] > 0
     assert any(line.startswith(f"packed 12 train clips into {summary['train_windows']} windows") for line in lines)
+
+
+def test_training_packs_windows_no_longer_than_packing_max_seconds(shard_with_valid, tiny_model_dir, tmp_path,
+                                                                    monkeypatch):
+    lengths = []
+    collate = SpeechSeq2SeqCollator.__call__
+
+    def recording(self, features):
+        lengths.extend(np.asarray(f["frames"]).shape[0] for f in features if "frames" in f)
+        return collate(self, features)
+
+    monkeypatch.setattr(SpeechSeq2SeqCollator, "__call__", recording)
+    clip_frames = int(shard_with_valid.index[shard_with_valid.index["split"] == "train"]["num_frames"].max())
+    limit = 2 * clip_frames / 100  # seconds: room for two of the longest clips, never three
+    settings = dict(FAST, batch_size=4, max_steps=None, epochs=1.0, eval_steps=100, packing=True)
+    wide = train_whisper(str(tiny_model_dir), [shard_with_valid], tmp_path / "wide", TrainingSettings(**settings),
+                         emit=lambda _: None)
+    lines, wide_lengths = [], lengths[:]
+    lengths.clear()
+    short = train_whisper(str(tiny_model_dir), [shard_with_valid], tmp_path / "short",
+                          TrainingSettings(**settings, packing_max_seconds=limit), emit=lines.append)
+    assert short["train_windows"] > wide["train_windows"]
+    assert max(wide_lengths) > window_frames_limit(limit)  # the limit made a difference
+    assert lengths and max(lengths) <= window_frames_limit(limit)
+    assert any(f"windows of at most {limit:g} s" in line for line in lines)
 
 
 def test_without_packing_every_clip_is_its_own_window(shard_with_valid, tiny_model_dir, tmp_path, monkeypatch):

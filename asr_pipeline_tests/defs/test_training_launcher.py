@@ -47,7 +47,7 @@ def test_training_runs_under_torchrun_through_dagster_pipes(pipeline_env, monkey
     messages = [e.message or "" for e in instance.all_logs(run.run_id)]
     # the worker's own log lines came back through Pipes, from rank 0 of a 1-process torchrun world
     assert any("training worker: rank 0 of 1" in m for m in messages), messages
-    assert any("fine-tuning" in m and "2 steps of 2" in m for m in messages)
+    assert any("fine-tuning" in m and "2 steps of " in m for m in messages)  # of 2 clips, or of packed windows
     assert any("torch.distributed.run" in m for m in messages)
     # and its custom message (the summary's path and the world size) reached the asset
     assert any("training worker reported" in m and "'world_size': 1" in m for m in messages)
