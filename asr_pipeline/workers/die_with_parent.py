@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv:
         raise SystemExit("usage: python -m asr_pipeline.workers.die_with_parent -- COMMAND [ARGS...]")
     parent = os.getppid()
+    # the signal must take effect: an ignored or blocked SIGTERM inherited from the process that started us (both
+    # survive fork and exec) would keep the command alive after its parent died
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect

@@ -88,5 +88,8 @@ def test_the_launched_command_dies_with_a_parent_killed_by_sigkill(tmp_path):
                 break
         time.sleep(0.1)
     else:
+        with open(f"/proc/{child}/status") as status:  # what kept it alive: its state and signal masks
+            detail = [line.strip() for line in status if line.startswith(("State", "SigBlk", "SigIgn", "SigPnd",
+                                                                           "ShdPnd", "PPid"))]
         os.kill(child, signal.SIGKILL)
-        raise AssertionError("the child outlived its SIGKILLed parent")
+        raise AssertionError(f"the child outlived its SIGKILLed parent: {detail}")
