@@ -210,6 +210,7 @@ class TransformersRuntime:
         # and values, computed once for the greedy pass and every fallback temperature
         self._encoded: tuple[tuple[int, ...], object, list] | None = None
         # transformers renamed past_key_values to cache during 5.x; the project allows any 5.x
+        self._masks = None  # (every step, first step) suppression masks over the vocabulary, made on first use
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def _encode(self, chosen: list[int]):
@@ -312,10 +313,14 @@ class TransformersRuntime:
         """The next token of each row: generate's suppression, then argmax (greedy) or a sample at the temperature."""
         import torch
 
-        scores = logits.clone()
-        suppressed = self.suppress + (self.begin_suppress if first else [])
-        if suppressed:
-            scores[:, suppressed] = -float("inf")
+        if self._masks is None:  # made once: the hot loop only applies them
+            masks = []
+            for ids in (self.suppress, self.suppress + self.begin_suppress):
+                mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+                mask[ids] = True
+                masks.append(mask)
+            self._masks = tuple(masks)
+        scores = logits.masked_fill(self._masks[1 if first else 0], -float("inf"))
         if temperature == 0:
             return scores.argmax(dim=-1)
         probabilities = torch.softmax(scores / temperature, dim=-1)
