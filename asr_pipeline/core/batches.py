@@ -25,8 +25,9 @@ from typing import Sequence
 from asr_pipeline.core.database import TranscriptTable
 
 KEY_PATTERN = re.compile(r"^ids-(\d{10})-(\d{10})$")
-FREE_RETRIES = 3  # failed attempts re-requested at once; after that at most one attempt per RETRY_BACKOFF_S
-RETRY_BACKOFF_S = 3600.0
+FREE_RETRIES = 3  # failed attempts re-requested at once; after that the wait doubles from RETRY_BACKOFF_S
+RETRY_BACKOFF_S = 3600.0  # the first wait: a NAS back after an hour's outage is picked up within the hour
+MAX_RETRY_BACKOFF_S = 86400.0  # the longest wait: a batch broken for good costs one run a day, not 24
 
 
 def batch_key(first_id: int, last_id: int) -> str:
@@ -134,12 +135,15 @@ class BatchRequest:
 
 
 def retry_due(failures: int, last_failure_at: float | None, now: float, free_retries: int = FREE_RETRIES,
-              backoff_s: float = RETRY_BACKOFF_S) -> float | None:
-    """None when a failed batch may be requested again now, else the unix time it may be: the first
-    `free_retries` failures are retried at once, later ones at most once per backoff_s."""
+              backoff_s: float = RETRY_BACKOFF_S, max_backoff_s: float = MAX_RETRY_BACKOFF_S) -> float | None:
+    """None when a failed batch may be requested again now, else the unix time it may be. The first
+    `free_retries` failures are retried at once; after that the wait after each failure doubles, from backoff_s
+    (1 h, 2 h, 4 h, ...) up to max_backoff_s, so a batch that fails every time costs a bounded number of runs a day
+    (at most one once the waits reach a day) and a passing outage is still retried soon."""
     if failures < free_retries or last_failure_at is None:
         return None
-    due = last_failure_at + backoff_s
+    doublings = min(failures - max(free_retries, 1), 32)  # the first wait after the free ones is backoff_s
+    due = last_failure_at + min(backoff_s * 2.0 ** max(doublings, 0), max_backoff_s)
     return None if now >= due else due
 
 

@@ -8,9 +8,11 @@ States:
 - pending: not done yet and nothing went wrong: never processed, its content changed, or a run (or an automatic
   retry) is queued or running.
 - failed: its latest run failed after its retries (NAS outage, out of memory, a crash); `failures` counts the failed
-  attempts since its last success. Requested again at once for the first three attempts, then hourly.
+  attempts since its last success. Requested again at once for the first three attempts, then after waits that
+  double from an hour to a day (core.batches.retry_due).
 - blocked: its latest run was stopped by a blocking asset check (quarantine rate, 16 kHz audio, feature shapes);
-  the reason is the check's. Requested again when its rows change, else hourly.
+  the reason is the check's. Requested again when its rows change, else after waits that double from an hour to a
+  day.
 - stale: done, but made with settings or code that have changed since (reasons from asr_pipeline.defs.versions).
 """
 
@@ -230,7 +232,7 @@ def batch_states(instance: dg.DagsterInstance, keys: Iterable[str] | None = None
             state.state, state.reason = "stale", stale_reasons[key]
         elif state.state == "failed":
             state.state, why = _why_it_failed(instance, state.last_run_id)
-            # a blocking check fails the same way on the same rows: retried hourly from the first time (files
+            # a blocking check fails the same way on the same rows: retried after an hour from the first time (files
             # restored on the NAS, say) or at once when its rows change; other failures get quick retries first
             free = 0 if state.state == "blocked" else FREE_RETRIES
             state.retry_at = retry_due(state.failures, state.last_failure_at, now, free_retries=free)

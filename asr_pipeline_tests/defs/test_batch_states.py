@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from asr_pipeline import cli
 from asr_pipeline.core.batches import IngestCursor
+from asr_pipeline.defs import ingest
 from asr_pipeline.defs.ingest import plan_ingest
 from asr_pipeline.defs.partitions import INGEST_BATCHES
 from asr_pipeline_tests.conftest import create_notebook_table
@@ -58,7 +59,7 @@ def test_a_batch_whose_run_failed_is_requested_again_and_then_done(env, monkeypa
     assert not idle.run_requests and "nothing to do" in idle.skip_reason.skip_message
 
 
-def test_after_three_failed_attempts_a_batch_is_tried_at_most_hourly(env, monkeypatch, tmp_path):
+def test_after_three_failed_attempts_the_waits_between_attempts_double(env, monkeypatch, tmp_path):
     monkeypatch.setenv("ASR_BATCH_ROWS", "100")  # one batch
     _model_storage_outage(monkeypatch, tmp_path)
     daemon = Daemon()
@@ -72,8 +73,18 @@ def test_after_three_failed_attempts_a_batch_is_tried_at_most_hourly(env, monkey
     settings = daemon.defs.resources["settings"]
     cursor = IngestCursor.from_json(daemon.cursor)
     later = plan_ingest(daemon.instance, table, settings, cursor, now=time.time() + 3601)
-    table.dispose()
     assert [(r.key, r.reason, r.attempt) for r in later.requests] == [("ids-0000000001-0000000025", "retry", 3)]
+
+    # the fourth attempt fails too (the outage goes on): the next wait is two hours, not one
+    monkeypatch.setattr(ingest, "clock", lambda: time.time() + 3601)  # the sensor's tick an hour later
+    fourth = daemon.tick(execute=True)
+    assert [r.tags["asr/reason"] for r in fourth.run_requests] == ["retry"]
+    failed_at = time.time()
+    cursor = IngestCursor.from_json(daemon.cursor)
+    assert not plan_ingest(daemon.instance, table, settings, cursor, now=failed_at + 3601).requests
+    after_two_hours = plan_ingest(daemon.instance, table, settings, cursor, now=failed_at + 2 * 3600 + 1)
+    table.dispose()
+    assert [(r.reason, r.attempt) for r in after_two_hours.requests] == [("retry", 4)]
 
 
 def test_status_lists_every_batch_with_its_state_and_reason(env, monkeypatch):
