@@ -207,6 +207,9 @@ def _training_overrides(args) -> dict:
     names = ["max_steps", "epochs", "batch_size", "learning_rate", "eval_steps", "warmup_steps", "packing",
              "packing_max_seconds"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if overrides.get("packing") is False and "packing_max_seconds" in overrides:
+        raise SystemExit("--packing-max-seconds sets the length of packed windows; with --no-packing there are none: "
+                         "give one of the two")
     if "epochs" in overrides:
         if "max_steps" in overrides:
             raise SystemExit("--max-steps and --epochs are two ways to set the training budget: give one")
