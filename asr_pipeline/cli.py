@@ -122,7 +122,7 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
 def _not_promoted(result) -> bool:
     """The run evaluated a challenger and the promotion decision (the check challenger_beats_champion, WARN when it
     says no) kept the champion: a successful run whose answer is "no"."""
-    from asr_pipeline.defs.checks import BEATS_CHAMPION
+    from asr_pipeline.defs.evaluation.checks import BEATS_CHAMPION
 
     return any(e.check_name == BEATS_CHAMPION and not e.passed for e in result.get_asset_check_evaluations())
 
@@ -132,7 +132,7 @@ def _run_batch_multiprocess(key: str) -> None:
     `--parallel` ingest starts in a subprocess per batch."""
     import dagster as dg
 
-    from asr_pipeline.defs.ingest import INGEST_TAGS
+    from asr_pipeline.defs.ingest.planning import INGEST_TAGS
     from asr_pipeline.definitions import ingest_job
 
     result = dg.execute_job(dg.reconstructable(ingest_job), instance=_instance(),
@@ -169,7 +169,7 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
     """What new_transcripts_sensor does, without the daemon: register new batches, (re)process new, changed and
     never-materialized ones. Every registered batch is checked (a person runs this, not a 60 s tick).
     parallel > 1: that many batches at once, each a run on the multiprocess executor."""
-    from asr_pipeline.defs.ingest import plan_ingest, request_lines
+    from asr_pipeline.defs.ingest.planning import plan_ingest, request_lines
 
     defs = defs or _definitions()
     instance = _instance()
@@ -291,13 +291,13 @@ def cmd_ingest_batch(args) -> None:
 def cmd_backfill(args) -> None:
     """Re-process registered batches (after a featurizer change, say): in-process, one after another."""
     from asr_pipeline.core.batches import parse_batch_key
-    from asr_pipeline.defs.partitions import INGEST_BATCHES
+    from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 
     defs, instance = _definitions(), _instance()
     _reap_dead_runs(instance)
     registered = sorted(instance.get_dynamic_partitions(INGEST_BATCHES.name))
     if getattr(args, "stale", False):
-        from asr_pipeline.defs.versions import stale_batch_reasons
+        from asr_pipeline.defs.common.versions import stale_batch_reasons
 
         stale = stale_batch_reasons(instance, defs.resources["settings"], registered)
         if not stale:
@@ -415,15 +415,15 @@ def collect_batch_states() -> dict:
     """Every registered batch with its state and reason, from the Dagster instance's catalog (runs,
     materializations, check evaluations) and the table's current fingerprints; without the database, from the
     catalog alone (a changed batch then still reads as done) and the error is reported."""
-    from asr_pipeline.defs.batch_states import batch_states, registered_batches
+    from asr_pipeline.defs.ingest.batch_states import batch_states, registered_batches
 
     defs = _definitions()
     instance = _instance()
     database, settings = defs.resources["database"], defs.resources["settings"]
     keys = registered_batches(instance)
     stale = None
-    try:  # settings or code changed since a batch was made (asr_pipeline.defs.versions, where present)
-        from asr_pipeline.defs.versions import stale_batch_reasons
+    try:  # settings or code changed since a batch was made (asr_pipeline.defs.common.versions, where present)
+        from asr_pipeline.defs.common.versions import stale_batch_reasons
     except ImportError:
         pass
     else:

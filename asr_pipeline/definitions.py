@@ -8,13 +8,23 @@ import dagster as dg
 from asr_pipeline.core.errors import ConfigError
 from asr_pipeline.defs.alerts.freshness import FRESHNESS_CHECKS, without_freshness_checks
 from asr_pipeline.defs.alerts.sensors import build_alert_sensor
-from asr_pipeline.defs.assets import ASSETS, INGEST_ASSETS, RETRAIN_ASSETS, storage_dir
-from asr_pipeline.defs.ingest import INGEST_TAGS
-from asr_pipeline.defs.io_managers import AssetDirectoryIOManager
-from asr_pipeline.defs.resources import database_from_environment, settings_from_environment
-from asr_pipeline.defs.schedules import RETRAIN_JOB, build_nightly_retraining
-from asr_pipeline.defs.sensors import INGEST_JOB, new_transcripts_sensor
-from asr_pipeline.defs.versions import with_code_versions
+from asr_pipeline.defs.common.io_managers import AssetDirectoryIOManager
+from asr_pipeline.defs.common.resources import database_from_environment, settings_from_environment
+from asr_pipeline.defs.common.shards import storage_dir
+from asr_pipeline.defs.common.versions import with_code_versions
+from asr_pipeline.defs.evaluation.assets import champion_model, evaluation_report
+from asr_pipeline.defs.ingest.assets import featurized_shards, raw_manifest, resampled_dataset, training_datas
+from asr_pipeline.defs.ingest.planning import INGEST_TAGS
+from asr_pipeline.defs.ingest.sensors import INGEST_JOB, new_transcripts_sensor
+from asr_pipeline.defs.training.assets import finetuned_checkpoint
+from asr_pipeline.defs.training.schedules import RETRAIN_JOB, build_nightly_retraining
+
+# each area (defs/ingest, defs/training, defs/evaluation, defs/alerts) owns its assets, checks, sensors and schedules;
+# this module assembles them into the code location
+ASSETS = [training_datas, raw_manifest, resampled_dataset, featurized_shards, finetuned_checkpoint, evaluation_report,
+          champion_model]
+INGEST_ASSETS = ["raw_manifest", "resampled_dataset", "featurized_shards"]
+RETRAIN_ASSETS = ["finetuned_checkpoint", "evaluation_report", "champion_model"]
 
 TRAIN_JOB = "asr_train"
 EVALUATE_JOB = "asr_evaluate"

@@ -38,8 +38,8 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from asr_pipeline.core.batches import parse_batch_key  # noqa: E402  (the repository first on the path)
-from asr_pipeline.defs.partitions import INGEST_BATCHES  # noqa: E402
-from asr_pipeline.defs.resources import TranscriptDatabase  # noqa: E402
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES  # noqa: E402
+from asr_pipeline.defs.common.resources import TranscriptDatabase  # noqa: E402
 
 DEFAULT_MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
 FAILING_BATCH_INDEX = 36  # the 37th batch's first run fails
@@ -104,8 +104,8 @@ def simulate(args) -> dict:
                        "ASR_BATCH_ROWS": "10000", "ASR_BATCH_MAX_WAIT_MINUTES": "60",
                        "ASR_CHECK_BATCHES_PER_TICK": "20"})
     from asr_pipeline import cli
-    from asr_pipeline.defs import ingest
-    from asr_pipeline.defs.batch_states import batch_states
+    from asr_pipeline.defs.ingest import planning as ingest
+    from asr_pipeline.defs.ingest.batch_states import batch_states
 
     rng = random.Random(args.seed)
     engine = sa.create_engine(url)

@@ -10,7 +10,7 @@ pending row was first seen `max_wait_s` ago (0: every tick), so rows trickling i
 partition, and a run, per tick. Each batch has a fingerprint computed by the database (row count plus
 MAX(updated_at), or plus SUM(CRC32(path|transcript))): when it differs from the one the batch was processed from (a
 corrected transcript, a deleted row) the batch is processed again. What was processed, what failed and when lives in
-the Dagster instance (asr_pipeline.defs.batch_states); the sensor's cursor holds a few numbers only, however many
+the Dagster instance (asr_pipeline.defs.ingest.batch_states); the sensor's cursor holds a few numbers only, however many
 batches exist. Planning and registration run under one lock (asr_pipeline.core.locks), so the sensor and
 `asr-pipeline ingest` never cut overlapping batches.
 """

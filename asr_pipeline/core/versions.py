@@ -6,7 +6,7 @@ feature extractor). Each asset's version covers everything upstream of it too, s
 asset it reaches stale at once, before anything is re-processed (Dagster does not pass a parent's staleness on to
 its children by itself: it only compares each asset's own code version and its inputs' data versions).
 
-The Dagster layer (asr_pipeline.defs.versions) uses these as the assets' code_version; they are also written into
+The Dagster layer (asr_pipeline.defs.common.versions) uses these as the assets' code_version; they are also written into
 every shard's meta.json, so training can refuse a mix of batches made with different settings.
 """
 

@@ -159,7 +159,7 @@ def test_a_float32_shard_written_before_the_int16_format_still_reads(tmp_path):
 
 
 def test_the_shard_check_compares_the_audio_file_with_the_index(tmp_path, korean_clips):
-    from asr_pipeline.defs.checks import clips_are_16k_mono
+    from asr_pipeline.defs.ingest.checks import clips_are_16k_mono
 
     shard, _ = _shard(tmp_path, [c["audio_path"] for c in korean_clips[:3]])
     assert clips_are_16k_mono(shard.path).passed

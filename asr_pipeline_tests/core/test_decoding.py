@@ -146,7 +146,7 @@ def test_transcribe_places_the_model_and_decodes_under_the_policy(tiny_model_dir
 
 def test_evaluation_settings_are_validated_with_the_variable_name(monkeypatch, tmp_path):
     from asr_pipeline.core.errors import ConfigError
-    from asr_pipeline.defs.resources import settings_from_environment
+    from asr_pipeline.defs.common.resources import settings_from_environment
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path))
     assert settings_from_environment().eval_max_utterances == 2000

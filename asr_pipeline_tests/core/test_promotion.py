@@ -182,7 +182,7 @@ def test_an_unknown_rule_is_refused_with_the_variable_name():
 
 def test_the_gate_settings_come_from_the_environment_and_name_the_variable(monkeypatch, tmp_path):
     from asr_pipeline.core.errors import ConfigError
-    from asr_pipeline.defs.resources import settings_from_environment
+    from asr_pipeline.defs.common.resources import settings_from_environment
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path))
     policy = settings_from_environment().promotion_policy()

@@ -88,7 +88,7 @@ class Daemon:
                                            raise_on_error=False).success
 
     def states(self) -> dict[str, str]:
-        from asr_pipeline.defs.batch_states import batch_states
+        from asr_pipeline.defs.ingest.batch_states import batch_states
 
         table = self.defs.resources["database"].open_table()
         try:

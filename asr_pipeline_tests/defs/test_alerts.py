@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from asr_pipeline import cli
 from asr_pipeline.defs.alerts.freshness import BATCHES_DONE, DECISION_RECENT, TRAINING_KEEPS_UP
 from asr_pipeline.defs.alerts.sensors import build_alert_sensor
-from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 from asr_pipeline_tests.alert_servers import (SMTP_PASSWORD, WEBHOOK_TOKEN, free_port, mail_server,  # noqa: F401
                                               no_alert_environment, webhook)
 from asr_pipeline_tests.conftest import create_notebook_table

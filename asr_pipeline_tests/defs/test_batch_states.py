@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 from asr_pipeline import cli
 from asr_pipeline.core.batches import IngestCursor
-from asr_pipeline.defs import ingest
-from asr_pipeline.defs.ingest import plan_ingest
-from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest import planning as ingest
+from asr_pipeline.defs.ingest.planning import plan_ingest
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 from asr_pipeline_tests.conftest import create_notebook_table
 from asr_pipeline_tests.defs.sensor_harness import Daemon, audio_environment, insert_rows
 

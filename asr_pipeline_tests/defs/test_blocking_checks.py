@@ -11,7 +11,8 @@ import pytest
 
 from asr_pipeline import cli
 from asr_pipeline.core import audio, champion
-from asr_pipeline.defs import checks
+from asr_pipeline.defs.ingest import checks
+from asr_pipeline.defs.training.checks import LOSS_FINITE
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 
@@ -77,7 +78,7 @@ def test_features_with_the_wrong_number_of_mel_bins_block_training(pipeline_env,
     # mel bins. The check is what stands between such features and the training.
     from transformers import WhisperProcessor
 
-    from asr_pipeline.defs import assets
+    from asr_pipeline.defs.ingest import assets
 
     mels = json.loads((tiny_model_dir / "config.json").read_text())["num_mel_bins"]
     mismatched = _copy_model(tiny_model_dir, tmp_path / "mismatched")
@@ -124,7 +125,7 @@ def test_a_nan_loss_blocks_evaluation(pipeline_env, monkeypatch, tiny_model_dir,
         cli._run("asr_retrain", training={**TINY_TRAINING, "generation_max_length": 4, "max_eval_samples": 2})
     instance = dg.DagsterInstance.get()
     assert _latest_run(instance, "asr_ingest").status == dg.DagsterRunStatus.SUCCESS  # features need no weights
-    status, evaluation = _check(instance, "finetuned_checkpoint", checks.LOSS_FINITE)
+    status, evaluation = _check(instance, "finetuned_checkpoint", LOSS_FINITE)
     assert status.value == "FAILED" and evaluation.passed is False
     assert evaluation.metadata["non_finite"].value >= 1
     run = _latest_run(instance, "asr_retrain")

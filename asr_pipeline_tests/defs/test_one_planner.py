@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.database import TranscriptTable
 from asr_pipeline.core.locks import lock_name
-from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 from asr_pipeline_tests.conftest import create_notebook_table
 from asr_pipeline_tests.defs.sensor_harness import Daemon, audio_environment, insert_rows
 

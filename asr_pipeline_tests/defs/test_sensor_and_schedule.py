@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 from asr_pipeline_tests.conftest import create_notebook_table
 from asr_pipeline_tests.defs import sensor_harness
 from asr_pipeline_tests.defs.sensor_harness import audio_environment, covered_ids, insert_rows
@@ -132,7 +132,7 @@ def test_cli_ingest_and_the_sensor_never_cut_overlapping_batches(env):
     daemon = Daemon()
     daemon.tick()  # registers ids 1-25
     _insert(env, range(26, 31))
-    from asr_pipeline.defs.ingest import plan_ingest
+    from asr_pipeline.defs.ingest.planning import plan_ingest
     table = daemon.defs.resources["database"].open_table()
     plan = plan_ingest(daemon.instance, table, daemon.defs.resources["settings"], check_all=True, max_wait_s=0)
     table.dispose()

@@ -9,7 +9,7 @@ from transformers import WhisperForConditionalGeneration
 
 from asr_pipeline import cli
 from asr_pipeline.core.errors import ConfigError
-from asr_pipeline.defs import launcher
+from asr_pipeline.defs.training import launcher
 
 
 def test_launcher_configuration_is_validated(monkeypatch):

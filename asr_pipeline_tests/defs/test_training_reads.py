@@ -6,8 +6,8 @@ import pytest
 
 from asr_pipeline import cli
 from asr_pipeline.core import training
-from asr_pipeline.defs.partitions import INGEST_BATCHES
-from asr_pipeline.defs.schedules import batches_changed_since_training
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
+from asr_pipeline.defs.training.schedules import batches_changed_since_training
 
 pytestmark = pytest.mark.mysql
 TINY_TRAINING = {"max_steps": 1, "batch_size": 4, "warmup_steps": 0, "eval_steps": 1, "generation_max_length": 8,

@@ -10,8 +10,8 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContextForTest
 
 from asr_pipeline import cli
-from asr_pipeline.defs.partitions import INGEST_BATCHES
-from asr_pipeline.defs.versions import stale_batch_reasons
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
+from asr_pipeline.defs.common.versions import stale_batch_reasons
 
 pytestmark = pytest.mark.mysql
 INGEST = ("raw_manifest", "resampled_dataset", "featurized_shards")

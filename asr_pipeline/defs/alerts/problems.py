@@ -15,7 +15,7 @@ from asr_pipeline.core.alert_ledger import Problem
 from asr_pipeline.core.alerts import AlertConfig
 from asr_pipeline.defs.alerts import sources
 from asr_pipeline.defs.alerts.freshness import BATCHES_DONE, DECISION_RECENT, TRAINING_KEEPS_UP, FreshnessResult
-from asr_pipeline.defs.checks import BEATS_CHAMPION
+from asr_pipeline.defs.evaluation.checks import BEATS_CHAMPION
 
 PREFIX = "[asr_pipeline]"
 # ...and the UI's own materializations (__ASSET_JOB) of the unpartitioned assets; batch runs are alerted per batch

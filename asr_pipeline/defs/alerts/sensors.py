@@ -20,7 +20,7 @@ from asr_pipeline.core.alerts import LOG, AlertConfig, DeliveryError, FreshnessL
 from asr_pipeline.defs.alerts import problems as problem_sources
 from asr_pipeline.defs.alerts import sources
 from asr_pipeline.defs.alerts.freshness import FreshnessResult, evaluate_freshness
-from asr_pipeline.defs.resources import PipelineSettings
+from asr_pipeline.defs.common.resources import PipelineSettings
 
 SENSOR_NAME = "asr_alerts"
 RETRAIN_JOB = "asr_retrain"

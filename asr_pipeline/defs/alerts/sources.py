@@ -1,7 +1,7 @@
 """What the alerts and freshness checks read from the Dagster instance: one small function per input.
 
-Batch states come from asr_pipeline.defs.batch_states and the training lag from nightly_retraining's own
-comparison (asr_pipeline.defs.schedules), so an alert never disagrees with `asr-pipeline status` or the schedule;
+Batch states come from asr_pipeline.defs.ingest.batch_states and the training lag from nightly_retraining's own
+comparison (asr_pipeline.defs.training.schedules), so an alert never disagrees with `asr-pipeline status` or the schedule;
 the latest decision is report.json["promotion"] as the promotion gate writes it (blocked_by).
 """
 
@@ -14,7 +14,7 @@ import dagster as dg
 from dagster import DagsterEventType, DagsterRunStatus
 
 from asr_pipeline.core.storage import read_json
-from asr_pipeline.defs.batch_states import BatchState  # noqa: F401  (the type the alerts read)
+from asr_pipeline.defs.ingest.batch_states import BatchState  # noqa: F401  (the type the alerts read)
 
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 FAILED_STEP_EVENTS = {DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION}
@@ -63,9 +63,9 @@ def latest_failed_run(instance: dg.DagsterInstance, **filters) -> str | None:
 
 
 def batch_states(instance: dg.DagsterInstance):
-    """Every registered ingest batch with its state (asr_pipeline.defs.batch_states: the same answer as
+    """Every registered ingest batch with its state (asr_pipeline.defs.ingest.batch_states: the same answer as
     `asr-pipeline status` and the sensor's back-off)."""
-    from asr_pipeline.defs.batch_states import batch_states as states_from_catalog
+    from asr_pipeline.defs.ingest.batch_states import batch_states as states_from_catalog
 
     return states_from_catalog(instance)
 
@@ -73,7 +73,7 @@ def batch_states(instance: dg.DagsterInstance):
 def batches_changed_since_training(instance: dg.DagsterInstance) -> list[tuple[str, float]]:
     """(batch, time of its newer featurized_shards materialization), oldest first: data the current checkpoint has
     not read (what nightly_retraining decides on)."""
-    from asr_pipeline.defs.schedules import batches_changed_since_training as changed
+    from asr_pipeline.defs.training.schedules import batches_changed_since_training as changed
 
     return changed(instance)
 

@@ -1,9 +1,7 @@
-"""Asset checks, evaluated by the assets themselves (check_specs) on the data they are about to publish, so they work
-per ingest batch: a failed blocking one stops the run before the bad batch reaches the next asset. The promotion
-decision (challenger_beats_champion) is the exception: it is a result, not a data fault, so it does not block."""
+"""The ingest assets' blocking checks, evaluated by the assets themselves (check_specs) on the data they are about to
+publish, so they work per ingest batch: a failed one stops the run before the bad batch reaches the next asset."""
 
 import json
-import math
 from pathlib import Path
 
 import dagster as dg
@@ -16,8 +14,6 @@ from asr_pipeline.core.features import FRAMES_30S, MAX_LABEL_TOKENS
 QUARANTINE_RATE = "quarantine_rate_below_threshold"
 CLIPS_16K = "clips_are_16k_mono"
 FEATURE_SHAPES = "features_match_model"
-LOSS_FINITE = "training_loss_finite"
-BEATS_CHAMPION = "challenger_beats_champion"
 
 RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(QUARANTINE_RATE, asset="resampled_dataset", blocking=True,
@@ -29,37 +25,6 @@ FEATURE_CHECKS = [
     dg.AssetCheckSpec(FEATURE_SHAPES, asset="featurized_shards", blocking=True,
                       description="Mel bins match the base model, 1..3000 frames a clip, labels <= 448 tokens."),
 ]
-TRAINING_CHECKS = [
-    dg.AssetCheckSpec(LOSS_FINITE, asset="finetuned_checkpoint", blocking=True,
-                      description="Every logged training loss is finite (a NaN/inf run must not be evaluated)."),
-]
-
-EVALUATION_CHECKS = [
-    # Not blocking: a challenger that loses is the report's answer, not a failed evaluation. The run stays green;
-    # champion_model reads the same decision and materializes nothing (docs/EVALUATION.md, "Promotion gate").
-    dg.AssetCheckSpec(BEATS_CHAMPION, asset="evaluation_report", blocking=False,
-                      description="The promotion decision: the challenger beats the champion (or, with none, the "
-                                  "base model) under ASR_PROMOTION_RULE on normalised test CER, paired by episode, "
-                                  "and hallucinates no more than ASR_HALLUCINATION_MARGIN above it. A WARN result "
-                                  "means the champion stays; champion_model then materializes nothing."),
-]
-
-
-def finite_or_none(values: list[float]) -> list[float | None]:
-    """JSON metadata for the UI: NaN (no interval from fewer than two episodes) is not JSON, null is."""
-    return [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]
-
-
-def challenger_beats_champion(decision: dict) -> dg.AssetCheckResult:
-    """decision: report.json's `promotion` (asr_pipeline.core.champion.decide_promotion)."""
-    return dg.AssetCheckResult(
-        check_name=BEATS_CHAMPION, asset_key="evaluation_report", passed=bool(decision["promote"]),
-        severity=dg.AssetCheckSeverity.WARN, description=decision["reason"],
-        metadata={"promote": decision["promote"], "rule": decision["rule"], "incumbent": decision["incumbent"],
-                  "difference": decision["difference"],
-                  "difference_ci95": dg.MetadataValue.json(finite_or_none(decision["difference_ci95"])),
-                  "blocked_by": dg.MetadataValue.json(decision["blocked_by"]), "margin": decision["margin"]})
-
 
 def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:
     kept = len(pd.read_parquet(shard_dir / "index.parquet", columns=["id"]))
@@ -109,12 +74,3 @@ def features_match_model(shard_dir: Path) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=FEATURE_SHAPES, asset_key="featurized_shards", passed=not problems,
                                description="; ".join(problems) or None,
                                metadata={"num_mel_bins": meta["num_mel_bins"], "model_num_mel_bins": model_mels})
-
-
-def training_loss_finite(checkpoint_dir: Path) -> dg.AssetCheckResult:
-    history = json.loads((checkpoint_dir / "training_log.json").read_text())
-    losses = [h["loss"] for h in history if "loss" in h] + [h["train_loss"] for h in history if "train_loss" in h]
-    bad = [x for x in losses if not math.isfinite(x)]
-    return dg.AssetCheckResult(check_name=LOSS_FINITE, asset_key="finetuned_checkpoint",
-                               passed=bool(losses) and not bad,
-                               metadata={"logged_losses": len(losses), "non_finite": len(bad)})

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import dagster as dg
 
 from asr_pipeline.core.versions import FIX_COMMAND, INGEST_ASSETS, ContentVersion, changed_settings, ingest_versions
-from asr_pipeline.defs.resources import PipelineSettings
+from asr_pipeline.defs.common.resources import PipelineSettings
 
 CODE_VERSION_TAG = "dagster/code_version"
 # featurized_shards' version covers the other two, so its latest materialization decides whether a batch is stale

@@ -5,8 +5,8 @@ import time
 import dagster as dg
 
 from asr_pipeline.core.batches import IngestCursor
-from asr_pipeline.defs.ingest import plan_ingest, request_lines, run_requests
-from asr_pipeline.defs.resources import PipelineSettings, TranscriptDatabase, _int_env
+from asr_pipeline.defs.ingest.planning import plan_ingest, request_lines, run_requests
+from asr_pipeline.defs.common.resources import PipelineSettings, TranscriptDatabase, _int_env
 
 INGEST_JOB = "asr_ingest"
 # ASR_SENSOR_INTERVAL_SECONDS: how often the daemon evaluates the sensor (default 60; the daemon test uses 5)

@@ -1,7 +1,7 @@
 """The ingest plan against a Dagster instance: shared by new_transcripts_sensor and `asr-pipeline ingest`.
 
 A plan (1) cuts and registers new batches under the planning lock, so two planners never cut overlapping id ranges,
-and (2) checks existing batches against the instance's catalog (asr_pipeline.defs.batch_states): a batch whose
+and (2) checks existing batches against the instance's catalog (asr_pipeline.defs.ingest.batch_states): a batch whose
 content changed, whose processing never reached featurized_shards, or whose latest run failed is requested again,
 a failed one with a bounded back-off. The sensor checks a rotation of ASR_CHECK_BATCHES_PER_TICK batches plus those
 with a run that failed since its last tick; the CLI checks every batch.
@@ -20,10 +20,10 @@ from asr_pipeline.core.batches import (BatchRequest, IngestCursor, NewBatches, c
                                        rotation_slice)
 from asr_pipeline.core.database import TranscriptTable
 from asr_pipeline.core.locks import planning_lock
-from asr_pipeline.defs.batch_states import (FINGERPRINT_TAG, BatchState, batch_states, failed_since,
+from asr_pipeline.defs.ingest.batch_states import (FINGERPRINT_TAG, BatchState, batch_states, failed_since,
                                             registered_batches)
-from asr_pipeline.defs.partitions import INGEST_BATCHES
-from asr_pipeline.defs.resources import PipelineSettings
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
+from asr_pipeline.defs.common.resources import PipelineSettings
 
 INGEST_TAGS = {"asr/stage": "ingest"}
 clock = time.time  # the planner's notion of now (benchmarks/loop_simulation.py runs a simulated day on its own)

@@ -11,7 +11,7 @@ import os
 import dagster as dg
 
 from asr_pipeline.core.errors import ConfigError
-from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 
 RETRAIN_JOB = "asr_retrain"
 DEFAULT_CRON = "0 2 * * *"

@@ -13,7 +13,7 @@ States:
 - blocked: its latest run was stopped by a blocking asset check (quarantine rate, 16 kHz audio, feature shapes);
   the reason is the check's. Requested again when its rows change, else after waits that double from an hour to a
   day.
-- stale: done, but made with settings or code that have changed since (reasons from asr_pipeline.defs.versions).
+- stale: done, but made with settings or code that have changed since (reasons from asr_pipeline.defs.common.versions).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import dagster as dg
 
 from asr_pipeline.core.batches import FREE_RETRIES, parse_batch_key, retry_due
 from asr_pipeline.core.database import TranscriptTable
-from asr_pipeline.defs.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 
 STATES = ("done", "pending", "failed", "blocked", "stale")
 PARTITION_TAG = "dagster/partition"

@@ -18,7 +18,7 @@ import pandas as pd
 
 from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.database import TranscriptTable
-from asr_pipeline.defs.batch_states import batch_states
+from asr_pipeline.defs.ingest.batch_states import batch_states
 
 
 @dataclass

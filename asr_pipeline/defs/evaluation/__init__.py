@@ -1,0 +1,1 @@
+"""A checkpoint to a decision: evaluation_report, champion_model and the promotion gate."""

@@ -1,0 +1,1 @@
+"""Features to a checkpoint: finetuned_checkpoint, its check, its launcher, and the nightly retraining schedule."""
