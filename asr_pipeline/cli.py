@@ -465,7 +465,9 @@ def cmd_status(args) -> None:
     rows = {batch["key"]: batch for batch in status["partitions"]}
     for batch in status["batches"]:
         sizes = ", ".join(f"{k} {v}" for k, v in rows.get(batch["key"], {}).items() if k != "key")
-        print(f"  batch {batch['key']}: {batch['state']} ({batch['reason']})" + (f"; rows: {sizes}" if sizes else ""))
+        retry = f"; next attempt after {_utc(batch['retry_at'])}" if batch.get("retry_at") else ""
+        print(f"  batch {batch['key']}: {batch['state']} ({batch['reason']}{retry})"
+              + (f"; rows: {sizes}" if sizes else ""))
     if status["batch_states_error"]:
         print(f"  (the database could not be read, so changed batches may show as done: "
               f"{status['batch_states_error']})")
@@ -682,10 +684,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
 def main(argv: list[str] | None = None) -> None:
     """argv None: the process's own command line (the console script, `python -m asr_pipeline.cli`), which ends
     when this returns."""
     args = build_parser().parse_args(argv)
+    if hasattr(args, "packing"):  # train, run, demo: contradicting options are refused before any work starts
+        _training_overrides(args)
     try:
         args.func(args)
     except ConfigError as exc:

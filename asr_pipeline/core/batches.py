@@ -27,7 +27,7 @@ from asr_pipeline.core.database import TranscriptTable
 KEY_PATTERN = re.compile(r"^ids-(\d{10})-(\d{10})$")
 FREE_RETRIES = 3  # failed attempts re-requested at once; after that the wait doubles from RETRY_BACKOFF_S
 RETRY_BACKOFF_S = 3600.0  # the first wait: a NAS back after an hour's outage is picked up within the hour
-MAX_RETRY_BACKOFF_S = 86400.0  # the longest wait: a batch broken for good costs one run a day, not 24
+MAX_RETRY_BACKOFF_S = 86400.0  # the longest wait: a batch broken for good costs one attempt a day, not 24
 
 
 def batch_key(first_id: int, last_id: int) -> str:

@@ -59,7 +59,7 @@ def test_a_batch_whose_run_failed_is_requested_again_and_then_done(env, monkeypa
     assert not idle.run_requests and "nothing to do" in idle.skip_reason.skip_message
 
 
-def test_after_three_failed_attempts_the_waits_between_attempts_double(env, monkeypatch, tmp_path):
+def test_after_three_failed_attempts_the_waits_between_attempts_double(env, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("ASR_BATCH_ROWS", "100")  # one batch
     _model_storage_outage(monkeypatch, tmp_path)
     daemon = Daemon()
@@ -68,6 +68,10 @@ def test_after_three_failed_attempts_the_waits_between_attempts_double(env, monk
     waiting = daemon.tick(execute=True)
     assert not waiting.run_requests
     assert "ids-0000000001-0000000025 failed (3 attempts), next attempt after" in waiting.skip_reason.skip_message
+    retry_at = _status(daemon)["batches"][0]["retry_at"]
+    assert 3500 < retry_at - time.time() <= 3600
+    cli.main(["status"])
+    assert f"next attempt after {cli._utc(retry_at)}" in capsys.readouterr().out
 
     table = daemon.defs.resources["database"].open_table()
     settings = daemon.defs.resources["settings"]

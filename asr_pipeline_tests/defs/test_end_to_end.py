@@ -137,14 +137,6 @@ def test_train_alone_reuses_stored_features(pipeline_env):
     assert not (pipeline_env / "storage" / "evaluation_report").exists()
 
 
-def test_contradicting_training_options_are_refused_before_anything_runs(pipeline_env, capsys):
-    with pytest.raises(SystemExit, match="with --no-packing there are none"):
-        cli.main(["train", "--no-packing", "--packing-max-seconds", "20"])
-    with pytest.raises(SystemExit, match="two ways to set the training budget"):
-        cli.main(["train", "--max-steps", "5", "--epochs", "1"])
-    assert "succeeded" not in capsys.readouterr().out
-
-
 def test_a_bad_setting_fails_with_the_variable_name(pipeline_env, monkeypatch):
     monkeypatch.setenv("ASR_SPLIT_RATIOS", "90/10")
     with pytest.raises(SystemExit, match="ASR_SPLIT_RATIOS"):

@@ -1,5 +1,5 @@
-"""What the training and evaluation areas share: where assets are stored, the asset group and the training pool,
-and the featurized batches they both read (every batch made with the same base model and settings)."""
+"""What the areas share about assets: where they are stored and their group (every area), the training pool, and the
+featurized batches training and evaluation both read (every batch made with the same base model and settings)."""
 
 from pathlib import Path
 

@@ -1,5 +1,6 @@
-"""evaluation_report (base model, fine-tuned checkpoint and the champion on the test split, asr_pipeline.core.evaluation)
-and champion_model (the checkpoint in service, replaced when the promotion decision says so)."""
+"""evaluation_report (base model, fine-tuned checkpoint and the champion on the test split,
+asr_pipeline.core.evaluation) and champion_model (the checkpoint in service, replaced when the promotion decision
+says so)."""
 
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from asr_pipeline.defs.common.io_managers import stage
 from asr_pipeline.defs.common.resources import PipelineSettings
 from asr_pipeline.defs.common.shards import GROUP, TRAINING_POOL, load_shards, partitions_metadata, storage_dir
 from asr_pipeline.defs.evaluation import checks
+
 
 def _read_bytes(path: Path) -> bytes | None:
     return path.read_bytes() if path.exists() else None

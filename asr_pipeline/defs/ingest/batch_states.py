@@ -33,7 +33,9 @@ PARTITION_TAG = "dagster/partition"
 WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run the retry daemon will re-execute
 AUTO_RETRY_RUN_TAG = "dagster/auto_retry_run_id"  # set once that re-execution exists
 FINGERPRINT_TAG = "asr/fingerprint"  # on runs the sensor requests: the content they were requested for
-RUNS_LOOKED_AT = 20  # newest runs of a batch read to count its consecutive failures
+# newest runs of a batch read to count its consecutive failed attempts. An attempt is up to 3 runs (the instance's
+# run_retries.max_retries is 2), and the back-off reaches its one-day cap at the 8th failed attempt: 40 runs see 13
+RUNS_LOOKED_AT = 40
 RETRY_GRACE_S = 600.0  # a failed run marked will_retry whose retry has not appeared after this long will not get one
 ACTIVE = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.MANAGED}

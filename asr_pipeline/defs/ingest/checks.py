@@ -26,6 +26,7 @@ FEATURE_CHECKS = [
                       description="Mel bins match the base model, 1..3000 frames a clip, labels <= 448 tokens."),
 ]
 
+
 def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:
     kept = len(pd.read_parquet(shard_dir / "index.parquet", columns=["id"]))
     quarantine = pd.read_parquet(shard_dir / "quarantine.parquet")

@@ -18,7 +18,8 @@ SENSOR_INTERVAL_SECONDS = _int_env("ASR_SENSOR_INTERVAL_SECONDS", 60)
            description="High-water mark on the id column: pending rows become a new ingest batch at ASR_BATCH_ROWS "
            "rows or after ASR_BATCH_MAX_WAIT_MINUTES. A batch is done only when featurized_shards exists for its "
            "current content: changed batches (corrected or deleted rows), unfinished ones and failed ones (at once "
-           "for 3 attempts, then after waits doubling from an hour to a day) are requested again. One run per batch, content and attempt (run_key).")
+           "for 3 attempts, then after waits doubling from an hour to a day) are requested again. One run per batch, "
+           "content and attempt (run_key).")
 def new_transcripts_sensor(context: dg.SensorEvaluationContext, database: TranscriptDatabase,
                            settings: PipelineSettings) -> dg.SensorResult:
     started = time.perf_counter()

@@ -14,6 +14,7 @@ from asr_pipeline.defs.common.shards import GROUP, TRAINING_POOL, load_shards, p
 from asr_pipeline.defs.training import checks, launcher, schedules
 from asr_pipeline.defs.training.inputs import survey
 
+
 class TrainingConfig(dg.Config):
     """Seq2SeqTrainer knobs; defaults are the notebook's production values."""
 

@@ -1,0 +1,39 @@
+"""Training options that contradict each other are refused when the command line is read, before `demo` speaks its
+corpus, `run` ingests, or `train` opens anything."""
+
+import pytest
+
+from asr_pipeline import cli
+from asr_pipeline.core import synth
+
+CONTRADICTIONS = [
+    (["--no-packing", "--packing-max-seconds", "20"], "with --no-packing there are none"),
+    (["--max-steps", "5", "--epochs", "1"], "two ways to set the training budget"),
+]
+
+
+@pytest.fixture()
+def nothing_may_run(monkeypatch, tmp_path):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))  # should a check regress, nothing lands in a real home
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for name in ("ingest", "_definitions", "_instance", "_run"):
+        monkeypatch.setattr(cli, name, forbidden)
+    monkeypatch.setattr(synth, "write_demo_corpus", forbidden)
+    yield
+    assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "run", "demo"])
+@pytest.mark.parametrize("options, message", CONTRADICTIONS)
+def test_contradicting_training_options_are_refused_before_any_work(nothing_may_run, command, options, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main([command, *options])
+
+
+def test_a_window_longer_than_whisper_input_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--packing-max-seconds", "31"])
+    assert exit_.value.code == 2 and "between 1 and 30" in capsys.readouterr().err
