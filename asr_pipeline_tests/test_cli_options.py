@@ -4,6 +4,12 @@ corpus, `run` ingests, or `train` opens anything."""
 import pytest
 
 from asr_pipeline import cli
+from asr_pipeline.cli import ingest as cli_ingest
+from asr_pipeline.cli import models as cli_models
+from asr_pipeline.cli import parser as cli_parser
+from asr_pipeline.cli import runs as cli_runs
+from asr_pipeline.cli import status as cli_status
+from asr_pipeline.cli import train as cli_train
 from asr_pipeline.core import synth
 
 CONTRADICTIONS = [
@@ -19,8 +25,10 @@ def nothing_may_run(monkeypatch, tmp_path):
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path / "home"))  # should a check regress, nothing lands in a real home
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    for name in ("ingest", "_definitions", "_instance", "_run"):
-        monkeypatch.setattr(cli, name, forbidden)
+    for module in (cli_ingest, cli_models, cli_parser, cli_runs, cli_status, cli_train):  # wherever they are bound
+        for name in ("ingest", "_definitions", "_instance", "_run"):
+            if callable(getattr(module, name, None)):
+                monkeypatch.setattr(module, name, forbidden)
     monkeypatch.setattr(synth, "write_demo_corpus", forbidden)
     yield
     assert not (tmp_path / "home").exists()

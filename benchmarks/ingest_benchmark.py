@@ -124,11 +124,11 @@ def bench_incremental(args) -> dict:
         defs = cli._definitions()
         insert(clips)
         started = time.perf_counter()
-        full_batches = cli.ingest(defs)
+        full_batches = cli.ingest.ingest(defs)
         full = time.perf_counter() - started
         insert(clips.head(max(1, args.rows // 100)))
         started = time.perf_counter()
-        new_batches = cli.ingest(defs)
+        new_batches = cli.ingest.ingest(defs)
         incremental = time.perf_counter() - started
         return {"rows": args.rows, "new_rows": max(1, args.rows // 100), "full_ingest_s": round(full, 3),
                 "incremental_ingest_s": round(incremental, 3), "wall_ratio": round(incremental / full, 4),

@@ -16,7 +16,7 @@ TINY_TRAINING = {"max_steps": 1, "batch_size": 4, "warmup_steps": 0, "eval_steps
 
 def test_a_batch_featurized_while_training_runs_makes_the_next_nightly_tick_fire(pipeline_env, monkeypatch):
     monkeypatch.setenv("ASR_BATCH_ROWS", "21")
-    cli.ingest()
+    cli.ingest.ingest()
     instance = cli._instance()
     defs = cli._definitions()
     schedule = defs.resolve_schedule_def("nightly_retraining")

@@ -33,7 +33,7 @@ def _ingest_runs(instance, key) -> int:
 def test_a_changed_split_ratio_makes_batches_stale_backfill_stale_fixes_only_those_and_training_refuses_a_mix(
         pipeline_env, monkeypatch, capsys):
     monkeypatch.setenv("ASR_BATCH_ROWS", "21")
-    cli.ingest()
+    cli.ingest.ingest()
     instance = cli._instance()
     assert sorted(instance.get_dynamic_partitions(INGEST_BATCHES.name)) == [FIRST, SECOND]
     defs = cli._definitions()
@@ -73,7 +73,7 @@ def test_a_changed_split_ratio_makes_batches_stale_backfill_stale_fixes_only_tho
 
 def test_a_group_pattern_that_matches_nothing_warns_and_a_new_processor_makes_features_stale(pipeline_env, monkeypatch,
                                                                                              tiny_model_dir, tmp_path):
-    cli.ingest()
+    cli.ingest.ingest()
     instance = cli._instance()
     (key,) = instance.get_dynamic_partitions(INGEST_BATCHES.name)
     # another tokenizer in the same model directory: the features' labels would change

@@ -1,0 +1,154 @@
+"""The Dagster instance and the runs this CLI executes in it: opened (and its dagster.yaml written) on first use, runs
+of dead CLI processes reaped, jobs executed in-process or batches on the multiprocess executor in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from asr_pipeline.core import settings as env
+
+
+INSTANCE_CONFIG = """\
+# written by asr-pipeline; `make ui` (dagster dev) uses this instance too
+telemetry:
+  enabled: false
+run_retries:
+  enabled: true
+  max_retries: 2              # a sensor-launched ingest run killed or failed part way is retried
+concurrency:
+  pools:
+    default_limit: 1          # pool asr_training: one training or evaluation at a time
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: asr/stage
+        value: ingest
+        limit: 2              # ingest batches run in parallel, at most two at once
+"""
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME"):  # unset or empty (an empty one would put the instance in the cwd)
+        os.environ["DAGSTER_HOME"] = str(env.asr_home() / "dagster")
+    home = Path(os.environ["DAGSTER_HOME"]).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_CONFIG)
+    return DagsterInstance.get()
+
+
+def _reap_dead_runs(instance) -> None:
+    """Runs this CLI started on this host whose process is gone (kill -9, power cut) stay 'started' forever and keep
+    their concurrency slot, which would block every later training. Mark them failed and free their slots."""
+    import socket
+
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from asr_pipeline.core.storage import process_alive
+
+    runs = instance.get_runs(filters=RunsFilter(
+        statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
+        tags={"asr/launcher": "cli", "asr/host": socket.gethostname()}))
+    for run in runs:
+        pid = int(run.tags.get("asr/pid", "0") or 0)
+        if pid and not process_alive(pid):
+            instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it is gone")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            print(f"marked run {run.run_id} failed: its process {pid} is gone", file=sys.stderr)
+
+
+def _run_tags() -> dict[str, str]:
+    import socket
+
+    return {"asr/launcher": "cli", "asr/host": socket.gethostname(), "asr/pid": str(os.getpid())}
+
+
+def _definitions():
+    from asr_pipeline.definitions import build_definitions
+
+    return build_definitions()
+
+
+def _run(job_name: str, training: dict | None = None, evaluation: dict | None = None,
+         partition_key: str | None = None, defs=None, tags: dict | None = None, instance=None) -> None:
+    """instance: the caller's, its dead runs already reaped (opening an instance costs about 0.5 s)."""
+    defs = defs or _definitions()
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, "ops": {}}
+    if training:
+        run_config["ops"]["finetuned_checkpoint"] = {"config": training}
+    if evaluation:
+        run_config["ops"]["evaluation_report"] = {"config": evaluation}
+    job = defs.resolve_job_def(job_name)
+    op_names = {node.name for node in job.graph.node_dict.values()}
+    run_config["ops"] = {name: cfg for name, cfg in run_config["ops"].items() if name in op_names}
+    if instance is None:
+        instance = _instance()
+        _reap_dead_runs(instance)
+    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                    partition_key=partition_key, tags={**_run_tags(), **(tags or {})})
+    where = f" for batch {partition_key}" if partition_key else ""
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                error = event.step_failure_data.error
+                while error is not None and error.cause is not None and "Error occurred while" in error.message:
+                    error = error.cause  # the asset's own exception, not Dagster's wrapper around it
+                print(f"\nstep {event.step_key} failed: {error.message.strip() if error else ''}", file=sys.stderr)
+        raise SystemExit(f"run {result.run_id} of {job_name}{where} failed (details above and in the Dagster UI)")
+    if _not_promoted(result):
+        print(f"run {result.run_id} of {job_name} succeeded: the challenger was evaluated but not promoted; the "
+              "champion stays (see the report's promotion line)")
+        return
+    print(f"run {result.run_id} of {job_name}{where} succeeded")
+
+
+def _not_promoted(result) -> bool:
+    """The run evaluated a challenger and the promotion decision (the check challenger_beats_champion, WARN when it
+    says no) kept the champion: a successful run whose answer is "no"."""
+    from asr_pipeline.defs.evaluation.checks import BEATS_CHAMPION
+
+    return any(e.check_name == BEATS_CHAMPION and not e.passed for e in result.get_asset_check_evaluations())
+
+
+def _run_batch_multiprocess(key: str) -> None:
+    """One ingest batch as its own run on the multiprocess executor (each step in a child process): what a
+    `--parallel` ingest starts in a subprocess per batch."""
+    import dagster as dg
+
+    from asr_pipeline.defs.ingest.planning import INGEST_TAGS
+    from asr_pipeline.definitions import ingest_job
+
+    result = dg.execute_job(dg.reconstructable(ingest_job), instance=_instance(),
+                            run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
+                                        "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                            tags={**_run_tags(), **INGEST_TAGS, "dagster/partition": key})
+    if not result.success:
+        raise SystemExit(f"run {result.run_id} of asr_ingest for batch {key} failed (details in the Dagster UI)")
+    print(f"run {result.run_id} of asr_ingest for batch {key} succeeded (multiprocess executor)")
+
+
+def _run_batches_in_parallel(keys: list[str], parallel: int) -> None:
+    """Up to `parallel` batches at once, each in its own process: a batch's steps are sequential (manifest, audio,
+    features), so batches are the unit of parallelism."""
+    import subprocess
+
+    pending, running, failed = list(keys), {}, []
+    while pending or running:
+        while pending and len(running) < parallel:
+            key = pending.pop(0)
+            print(f"ingest: starting batch {key}")
+            running[key] = subprocess.Popen([sys.executable, "-m", "asr_pipeline.cli", "ingest-batch", key])
+        for key, process in list(running.items()):
+            if process.poll() is not None:
+                del running[key]
+                if process.returncode != 0:
+                    failed.append(key)
+        time.sleep(0.5)
+    if failed:
+        raise SystemExit(f"ingest failed for batches {failed} (details above and in the Dagster UI)")

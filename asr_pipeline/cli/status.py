@@ -1,0 +1,176 @@
+"""`asr-pipeline status` and `quarantine`: every asset's rows and bytes, and every batch's state, read from the
+Dagster instance's catalog (asr_pipeline.defs.ingest.batch_states), not from directories."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from asr_pipeline.cli.models import _report_path, _storage
+from asr_pipeline.cli.runs import _definitions, _instance
+from asr_pipeline.core import settings as env
+from asr_pipeline.core.errors import DatabaseUnavailable
+
+PARTITIONED = ("raw_manifest", "resampled_dataset", "featurized_shards")
+ROWS_FILE = {"raw_manifest": "manifest.parquet", "resampled_dataset": "index.parquet",
+             "featurized_shards": "index.parquet"}
+
+
+def _batch_dirs(name: str) -> dict[str, Path]:
+    root = _storage() / name
+    return {p.name: p for p in sorted(root.glob("ids-*")) if p.is_dir()} if root.is_dir() else {}
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
+def collect_status() -> dict:
+    from asr_pipeline.core.storage import directory_bytes, read_json
+
+    storage = _storage()
+    assets: dict = {}
+    batches: dict[str, dict] = {}
+    for name in PARTITIONED:
+        dirs = _batch_dirs(name)
+        if not dirs:
+            assets[name] = {"materialized": False}
+            continue
+        entry = {"materialized": True, "path": str(storage / name), "partitions": len(dirs), "rows": 0,
+                 "bytes": 0, "quarantined": 0}
+        for key, path in dirs.items():
+            rows = _parquet_rows(path / ROWS_FILE[name])
+            entry["rows"] += rows
+            entry["bytes"] += directory_bytes(path)
+            entry["quarantined"] += _parquet_rows(path / "quarantine.parquet")
+            batches.setdefault(key, {})[name] = rows
+        entry["updated_at"] = max(_mtime(p) for p in dirs.values())
+        assets[name] = entry
+    for name, summary_file, rows_key in [("finetuned_checkpoint", "training_summary.json", "train_rows"),
+                                         ("evaluation_report", "report.json", "test_rows")]:
+        path = storage / name
+        if not (path / summary_file).exists():
+            assets[name] = {"materialized": False}
+            continue
+        summary = read_json(path / summary_file)
+        assets[name] = {"materialized": True, "path": str(path), "bytes": directory_bytes(path),
+                        "rows": summary[rows_key], "partitions": len(summary.get("partitions", [])),
+                        "updated_at": _mtime(path)}
+        if name == "finetuned_checkpoint":
+            assets[name].update({k: summary.get(k) for k in ("steps", "train_loss", "best_valid_cer", "base_model")})
+    status = {"asr_home": str(env.asr_home()), "assets": assets, "quarantined": len(collect_quarantine()),
+              "partitions": [{"key": key, **rows} for key, rows in sorted(batches.items())],
+              **collect_batch_states()}
+    checkpoint = storage / "finetuned_checkpoint"
+    status["latest_checkpoint"] = str(checkpoint) if (checkpoint / "config.json").exists() else None
+    if _report_path().exists():
+        report = read_json(_report_path())
+        status["latest_report"] = {"path": str(_report_path()), "created_at": report["created_at"],
+                                   "test_rows": report["test_rows"], "base_cer": report["base"]["cer"],
+                                   "finetuned_cer": report["finetuned"]["cer"], "warning": report.get("warning")}
+    else:
+        status["latest_report"] = None
+    from asr_pipeline.defs.alerts.sensors import alerts_status
+    status.update(alerts_status(_instance()))  # "freshness" and "alerting" (destinations masked)
+    return status
+
+
+def collect_batch_states() -> dict:
+    """Every registered batch with its state and reason, from the Dagster instance's catalog (runs,
+    materializations, check evaluations) and the table's current fingerprints; without the database, from the
+    catalog alone (a changed batch then still reads as done) and the error is reported."""
+    from asr_pipeline.defs.ingest.batch_states import batch_states, registered_batches
+
+    defs = _definitions()
+    instance = _instance()
+    database, settings = defs.resources["database"], defs.resources["settings"]
+    keys = registered_batches(instance)
+    stale = None
+    try:  # settings or code changed since a batch was made (asr_pipeline.defs.common.versions, where present)
+        from asr_pipeline.defs.common.versions import stale_batch_reasons
+    except ImportError:
+        pass
+    else:
+        stale = stale_batch_reasons(instance, settings, keys)
+    table, error = database.open_table(retries=0), None
+    try:
+        try:
+            states = batch_states(instance, keys, table, stale)
+        except DatabaseUnavailable as exc:
+            error = str(exc)
+            states = batch_states(instance, keys, None, stale)
+    finally:
+        table.dispose()
+    counts = {}
+    for state in states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+    return {"batches": [s.as_dict() for s in states], "batch_counts": counts, "batch_states_error": error}
+
+
+def _mtime(path: Path) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+
+
+def cmd_status(args) -> None:
+    status = collect_status()
+    if args.json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+        return
+    print(f"ASR_HOME {status['asr_home']}")
+    for name, entry in status["assets"].items():
+        if not entry["materialized"]:
+            print(f"  {name:22s} not materialized")
+            continue
+        extra = f", {entry['quarantined']} quarantined" if entry.get("quarantined") else ""
+        print(f"  {name:22s} {entry.get('rows', '?'):>7} rows in {entry.get('partitions', 0)} batches{extra}  "
+              f"{entry['bytes'] / 1e6:9.1f} MB  updated {entry['updated_at']}")
+    rows = {batch["key"]: batch for batch in status["partitions"]}
+    for batch in status["batches"]:
+        sizes = ", ".join(f"{k} {v}" for k, v in rows.get(batch["key"], {}).items() if k != "key")
+        retry = f"; next attempt after {_utc(batch['retry_at'])}" if batch.get("retry_at") else ""
+        print(f"  batch {batch['key']}: {batch['state']} ({batch['reason']}{retry})"
+              + (f"; rows: {sizes}" if sizes else ""))
+    if status["batch_states_error"]:
+        print(f"  (the database could not be read, so changed batches may show as done: "
+              f"{status['batch_states_error']})")
+    print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
+    print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
+    for name, check in status["freshness"].items():
+        print(f"freshness {name} ({check['asset']}): " + ("ok" if check["passed"] else check["description"]))
+    report = status["latest_report"]
+    print("latest report: " + (f"{report['path']} (base CER {report['base_cer']:.4f}, fine-tuned CER "
+                               f"{report['finetuned_cer']:.4f})" if report else "(none)"))
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def collect_quarantine() -> list[dict]:
+    """Rows left out anywhere in the pipeline: {id, audio_path, reason, stage}."""
+    import pandas as pd
+
+    rows = []
+    for stage in ("resampled_dataset", "featurized_shards"):
+        for key, path in _batch_dirs(stage).items():
+            if (path / "quarantine.parquet").exists():
+                frame = pd.read_parquet(path / "quarantine.parquet")
+                rows += [{"id": int(r.id), "audio_path": r.audio_path, "reason": r.reason, "stage": stage,
+                          "partition": key} for r in frame.itertuples(index=False)]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def cmd_quarantine(args) -> None:
+    rows = collect_quarantine()
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        print("no quarantined rows")
+    for r in rows:
+        print(f"{r['id']}\t{r['audio_path']}\t{r['reason']}")
