@@ -25,6 +25,13 @@ it. Then every trained model (and the base model) decodes the test split in floa
 policy (decoding.transcribe_features) and is scored with the report's scoring (evaluation.score, the default
 normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>.json with the CPU
 model and flags.
+
+An AVX2-only CPU, emulated on a newer one: PyTorch's kernels, oneDNN and MKL held to AVX2 by the environment
+(recorded in the JSON as `isa`, and the file is then packing_<date>_avx2.json; the bf16 arm is left out, as
+cpu_has_native_bf16 says no there):
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
+        ../.venv/bin/python packing_benchmark.py ...
 """
 
 import argparse
@@ -116,6 +123,15 @@ def packed_steps(shard: FeatureShard, model: str, utterances: int, batch_size: i
     return max(1, round(utterances / per_step))
 
 
+def isa_limits() -> dict:
+    """The instruction sets PyTorch's kernels may use here, and the variables that hold them below the CPU's own."""
+    import torch
+
+    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    return {"pytorch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "held_by": {name: os.environ[name] for name in names if os.environ.get(name)}}
+
+
 def train_ours(name: str, shard: FeatureShard, out: Path, model: str, args, packing: bool, bf16: bool,
                window_seconds: float = TrainingSettings.packing_max_seconds) -> dict:
     steps = packed_steps(shard, model, args.utterances, args.batch_size, window_seconds) if packing \
@@ -160,6 +176,7 @@ def run(args) -> dict:
         "command": "cd benchmarks && ../.venv/bin/python packing_benchmark.py " + " ".join(sys.argv[1:]),
         "date": date.today().isoformat(), "cpu": cpu_info(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "torch_threads": __import__("torch").get_num_threads(),
+        "isa": isa_limits(),
         "note": "other jobs may have shared this machine's CPU cores during the run",
         "corpus": {"clips": len(frame), **{f"{s}_clips": int((frame["split"] == s).sum()) for s in
                                           ("train", "valid", "test")},
@@ -244,7 +261,8 @@ def main() -> None:
     print(text)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"packing_{results['date']}.json").write_text(text + "\n", encoding="utf-8")
+        held = "_" + results["isa"]["pytorch_cpu_capability"].lower() if results["isa"]["held_by"] else ""
+        (RESULTS / f"packing_{results['date']}{held}.json").write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

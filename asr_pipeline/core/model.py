@@ -181,9 +181,14 @@ def load_model(source: str, device: str | None = None, dtype=None):
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPU multiplies bfloat16 in hardware, about twice as fast as float32 here."""
+    """AVX512-BF16 or AMX: the CPU multiplies bfloat16 in hardware, about twice as fast as float32 here. Only where
+    PyTorch's kernels may use AVX-512: with ATEN_CPU_CAPABILITY=avx2 (or a build without it) bf16 would be emulated,
+    slower than float32, so the answer is no."""
     import torch
 
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "AVX512")()
+    if not str(capability).upper().startswith(("AVX512", "AMX")):
+        return False
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)
 

@@ -1,5 +1,7 @@
 """Training and decoding options on a real (tiny) Whisper and real featurized shards."""
 
+import os
+
 import pandas as pd
 import pytest
 import torch
@@ -93,3 +95,15 @@ def test_an_empty_valid_split_holds_out_train_episodes_and_selects_on_normalised
     history = summary["valid_cer_history"]
     assert len(history) == 2 and all(h["cer_normalized"] is not None for h in history)
     assert summary["best_valid_cer_normalized"] == min(h["cer_normalized"] for h in history)
+
+
+def test_bf16_is_not_native_where_pytorch_kernels_are_held_to_avx2():
+    """ATEN_CPU_CAPABILITY=avx2 (how an AVX2-only CPU is emulated on a newer one, benchmarks/packing_benchmark.py):
+    bf16 would be emulated there, so training and decoding stay in float32 whatever the CPU's flags say."""
+    import subprocess
+    import sys
+
+    probe = "from asr_pipeline.core.model import cpu_has_native_bf16; print(cpu_has_native_bf16())"
+    held = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
+                          capture_output=True, text=True, check=True)
+    assert held.stdout.strip() == "False"
