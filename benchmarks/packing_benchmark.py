@@ -26,9 +26,9 @@ policy (decoding.transcribe_features) and is scored with the report's scoring (e
 normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>.json with the CPU
 model and flags.
 
-An AVX2-only CPU, emulated on a newer one: PyTorch's kernels, oneDNN and MKL held to AVX2 by the environment
-(recorded in the JSON as `isa`, and the file is then packing_<date>_avx2.json; the bf16 arm is left out, as
-cpu_has_native_bf16 says no there):
+An AVX2-only CPU, emulated on a newer one: PyTorch's own kernels, oneDNN and MKL held to AVX2 by the environment
+(recorded in the JSON as `isa`; the file is then packing_<date>_avx2.json, named after the limits; the bf16 arm is
+left out, as cpu_has_native_bf16 says no where oneDNN is held below AVX512_CORE_BF16):
 
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
         ../.venv/bin/python packing_benchmark.py ...
@@ -261,7 +261,7 @@ def main() -> None:
     print(text)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        held = "_" + results["isa"]["pytorch_cpu_capability"].lower() if results["isa"]["held_by"] else ""
+        held = "".join(f"_{v}" for v in sorted({v.lower() for v in results["isa"]["held_by"].values()}))
         (RESULTS / f"packing_{results['date']}{held}.json").write_text(text + "\n", encoding="utf-8")
 
 

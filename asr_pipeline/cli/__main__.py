@@ -1,4 +1,4 @@
-"""`python -m asr_pipeline.cli`: what the `asr-pipeline` console script runs."""
+"""`python -m asr_pipeline.cli`: the same main() as the `asr-pipeline` console script."""
 
 from asr_pipeline.cli.parser import main
 

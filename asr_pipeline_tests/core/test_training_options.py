@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from asr_pipeline.core.audio import AudioShard, resample_manifest
 from asr_pipeline.core.features import FeatureShard, featurize_shard
-from asr_pipeline.core.model import load_model, load_processor
-from asr_pipeline.core.training import FeatureRows, TrainingSettings, train_whisper
+from asr_pipeline.core.model import load_processor, native_bf16
+from asr_pipeline.core.training import TrainingSettings, train_whisper
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +97,22 @@ def test_an_empty_valid_split_holds_out_train_episodes_and_selects_on_normalised
     assert summary["best_valid_cer_normalized"] == min(h["cer_normalized"] for h in history)
 
 
-def test_bf16_is_not_native_where_pytorch_kernels_are_held_to_avx2():
-    """ATEN_CPU_CAPABILITY=avx2 (how an AVX2-only CPU is emulated on a newer one, benchmarks/packing_benchmark.py):
-    bf16 would be emulated there, so training and decoding stay in float32 whatever the CPU's flags say."""
+@pytest.mark.parametrize("cap, native", [
+    (None, True), ("ALL", True), ("avx512_core_bf16", True), ("AVX512_CORE_AMX", True), ("AVX10_1_512", True),
+    ("AVX2", False), ("avx512_core", False), ("SSE41", False), ("AVX2_VNNI", False)])
+def test_bf16_is_native_only_where_onednn_may_use_the_bf16_instructions(cap, native):
+    assert native_bf16(hardware=True, onednn_cap=cap, onednn_bf16=True) is native
+    assert native_bf16(hardware=False, onednn_cap=cap, onednn_bf16=True) is False
+    assert native_bf16(hardware=True, onednn_cap=cap, onednn_bf16=False) is False
+
+
+def test_bf16_is_not_native_where_onednn_is_held_to_avx2():
+    """ONEDNN_MAX_CPU_ISA=AVX2 (how an AVX2-only CPU is emulated on a newer one, benchmarks/packing_benchmark.py):
+    bf16 matmuls would run several times slower than float32, so training and decoding stay in float32."""
     import subprocess
     import sys
 
     probe = "from asr_pipeline.core.model import cpu_has_native_bf16; print(cpu_has_native_bf16())"
-    held = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
+    held = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
                           capture_output=True, text=True, check=True)
     assert held.stdout.strip() == "False"
