@@ -9,7 +9,7 @@ status (read from the instance's catalog), models (report, champion, transcribe,
 
 from asr_pipeline.cli.parser import build_parser, main
 from asr_pipeline.cli.runs import INSTANCE_CONFIG, _definitions, _instance, _run
-from asr_pipeline.cli.status import _utc, collect_status
+from asr_pipeline.cli.status import collect_status
 
 # the instance, definitions and job runner, for tests and benchmarks that drive the pipeline in-process
-__all__ = ["INSTANCE_CONFIG", "_definitions", "_instance", "_run", "_utc", "build_parser", "collect_status", "main"]
+__all__ = ["INSTANCE_CONFIG", "_definitions", "_instance", "_run", "build_parser", "collect_status", "main"]

@@ -4,12 +4,12 @@ Dagster instance's catalog (asr_pipeline.defs.ingest.batch_states), not from dir
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from asr_pipeline.cli.models import _report_path, _storage
 from asr_pipeline.cli.runs import _definitions, _instance
 from asr_pipeline.core import settings as env
+from asr_pipeline.core.batches import utc_text
 from asr_pipeline.core.errors import DatabaseUnavailable
 
 PARTITIONED = ("raw_manifest", "resampled_dataset", "featurized_shards")
@@ -132,7 +132,7 @@ def cmd_status(args) -> None:
     rows = {batch["key"]: batch for batch in status["partitions"]}
     for batch in status["batches"]:
         sizes = ", ".join(f"{k} {v}" for k, v in rows.get(batch["key"], {}).items() if k != "key")
-        retry = f"; next attempt after {_utc(batch['retry_at'])}" if batch.get("retry_at") else ""
+        retry = f"; next attempt after {utc_text(batch['retry_at'])}" if batch.get("retry_at") else ""
         print(f"  batch {batch['key']}: {batch['state']} ({batch['reason']}{retry})"
               + (f"; rows: {sizes}" if sizes else ""))
     if status["batch_states_error"]:
@@ -145,10 +145,6 @@ def cmd_status(args) -> None:
     report = status["latest_report"]
     print("latest report: " + (f"{report['path']} (base CER {report['base_cer']:.4f}, fine-tuned CER "
                                f"{report['finetuned_cer']:.4f})" if report else "(none)"))
-
-
-def _utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def collect_quarantine() -> list[dict]:

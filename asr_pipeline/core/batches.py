@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -142,9 +143,14 @@ def retry_due(failures: int, last_failure_at: float | None, now: float, free_ret
     (at most one once the waits reach a day) and a passing outage is still retried soon."""
     if failures < free_retries or last_failure_at is None:
         return None
-    doublings = min(failures - max(free_retries, 1), 32)  # the first wait after the free ones is backoff_s
-    due = last_failure_at + min(backoff_s * 2.0 ** max(doublings, 0), max_backoff_s)
+    doublings = max(0, failures - max(free_retries, 1))  # the first wait after the free ones is backoff_s
+    due = last_failure_at + min(backoff_s * 2.0 ** min(doublings, 32), max_backoff_s)
     return None if now >= due else due
+
+
+def utc_text(seconds: float) -> str:
+    """A unix time as people read it in a status line: 2026-11-26 21:00:00 UTC."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def rotation_slice(keys: Sequence[str], start: int, count: int) -> tuple[list[str], int]:

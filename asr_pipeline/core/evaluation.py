@@ -207,7 +207,8 @@ def evaluate_on_test(
         "warning": warning,
         "normalization": policy.describe(),
         "decoding": {**decoding.describe(), "greedy_first": True, "device": device, "dtype": dtype_name,
-                     "runtime": "transformers (step-by-step decoder with key/value cache)", "budget_check": budget_check(meta, decoding)},
+                     "runtime": "transformers (step-by-step decoder with key/value cache)",
+                     "budget_check": budget_check(meta, decoding)},
         "bootstrap": {"resamples": bootstrap_resamples, "level": 0.95, "unit": "utterance",
                       "comparison_unit": "episode (paired)"},
     }

@@ -1,9 +1,8 @@
 """Packed training windows: several short clips of the train split in one 30 s Whisper input.
 
 Whisper's encoder always sees 30 s (3000 mel frames). Broadcast caption clips are 2-6 s, so unpacked training spends
-most of its encoder work on padding. Packing puts consecutive clips into one window (at most 15 s by default: see
-docs/BENCHMARKS.md for why not 30) instead (what distil-whisper
-calls concatenating audio):
+most of its encoder work on padding. Packing puts consecutive clips into one window instead (what distil-whisper
+calls concatenating audio), of at most 15 s by default (docs/BENCHMARKS.md says why not 30):
 
 * Order: clips sorted by (group, id), i.e. an episode's clips in the order they were broadcast, then the next
   episode's; a window is filled in that order and closed when the next clip would not fit, so a window holds one

@@ -48,8 +48,8 @@ class TrainingSettings:
     # stays the utterances an optimizer step trains on, so a step takes about batch_size / (clips a window) windows
     packing: bool = True
     # the longest packed window. The encoder still sees 30 s; a shorter window holds fewer clips (less speed-up) but
-    # puts more of them near the input's start, where every clip sits in service. 15 s: 3.6x the utterances a second
-    # of unpacked training at an equal test CER; 30 s windows were 6.6x as fast but 4.8 points worse
+    # puts more of them near the input's start, where every clip sits in service. 15 s: 3.0-3.6x the utterances a
+    # second of unpacked training at about the same test CER; 30 s windows were 6.6x as fast but 4.8 points worse
     # (docs/BENCHMARKS.md)
     packing_max_seconds: float = 15.0
 
@@ -376,8 +376,9 @@ def train_whisper(
     evaluate = len(valid_rows) > 0
     strategy = "steps" if evaluate else "no"
     # validation stays on single clips (as in service); training reads packed windows or single clips
-    train_data = PackedWindows(train_rows, processor.tokenizer, max_frames=window_frames_limit(settings.packing_max_seconds)) \
-        if settings.packing else train_rows
+    train_data = PackedWindows(train_rows, processor.tokenizer,
+                               max_frames=window_frames_limit(settings.packing_max_seconds)) if settings.packing \
+        else train_rows
     device_batch = windows_per_step(settings.batch_size, len(train_rows), len(train_data)) if settings.packing \
         else settings.batch_size
     if settings.packing:

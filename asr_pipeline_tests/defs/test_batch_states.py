@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from asr_pipeline import cli
-from asr_pipeline.core.batches import IngestCursor
+from asr_pipeline.core.batches import IngestCursor, utc_text
 from asr_pipeline.defs.ingest import planning as ingest
 from asr_pipeline.defs.ingest.planning import plan_ingest
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
@@ -71,7 +71,7 @@ def test_after_three_failed_attempts_the_waits_between_attempts_double(env, monk
     retry_at = _status(daemon)["batches"][0]["retry_at"]
     assert 3500 < retry_at - time.time() <= 3600
     cli.main(["status"])
-    assert f"next attempt after {cli._utc(retry_at)}" in capsys.readouterr().out
+    assert f"next attempt after {utc_text(retry_at)}" in capsys.readouterr().out
 
     table = daemon.defs.resources["database"].open_table()
     settings = daemon.defs.resources["settings"]

@@ -17,7 +17,7 @@ from typing import Iterable
 import dagster as dg
 
 from asr_pipeline.core.batches import (BatchRequest, IngestCursor, NewBatches, cut_new_batches, parse_batch_key,
-                                       rotation_slice)
+                                       rotation_slice, utc_text)
 from asr_pipeline.core.database import TranscriptTable
 from asr_pipeline.core.locks import planning_lock
 from asr_pipeline.defs.ingest.batch_states import (FINGERPRINT_TAG, BatchState, batch_states, failed_since,
@@ -44,7 +44,7 @@ class IngestPlan:
             counts[r.reason] = counts.get(r.reason, 0) + 1
         parts = [", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "nothing to do"]
         for state in self.waiting:
-            due = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.retry_at))
+            due = utc_text(state.retry_at)
             parts.append(f"{state.key} {state.state} ({state.failures} attempts), next attempt after {due}: "
                          f"{state.reason}")
         parts.append(f"{len(self.checked)} existing batches checked")
