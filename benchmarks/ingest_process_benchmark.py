@@ -13,8 +13,12 @@ Python packages, the model directory, the corpus; posix_fadvise DONTNEED, the st
 pause), then "warm" right after it. Medians over --repeats. Each of our runs also records when its output lines
 arrived, so the JSON shows where the time goes (start-up, planning, each asset).
 
-Prints one JSON object and writes it to benchmarks/results/ingest_process_<date>.json, with CPU model and flags.
-The database it creates (asr_bench_*) is dropped at the end.
+First, `launched_batch`: one registered batch run --repeats times as the daemon runs a launched run (`asr-pipeline
+ingest-batch KEY`), on the ingest job's default in-process executor and, alternately, with ASR_EXECUTOR=multiprocess
+(a process per step); --launched-only stops there.
+
+Prints one JSON object and writes it to benchmarks/results/ingest_process_<date>_cpu-<kind>.json (--launched-only:
+ingest_launched_...), with CPU model and flags. The database it creates (asr_bench_*) is dropped at the end.
 """
 
 import argparse
@@ -38,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from featurize_benchmark import SEED_RECIPE, corpus  # noqa: E402  (benchmarks/ is this script's directory)
 from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
-from loop_simulation import _cpu  # noqa: E402
+from loop_simulation import _cpu, cpu_tag  # noqa: E402
 
 
 def evict_from_page_cache(roots: list[Path]) -> int:
@@ -133,6 +137,32 @@ def run_seed(env_base: dict, seed_recipe: Path, manifest_csv: Path, base_model: 
     return {"seconds": result["seconds"], "rows": inner["rows"], "featurize_loop_s": inner["seconds"]}
 
 
+def launched_batch_runs(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,
+                        template: Path, repeats: int) -> dict:
+    """One registered 1,000-row batch run again and again as the daemon runs a launched run (`asr-pipeline
+    ingest-batch KEY`: dg.execute_job on the reconstructable job), on the ingest job's default executor (in-process)
+    and on the multiprocess executor (ASR_EXECUTOR=multiprocess, a process per step), alternately."""
+    home = Path(tempfile.mkdtemp(prefix="launched_home_", dir=work))
+    shutil.copytree(template, home / "dagster")
+    env = {**env_base, "ASR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ASR_DB_URL": url,
+           "ASR_BASE_MODEL": base_model, "ASR_AUDIO_ROOTS": str(corpus_dir.resolve())}
+    script = Path(sys.executable).parent / "asr-pipeline"
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "asr_pipeline.cli"]
+    timed_process([*cli, "ingest"], env, REPO)  # registers the batch (and materializes it once)
+    key = sorted(p.name for p in (home / "storage" / "featurized_shards").iterdir() if p.name.startswith("ids-"))[0]
+    runs: dict[str, list[float]] = {"in_process (default)": [], "multiprocess": []}
+    for repeat in range(repeats):
+        for name in runs:
+            extra = {"ASR_EXECUTOR": "multiprocess"} if name == "multiprocess" else {}
+            seconds = timed_process([*cli, "ingest-batch", key], {**env, **extra}, REPO)["seconds"]
+            runs[name].append(seconds)
+            print(f"repeat {repeat + 1}/{repeats} launched batch, {name}: {seconds} s", file=sys.stderr)
+    shutil.rmtree(home, ignore_errors=True)
+    medians = {name: round(statistics.median(values), 3) for name, values in runs.items()}
+    return {"seconds": runs, "median_seconds": medians,
+            "multiprocess_over_in_process": round(medians["multiprocess"] / medians["in_process (default)"], 2)}
+
+
 def median_of(runs: list[dict], key: str = "seconds") -> float:
     return round(statistics.median(r[key] for r in runs), 3)
 
@@ -146,6 +176,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/asr_featurize_benchmark", help="corpus cache and scratch space")
     parser.add_argument("--seed-recipe", default=str(SEED_RECIPE))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--launched-only", action="store_true", help="only the launched-run comparison: one batch "
+                        "as the daemon runs it, in-process (the default) against a process per step")
     args = parser.parse_args()
 
     work = Path(args.work)
@@ -167,7 +199,8 @@ def main() -> None:
             conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
                          [{"p": r.audio_path, "t": r.transcript} for r in frame.itertuples()])
         template = dagster_instance_template(env_base, work)
-        for repeat in range(args.repeats):
+        launched = launched_batch_runs(env_base, url, args.base_model, corpus_dir, work, template, args.repeats)
+        for repeat in range(0 if args.launched_only else args.repeats):
             for name in runs:
                 if name.endswith("cold"):
                     evict_from_page_cache(read_by_either)
@@ -183,28 +216,35 @@ def main() -> None:
         engine.dispose()
         _drop(server, url)
 
-    medians = {name: median_of(values) for name, values in runs.items()}
-    result = {
-        "clips": args.clips, "repeats": args.repeats, "base_model": args.base_model,
-        "median_seconds": medians,
-        "ratio_cold": round(medians["seed_cold"] / medians["ours_cold"], 2),
-        "ratio_warm": round(medians["seed_warm"] / medians["ours_warm"], 2),
-        "ratio_warm_new_instance": round(medians["seed_warm"] / medians["ours_warm_new_instance"], 2),
-        # where our time goes: the median second at which each stage's line was printed
-        "ours_milestones_median": {name: {stage: round(statistics.median(r["milestones"][stage] for r in runs[name]), 3)
-                                          for stage in runs[name][0]["milestones"]}
-                                   for name in runs if name.startswith("ours")},
-        "runs": runs,
+    result = {"clips": args.clips, "repeats": args.repeats, "base_model": args.base_model}
+    if not args.launched_only:
+        medians = {name: median_of(values) for name, values in runs.items()}
+        result.update({
+            "median_seconds": medians,
+            "ratio_cold": round(medians["seed_cold"] / medians["ours_cold"], 2),
+            "ratio_warm": round(medians["seed_warm"] / medians["ours_warm"], 2),
+            "ratio_warm_new_instance": round(medians["seed_warm"] / medians["ours_warm_new_instance"], 2),
+            # where our time goes: the median second at which each stage's line was printed
+            "ours_milestones_median": {
+                name: {stage: round(statistics.median(r["milestones"][stage] for r in runs[name]), 3)
+                       for stage in runs[name][0]["milestones"]}
+                for name in runs if name.startswith("ours")},
+            "runs": runs,
+        })
+    result.update({
+        "launched_batch": launched,
         "note": "other work may have shared the machine's cores while this ran",
         "cpu": _cpu(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "date": date.today().isoformat(),
         "command": "python benchmarks/ingest_process_benchmark.py " + " ".join(sys.argv[1:]),
-    }
+    })
     text = json.dumps(result, indent=2, ensure_ascii=False)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"ingest_process_{result['date']}.json").write_text(text + "\n", encoding="utf-8")
+    kind = "launched" if args.launched_only else "process"
+    name = f"ingest_{kind}_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json"
+    (out / name).write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

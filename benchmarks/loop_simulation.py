@@ -79,6 +79,17 @@ def _cpu() -> dict:
     return info
 
 
+def cpu_tag(cpu: dict | None = None) -> str:
+    """The machine kind in a result file's name (the project's CPUs differ: AMX, AVX512-BF16, AVX2 only), so a run
+    on one kind never overwrites another's figures of the same day."""
+    flags = set((cpu or _cpu())["simd_flags"])
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512bf16"
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "novec"
+
+
 def stand_in_assets(failures: dict[str, int]):
     """raw_manifest and featurized_shards with the real keys and partitions, minus the audio work."""
 

@@ -23,11 +23,11 @@ Utterances/s are utterances seen over the trainer's train_runtime minus the vali
 (`training_s`); `call_s` is the whole train_whisper call (loading, packing, validation, saving) as a user waits for
 it. Then every trained model (and the base model) decodes the test split in float32 with the report's decoding
 policy (decoding.transcribe_features) and is scored with the report's scoring (evaluation.score, the default
-normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>.json with the CPU
-model and flags.
+normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>_cpu-<kind>.json
+(kind amx, avx512bf16, avx512 or avx2: loop_simulation.cpu_tag) with the CPU model and flags.
 
 An AVX2-only CPU, emulated on a newer one: PyTorch's own kernels, oneDNN and MKL held to AVX2 by the environment
-(recorded in the JSON as `isa`; the file is then packing_<date>_avx2.json, named after the limits; the bf16 arm is
+(recorded in the JSON as `isa`; the file name then ends in _held-avx2, after the limits; the bf16 arm is
 left out, as cpu_has_native_bf16 says no where oneDNN is held below AVX512_CORE_BF16):
 
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
@@ -56,7 +56,7 @@ from asr_pipeline.core.packing import PackedWindows, window_frames_limit, window
 from asr_pipeline.core.text import clean, paired_episode_bootstrap
 from asr_pipeline.core.training import FeatureRows, TrainingSettings, train_whisper
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
-from loop_simulation import _cpu as cpu_info  # noqa: E402
+from loop_simulation import _cpu as cpu_info, cpu_tag  # noqa: E402
 from train_eval_benchmark import SEED_RECIPE, seed_train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -261,8 +261,9 @@ def main() -> None:
     print(text)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        held = "".join(f"_{v}" for v in sorted({v.lower() for v in results["isa"]["held_by"].values()}))
-        (RESULTS / f"packing_{results['date']}{held}.json").write_text(text + "\n", encoding="utf-8")
+        held = "".join(f"_held-{v}" for v in sorted({v.lower() for v in results["isa"]["held_by"].values()}))
+        name = f"packing_{results['date']}_cpu-{cpu_tag(results['cpu'])}{held}.json"
+        (RESULTS / name).write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from datetime import date
 from pathlib import Path
 

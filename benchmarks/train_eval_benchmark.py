@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from asr_pipeline.core.audio import AudioShard, resample_manifest
@@ -143,18 +142,21 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", default="/tmp/asr_featurize_benchmark")
     parser.add_argument("--evaluation-only", action="store_true", help="no training: decode the held-out clips the "
                         "seed's way and ours (float32, and bf16 where the CPU has it) with each --eval-models model, "
-                        "and save benchmarks/results/evaluation_<date>.json")
+                        "and save benchmarks/results/evaluation_<date>_cpu-<kind>.json")
     parser.add_argument("--eval-models", default="", help="comma-separated models for --evaluation-only "
                         "(default: --base-model); a fine-tuned checkpoint falls back far less than the raw model")
     return parser
 
 
 def main() -> None:
+    from loop_simulation import cpu_tag
+
     args = parser().parse_args()
     if args.evaluation_only:
         results = evaluation_benchmark(args)
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"evaluation_{results['date']}.json").write_text(json.dumps(results, indent=2) + "\n")
+        name = f"evaluation_{results['date']}_cpu-{cpu_tag(results['cpu'])}.json"
+        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
         return
     print(json.dumps(run_benchmark(args), indent=2))

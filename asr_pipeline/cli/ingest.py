@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from asr_pipeline.cli.runs import (_definitions, _instance, _reap_dead_runs, _run, _run_batch_multiprocess,
+from asr_pipeline.cli.runs import (_definitions, _instance, _reap_dead_runs, _run, _run_batch_as_launched,
                                    _run_batches_in_parallel)
 
 
 def ingest(defs=None, parallel: int = 1) -> list[str]:
     """What new_transcripts_sensor does, without the daemon: register new batches, (re)process new, changed and
     never-materialized ones. Every registered batch is checked (a person runs this, not a 60 s tick).
-    parallel > 1: that many batches at once, each a run on the multiprocess executor."""
+    parallel > 1: that many batches at once, each a run in its own process, executed as a launched run."""
     from asr_pipeline.defs.ingest.planning import plan_ingest, request_lines
 
     defs = defs or _definitions()
@@ -53,7 +53,7 @@ def cmd_ingest(args) -> None:
 
 
 def cmd_ingest_batch(args) -> None:
-    _run_batch_multiprocess(args.key)
+    _run_batch_as_launched(args.key)
 
 
 def cmd_backfill(args) -> None:

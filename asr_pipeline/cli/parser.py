@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     ingest_parser = sub.add_parser("ingest", help="what new_transcripts_sensor does: new batches for new rows, "
                                    "re-process changed batches (raw_manifest, resampled_dataset, featurized_shards)")
-    ingest_parser.add_argument("--parallel", type=int, default=1, help="batches processed at once, each a run on "
-                               "the multiprocess executor in its own process (default 1: one after another)")
+    ingest_parser.add_argument("--parallel", type=int, default=1, help="batches processed at once, each a run in "
+                               "its own process, as the daemon launches it (default 1: one after another)")
     ingest_parser.set_defaults(func=cmd_ingest)
-    batch = sub.add_parser("ingest-batch", help="process one registered ingest batch on the multiprocess executor")
+    batch = sub.add_parser("ingest-batch", help="process one registered ingest batch as a launched run (in this "
+                       "process, on the ingest job's executor)")
     batch.add_argument("key", help="batch key, e.g. ids-0000000001-0000010000")
     batch.set_defaults(func=cmd_ingest_batch)
     backfill = sub.add_parser("backfill", help="re-process registered ingest batches (all, a range, or named)")

@@ -1,5 +1,5 @@
 """The Dagster instance and the runs this CLI executes in it: opened (and its dagster.yaml written) on first use, runs
-of dead CLI processes reaped, jobs executed in-process or batches on the multiprocess executor in subprocesses."""
+of dead CLI processes reaped, jobs executed in-process, or batches as launched runs in subprocesses."""
 
 from __future__ import annotations
 
@@ -116,21 +116,20 @@ def _not_promoted(result) -> bool:
     return any(e.check_name == BEATS_CHAMPION and not e.passed for e in result.get_asset_check_evaluations())
 
 
-def _run_batch_multiprocess(key: str) -> None:
-    """One ingest batch as its own run on the multiprocess executor (each step in a child process): what a
-    `--parallel` ingest starts in a subprocess per batch."""
+def _run_batch_as_launched(key: str) -> None:
+    """One ingest batch as its own run, executed as the daemon executes a launched run (dg.execute_job on the
+    reconstructable job, with the job's executor): what a `--parallel` ingest starts in a subprocess per batch."""
     import dagster as dg
 
     from asr_pipeline.defs.ingest.planning import INGEST_TAGS
     from asr_pipeline.definitions import ingest_job
 
     result = dg.execute_job(dg.reconstructable(ingest_job), instance=_instance(),
-                            run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
-                                        "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                             tags={**_run_tags(), **INGEST_TAGS, "dagster/partition": key})
     if not result.success:
         raise SystemExit(f"run {result.run_id} of asr_ingest for batch {key} failed (details in the Dagster UI)")
-    print(f"run {result.run_id} of asr_ingest for batch {key} succeeded (multiprocess executor)")
+    print(f"run {result.run_id} of asr_ingest for batch {key} succeeded")
 
 
 def _run_batches_in_parallel(keys: list[str], parallel: int) -> None:

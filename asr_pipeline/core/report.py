@@ -270,7 +270,7 @@ def render_markdown(report: dict, curves_png: bytes | None = None) -> str:
     if curves_png:
         parts += [curves_markdown_image(curves_png), ""]
     else:
-        parts += [f"![training curves](training_curves.png)" if report.get("training_curves_path")
+        parts += ["![training curves](training_curves.png)" if report.get("training_curves_path")
                   else "(no training curves logged)", ""]
     worst = report.get("worst", [])
     parts += [f"## The {len(worst)} worst utterances (fine-tuned)", "",
