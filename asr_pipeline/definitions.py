@@ -32,8 +32,9 @@ NO_RETRY_ON_STEP_FAILURE = {"dagster/retry_on_asset_or_op_failure": "false"}
 
 
 def executor_from_environment():
-    """ASR_EXECUTOR: unset = Dagster's default (multiprocess for launched runs, in-process for the CLI's own runs);
-    `multiprocess`, `in_process`, or `k8s` (dagster-k8s: every step in its own pod; deploy/README.md)."""
+    """ASR_EXECUTOR: `multiprocess`, `in_process`, or `k8s` (dagster-k8s: every step in its own pod;
+    deploy/README.md) for every job; unset: None, and each job takes its own default (ingest_executor,
+    training_executor)."""
     kind = os.environ.get("ASR_EXECUTOR", "")
     if not kind:
         return None
@@ -54,10 +55,15 @@ def executor_from_environment():
 def ingest_executor():
     """An ingest batch's steps run one after another in the run's own process unless ASR_EXECUTOR says otherwise.
     On the multiprocess executor each of the three steps would start a process that imports Dagster and the
-    definitions again: a launched 1,000-row batch took 17.8 s instead of 7.7 s (docs/BENCHMARKS.md). Training and
-    evaluation keep Dagster's default (a process per step: the memory of a training is given back before the
-    evaluation loads its models)."""
+    definitions again: a launched 1,000-row batch took 17.8 s instead of 7.7 s (docs/BENCHMARKS.md). Also the code
+    location's default, which the UI's "Materialize" and its backfills use (Dagster's implicit asset job)."""
     return executor_from_environment() or dg.in_process_executor
+
+
+def training_executor():
+    """The jobs that train and evaluate, launched by the schedule or the UI, keep a process per step: the memory
+    of a training is given back before the evaluation loads its models. (The CLI's own runs are in-process.)"""
+    return executor_from_environment() or dg.multiprocess_executor
 
 
 def build_definitions() -> dg.Definitions:
@@ -71,13 +77,14 @@ def build_definitions() -> dg.Definitions:
         # A challenger that loses is a successful run (champion_model materializes nothing), so no retry follows it.
         # A step that fails here (a NaN training loss, a model that cannot be loaded) fails the same way on the same
         # features and seed, and each try costs a training or a full decode: only crashed runs are retried.
-        dg.define_asset_job(RETRAIN_JOB, selection=without_freshness_checks(RETRAIN_ASSETS), tags=NO_RETRY_ON_STEP_FAILURE,
+        dg.define_asset_job(RETRAIN_JOB, selection=without_freshness_checks(RETRAIN_ASSETS),
+                            tags=NO_RETRY_ON_STEP_FAILURE, executor_def=training_executor(),
                             description="Fine-tune on every featurized batch, evaluate against the champion, promote "
                                         "the challenger when it is better."),
         dg.define_asset_job(TRAIN_JOB, selection=without_freshness_checks(["finetuned_checkpoint"]),
-                            description="Fine-tune only."),
+                            executor_def=training_executor(), description="Fine-tune only."),
         dg.define_asset_job(EVALUATE_JOB, selection=without_freshness_checks(["evaluation_report", "champion_model"]),
-                            tags=NO_RETRY_ON_STEP_FAILURE,
+                            tags=NO_RETRY_ON_STEP_FAILURE, executor_def=training_executor(),
                             description="Evaluate the current checkpoint; promote it when it beats the champion."),
     ]
     try:
@@ -87,7 +94,7 @@ def build_definitions() -> dg.Definitions:
     except Exception as exc:  # an invalid cron string or timezone
         raise ConfigError(f"ASR_RETRAIN_CRON / ASR_RETRAIN_TIMEZONE: {exc}") from None
     return dg.Definitions(
-        executor=executor_from_environment(),
+        executor=ingest_executor(),  # the implicit asset job's: UI materializations and backfills
         assets=with_code_versions(ASSETS, settings),  # settings that shape a batch make it stale
         asset_checks=FRESHNESS_CHECKS,  # evaluated by the asr_alerts sensor (defs/alerts), not by the jobs above
         jobs=jobs,

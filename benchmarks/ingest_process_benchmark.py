@@ -14,8 +14,8 @@ pause), then "warm" right after it. Medians over --repeats. Each of our runs als
 arrived, so the JSON shows where the time goes (start-up, planning, each asset).
 
 First, `launched_batch`: one registered batch run --repeats times as the daemon runs a launched run (`asr-pipeline
-ingest-batch KEY`), on the ingest job's default in-process executor and, alternately, with ASR_EXECUTOR=multiprocess
-(a process per step); --launched-only stops there.
+ingest-batch KEY`), on the ingest job's default in-process executor and, alternately (each first every other
+repetition), with ASR_EXECUTOR=multiprocess (a process per step); --launched-only stops there.
 
 Prints one JSON object and writes it to benchmarks/results/ingest_process_<date>_cpu-<kind>.json (--launched-only:
 ingest_launched_...), with CPU model and flags. The database it creates (asr_bench_*) is dropped at the end.
@@ -152,7 +152,7 @@ def launched_batch_runs(env_base: dict, url: str, base_model: str, corpus_dir: P
     key = sorted(p.name for p in (home / "storage" / "featurized_shards").iterdir() if p.name.startswith("ids-"))[0]
     runs: dict[str, list[float]] = {"in_process (default)": [], "multiprocess": []}
     for repeat in range(repeats):
-        for name in runs:
+        for name in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):  # neither always goes first
             extra = {"ASR_EXECUTOR": "multiprocess"} if name == "multiprocess" else {}
             seconds = timed_process([*cli, "ingest-batch", key], {**env, **extra}, REPO)["seconds"]
             runs[name].append(seconds)

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_parser = sub.add_parser("ingest", help="what new_transcripts_sensor does: new batches for new rows, "
                                    "re-process changed batches (raw_manifest, resampled_dataset, featurized_shards)")
     ingest_parser.add_argument("--parallel", type=int, default=1, help="batches processed at once, each a run in "
-                               "its own process, as the daemon launches it (default 1: one after another)")
+                               "its own process, executed as the daemon executes a launched run (default 1: one "
+                               "after another)")
     ingest_parser.set_defaults(func=cmd_ingest)
     batch = sub.add_parser("ingest-batch", help="process one registered ingest batch as a launched run (in this "
                        "process, on the ingest job's executor)")

@@ -56,7 +56,8 @@ def daemon_home(monkeypatch, tmp_path, mysql_database, korean_clips, tiny_model_
         "ASR_SPLIT_RATIOS": "60/20/20", "ASR_BATCH_ROWS": "40", "ASR_SENSOR_INTERVAL_SECONDS": "5",
         "ASR_BATCH_MAX_WAIT_MINUTES": "0",  # rows inserted later become a batch at the next tick, not in an hour
         "ASR_RETRAIN_CRON": "* * * * *", "ASR_RETRAIN_TIMEZONE": "UTC",
-        # one process a run instead of one a step: the same pools and retries, less CPU on a small machine
+        # training and evaluation too in one process a run (ingest runs that way by default): the same pools and
+        # retries, less CPU on a small machine
         "ASR_EXECUTOR": "in_process",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +20,8 @@ import sqlalchemy as sa
 from safetensors.numpy import load_file
 
 from asr_pipeline.core.database import TranscriptTable
+from asr_pipeline.defs.alerts.sources import run_failure
+from asr_pipeline.defs.ingest.batch_states import _why_it_failed
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 
@@ -137,6 +140,14 @@ def test_kill_during_featurization_then_rerun_equals_an_uninterrupted_run(pipeli
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "(retry)" in rerun.stdout  # the killed run is marked failed and its batch picked up again
     assert not staged()  # ...and the re-run removed the leftover
+    # an alert about the killed run names the step its process died in, not "failed before any step did"
+    instance = dg.DagsterInstance.get()
+    [killed] = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest",
+                                                       statuses=[dg.DagsterRunStatus.FAILURE]))
+    failure = run_failure(instance, killed.run_id)
+    assert failure.asset == "featurized_shards"
+    assert failure.error.startswith("the run's process died during featurized_shards: the asr-pipeline process (pid ")
+    assert _why_it_failed(instance, killed.run_id) == ("failed", failure.error)  # what `status` said of the batch
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path / "uninterrupted"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "uninterrupted_dagster"))
@@ -166,7 +177,6 @@ def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, mon
     summary = json.loads((checkpoint / "training_summary.json").read_text())
     assert summary["resumed_from_step"] in (8, 16) and summary["steps"] == 24
     assert not any(work.iterdir())  # the work directory is cleaned once the checkpoint is published
-    import dagster as dg
     statuses = [run.status for run in dg.DagsterInstance.get().get_runs()]
     assert dg.DagsterRunStatus.STARTED not in statuses  # the killed run was marked failed, its pool slot freed
     assert dg.DagsterRunStatus.FAILURE in statuses

@@ -51,19 +51,19 @@ def test_ingest_batches_run_in_parallel_processes_with_mysql_storage(
     assert len(runs) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(
         instance.get_dynamic_partitions("ingest_batches"))
-    # the batches overlapped in time: they ran side by side, not one after another
-    stats = [instance.get_run_stats(r.run_id) for r in runs]
-    assert max(s.start_time for s in stats) < min(s.end_time for s in stats)
-    # each batch ran in a process of its own (they overlapped), its three steps inside that process, one after
-    # another: the ingest job's in-process executor, no process started per step
-    pids = set()
+    # each batch ran in a process of its own, its three steps inside that process (the ingest job's in-process
+    # executor: no process started per step), and the processes were started together
+    run_pids = []
     for run in runs:
-        messages = [e.message or "" for e in instance.all_logs(run.run_id)]
-        executing = [m for m in messages if m.startswith("Executing steps in process (pid: ")]
-        assert len(executing) == 1, messages[:10]
-        pids.add(executing[0])
-        assert not any("Launching subprocess for" in m for m in messages)
-    assert len(pids) == 3
+        events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+        step_pids = [e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START]
+        [started_by] = {e.pid for e in events if e.event_type == dg.DagsterEventType.RUN_START}
+        assert len(step_pids) == 3 and set(step_pids) == {started_by}, (step_pids, started_by)
+        run_pids.append(started_by)
+    assert len(set(run_pids)) == 3
+    printed = capsys.readouterr().out.splitlines()
+    starts = [n for n, line in enumerate(printed) if line.startswith("ingest: starting batch ")]
+    assert len(starts) == 3 and starts == list(range(starts[0], starts[0] + 3)), printed  # none waited for another
     # and all of it is in MariaDB, in Dagster's own database
     engine = sa.create_engine(mysql_instance_home)
     with engine.connect() as conn:

@@ -150,6 +150,25 @@ def _final_failure(record, now: float) -> bool:
     return now - ended > RETRY_GRACE_S
 
 
+def unfinished_step(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The step that started and never ended in this run, if any: the one its process was running when it died."""
+    ended_types = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
+                   dg.DagsterEventType.STEP_SKIPPED}
+    records = instance.get_records_for_run(run_id, of_type={dg.DagsterEventType.STEP_START, *ended_types}).records
+    started = [r.event_log_entry.dagster_event.step_key for r in records
+               if r.event_log_entry.dagster_event.event_type == dg.DagsterEventType.STEP_START]
+    ended = {r.event_log_entry.dagster_event.step_key for r in records
+             if r.event_log_entry.dagster_event.event_type in ended_types}
+    unfinished = [key for key in started if key not in ended]
+    return unfinished[-1] if unfinished else None
+
+
+def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    message = records[-1].event_log_entry.dagster_event.message if records else None
+    return (message or "the run was marked failed").strip().splitlines()[0][:300]
+
+
 def _why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
     """('blocked', the failed blocking check and its description) or ('failed', the step's error)."""
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
@@ -167,10 +186,15 @@ def _why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]
             error = error.cause
         message = (error.message.strip().splitlines() or [""])[-1] if error else "no error recorded"
         return "failed", f"step {event.step_key} failed: {message[:300]}"
+    status = instance.get_run_by_id(run_id).status
+    if status == dg.DagsterRunStatus.CANCELED:
+        return "failed", "the run was canceled"
+    unfinished = unfinished_step(instance, run_id)
+    if unfinished:  # its process died (kill -9, out of memory): no step failure, only the run's, from whoever noticed
+        return "failed", f"the run's process died during {unfinished}: {run_failure_message(instance, run_id)}"
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records:
         return "failed", (record.event_log_entry.dagster_event.message or "the run failed")[:300]
-    status = instance.get_run_by_id(run_id).status
-    return "failed", "the run was canceled" if status == dg.DagsterRunStatus.CANCELED else "the run failed"
+    return "failed", "the run failed"
 
 
 def batch_state(instance: dg.DagsterInstance, key: str, table: TranscriptTable | None = None,

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _asr_pipeline(*argv: str) -> subprocess.CompletedProcess:

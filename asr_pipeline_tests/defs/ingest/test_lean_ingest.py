@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.mysql]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # runs the real command line in a process of its own, then says which heavy packages that process imported
 INGEST_AND_LIST_MODULES = """

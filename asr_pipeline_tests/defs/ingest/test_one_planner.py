@@ -19,7 +19,7 @@ from asr_pipeline_tests.conftest import create_notebook_table
 from asr_pipeline_tests.defs.sensor_harness import Daemon, audio_environment, insert_rows
 
 pytestmark = pytest.mark.mysql
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture()
