@@ -55,15 +55,16 @@ def executor_from_environment():
 def ingest_executor():
     """An ingest batch's steps run one after another in the run's own process unless ASR_EXECUTOR says otherwise.
     On the multiprocess executor each of the three steps would start a process that imports Dagster and the
-    definitions again: a launched 1,000-row batch took 17.8 s instead of 7.7 s (docs/BENCHMARKS.md). Also the code
-    location's default, which the UI's "Materialize" and its backfills use (Dagster's implicit asset job)."""
+    definitions again: a launched 1,000-row batch took 17.8 s instead of 7.7 s (docs/BENCHMARKS.md). The sensor's
+    runs and `ingest --parallel` run the asr_ingest job."""
     return executor_from_environment() or dg.in_process_executor
 
 
 def training_executor():
-    """The jobs that train and evaluate, launched by the schedule or the UI, keep a process per step: the memory
-    of a training is given back before the evaluation loads its models. (The CLI's own runs are in-process.)"""
-    return executor_from_environment() or dg.multiprocess_executor
+    """Everything else, including the UI's "Materialize" and asset backfills (Dagster's implicit asset job, which
+    also trains and evaluates): Dagster's default, a process per step for launched runs, so the memory of a training
+    is given back before the evaluation loads its models (and the Launchpad can still choose in-process)."""
+    return executor_from_environment() or dg.multi_or_in_process_executor
 
 
 def build_definitions() -> dg.Definitions:
@@ -94,7 +95,7 @@ def build_definitions() -> dg.Definitions:
     except Exception as exc:  # an invalid cron string or timezone
         raise ConfigError(f"ASR_RETRAIN_CRON / ASR_RETRAIN_TIMEZONE: {exc}") from None
     return dg.Definitions(
-        executor=ingest_executor(),  # the implicit asset job's: UI materializations and backfills
+        executor=training_executor(),  # the implicit asset job's: the UI's "Materialize" and asset backfills
         assets=with_code_versions(ASSETS, settings),  # settings that shape a batch make it stale
         asset_checks=FRESHNESS_CHECKS,  # evaluated by the asr_alerts sensor (defs/alerts), not by the jobs above
         jobs=jobs,

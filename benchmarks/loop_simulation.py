@@ -70,10 +70,16 @@ def _cpu() -> dict:
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Flags"):
+            if key.strip() in ("Model name", "CPU(s)", "Flags", "CPU family", "Model", "CPU max MHz"):
                 info[key.strip()] = value.strip()
     except OSError:
         info["Model name"] = platform.processor()
+    try:  # the clock a virtual machine reports (lscpu often has no "CPU max MHz" there)
+        with open("/proc/cpuinfo") as cpuinfo:
+            info["cpu_mhz"] = next(line.split(":")[1].strip() for line in cpuinfo if line.startswith("cpu MHz"))
+    except (OSError, StopIteration):
+        pass
+    info["recorded_at_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     flags = set(info.pop("Flags", "").split())
     info["simd_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "fma")))
     return info

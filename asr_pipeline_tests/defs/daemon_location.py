@@ -24,7 +24,7 @@ def _with_small_defaults(job):
     if job.name == "asr_retrain":
         ops["evaluation_report"] = {"config": SHORT_EVALUATION}
     return dg.define_asset_job(job.name, selection=job.selection, tags=job.tags, description=job.description,
-                               config={"ops": ops})
+                               executor_def=job.executor_def, config={"ops": ops})
 
 
 def _small_training_definitions() -> dg.Definitions:

@@ -141,13 +141,14 @@ def test_kill_during_featurization_then_rerun_equals_an_uninterrupted_run(pipeli
     assert "(retry)" in rerun.stdout  # the killed run is marked failed and its batch picked up again
     assert not staged()  # ...and the re-run removed the leftover
     # an alert about the killed run names the step its process died in, not "failed before any step did"
-    instance = dg.DagsterInstance.get()
-    [killed] = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest",
-                                                       statuses=[dg.DagsterRunStatus.FAILURE]))
-    failure = run_failure(instance, killed.run_id)
-    assert failure.asset == "featurized_shards"
-    assert failure.error.startswith("the run's process died during featurized_shards: the asr-pipeline process (pid ")
-    assert _why_it_failed(instance, killed.run_id) == ("failed", failure.error)  # what `status` said of the batch
+    with dg.DagsterInstance.get() as instance:
+        [killed] = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest",
+                                                           statuses=[dg.DagsterRunStatus.FAILURE]))
+        failure = run_failure(instance, killed.run_id)
+        assert failure.asset == "featurized_shards"
+        assert failure.error.startswith(
+            "the run's process died during featurized_shards: the asr-pipeline process (pid ")
+        assert _why_it_failed(instance, killed.run_id) == ("failed", failure.error)  # what `status` says of it
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path / "uninterrupted"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "uninterrupted_dagster"))
