@@ -162,6 +162,45 @@ def test_kill_during_featurization_then_rerun_equals_an_uninterrupted_run(pipeli
                                   pd.read_parquet(reference / "index.parquet")[columns])
 
 
+def test_a_launched_run_killed_mid_step_is_reported_with_the_step_and_the_signal(pipeline_env):
+    """A launched ingest run (`ingest-batch`, as the daemon executes one) SIGKILLed while featurizing: its steps run
+    in its own process, so no step failure is recorded. The code server then records what it records for a dead run
+    process (the two calls of dagster's _check_for_orphaned_runs, replayed with the real exit code); the batch's
+    status and the alert must name the step and the signal, not say that no step ran."""
+    from dagster._utils import get_run_crash_explanation
+
+    first = _cli("ingest")
+    assert first.returncode == 0, first.stderr[-3000:]
+    storage = pipeline_env / "storage" / "featurized_shards"
+    [key] = [p.name for p in storage.glob("ids-*")]
+
+    def featurizing():
+        return any((p / "features.f16").exists() for p in storage.glob(f".{key}.tmp-*"))
+
+    process = subprocess.Popen([sys.executable, "-m", "asr_pipeline.cli", "ingest-batch", key],
+                               env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not featurizing() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest",
+                                                        statuses=[dg.DagsterRunStatus.STARTED]))
+        instance.report_engine_event(get_run_crash_explanation(prefix=f"Run execution process for {run.run_id}",
+                                                               exit_code=process.returncode), run)
+        instance.report_run_failed(run)
+        state, reason = _why_it_failed(instance, run.run_id)
+        assert state == "failed"
+        assert reason.startswith(f"the run's process died during featurized_shards: Run execution process for "
+                                 f"{run.run_id} was terminated by signal 9 (SIGKILL). This usually indicates that the "
+                                 "process was killed by the operating system due to running out of memory.")
+        assert reason.endswith(".") and len(reason) <= len("the run's process died during featurized_shards: ") + 300
+        failure = run_failure(instance, run.run_id)
+        assert (failure.asset, failure.error) == ("featurized_shards", reason)  # the alert says the same
+
+
 def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, monkeypatch, tmp_path):
     assert _cli("ingest").returncode == 0
     train = ["train", "--max-steps", "24", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2"]

@@ -163,10 +163,27 @@ def unfinished_step(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return unfinished[-1] if unfinished else None
 
 
+CRASH_PREFIX = "Run execution process for"  # the code server's engine event when a launched run's process dies
+
+
 def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Why the run was marked failed: the code server's crash explanation for a launched run ("... was terminated by
+    signal 9 (SIGKILL). This usually indicates ... out of memory"), which it records as an engine event before a
+    generic run failure, else the run failure's own message (the CLI's: its process is gone)."""
+    engine = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    crashes = [r.event_log_entry.dagster_event.message for r in engine
+               if (r.event_log_entry.dagster_event.message or "").startswith(CRASH_PREFIX)]
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    message = records[-1].event_log_entry.dagster_event.message if records else None
-    return (message or "the run was marked failed").strip().splitlines()[0][:300]
+    message = crashes[-1] if crashes else records[-1].event_log_entry.dagster_event.message if records else None
+    return _whole_sentences((message or "the run was marked failed").strip().splitlines()[0], 300)
+
+
+def _whole_sentences(text: str, limit: int) -> str:
+    """text cut to at most `limit` characters at a sentence's end (or hard, when its first sentence is longer)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[:cut + 1] if cut > 0 else text[:limit]
 
 
 def _why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
