@@ -112,17 +112,27 @@ def dagster_instance_template(env_base: dict, work: Path) -> Path:
     return template
 
 
+def our_home(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path, prefix: str,
+             instance_template: Path | None) -> tuple[Path, dict]:
+    """A fresh ASR_HOME (with a copy of instance_template as its Dagster instance, if given) and the environment
+    `asr-pipeline` runs with there."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir=work))
+    if instance_template is not None:
+        shutil.copytree(instance_template, home / "dagster")
+    return home, {**env_base, "ASR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ASR_DB_URL": url,
+                  "ASR_BASE_MODEL": base_model, "ASR_AUDIO_ROOTS": str(corpus_dir.resolve())}
+
+
+def cli_command(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "asr-pipeline"  # the console script a user runs
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "asr_pipeline.cli", *args]
+
+
 def run_ours(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,
              instance_template: Path | None) -> dict:
     """instance_template None: a DAGSTER_HOME that does not exist yet (the first command on a new machine)."""
-    home = Path(tempfile.mkdtemp(prefix="ingest_home_", dir=work))
-    if instance_template is not None:
-        shutil.copytree(instance_template, home / "dagster")
-    env = {**env_base, "ASR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ASR_DB_URL": url,
-           "ASR_BASE_MODEL": base_model, "ASR_AUDIO_ROOTS": str(corpus_dir.resolve())}
-    script = Path(sys.executable).parent / "asr-pipeline"  # the console script a user runs
-    command = [str(script), "ingest"] if script.exists() else [sys.executable, "-m", "asr_pipeline.cli", "ingest"]
-    result = timed_process(command, env, REPO)
+    home, env = our_home(env_base, url, base_model, corpus_dir, work, "ingest_home_", instance_template)
+    result = timed_process(cli_command("ingest"), env, REPO)
     meta = json.loads((home / "storage" / "featurized_shards").glob("*/meta.json").__next__().read_text())
     shutil.rmtree(home, ignore_errors=True)
     return {"seconds": result["seconds"], "rows": meta["rows"], "milestones": milestones(result["lines"])}
@@ -142,19 +152,14 @@ def launched_batch_runs(env_base: dict, url: str, base_model: str, corpus_dir: P
     """One registered 1,000-row batch run again and again as the daemon runs a launched run (`asr-pipeline
     ingest-batch KEY`: dg.execute_job on the reconstructable job), on the ingest job's default executor (in-process)
     and on the multiprocess executor (ASR_EXECUTOR=multiprocess, a process per step), alternately."""
-    home = Path(tempfile.mkdtemp(prefix="launched_home_", dir=work))
-    shutil.copytree(template, home / "dagster")
-    env = {**env_base, "ASR_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "ASR_DB_URL": url,
-           "ASR_BASE_MODEL": base_model, "ASR_AUDIO_ROOTS": str(corpus_dir.resolve())}
-    script = Path(sys.executable).parent / "asr-pipeline"
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "asr_pipeline.cli"]
-    timed_process([*cli, "ingest"], env, REPO)  # registers the batch (and materializes it once)
+    home, env = our_home(env_base, url, base_model, corpus_dir, work, "launched_home_", template)
+    timed_process(cli_command("ingest"), env, REPO)  # registers the batch (and materializes it once)
     key = sorted(p.name for p in (home / "storage" / "featurized_shards").iterdir() if p.name.startswith("ids-"))[0]
     runs: dict[str, list[float]] = {"in_process (default)": [], "multiprocess": []}
     for repeat in range(repeats):
         for name in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):  # neither always goes first
             extra = {"ASR_EXECUTOR": "multiprocess"} if name == "multiprocess" else {}
-            seconds = timed_process([*cli, "ingest-batch", key], {**env, **extra}, REPO)["seconds"]
+            seconds = timed_process(cli_command("ingest-batch", key), {**env, **extra}, REPO)["seconds"]
             runs[name].append(seconds)
             print(f"repeat {repeat + 1}/{repeats} launched batch, {name}: {seconds} s", file=sys.stderr)
     shutil.rmtree(home, ignore_errors=True)

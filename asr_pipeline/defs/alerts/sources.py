@@ -14,8 +14,8 @@ import dagster as dg
 from dagster import DagsterEventType, DagsterRunStatus
 
 from asr_pipeline.core.storage import read_json
-from asr_pipeline.defs.ingest.batch_states import (BatchState,  # noqa: F401  (the type the alerts read)
-                                                   run_failure_message, unfinished_step)
+from asr_pipeline.defs.ingest.batch_states import BatchState  # noqa: F401  (the type the alerts read)
+from asr_pipeline.defs.ingest.batch_states import process_death
 
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 FAILED_STEP_EVENTS = {DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION}
@@ -51,14 +51,12 @@ def run_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
     if not asset:
         run = instance.get_run_by_id(run_id)
         canceled = run is not None and run.status == DagsterRunStatus.CANCELED
-        unfinished = None if canceled else unfinished_step(instance, run_id)
-        asset = unfinished or (run.job_name if run else "?")
+        death = None if canceled else process_death(instance, run_id)
+        asset = death[0] if death else (run.job_name if run else "?")
         if canceled:
             error = error or "the run was canceled (from the UI, or by the run monitor after a worker died)"
-        if unfinished and not error:
-            # the process running the step died (kill -9, out of memory, power cut): no step failure was recorded,
-            # only the run's failure, by whoever noticed (the code server, the run monitor, `asr-pipeline`)
-            error = f"the run's process died during {unfinished}: {run_failure_message(instance, run_id)}"
+        if death and not error:
+            error = death[1]
         error = error or "the run failed before any step did (see the run's events)"
     return RunFailure(run_id, asset, error, tuple(checks))
 

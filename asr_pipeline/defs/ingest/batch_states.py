@@ -178,6 +178,15 @@ def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
     return _whole_sentences((message or "the run was marked failed").strip().splitlines()[0], 300)
 
 
+def process_death(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str] | None:
+    """(step, why) for a run whose process died in the middle of a step (kill -9, out of memory): such a run has no
+    step failure, only the run's failure, recorded by whoever noticed (the code server, the run monitor, the CLI)."""
+    step = unfinished_step(instance, run_id)
+    if step is None:
+        return None
+    return step, f"the run's process died during {step}: {run_failure_message(instance, run_id)}"
+
+
 def _whole_sentences(text: str, limit: int) -> str:
     """text cut to at most `limit` characters at a sentence's end (or hard, when its first sentence is longer)."""
     if len(text) <= limit:
@@ -206,9 +215,9 @@ def _why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]
     status = instance.get_run_by_id(run_id).status
     if status == dg.DagsterRunStatus.CANCELED:
         return "failed", "the run was canceled"
-    unfinished = unfinished_step(instance, run_id)
-    if unfinished:  # its process died (kill -9, out of memory): no step failure, only the run's, from whoever noticed
-        return "failed", f"the run's process died during {unfinished}: {run_failure_message(instance, run_id)}"
+    death = process_death(instance, run_id)
+    if death is not None:
+        return "failed", death[1]
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records:
         return "failed", (record.event_log_entry.dagster_event.message or "the run failed")[:300]
     return "failed", "the run failed"
