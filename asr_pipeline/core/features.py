@@ -109,8 +109,11 @@ def featurize_shard(
     progress = Progress("featurizing", len(audio), emit)
     progress.advance(len(quarantine))
 
-    def log_mel(clip: np.ndarray) -> np.ndarray:
-        return log_mel_frames(feature_extractor, clip)
+    def stored_frames(position: int) -> tuple[bytes, int, float]:
+        """Clip `position` as stored: float16 frames-major bytes, their count, the pad value. All of it on the
+        worker threads, so the writing thread only writes (it held the others back on 2 cores)."""
+        kept = log_mel_frames(feature_extractor, audio.samples(position))
+        return np.ascontiguousarray(kept.T, dtype=np.float16).tobytes(), kept.shape[1], padding_value(kept)
 
     # scipy's FFT and numpy's array operations release the GIL, so the threads overlap them on several cores.
     # BLAS is held to one thread per call: its own threads on these small products only contend with ours, and
@@ -120,16 +123,17 @@ def featurize_shard(
           threadpool_limits(limits=1, user_api="blas")):
         for start in range(0, len(kept_rows), CLIPS_IN_FLIGHT):
             chunk = kept_rows[start: start + CLIPS_IN_FLIGHT]
-            clips = [audio.samples(position) for position, _, _ in chunk]  # the index is read on this thread only
-            for (_, meta, labels), kept in zip(chunk, pool.map(log_mel, clips)):
-                frames_file.write(np.ascontiguousarray(kept.T, dtype=np.float16).tobytes())
+            # AudioShard.samples only reads its memory-mapped arrays, so the threads may call it concurrently
+            computed = pool.map(stored_frames, [position for position, _, _ in chunk])
+            for (_, meta, labels), (frames, num_frames, pad_value) in zip(chunk, computed):
+                frames_file.write(frames)
                 rows.append(
                     {**{k: meta[k] for k in ("id", "audio_path", "transcript", "group", "split", "duration")},
                      "audio_sha256": meta.get("audio_sha256"),  # exact duplicates never train on what they test
-                     "offset": offset, "num_frames": kept.shape[1], "pad_value": padding_value(kept),
+                     "offset": offset, "num_frames": num_frames, "pad_value": pad_value,
                      "labels": [int(t) for t in labels], "label_length": len(labels)}
                 )
-                offset += kept.shape[1]
+                offset += num_frames
                 progress.advance()
     index = pd.DataFrame(rows, columns=["id", "audio_path", "transcript", "group", "split", "duration",
                                         "audio_sha256", "offset", "num_frames", "pad_value", "labels", "label_length"])

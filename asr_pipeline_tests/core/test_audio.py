@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asr_pipeline.core.audio import AudioError, AudioLimits, AudioShard, decode, load_16k, resample_manifest
+from asr_pipeline.core.audio import (AudioError, AudioLimits, AudioShard, decode, load_16k, resample_manifest,
+                                     to_16k_mono)
 
 
 def _tone(seconds, rate, channels=1):
@@ -25,6 +26,33 @@ def test_common_formats_decode_to_16k_mono_with_their_duration(tmp_path, fmt, ra
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(len(samples) / 16_000 - 1.5) < 0.06  # mp3 adds encoder padding
     assert 0.2 < np.abs(samples).max() < 0.6
+
+
+@pytest.mark.parametrize("fmt,channels,subtype", [
+    ("wav", 1, "PCM_16"), ("flac", 2, "PCM_16"), ("wav", 2, "PCM_24"), ("wav", 1, "FLOAT"),
+])
+def test_decode_gives_libsndfile_float32_samples_bit_for_bit(tmp_path, fmt, channels, subtype):
+    """16-bit files are read as int16 and scaled by us (half the cost): the same float32 values libsndfile's own
+    conversion gives, full scale and negative full scale included; other subtypes go through libsndfile's."""
+    rng = np.random.default_rng(0)
+    pcm = rng.integers(-32768, 32768, size=(22_050, channels), dtype=np.int16)
+    pcm[:2] = [[-32768] * channels, [32767] * channels]
+    path = tmp_path / f"clip.{fmt}"
+    sf.write(path, pcm, 22_050, subtype=subtype)
+    expected, _ = sf.read(path, dtype="float32", always_2d=True)
+    data, rate, got_channels = decode(path)
+    assert (rate, got_channels) == (22_050, channels)
+    assert data.dtype == np.float32 and np.array_equal(data, expected)
+
+
+def test_a_mono_file_resamples_as_its_one_channel_and_stereo_as_the_channel_mean(tmp_path):
+    left, right = _tone(1.0, 22_050), 0.5 * _tone(1.0, 22_050)
+    sf.write(tmp_path / "mono.wav", left, 22_050, subtype="FLOAT")
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), 22_050, subtype="FLOAT")
+    assert np.array_equal(load_16k(tmp_path / "mono.wav"), to_16k_mono(left[:, None], 22_050))
+    assert np.array_equal(to_16k_mono(left[:, None], 22_050), to_16k_mono(left, 22_050))
+    both = np.stack([left, right], axis=1)
+    assert np.array_equal(load_16k(tmp_path / "stereo.wav"), to_16k_mono(both.mean(axis=1), 22_050))
 
 
 def test_resampled_spectrum_keeps_the_tone(tmp_path):

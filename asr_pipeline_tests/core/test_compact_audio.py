@@ -165,3 +165,14 @@ def test_the_shard_check_compares_the_audio_file_with_the_index(tmp_path, korean
     assert clips_are_16k_mono(shard.path).passed
     shard.index.iloc[[0, 2]].to_parquet(shard.path / "index.parquet", index=False)  # a clip missing from the index
     assert not clips_are_16k_mono(shard.path).passed
+
+
+def test_a_clip_on_the_int16_grid_only_at_its_start_gets_its_own_scale():
+    """to_pcm16 looks at the first samples before the whole clip; a clip that leaves the int16 grid later on is
+    still scaled to its peak, never rounded onto the grid."""
+    on_grid = np.arange(-1024, 1024, dtype=np.float32) * np.float32(PCM_STEP)
+    clip = np.concatenate([on_grid, np.float32([0.3 + PCM_STEP / 3])])
+    pcm, scale = to_pcm16(clip)
+    assert scale != PCM_STEP and scale == np.float32(np.abs(clip).max() / 32767)
+    assert np.abs(from_pcm16(pcm, scale) - clip).max() <= scale / 2 * 1.0001
+    assert to_pcm16(on_grid)[1] == PCM_STEP and np.array_equal(from_pcm16(*to_pcm16(on_grid)), on_grid)
