@@ -12,7 +12,7 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
     """What new_transcripts_sensor does, without the daemon: register new batches, (re)process new, changed and
     never-materialized ones. Every registered batch is checked (a person runs this, not a 60 s tick).
     parallel > 1: that many batches at once, each a run in its own process, executed as a launched run."""
-    from asr_pipeline.defs.ingest.planning import plan_ingest, request_lines
+    from asr_pipeline.defs.ingest.planning import plan_ingest, request_lines, request_tags
 
     defs = defs or _definitions()
     instance = _instance()
@@ -29,14 +29,14 @@ def ingest(defs=None, parallel: int = 1) -> list[str]:
         print(f"ingest: again {line}")
     for request in plan.requests:
         print(f"ingest: batch {request.key} ({request.reason})")
+    tags = request_tags(plan)  # the sensor's run tags: the next plan reads the fingerprint a failed run was for
     if parallel > 1 and len(plan.requests) > 1:
-        _run_batches_in_parallel([r.key for r in plan.requests], parallel)
+        _run_batches_in_parallel([r.key for r in plan.requests], parallel, tags)
     else:
         failed = []
         for request in plan.requests:  # one failing batch does not keep the others from being processed
             try:
-                _run("asr_ingest", partition_key=request.key, defs=defs,
-                     tags={"asr/fingerprint": request.fingerprint}, instance=instance)
+                _run("asr_ingest", partition_key=request.key, defs=defs, tags=tags[request.key], instance=instance)
             except SystemExit as exc:
                 print(exc, file=sys.stderr)
                 failed.append(request.key)
@@ -53,17 +53,27 @@ def cmd_ingest(args) -> None:
 
 
 def cmd_ingest_batch(args) -> None:
-    _run_batch_as_launched(args.key)
+    import json
+
+    try:
+        tags = json.loads(args.tags) if args.tags else {}
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--tags is not JSON: {exc}") from None
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise SystemExit('--tags must be a JSON object of strings, e.g. {"asr/reason": "retry"}')
+    _run_batch_as_launched(args.key, tags)
 
 
 def cmd_backfill(args) -> None:
     """Re-process registered batches (after a featurizer change, say): in-process, one after another."""
     from asr_pipeline.core.batches import parse_batch_key
     from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
+    from asr_pipeline.defs.ingest.planning import backfill_tags
 
     defs, instance = _definitions(), _instance()
     _reap_dead_runs(instance)
     registered = sorted(instance.get_dynamic_partitions(INGEST_BATCHES.name))
+    why: dict[str, str] = {}
     if getattr(args, "stale", False):
         from asr_pipeline.defs.common.versions import stale_batch_reasons
 
@@ -73,7 +83,7 @@ def cmd_backfill(args) -> None:
             return
         for key, reason in sorted(stale.items()):
             print(f"backfill: {key} is stale: {reason}")
-        args.partitions = sorted(stale)
+        args.partitions, why = sorted(stale), stale
     if args.all:
         chosen = registered
     elif args.partitions:
@@ -87,6 +97,11 @@ def cmd_backfill(args) -> None:
         chosen = [k for k in registered if parse_batch_key(k)[0] >= low and parse_batch_key(k)[1] <= high]
     if not chosen:
         raise SystemExit("no registered ingest batch matches; run `asr-pipeline ingest` first")
-    for n, key in enumerate(chosen, 1):
-        print(f"backfill: {n}/{len(chosen)} {key}")
-        _run("asr_ingest", partition_key=key, defs=defs, instance=instance)
+    table = defs.resources["database"].open_table()
+    try:
+        for n, key in enumerate(chosen, 1):
+            print(f"backfill: {n}/{len(chosen)} {key}")
+            _run("asr_ingest", partition_key=key, defs=defs, instance=instance,
+                 tags=backfill_tags(table, key, why.get(key, "re-processed by `asr-pipeline backfill`")))
+    finally:
+        table.dispose()

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch = sub.add_parser("ingest-batch", help="process one registered ingest batch as a launched run (in this "
                        "process, on the ingest job's executor)")
     batch.add_argument("key", help="batch key, e.g. ids-0000000001-0000010000")
+    batch.add_argument("--tags", help="extra run tags as a JSON object (what `ingest --parallel` passes: the "
+                       "plan's reason and fingerprint for the batch)")
     batch.set_defaults(func=cmd_ingest_batch)
     backfill = sub.add_parser("backfill", help="re-process registered ingest batches (all, a range, or named)")
     backfill.add_argument("partitions", nargs="*", help="batch keys, e.g. ids-0000000001-0000010000")

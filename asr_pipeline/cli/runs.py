@@ -116,9 +116,10 @@ def _not_promoted(result) -> bool:
     return any(e.check_name == BEATS_CHAMPION and not e.passed for e in result.get_asset_check_evaluations())
 
 
-def _run_batch_as_launched(key: str) -> None:
+def _run_batch_as_launched(key: str, tags: dict[str, str] | None = None) -> None:
     """One ingest batch as its own run, executed as the daemon executes a launched run (dg.execute_job on the
-    reconstructable job, with the job's executor): what a `--parallel` ingest starts in a subprocess per batch."""
+    reconstructable job, with the job's executor): what a `--parallel` ingest starts in a subprocess per batch.
+    tags: the plan's for this batch (planning.request_tags), passed on by `ingest --parallel`."""
     import dagster as dg
 
     from asr_pipeline.defs.ingest.planning import INGEST_TAGS
@@ -126,15 +127,17 @@ def _run_batch_as_launched(key: str) -> None:
 
     result = dg.execute_job(dg.reconstructable(ingest_job), instance=_instance(),
                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-                            tags={**_run_tags(), **INGEST_TAGS, "dagster/partition": key})
+                            tags={**INGEST_TAGS, **(tags or {}), **_run_tags(), "dagster/partition": key})
     if not result.success:
         raise SystemExit(f"run {result.run_id} of asr_ingest for batch {key} failed (details in the Dagster UI)")
     print(f"run {result.run_id} of asr_ingest for batch {key} succeeded")
 
 
-def _run_batches_in_parallel(keys: list[str], parallel: int) -> None:
+def _run_batches_in_parallel(keys: list[str], parallel: int,
+                             tags: dict[str, dict[str, str]] | None = None) -> None:
     """Up to `parallel` batches at once, each in its own process: a batch's steps are sequential (manifest, audio,
-    features), so batches are the unit of parallelism."""
+    features), so batches are the unit of parallelism. tags: each batch's run tags, by key."""
+    import json
     import subprocess
 
     pending, running, failed = list(keys), {}, []
@@ -142,7 +145,10 @@ def _run_batches_in_parallel(keys: list[str], parallel: int) -> None:
         while pending and len(running) < parallel:
             key = pending.pop(0)
             print(f"ingest: starting batch {key}")
-            running[key] = subprocess.Popen([sys.executable, "-m", "asr_pipeline.cli", "ingest-batch", key])
+            command = [sys.executable, "-m", "asr_pipeline.cli", "ingest-batch", key]
+            if tags and key in tags:
+                command += ["--tags", json.dumps(tags[key])]
+            running[key] = subprocess.Popen(command)
         for key, process in list(running.items()):
             if process.poll() is not None:
                 del running[key]

@@ -1,6 +1,7 @@
 """deploy/dagster.yaml for real: Dagster's own storage in MariaDB (dagster-mysql), and ingest batches processed in
 parallel, each a run in its own process."""
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -12,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from asr_pipeline import cli
+from asr_pipeline.core.batches import parse_batch_key
+from asr_pipeline.core.database import TranscriptTable
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
@@ -68,6 +71,13 @@ def test_ingest_batches_run_in_parallel_processes_with_mysql_storage(
     assert len(runs) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(
         instance.get_dynamic_partitions("ingest_batches"))
+    # each process's run carries the plan's tags for its batch, as the sensor's runs do
+    table = TranscriptTable(os.environ["ASR_DB_URL"])
+    for run in runs:
+        first, last = parse_batch_key(run.tags["dagster/partition"])
+        assert run.tags["asr/fingerprint"] == table.batch_fingerprint(first, last)
+        assert (run.tags["asr/reason"], run.tags["asr/stage"]) == ("new", "ingest")
+    table.dispose()
     # each batch ran in a process of its own, its three steps inside that process (the ingest job's in-process
     # executor: no process started per step)
     run_pids = []

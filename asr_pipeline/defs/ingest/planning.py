@@ -132,10 +132,23 @@ def request_lines(plan: IngestPlan) -> list[str]:
     return [f"{r.key} {r.reason}: {states[r.key].reason}" for r in plan.requests if r.key in states]
 
 
-def run_requests(plan: IngestPlan) -> list[dg.RunRequest]:
+def request_tags(plan: IngestPlan) -> dict[str, dict[str, str]]:
+    """The tags of each requested batch's run, by batch key: why it runs and for which content (FINGERPRINT_TAG,
+    which tells the next plan whether the rows changed since a failed run). The sensor's runs and the CLI's carry
+    the same."""
     states = {s.key: s for s in plan.checked}
-    return [dg.RunRequest(run_key=r.run_key, partition_key=r.key,
-                          tags={**INGEST_TAGS, "asr/reason": r.reason, FINGERPRINT_TAG: r.fingerprint,
-                                "asr/attempt": str(r.attempt),
-                                "asr/why": states[r.key].reason[:250] if r.key in states else "new rows"})
-            for r in plan.requests]
+    return {r.key: {**INGEST_TAGS, "asr/reason": r.reason, FINGERPRINT_TAG: r.fingerprint,
+                    "asr/attempt": str(r.attempt),
+                    "asr/why": states[r.key].reason[:250] if r.key in states else "new rows"}
+            for r in plan.requests}
+
+
+def backfill_tags(table: TranscriptTable, key: str, why: str) -> dict[str, str]:
+    """A backfilled batch's run tags: like a planned request's, with the batch's fingerprint read now."""
+    return {**INGEST_TAGS, "asr/reason": "backfill", FINGERPRINT_TAG: table.batch_fingerprint(*parse_batch_key(key)),
+            "asr/why": why[:250]}
+
+
+def run_requests(plan: IngestPlan) -> list[dg.RunRequest]:
+    tags = request_tags(plan)
+    return [dg.RunRequest(run_key=r.run_key, partition_key=r.key, tags=tags[r.key]) for r in plan.requests]
