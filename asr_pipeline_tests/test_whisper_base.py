@@ -15,7 +15,8 @@ from asr_pipeline.core.decoding import transcribe_audio
 from asr_pipeline.core.model import load_model, load_processor
 from asr_pipeline.core.synth import SEED_SENTENCE
 from asr_pipeline.core.text import error_rates
-from asr_pipeline.core.training import SpeechSeq2SeqCollator, TrainingSettings, train_whisper
+from asr_pipeline.core.training import TrainingSettings, train_whisper
+from asr_pipeline.core.training_data import SpeechSeq2SeqCollator
 from asr_pipeline_tests.conftest import create_notebook_table
 
 pytestmark = pytest.mark.whisper_base

@@ -20,7 +20,7 @@ from asr_pipeline.core import decoding
 from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.model import load_model, load_processor
-from asr_pipeline.core.training import FeatureRows
+from asr_pipeline.core.training_data import FeatureRows
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, trans
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from asr_pipeline.core.synth import write_demo_corpus
 from asr_pipeline.core.text import error_rates
-from asr_pipeline.core.training import FeatureRows, TrainingSettings, train_whisper
+from asr_pipeline.core.training import TrainingSettings, train_whisper
+from asr_pipeline.core.training_data import FeatureRows
 
 from train_eval_benchmark import _our_shard  # noqa: E402  (benchmarks/ is the script's directory)
 

@@ -54,7 +54,8 @@ from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_proces
 from asr_pipeline.core.settings import normalization_policy
 from asr_pipeline.core.packing import PackedWindows, window_frames_limit, windows_per_step
 from asr_pipeline.core.text import clean, paired_episode_bootstrap
-from asr_pipeline.core.training import FeatureRows, TrainingSettings, train_whisper
+from asr_pipeline.core.training import TrainingSettings, train_whisper
+from asr_pipeline.core.training_data import FeatureRows
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
 from loop_simulation import _cpu as cpu_info, cpu_tag  # noqa: E402
 from train_eval_benchmark import SEED_RECIPE, seed_train  # noqa: E402

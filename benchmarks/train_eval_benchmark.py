@@ -31,7 +31,8 @@ from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
 from asr_pipeline.core.text import error_rates
-from asr_pipeline.core.training import FeatureRows, SpeechSeq2SeqCollator, TrainingSettings, train_whisper
+from asr_pipeline.core.training import TrainingSettings, train_whisper
+from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator
 
 SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
 RESULTS = Path(__file__).resolve().parent / "results"

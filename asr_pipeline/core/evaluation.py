@@ -25,7 +25,7 @@ from asr_pipeline.core.hypothesis_cache import HypothesisCache, sample_fingerpri
 from asr_pipeline.core.settings import DEFAULT_PROGRAMME_PATTERN
 from asr_pipeline.core.text import (DEFAULT_POLICY, MEASURES, EditCounts, NormalizationPolicy, bootstrap_ci, clean,
                                     edit_counts, paired_episode_bootstrap)
-from asr_pipeline.core.training import FeatureRows
+from asr_pipeline.core.training_data import FeatureRows
 
 DURATION_BUCKETS = (0.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 WORST_COUNT = 20

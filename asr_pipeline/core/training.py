@@ -5,19 +5,17 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
-
-from asr_pipeline.core.features import FeatureShard, rebuild_padded
+from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.packing import PackedWindows, window_frames_limit, windows_per_step
 from asr_pipeline.core.storage import write_json
+from asr_pipeline.core.trainer_hooks import (completion_marker, duration_text, last_complete_checkpoint,
+                                             metrics_function, progress_callback, shard_trainer_class, step_of)
+from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator, duplicate_audio_ids
 
-CHECKPOINT_COMPLETE = "asr_checkpoint_complete.json"  # written into a Trainer checkpoint once its save finished
-CALIBRATION_STEPS = 10  # the pace is measured (and the projection printed again) after this many steps
 # The validation measure the best checkpoint is chosen on: the one promotion decides on (champion.PROMOTION_METRIC).
 SELECTION_METRIC = "cer_normalized"
 
@@ -72,211 +70,6 @@ class TrainingSettings:
             raise ValueError("generation_max_length must be at most 444")
 
 
-class FeatureRows:
-    """A torch-style dataset over chosen rows of one or more feature shards. Rows whose manifest id is in exclude_ids
-    (deleted from the table since the shard was made, or left out for another reason) are not in it."""
-
-    def __init__(self, shards: Sequence[FeatureShard], split: str, limit: int | None = None,
-                 exclude_ids: frozenset[int] | set[int] = frozenset()):
-        """exclude_ids: manifest ids left out (exact duplicates of test audio, deleted rows)."""
-        self.shards = list(shards)
-        self.positions = [(s, i) for s, shard in enumerate(self.shards) for i in shard.split_positions(split)]
-        if exclude_ids:
-            ids = [shard.index["id"].to_numpy() for shard in self.shards]
-            self.positions = [(s, i) for s, i in self.positions if int(ids[s][i]) not in exclude_ids]
-        if limit is not None:
-            self.positions = self.positions[:limit]
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def label_lengths(self) -> list[int]:
-        return [int(self.shards[s].index["label_length"].iloc[i]) for s, i in self.positions]
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        s, i = self.positions[k]
-        shard = self.shards[s]
-        row = shard.index.iloc[i]
-        return {"frames": np.asarray(shard.frames(i)), "pad_value": float(row["pad_value"]),
-                "labels": list(row["labels"])}
-
-    def row(self, k: int):
-        s, i = self.positions[k]
-        return self.shards[s].index.iloc[i]
-
-    def column(self, name: str) -> list:
-        """One index column's value for every row, read column-wise: fast on millions of rows."""
-        columns = [shard.index[name].to_numpy() for shard in self.shards]
-        return [columns[s][i] for s, i in self.positions]
-
-    def groups(self) -> np.ndarray:
-        """Each row's episode (the manifest's `group`), read column-wise: fast on millions of rows."""
-        columns = [shard.index["group"].astype(str).to_numpy() for shard in self.shards]
-        return np.array([columns[s][i] for s, i in self.positions], dtype=object)
-
-    def subset(self, chosen) -> "FeatureRows":
-        """The same shards, only the rows at `chosen` (indices into this dataset), in that order."""
-        out = object.__new__(type(self))
-        out.__dict__.update(self.__dict__)
-        out.positions = [self.positions[int(k)] for k in chosen]
-        return out
-
-
-@dataclass
-class SpeechSeq2SeqCollator:
-    """Pads a batch: rebuilds Whisper's 30 s inputs and pads labels with -100.
-
-    The tokenizer puts <|startoftranscript|> (decoder_start_token_id, 50258 for OpenAI's models) first; the model
-    prepends it again when it shifts labels right, so it is stripped here. (The notebook compared with BOS, 50257,
-    which never matches, and trained on a doubled start token.)
-    """
-
-    decoder_start_token_id: int
-    pad_label: int = -100
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        inputs = np.stack([rebuild_padded(f["frames"], f["pad_value"]) for f in features])
-        labels = [list(f["labels"]) for f in features]
-        if labels and all(seq and seq[0] == self.decoder_start_token_id for seq in labels):
-            labels = [seq[1:] for seq in labels]
-        width = max(len(seq) for seq in labels)
-        padded = torch.full((len(labels), width), self.pad_label, dtype=torch.long)
-        for row, seq in enumerate(labels):
-            padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return {"input_features": torch.from_numpy(inputs), "labels": padded}
-
-
-def _shard_trainer_class():
-    from transformers import Seq2SeqTrainer
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        """The stock sampler draws its order from the global RNG when an epoch's iterator is made. A training resumed
-        in the middle of a later epoch makes that iterator before the checkpoint's RNG state is restored, so it saw
-        another order than the uninterrupted run (with packed windows, a few windows an epoch, most kills land in a
-        later epoch). Here the order is a function of (seed, epoch) alone."""
-
-        def __init__(self, batch_size: int, lengths: list[int], seed: int):
-            import torch
-
-            super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-            self.seed, self.epoch = seed, 0
-
-        def set_epoch(self, epoch: int) -> None:  # the Trainer calls it before each epoch's iterator is made
-            self.epoch = int(epoch)
-
-        def __iter__(self):
-            self.generator.manual_seed(self.seed + self.epoch)
-            return super().__iter__()
-
-    class ShardTrainer(Seq2SeqTrainer):
-        """Groups by the label lengths stored in the shard index (or planned for packed windows), instead of reading
-        every item to measure it."""
-
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset,
-                                                                                     (FeatureRows, PackedWindows)):
-                return EpochSeededLengthGroupedSampler(
-                    self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                    lengths=dataset.label_lengths(), seed=self.args.seed)
-            return super()._get_train_sampler(train_dataset)
-
-        def _get_eval_sampler(self, eval_dataset):
-            if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, FeatureRows):
-                return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.label_lengths())
-            return super()._get_eval_sampler(eval_dataset)
-
-    return ShardTrainer
-
-
-def _metrics_function(tokenizer, policy):
-    from asr_pipeline.core.text import error_rates
-
-    def compute_metrics(prediction) -> dict[str, float]:
-        predictions, labels = prediction.predictions, prediction.label_ids
-        labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
-        predictions = np.where(predictions != -100, predictions, tokenizer.pad_token_id)
-        hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
-        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
-        pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]
-        rates = error_rates([r for r, _ in pairs], [h for _, h in pairs], policy)
-        return {"cer": rates.cer, "cer_normalized": rates.cer_normalized, "wer": rates.wer}
-
-    return compute_metrics
-
-
-def _progress_callback(emit: Callable[[str], None]):
-    from transformers import TrainerCallback
-
-    class EmitLogs(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started, self.first_step, self.projected = time.monotonic(), state.global_step, False
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            done = state.global_step - self.first_step
-            if not self.projected and done >= min(CALIBRATION_STEPS, state.max_steps - self.first_step) and done > 0:
-                self.projected = True  # the measured pace of this very run: the projection to trust
-                per_step = (time.monotonic() - self.started) / done
-                emit(f"measured {per_step:.3g} s/step over {done} steps: {state.max_steps - state.global_step} steps "
-                     f"left take about {_duration(per_step * (state.max_steps - state.global_step))} "
-                     "(validation not included)")
-            if logs:
-                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
-                emit(f"step {state.global_step}/{state.max_steps}: {shown}")
-
-    return EmitLogs()
-
-
-def _completion_marker():
-    from transformers import TrainerCallback
-
-    class MarkCompleteCheckpoints(TrainerCallback):
-        """Trainer calls on_save after a checkpoint's every file is written: only then is it marked complete. A run
-        killed while saving leaves an unmarked directory, which resuming skips (last_complete_checkpoint)."""
-
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if folder.is_dir():
-                    write_json(folder / CHECKPOINT_COMPLETE, {"step": state.global_step})
-
-    return MarkCompleteCheckpoints()
-
-
-def last_complete_checkpoint(work_dir: Path, emit: Callable[[str], None] = print) -> str | None:
-    """The newest checkpoint-N in work_dir marked complete; unmarked ones (a save cut short by kill -9) are removed
-    (by rank 0 only) so the resumed run can write that step again."""
-    if not Path(work_dir).is_dir():
-        return None
-    found = sorted((_step_of(str(p)) or -1, p) for p in Path(work_dir).glob("checkpoint-*") if p.is_dir())
-    complete = [p for _, p in found if (p / CHECKPOINT_COMPLETE).is_file()]
-    for _, path in found:
-        if not (path / CHECKPOINT_COMPLETE).is_file():
-            emit(f"ignoring {path.name}: its save never completed (the run was killed while writing it)")
-            if int(os.environ.get("RANK", "0")) == 0:
-                shutil.rmtree(path, ignore_errors=True)
-    return str(complete[-1]) if complete else None
-
-
-def duplicate_audio_ids(shards: Sequence[FeatureShard]) -> set[int]:
-    """Ids of train and valid rows whose audio (sha256 of the 16 kHz samples) also sits in the test split of any
-    batch: an exact duplicate recording would otherwise be trained on and then scored as unseen."""
-    test_hashes: set[str] = set()
-    for shard in shards:
-        if "audio_sha256" in shard.index:
-            test_rows = shard.index[shard.index["split"] == "test"]
-            test_hashes.update(h for h in test_rows["audio_sha256"] if isinstance(h, str))
-    leaked: set[int] = set()
-    for shard in shards:
-        if "audio_sha256" in shard.index and test_hashes:
-            rows = shard.index[(shard.index["split"] != "test") & shard.index["audio_sha256"].isin(test_hashes)]
-            leaked.update(int(i) for i in rows["id"])
-    return leaked
-
-
 def training_steps(settings: TrainingSettings, train_items: int, world_size: int = 1,
                    device_batch: int | None = None) -> int:
     """The budget in optimizer steps: max_steps, or epochs over the train split. train_items: clips, or packed
@@ -309,14 +102,8 @@ def projected_wall_time(steps: int, settings: TrainingSettings, device: str, bas
     per_step = per_item * batch * settings.gradient_accumulation_steps
     unit = " windows" if settings.packing else ""
     return per_step * steps, (f"{per_step:.3g} s/step from the previous training ({steps_run} steps in "
-                              f"{_duration(previous['train_runtime_s'])}, validation included), scaled to batch "
+                              f"{duration_text(previous['train_runtime_s'])}, validation included), scaled to batch "
                               f"{batch}{unit}x{settings.gradient_accumulation_steps}")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def train_whisper(
@@ -433,12 +220,12 @@ def train_whisper(
         seed=settings.seed,
         disable_tqdm=False,
     )
-    ShardTrainer = _shard_trainer_class()
+    ShardTrainer = shard_trainer_class()
     previous_logdir = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(work_dir / "tensorboard")
     resume_from = last_complete_checkpoint(work_dir, emit)
     device = "cuda" if on_gpu else "cpu"
-    projected_s, projection = projected_wall_time(max_steps - (_step_of(resume_from) or 0), settings, device,
+    projected_s, projection = projected_wall_time(max_steps - (step_of(resume_from) or 0), settings, device,
                                                   base_source, previous_summary, device_batch)
     try:
         trainer = ShardTrainer(
@@ -448,14 +235,14 @@ def train_whisper(
             eval_dataset=valid_rows if evaluate else None,
             data_collator=SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
             processing_class=processor.feature_extractor,
-            compute_metrics=_metrics_function(processor.tokenizer, policy) if evaluate else None,
-            callbacks=[_progress_callback(emit), _completion_marker()],
+            compute_metrics=metrics_function(processor.tokenizer, policy) if evaluate else None,
+            callbacks=[progress_callback(emit), completion_marker()],
         )
         budget = f"{settings.epochs:g} epochs = " if settings.max_steps is None else ""
         emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation, "
              f"{validation.source}, best checkpoint by validation {SELECTION_METRIC}), "
              f"{budget}{max_steps} steps of {device_batch}{' windows' if settings.packing else ''}")
-        emit("projected wall time: " + (f"{_duration(projected_s)} ({projection})" if projected_s is not None
+        emit("projected wall time: " + (f"{duration_text(projected_s)} ({projection})" if projected_s is not None
                                         else f"unknown ({projection})"))
         if resume_from:
             emit(f"resuming from {resume_from} (a previous run of the same data and settings was interrupted)")
@@ -479,7 +266,7 @@ def train_whisper(
     train_losses = [h["loss"] for h in history if "loss" in h]
     evals = [h for h in history if "eval_cer" in h]
     best = trainer.state.best_metric if evaluate else None
-    steps_run = int(trainer.state.global_step) - (_step_of(resume_from) or 0)  # what train_runtime_s covers
+    steps_run = int(trainer.state.global_step) - (step_of(resume_from) or 0)  # what train_runtime_s covers
     runtime_s = float(result.metrics.get("train_runtime", 0.0))
     # counted as the Trainer counts samples (steps x windows a step), utterances as windows x clips a window
     packing_factor = len(train_rows) / len(train_data)
@@ -497,7 +284,7 @@ def train_whisper(
         "last_logged_loss": train_losses[-1] if train_losses else None,
         "best_valid_cer_normalized": best,
         "best_valid_cer": next((h["eval_cer"] for h in evals if h.get(f"eval_{SELECTION_METRIC}") == best), None),
-        "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
+        "best_checkpoint_step": step_of(trainer.state.best_model_checkpoint),
         "valid_cer_history": [{"step": h["step"], "cer": h["eval_cer"],
                                "cer_normalized": h.get(f"eval_{SELECTION_METRIC}")} for h in evals],
         "settings": asdict(settings),
@@ -507,7 +294,7 @@ def train_whisper(
         "precision": "bf16 autocast" if bf16 else ("fp16 autocast" if on_gpu else "fp32"),
         "train_runtime_s": round(runtime_s, 3),
         "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),  # windows/s
-        "resumed_from_step": _step_of(resume_from),
+        "resumed_from_step": step_of(resume_from),
         "steps_run": steps_run,
         "packing": settings.packing,
         "train_windows": len(train_data),
@@ -522,15 +309,6 @@ def train_whisper(
         raise FloatingPointError(f"training loss is {summary['train_loss']}: the checkpoint would be garbage")
     write_json(out_dir / "training_summary.json", summary)
     return summary
-
-
-def _step_of(checkpoint: str | None) -> int | None:
-    if not checkpoint:
-        return None
-    try:
-        return int(Path(checkpoint).name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
 
 
 def training_fingerprint(base_source: str, shard_metas: Sequence[dict], settings: TrainingSettings) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from asr_pipeline.core.text import episode_codes
 
 if TYPE_CHECKING:
-    from asr_pipeline.core.training import FeatureRows
+    from asr_pipeline.core.training_data import FeatureRows
 
 
 def episode_stratified_sample(groups, size: int, seed: int) -> np.ndarray:

@@ -3,7 +3,6 @@
 import os
 
 import numpy as np
-import pandas as pd
 import soundfile as sf
 
 from asr_pipeline.core.audio import AudioShard, resample_manifest

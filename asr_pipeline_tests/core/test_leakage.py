@@ -9,7 +9,8 @@ from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.manifest import build_manifest, fallback_group_share, group_key
 from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.settings import PathMap, SplitRatios
-from asr_pipeline.core.training import FeatureRows, TrainingSettings, duplicate_audio_ids, train_whisper
+from asr_pipeline.core.training import TrainingSettings, train_whisper
+from asr_pipeline.core.training_data import FeatureRows, duplicate_audio_ids
 
 
 def test_the_default_group_pattern_recognises_programme_codes_in_hangul_and_other_scripts():

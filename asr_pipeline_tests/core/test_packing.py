@@ -13,8 +13,8 @@ from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, plan_windows, window_frames,
                                        window_frames_limit, window_labels, windows_per_step)
 from asr_pipeline.core.synth import demo_sentences
-from asr_pipeline.core.training import (FeatureRows, SpeechSeq2SeqCollator, TrainingSettings, projected_wall_time,
-                                        train_whisper, training_fingerprint)
+from asr_pipeline.core.training import TrainingSettings, projected_wall_time, train_whisper, training_fingerprint
+from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator
 
 
 def _plan(clips, **limits):

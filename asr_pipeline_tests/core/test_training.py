@@ -3,7 +3,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from asr_pipeline.core.training import SpeechSeq2SeqCollator, TrainingSettings
+from asr_pipeline.core.training import TrainingSettings
+from asr_pipeline.core.training_data import SpeechSeq2SeqCollator
 
 SOT, BOS = 50258, 50257  # decoder_start_token_id and <|endoftext|> of OpenAI's multilingual Whisper
 
@@ -43,7 +44,7 @@ def _rows_over(groups: list[str], split: str = "valid"):
     """FeatureRows over an index alone (no features): what the sampling reads."""
     import pandas as pd
 
-    from asr_pipeline.core.training import FeatureRows
+    from asr_pipeline.core.training_data import FeatureRows
 
     shard = SimpleNamespace(index=pd.DataFrame({"group": groups, "split": split}),
                             split_positions=lambda s: [i for i in range(len(groups)) if s == split])
@@ -51,7 +52,7 @@ def _rows_over(groups: list[str], split: str = "valid"):
 
 
 def test_validation_sample_is_seeded_and_spread_over_every_episode():
-    from asr_pipeline.core.training import FeatureRows
+    from asr_pipeline.core.training_data import FeatureRows
     from asr_pipeline.core.validation import choose_validation
 
     # one long-running programme with 1,000 clips first, then 99 episodes of 5: the first 200 rows would be one episode

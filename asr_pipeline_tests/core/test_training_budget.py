@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from asr_pipeline.core.training import CHECKPOINT_COMPLETE, TrainingSettings, train_whisper
+from asr_pipeline.core.trainer_hooks import CHECKPOINT_COMPLETE
+from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline_tests.core.test_training_options import shard  # noqa: F401  (the module-scoped fixture)
 
 FAST = dict(learning_rate=1e-3, batch_size=4, warmup_steps=0, logging_steps=1, max_eval_samples=2,

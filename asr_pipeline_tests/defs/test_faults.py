@@ -206,7 +206,7 @@ def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, mon
     train = ["train", "--max-steps", "24", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2"]
     work = pipeline_env / "work" / "finetuned_checkpoint"
 
-    def first_checkpoint_written():  # complete: the trainer's on_save marked it (training.CHECKPOINT_COMPLETE)
+    def first_checkpoint_written():  # complete: the trainer's on_save marked it (trainer_hooks.CHECKPOINT_COMPLETE)
         return any((c / "asr_checkpoint_complete.json").exists() for c in work.glob("*/checkpoint-8"))
 
     assert _kill_when(train, first_checkpoint_written, timeout=600), "training finished before it could be killed"

@@ -4,7 +4,7 @@ cannot use (not featurized, failed, blocked) or uses in an older version are nam
 A deleted row (a rights takedown) must never reach a checkpoint trained after the deletion was seen, even when its
 batch's re-ingest is blocked or failing and the old features are all there is. So at training start the live ids of
 every featurized batch's id range are read from the table (one index range scan of the id column per batch) and
-every feature row whose id is gone is excluded (training.FeatureRows exclude_ids). Without the database the
+every feature row whose id is gone is excluded (training_data.FeatureRows exclude_ids). Without the database the
 training fails rather than risk it.
 """
 

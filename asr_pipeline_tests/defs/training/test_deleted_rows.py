@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from asr_pipeline import cli
 from asr_pipeline.core.features import FeatureShard
-from asr_pipeline.core.training import FeatureRows
+from asr_pipeline.core.training_data import FeatureRows
 
 pytestmark = pytest.mark.mysql
 
