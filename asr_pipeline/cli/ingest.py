@@ -59,8 +59,10 @@ def cmd_ingest_batch(args) -> None:
         tags = json.loads(args.tags) if args.tags else {}
     except json.JSONDecodeError as exc:
         raise SystemExit(f"--tags is not JSON: {exc}") from None
-    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-        raise SystemExit('--tags must be a JSON object of strings, e.g. {"asr/reason": "retry"}')
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and k.startswith("asr/") and isinstance(v, str)
+                                             for k, v in tags.items()):
+        raise SystemExit('--tags must be a JSON object of asr/ tags with string values, e.g. '
+                         '{"asr/reason": "retry"} (Dagster\'s own tags are not set this way)')
     _run_batch_as_launched(args.key, tags)
 
 

@@ -91,7 +91,7 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
         instance = _instance()
         _reap_dead_runs(instance)
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    partition_key=partition_key, tags={**_run_tags(), **(tags or {})})
+                                    partition_key=partition_key, tags={**(tags or {}), **_run_tags()})
     where = f" for batch {partition_key}" if partition_key else ""
     if not result.success:
         for event in result.all_events:

@@ -84,7 +84,9 @@ def _read_with_libsndfile(path: Path) -> tuple[np.ndarray, int]:
     as int16 and scaled here by 1/32768: the values libsndfile's own conversion gives, at half its cost."""
     with sf.SoundFile(str(path)) as f:
         if f.subtype == "PCM_16":
-            return f.read(dtype="int16", always_2d=True).astype(np.float32) * np.float32(1 / 32768), f.samplerate
+            samples = f.read(dtype="int16", always_2d=True).astype(np.float32)
+            samples *= np.float32(1 / 32768)  # in place: no second float32 copy of the clip
+            return samples, f.samplerate
         return f.read(dtype="float32", always_2d=True), f.samplerate
 
 
