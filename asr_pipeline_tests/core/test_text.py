@@ -4,8 +4,8 @@ import pytest
 import numpy as np
 
 from asr_pipeline.core.errors import ConfigError
-from asr_pipeline.core.text import (NormalizationPolicy, bootstrap_ci, edit_counts, error_rates, normalize_for_cer,
-                                    numbers_to_digits, numbers_to_korean, parse_sino_korean, sino_korean)
+from asr_pipeline.core.korean_numbers import numbers_to_digits, numbers_to_korean, parse_sino_korean, sino_korean
+from asr_pipeline.core.text import NormalizationPolicy, bootstrap_ci, edit_counts, error_rates, normalize_for_cer
 
 
 def test_normalisation_removes_punctuation_and_whitespace_only():

@@ -1,0 +1,146 @@
+"""Numbers in Korean text, both ways: digits to their readings ("0.1%" -> "영 점 일 프로", "3시" -> "세 시") and
+readings back to digits, for the normalisation policy's numbers setting (asr_pipeline.core.text, docs/NORMALISATION.md).
+Captions write digits where a speaker says the reading, and Whisper may write either."""
+
+from __future__ import annotations
+
+import re
+
+# ---------------------------------------------------------------- numbers: digits -> Korean readings
+
+SINO_DIGITS = "영일이삼사오육칠팔구"
+SMALL_UNITS = ((1000, "천"), (100, "백"), (10, "십"))
+LARGE_UNITS = ((10**16, "경"), (10**12, "조"), (10**8, "억"), (10**4, "만"))
+# Counters read with native Korean numbers ("3시" is "세 시", "2명" is "두 명"); other counters read Sino-Korean.
+NATIVE_COUNTERS = ("시간", "시", "개", "명", "살", "마리", "잔", "권", "척", "대")
+NATIVE_ONES = ["", "한", "두", "세", "네", "다섯", "여섯", "일곱", "여덟", "아홉"]
+NATIVE_TENS = ["", "열", "스물", "서른", "마흔", "쉰", "예순", "일흔", "여든", "아흔"]
+PERCENT_WORDS = ("퍼센트", "프로")  # both are said on air; the policy writes 프로
+
+_NUMBER = re.compile(r"(?<![\d.])(-?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?")
+_NATIVE = re.compile(r"(?<![\d.,])(\d{1,2})(\s*)(" + "|".join(NATIVE_COUNTERS) + r")(?![\d])")
+
+
+def _sino_below_10000(n: int) -> str:
+    out = []
+    for value, unit in SMALL_UNITS:
+        digit, n = divmod(n, value)
+        if digit:
+            out.append(("" if digit == 1 else SINO_DIGITS[digit]) + unit)
+    if n:
+        out.append(SINO_DIGITS[n])
+    return "".join(out)
+
+
+def sino_korean(n: int) -> str:
+    """12345 -> 만이천삼백사십오 (Sino-Korean reading, grouped by 10^4 as Korean is)."""
+    if n == 0:
+        return "영"
+    out = []
+    for value, unit in LARGE_UNITS:
+        group, n = divmod(n, value)
+        if group:
+            out.append(("" if group == 1 and unit == "만" else _sino_below_10000(group)) + unit)
+    if n:
+        out.append(_sino_below_10000(n))
+    return " ".join(out)
+
+
+def native_korean(n: int) -> str:
+    """1..99 -> attributive native reading (한, 두, 스무, 서른두...)."""
+    tens, ones = divmod(n, 10)
+    if tens == 2 and ones == 0:
+        return "스무"
+    return NATIVE_TENS[tens] + NATIVE_ONES[ones]
+
+
+def _read_number(match: re.Match) -> str:
+    sign, integer, fraction, percent = match.groups()
+    words = ["마이너스"] if sign else []
+    words.append(sino_korean(int(integer.replace(",", ""))))
+    if fraction:
+        words += ["점"] + [SINO_DIGITS[int(d)] for d in fraction]
+    if percent:
+        words.append("프로")
+    return " " + " ".join(words) + " "
+
+
+def numbers_to_korean(text: str) -> str:
+    """Write every number as it is read: native before counters (3시 -> 세 시), Sino-Korean otherwise
+    (0.1% -> 영 점 일 프로, 1,500 -> 천오백); 퍼센트 becomes 프로."""
+    text = _NATIVE.sub(lambda m: f" {native_korean(int(m.group(1)))} {m.group(3)}" if int(m.group(1)) else m.group(0),
+                       text)
+    text = _NUMBER.sub(_read_number, text)
+    return re.sub(r"퍼센트", "프로", text)
+
+
+# ---------------------------------------------------------------- numbers: Korean readings -> digits
+
+_SINO_VALUE = {ch: i for i, ch in enumerate(SINO_DIGITS)} | {"공": 0}
+_SMALL_VALUE = {unit: value for value, unit in SMALL_UNITS}
+_LARGE_VALUE = {unit: value for value, unit in LARGE_UNITS}
+_NUMBER_WORD = re.compile(r"^[영공일이삼사오육칠팔구십백천만억조경]+$")
+
+
+def parse_sino_korean(word: str) -> int | None:
+    """만이천삼백사십오 -> 12345; None when the word is not a well-formed Sino-Korean number."""
+    if not _NUMBER_WORD.match(word):
+        return None
+    total, group, digit = 0, 0, None
+    for ch in word:
+        if ch in _SINO_VALUE:
+            if digit is not None:
+                return None  # two digits in a row ("이삼") is a digit string, not a number reading
+            digit = _SINO_VALUE[ch]
+        elif ch in _SMALL_VALUE:
+            group += (1 if digit is None else digit) * _SMALL_VALUE[ch]
+            digit = None
+        else:
+            total += max(group + (digit or 0), 1) * _LARGE_VALUE[ch]
+            group, digit = 0, None
+    return total + group + (digit or 0)
+
+
+def _is_number_word(token: str) -> bool:
+    # One syllable alone ("이", "사", "오") is far more often a word than a number: only longer readings, or a
+    # reading that names a unit (십, 백, ...), count on their own; single digits count next to 점 or 프로.
+    return parse_sino_korean(token) is not None and (len(token) > 1 or token in _SMALL_VALUE or token in _LARGE_VALUE)
+
+
+def numbers_to_digits(text: str) -> str:
+    """The reverse policy: 영 점 일 프로 -> 0.1%, 삼백 -> 300, 퍼센트/프로 after a number -> %. Conservative:
+    ambiguous single syllables stay words unless 점 or a percent word makes them numeric."""
+    tokens = text.split()
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        value = parse_sino_korean(token)
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        numeric = value is not None and (_is_number_word(token) or nxt == "점" or nxt in PERCENT_WORDS)
+        if not numeric:
+            out.append(token)
+            i += 1
+            continue
+        i += 1
+        # "만 이천삼백" is one number written in two words (Korean spaces after 만, 억, 조)
+        while token[-1] in _LARGE_VALUE and i < len(tokens) and parse_sino_korean(tokens[i]) is not None \
+                and parse_sino_korean(tokens[i]) < _LARGE_VALUE[token[-1]]:
+            token = tokens[i]
+            value += parse_sino_korean(token)
+            i += 1
+        written = str(value)
+        if i < len(tokens) and tokens[i] == "점":
+            digits = []
+            j = i + 1
+            while j < len(tokens) and len(tokens[j]) == 1 and tokens[j] in _SINO_VALUE:
+                digits.append(str(_SINO_VALUE[tokens[j]]))
+                j += 1
+            if digits:
+                written += "." + "".join(digits)
+                i = j
+        if i < len(tokens) and tokens[i] in PERCENT_WORDS:
+            written += "%"
+            i += 1
+        out.append(written)
+    return " ".join(out)
