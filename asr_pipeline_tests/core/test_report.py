@@ -8,7 +8,8 @@ import jiwer
 import pytest
 
 from asr_pipeline.core import evaluation
-from asr_pipeline.core.report import diff_html, diff_markdown, render_html, write_report
+from asr_pipeline.core.report import diff_markdown, write_report
+from asr_pipeline.core.report_html import diff_html, render_html
 from asr_pipeline.core.text import edit_counts
 
 
