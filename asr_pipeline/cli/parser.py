@@ -33,6 +33,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         "seconds (default 15)")
 
 
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
+                        help="export the fine-tuned checkpoint to CTranslate2 int8 and score the export in the report "
+                        "(the default); --no-export skips both (whisper-base: about a minute on two cores)")
+
+
 def _window_seconds(value: str) -> float:
     seconds = float(value)
     if not 1.0 <= seconds <= 30.0:
@@ -47,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="make an embedded database of synthetic Korean speech, then `run`")
     demo.add_argument("--rows", type=int, default=120, help="synthetic utterances (default 120)")
     _add_training_options(demo)
+    _add_evaluation_options(demo)
     demo.set_defaults(func=cmd_demo)
     ingest_parser = sub.add_parser("ingest", help="what new_transcripts_sensor does: new batches for new rows, "
                                    "re-process changed batches (raw_manifest, resampled_dataset, featurized_shards)")
@@ -73,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     run = sub.add_parser("run", help="ingest + train + evaluate + promote when better than the champion")
     _add_training_options(run)
+    _add_evaluation_options(run)
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="print the latest evaluation report")
     report.add_argument("--json", action="store_true")

@@ -31,9 +31,12 @@ def _training_overrides(args) -> dict:
 
 
 def _evaluation_overrides(args, base: dict | None = None) -> dict | None:
+    overrides = dict(base or {})
     if getattr(args, "float32", False):
-        return {**(base or {}), "bf16": False}
-    return base
+        overrides["bf16"] = False
+    if getattr(args, "export", None) is not None:
+        overrides["export_ctranslate2"] = args.export
+    return overrides or None
 
 
 def cmd_demo(args) -> None:

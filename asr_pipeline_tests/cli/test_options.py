@@ -45,3 +45,23 @@ def test_a_window_longer_than_whisper_input_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--packing-max-seconds", "31"])
     assert exit_.value.code == 2 and "between 1 and 30" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run"], None),
+    (["run", "--no-export"], {"export_ctranslate2": False}),
+    (["run", "--export", "--float32"], {"export_ctranslate2": True, "bf16": False}),
+    (["demo", "--no-export"], {**cli_train.DEMO_EVALUATION, "export_ctranslate2": False}),
+])
+def test_export_options_reach_the_evaluation_config(argv, expected, monkeypatch):
+    """What `run` and `demo` hand to evaluation_report's config: nothing unless asked, export_ctranslate2 when
+    --export/--no-export is given (the config field it sets is checked by Dagster when the run starts)."""
+    args = cli_parser.build_parser().parse_args(argv)
+    base = cli_train.DEMO_EVALUATION if argv[0] == "demo" else None
+    assert cli_train._evaluation_overrides(args, base) == expected
+
+
+def test_train_has_no_export_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--no-export"])
+    assert "unrecognized arguments: --no-export" in capsys.readouterr().err
