@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 
 from asr_pipeline.core.database import TranscriptTable
 from asr_pipeline.defs.alerts.sources import run_failure
-from asr_pipeline.defs.ingest.batch_states import _why_it_failed
+from asr_pipeline.defs.ingest.run_failures import why_it_failed
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 
@@ -148,7 +148,7 @@ def test_kill_during_featurization_then_rerun_equals_an_uninterrupted_run(pipeli
         assert failure.asset == "featurized_shards"
         assert failure.error.startswith(
             "the run's process died during featurized_shards: the asr-pipeline process (pid ")
-        assert _why_it_failed(instance, killed.run_id) == ("failed", failure.error)  # what `status` says of it
+        assert why_it_failed(instance, killed.run_id) == ("failed", failure.error)  # what `status` says of it
 
     monkeypatch.setenv("ASR_HOME", str(tmp_path / "uninterrupted"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "uninterrupted_dagster"))
@@ -191,7 +191,7 @@ def test_a_launched_run_killed_mid_step_is_reported_with_the_step_and_the_signal
         instance.report_engine_event(get_run_crash_explanation(prefix=f"Run execution process for {run.run_id}",
                                                                exit_code=process.returncode), run)
         instance.report_run_failed(run)
-        state, reason = _why_it_failed(instance, run.run_id)
+        state, reason = why_it_failed(instance, run.run_id)
         assert state == "failed"
         assert reason.startswith(f"the run's process died during featurized_shards: Run execution process for "
                                  f"{run.run_id} was terminated by signal 9 (SIGKILL). This usually indicates that the "

@@ -15,7 +15,7 @@ from dagster import DagsterEventType, DagsterRunStatus
 
 from asr_pipeline.core.storage import read_json
 from asr_pipeline.defs.ingest.batch_states import BatchState  # noqa: F401  (the type the alerts read)
-from asr_pipeline.defs.ingest.batch_states import process_death
+from asr_pipeline.defs.ingest.run_failures import process_death
 
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 FAILED_STEP_EVENTS = {DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION}
