@@ -25,7 +25,7 @@ from asr_pipeline.core.text import error_rates
 from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows
 
-from train_eval_benchmark import _our_shard  # noqa: E402  (benchmarks/ is the script's directory)
+from bench_common import one_split_shard  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def main() -> None:
@@ -42,8 +42,8 @@ def main() -> None:
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    train = _our_shard(frame.iloc[: -args.test], "train", work / "train", args.base_model)
-    test = _our_shard(frame.iloc[-args.test:], "test", work / "test", args.base_model)
+    train = one_split_shard(frame.iloc[: -args.test], "train", work / "train", args.base_model)
+    test = one_split_shard(frame.iloc[-args.test:], "test", work / "test", args.base_model)
     settings = TrainingSettings(learning_rate=1e-4, batch_size=4, warmup_steps=0, max_steps=args.steps,
                                 logging_steps=5)
     train_whisper(args.base_model, [train], work / "checkpoint", settings, emit=print)

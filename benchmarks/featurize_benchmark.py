@@ -23,9 +23,7 @@ from asr_pipeline.core.features import featurize_shard
 from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.storage import directory_bytes
 from asr_pipeline.core.synth import write_demo_corpus
-from loop_simulation import _cpu as cpu_info  # noqa: E402  (benchmarks/ is the script's directory)
-
-SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
+from bench_common import SEED_RECIPE, cpu_info  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def corpus(work: Path, clips: int) -> pd.DataFrame:

@@ -40,9 +40,9 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from featurize_benchmark import SEED_RECIPE, corpus  # noqa: E402  (benchmarks/ is this script's directory)
+from bench_common import SEED_RECIPE, cpu_info as _cpu, cpu_tag  # noqa: E402
+from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is this script's directory)
 from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
-from loop_simulation import _cpu, cpu_tag  # noqa: E402
 
 
 def evict_from_page_cache(roots: list[Path]) -> int:

@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from asr_pipeline.core.batches import parse_batch_key  # noqa: E402  (the repository first on the path)
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES  # noqa: E402
 from asr_pipeline.defs.common.resources import TranscriptDatabase  # noqa: E402
+from bench_common import cpu_info as _cpu  # noqa: E402  (benchmarks/ is the script's directory)
 
 DEFAULT_MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
 FAILING_BATCH_INDEX = 36  # the 37th batch's first run fails
@@ -63,37 +63,6 @@ def _create_table(server_url: str, rows: int) -> "tuple[str, sa.Engine]":
                                  "FROM training_datas LIMIT :n"), {"n": rows - count})
     engine.dispose()
     return url, server
-
-
-def _cpu() -> dict:
-    info = {}
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Flags", "CPU family", "Model", "CPU max MHz"):
-                info[key.strip()] = value.strip()
-    except OSError:
-        info["Model name"] = platform.processor()
-    try:  # the clock a virtual machine reports (lscpu often has no "CPU max MHz" there)
-        with open("/proc/cpuinfo") as cpuinfo:
-            info["cpu_mhz"] = next(line.split(":")[1].strip() for line in cpuinfo if line.startswith("cpu MHz"))
-    except (OSError, StopIteration):
-        pass
-    info["recorded_at_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    flags = set(info.pop("Flags", "").split())
-    info["simd_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "fma")))
-    return info
-
-
-def cpu_tag(cpu: dict | None = None) -> str:
-    """The machine kind in a result file's name (the project's CPUs differ: AMX, AVX512-BF16, AVX2 only), so a run
-    on one kind never overwrites another's figures of the same day."""
-    flags = set((cpu or _cpu())["simd_flags"])
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512bf16"
-    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "novec"
 
 
 def stand_in_assets(failures: dict[str, int]):

@@ -24,7 +24,7 @@ Utterances/s are utterances seen over the trainer's train_runtime minus the vali
 it. Then every trained model (and the base model) decodes the test split in float32 with the report's decoding
 policy (decoding.transcribe_features) and is scored with the report's scoring (evaluation.score, the default
 normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>_cpu-<kind>.json
-(kind amx, avx512bf16, avx512 or avx2: loop_simulation.cpu_tag) with the CPU model and flags.
+(kind amx, avx512bf16, avx512 or avx2: bench_common.cpu_tag) with the CPU model and flags.
 
 An AVX2-only CPU, emulated on a newer one: PyTorch's own kernels, oneDNN and MKL held to AVX2 by the environment
 (recorded in the JSON as `isa`; the file name then ends in _held-avx2, after the limits; the bf16 arm is
@@ -35,7 +35,6 @@ left out, as cpu_has_native_bf16 says no where oneDNN is held below AVX512_CORE_
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -44,12 +43,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-import pandas as pd
 
-from asr_pipeline.core.audio import AudioShard, resample_manifest
 from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
 from asr_pipeline.core.evaluation import score
-from asr_pipeline.core.features import FeatureShard, featurize_shard
+from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor
 from asr_pipeline.core.settings import normalization_policy
 from asr_pipeline.core.packing import PackedWindows, window_frames_limit, windows_per_step
@@ -57,44 +54,10 @@ from asr_pipeline.core.text import clean, paired_episode_bootstrap
 from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
-from loop_simulation import _cpu as cpu_info, cpu_tag  # noqa: E402
-from train_eval_benchmark import SEED_RECIPE, seed_train  # noqa: E402
+from bench_common import (SEED_RECIPE, cpu_info, cpu_tag, isa_limits, our_shard, seed_module, seed_train,  # noqa: E402
+                          split_by_episode)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def seed_module(path: Path):
-    spec = importlib.util.spec_from_file_location("seed_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def split_by_episode(frame: pd.DataFrame, test: int, valid: int) -> pd.DataFrame:
-    """Adds group (the episode: the file name without its segment number) and split: the last episodes test, the
-    ones before valid, the rest train."""
-    frame = frame.copy()
-    frame["group"] = [Path(p).stem.rsplit("_", 1)[0] for p in frame["audio_path"]]
-    sizes = frame.groupby("group", sort=False).size()
-    split, counts = {}, {"test": 0, "valid": 0}
-    for group, size in reversed(list(sizes.items())):
-        name = "test" if counts["test"] < test else ("valid" if counts["valid"] < valid else "train")
-        counts[name] = counts.get(name, 0) + int(size)
-        split[group] = name
-    frame["split"] = frame["group"].map(split)
-    return frame
-
-
-def our_shard(frame: pd.DataFrame, out: Path, model: str) -> FeatureShard:
-    manifest = pd.DataFrame({"id": range(len(frame)), "source_path": frame["audio_path"],
-                             "audio_path": frame["audio_path"], "transcript": frame["transcript"],
-                             "group": frame["group"], "split": frame["split"]})
-    (out / "audio").mkdir(parents=True), (out / "features").mkdir(parents=True)
-    resample_manifest(manifest, out / "audio", emit=lambda _: None)
-    processor = load_processor(model)
-    featurize_shard(AudioShard(out / "audio"), out / "features", processor.feature_extractor, processor.tokenizer,
-                    model, emit=lambda _: None)
-    return FeatureShard(out / "features")
 
 
 def test_scores(model, processor, shard: FeatureShard) -> tuple[dict, object]:
@@ -122,15 +85,6 @@ def packed_steps(shard: FeatureShard, model: str, utterances: int, batch_size: i
                             max_frames=window_frames_limit(window_seconds))
     per_step = windows_per_step(batch_size, windows.utterances(), len(windows)) * windows.packing_factor()
     return max(1, round(utterances / per_step))
-
-
-def isa_limits() -> dict:
-    """The instruction sets PyTorch's kernels may use here, and the variables that hold them below the CPU's own."""
-    import torch
-
-    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-    return {"pytorch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "held_by": {name: os.environ[name] for name in names if os.environ.get(name)}}
 
 
 def train_ours(name: str, shard: FeatureShard, out: Path, model: str, args, packing: bool, bf16: bool,

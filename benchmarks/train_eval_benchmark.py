@@ -16,45 +16,23 @@ model. Prints one JSON object.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 
-from asr_pipeline.core.audio import AudioShard, resample_manifest
 from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
-from asr_pipeline.core.features import FeatureShard, featurize_shard
+from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
+from bench_common import cpu_info, cpu_tag, one_split_shard, seed_evaluate, seed_module, seed_train  # noqa: E402
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
 from asr_pipeline.core.text import error_rates
 from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator
 
-SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _seed_module():
-    spec = importlib.util.spec_from_file_location("seed_recipe", SEED_RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _our_shard(frame: pd.DataFrame, split: str, out: Path, model: str) -> FeatureShard:
-    manifest = pd.DataFrame({"id": range(len(frame)), "source_path": frame["audio_path"], "audio_path":
-                             frame["audio_path"], "transcript": frame["transcript"],
-                             "group": [f"id:{i}" for i in range(len(frame))], "split": split})
-    (out / "audio").mkdir(parents=True), (out / "features").mkdir(parents=True)
-    resample_manifest(manifest, out / "audio", emit=lambda _: None)
-    processor = load_processor(model)
-    featurize_shard(AudioShard(out / "audio"), out / "features", processor.feature_extractor, processor.tokenizer,
-                    model, emit=lambda _: None)
-    return FeatureShard(out / "features")
 
 
 def _validation_loss(model, shard: FeatureShard, batch_size: int = 8) -> float:
@@ -72,50 +50,6 @@ def _validation_loss(model, shard: FeatureShard, batch_size: int = 8) -> float:
             total += float(model(**batch).loss) * tokens
             count += tokens
     return total / count
-
-
-def seed_train(seed, features_dir: Path, out: Path, model_dir: str, steps: int, batch_size: int):
-    """The seed's own train(); its Trainer is captured (the seed does not save the model) to score the result."""
-    import transformers
-
-    captured = {}
-    original = transformers.Seq2SeqTrainer
-
-    class Capturing(original):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            captured["trainer"] = self
-
-    transformers.Seq2SeqTrainer = Capturing
-    try:
-        result = seed.train(str(features_dir), str(out), model_dir, steps, batch_size)
-    finally:
-        transformers.Seq2SeqTrainer = original
-    return result, captured["trainer"].model
-
-
-def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16) -> dict:
-    """The notebook's evaluation: Seq2SeqTrainer.predict, predict_with_generate, generation_max_length=225."""
-    import torch
-    from datasets import load_from_disk
-    from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration,
-                              WhisperProcessor)
-
-    seed = _seed_module()
-    dataset = load_from_disk(str(features_dir))
-    processor = WhisperProcessor.from_pretrained(model_dir, language="Korean", task="transcribe")
-    model = WhisperForConditionalGeneration.from_pretrained(model_dir)
-    model.generation_config.forced_decoder_ids = None
-    model.generation_config.language, model.generation_config.task = "korean", "transcribe"
-    args = Seq2SeqTrainingArguments(output_dir="/tmp/seed_eval", per_device_eval_batch_size=batch_size,
-                                    predict_with_generate=True, generation_max_length=225, report_to=[],
-                                    fp16=torch.cuda.is_available())
-    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=seed.SeedCollator(processor),
-                             processing_class=processor.feature_extractor)
-    started = time.perf_counter()
-    trainer.predict(dataset)
-    seconds = time.perf_counter() - started
-    return {"utterances": len(dataset), "seconds": round(seconds, 3), "utterances_per_s": round(len(dataset) / seconds, 4)}
 
 
 def our_evaluate(shard: FeatureShard, model_dir: str, batch_size: int = 16, prefer_bf16: bool = True) -> dict:
@@ -150,8 +84,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    from loop_simulation import cpu_tag
-
     args = parser().parse_args()
     if args.evaluation_only:
         results = evaluation_benchmark(args)
@@ -172,7 +104,6 @@ def evaluation_benchmark(args) -> dict:
     import torch
 
     from asr_pipeline.core.model import cpu_has_native_bf16
-    from loop_simulation import _cpu
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -180,17 +111,17 @@ def evaluation_benchmark(args) -> dict:
     valid_frame = frame.iloc[-args.valid:]
     run = work / f"evaluation_{os.getpid()}"
     run.mkdir(parents=True)
-    seed = _seed_module()
+    seed = seed_module()
     valid_frame[["audio_path", "transcript"]].to_csv(run / "seed_valid.csv", index=False)
     seed.featurize(str(run / "seed_valid.csv"), str(run / "seed_valid_features"), args.base_model)
-    ours_valid = _our_shard(valid_frame, "valid", run / "ours_valid", args.base_model)
+    ours_valid = one_split_shard(valid_frame, "valid", run / "ours_valid", args.base_model)
     results = {"command": "python benchmarks/train_eval_benchmark.py " + " ".join(sys.argv[1:]),
-               "date": date.today().isoformat(), "cpu": _cpu(), "cpu_count": os.cpu_count(),
+               "date": date.today().isoformat(), "cpu": cpu_info(), "cpu_count": os.cpu_count(),
                "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
                "clips": args.clips, "held_out": args.valid, "models": {}}
     for model_dir in [m for m in args.eval_models.split(",") if m] or [args.base_model]:
         print(f"evaluation: {model_dir}", file=sys.stderr)
-        entry = {"seed": seed_evaluate(run / "seed_valid_features", model_dir),
+        entry = {"seed": seed_evaluate(run / "seed_valid_features", model_dir, seed=seed),
                  "ours_fp32": our_evaluate(ours_valid, model_dir, prefer_bf16=False)}
         if cpu_has_native_bf16():
             entry["ours_bf16"] = our_evaluate(ours_valid, model_dir, prefer_bf16=True)
@@ -207,14 +138,14 @@ def run_benchmark(args) -> dict:
     train_frame, valid_frame = frame.iloc[:-args.valid], frame.iloc[-args.valid:]
     run = work / f"train_eval_{os.getpid()}"
     run.mkdir(parents=True)
-    seed = _seed_module()
+    seed = seed_module()
     print("featurizing (seed: train and held-out; ours: train and held-out)", file=sys.stderr)
     train_frame[["audio_path", "transcript"]].to_csv(run / "seed_train.csv", index=False)
     valid_frame[["audio_path", "transcript"]].to_csv(run / "seed_valid.csv", index=False)
     seed.featurize(str(run / "seed_train.csv"), str(run / "seed_train_features"), args.base_model)
     seed.featurize(str(run / "seed_valid.csv"), str(run / "seed_valid_features"), args.base_model)
-    ours_train = _our_shard(train_frame, "train", run / "ours_train", args.base_model)
-    ours_valid = _our_shard(valid_frame, "valid", run / "ours_valid", args.base_model)
+    ours_train = one_split_shard(train_frame, "train", run / "ours_train", args.base_model)
+    ours_valid = one_split_shard(valid_frame, "valid", run / "ours_valid", args.base_model)
 
     results = {"clips": args.clips, "held_out": args.valid, "steps": args.steps, "batch_size": args.batch_size,
                "samples_seen": args.steps * args.batch_size, "cpu_count": os.cpu_count()}

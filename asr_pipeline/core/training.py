@@ -206,7 +206,7 @@ def train_whisper(
         use_cpu=not on_gpu,  # transformers asks for it explicitly before it allows bf16 on a CPU
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
-        activation_checkpointing=settings.gradient_checkpointing,  # transformers 5 name for gradient checkpointing
+        **checkpointing_argument(settings.gradient_checkpointing),
         torch_compile=settings.torch_compile,
         logging_steps=settings.logging_steps,
         # the default (True) logs a NaN/inf step as the mean of earlier ones, 0.0 on the first: a model that went
@@ -309,6 +309,20 @@ def train_whisper(
         raise FloatingPointError(f"training loss is {summary['train_loss']}: the checkpoint would be garbage")
     write_json(out_dir / "training_summary.json", summary)
     return summary
+
+
+def checkpointing_argument(enabled: bool, arguments_class=None) -> dict:
+    """Gradient checkpointing under the name this transformers takes: `activation_checkpointing` since 5.2x
+    (`gradient_checkpointing` is then deprecated), `gradient_checkpointing` before (5.17, on the GPU image, has
+    only that name: the GPU benchmark found train_whisper failing there). arguments_class: TrainingArguments."""
+    import inspect
+
+    if arguments_class is None:
+        from transformers import TrainingArguments as arguments_class
+
+    name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(
+        arguments_class.__init__).parameters else "gradient_checkpointing"
+    return {name: enabled}
 
 
 def training_fingerprint(base_source: str, shard_metas: Sequence[dict], settings: TrainingSettings) -> str:

@@ -116,3 +116,25 @@ def test_bf16_is_not_native_where_onednn_is_held_to_avx2():
     held = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
                           capture_output=True, text=True, check=True)
     assert held.stdout.strip() == "False"
+
+
+def test_gradient_checkpointing_goes_by_the_name_the_installed_transformers_takes(tmp_path, recwarn):
+    """transformers 5.17 (the GPU image's) has only `gradient_checkpointing`; 5.2x renamed it
+    `activation_checkpointing` and deprecates the old name. train_whisper failed on 5.17 until it asked."""
+    import dataclasses
+
+    from transformers import Seq2SeqTrainingArguments
+
+    from asr_pipeline.core.training import checkpointing_argument
+
+    @dataclasses.dataclass
+    class OlderArguments:  # the shape of transformers 5.17's TrainingArguments, as far as this matters
+        output_dir: str = ""
+        gradient_checkpointing: bool = False
+
+    assert checkpointing_argument(True, OlderArguments) == {"gradient_checkpointing": True}
+    OlderArguments(**checkpointing_argument(True, OlderArguments))
+    arguments = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[],
+                                         **checkpointing_argument(True))
+    assert arguments.gradient_checkpointing is True
+    assert not [w for w in recwarn if "deprecated" in str(w.message) and "checkpointing" in str(w.message)]
