@@ -5,7 +5,7 @@ The lent GPU machine (the tool library's `device`) has torch and transformers bu
 network, and a call carries at most 64 MiB of files. So this runs in two halves:
 
   here:   .venv/bin/python benchmarks/gpu_benchmark.py prepare --base-model /work/cache/whisper-base \\
-              --clips 400 --data .gpu/data
+              --clips 300 --data .gpu/data
           (the espeak-ng corpus as 16 kHz FLAC with its manifest, the seed recipe, whisper-base's configuration,
           tokenizer and feature-extractor files: no weights)
   there:  python3 benchmarks/gpu_benchmark.py run --data .gpu/data --out $OUT [--shapes base,turbo128]
@@ -16,15 +16,22 @@ Weights. whisper-base's real weights (290 MB) cannot travel in a call's 64 MiB a
 so both models are seeded random initialisations of real configurations: whisper-base's config, and large-v3-turbo's
 shape (128 mel bins, 32 encoder and 4 decoder layers of width 1280, 20 heads) with whisper-base's vocabulary (51,865
 tokens, one fewer than v3's, so the same tokenizer serves both). Training speed depends on the shape, not the
-weights. Random weights never end a transcript, so every clip decodes to its limit on both sides: 225 tokens for the
-seed; the duration budget at every fallback temperature for ours (`ours_greedy` shows one pass) -- the worst case of
-both, recorded as generated tokens. Test CER of such models means nothing and is not reported.
+weights. Random weights never end a transcript, so clips decode to their limits: 225 tokens for the seed (recorded as
+mean_generated_tokens); for ours the duration budget (mean_budget_tokens), at the fallback temperatures the guards
+ask for (`ours_greedy_bf16` is one pass) -- the worst case of both, not a trained model's speed.
+mean_tokens_of_final_text is the kept text re-tokenized. Test CER of such models means nothing and is not reported.
+The arms run in a fixed order (seed, unpacked, packed; seed, bf16, greedy, float32 decoding); the warm-up covers a
+training step, not generation, so the first arm of each kind carries what warming up leaves.
 
 Per shape: featurize once (ours: resampled_dataset + featurized_shards; the seed's own featurize for its train and
 test splits), then train each variant for the same number of utterances at the seed's batch (16) and lr (1e-5):
 the seed's train(), ours with packing off, ours with packing on (the training default: windows of at most
-packing_max_seconds, 15 s; a step takes about 16 utterances). The GPU is warmed up (one forward and backward in fp16 and bf16) before the first timed run. Results
-go to OUT/gpu_<date>.json after every stage, so a run cut short still reports what it measured.
+packing_max_seconds, 15 s; a step takes about 16 utterances). The GPU is warmed up (one forward and backward in
+fp16 and bf16) before the first timed run. Each optimizer step of ours is timed (CUDA synchronised): step_ms_median
+(after the first five; step_timings_n says how many it covers); the rest of train_runtime is validation, checkpoint
+saving and loading the best one. Results go to OUT/gpu_<date>.json after every stage, so a run cut short still
+reports what it measured. Every run works in a folder of its own under --work (a checkpoint left by an earlier run
+would otherwise be resumed, and time fewer steps).
 """
 
 from __future__ import annotations
@@ -169,9 +176,12 @@ def step_summary(seconds: list[float], utterances_per_step: float, train_runtime
     """Steady state: the median step after the first five (kernel selection, the dataloader's first batches)."""
     import statistics
 
+    if not seconds:
+        return {"step_timings_n": 0}
     steady = seconds[5:] or seconds
     median = statistics.median(steady)
-    return {"step_ms_median": round(1000 * median, 1), "step_ms_first": round(1000 * seconds[0], 1),
+    return {"step_timings_n": len(steady), "step_ms_median": round(1000 * median, 1),
+            "step_ms_mean": round(1000 * sum(seconds) / len(seconds), 1), "step_ms_first": round(1000 * seconds[0], 1),
             "steps_total_s": round(sum(seconds), 2), "outside_steps_s": round(train_runtime_s - sum(seconds), 2),
             "utterances_per_s_steady": round(utterances_per_step / median, 2)}
 
@@ -211,11 +221,15 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
     from packing_benchmark import train_ours
 
     entry = results["shapes"].setdefault(shape, {})
+    if time.time() > deadline:
+        entry["skipped"] = "deadline"
+        return
     model_dir = random_model(data, work / "models" / f"{shape}_random", shape, tiny)
     seed = seed_module(data / "seed_recipe.py")
     started = time.perf_counter()
     shard = our_shard(frame, work / shape / "ours", model_dir)
     entry["featurize_ours_s"] = round(time.perf_counter() - started, 2)
+    entry["mean_clip_seconds"] = round(float(shard.index["duration"].mean()), 2)
     for split in () if only_ours else ("train", "test"):
         frame[frame["split"] == split][["audio_path", "transcript"]].to_csv(work / shape / f"seed_{split}.csv",
                                                                             index=False)
@@ -254,14 +268,17 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
             continue
         try:
             seconds = time_steps()
-            result = train_ours(name, shard, work / shape / "models", model_dir, options, packing, True)
-            result.update(step_summary(seconds, result["utterances_seen"] / result["steps"], result["train_runtime_s"]))
-            entry["training"][name] = result
+            entry["training"][name] = train_ours(name, shard, work / shape / "models", model_dir, options, packing,
+                                                 True)
         except Exception as error:  # one broken arm must not lose the others' figures
             import traceback
 
             traceback.print_exc()
             entry["training"][name] = {"error": f"{type(error).__name__}: {error}"}
+            continue
+        result = entry["training"][name]
+        result.update(step_summary(seconds, result["utterances_seen"] / max(1, result["steps"]),
+                                   result["train_runtime_s"]))
         save()
     training = entry["training"]
     entry["ratios"] = {f"{name}_vs_seed_utterances_per_s": round(training[name]["utterances_per_s"]
@@ -309,9 +326,9 @@ def environment() -> dict:
 def run(args) -> None:
     started = time.time()
     deadline = started + args.deadline_s
-    data, out, work = Path(args.data).resolve(), Path(args.out), Path(args.work)
+    data, out, work = Path(args.data).resolve(), Path(args.out), Path(args.work) / f"run_{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True)
     manifest = pd.read_csv(data / "manifest.csv")
     frame = split_by_episode(pd.DataFrame({"audio_path": [str(data / "audio" / a) for a in manifest["audio"]],
                                            "transcript": manifest["transcript"]}), args.test, args.valid)
@@ -348,7 +365,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     here = sub.add_parser("prepare", help="here: the corpus and model files for the device")
     here.add_argument("--base-model", required=True)
-    here.add_argument("--clips", type=int, default=400)
+    here.add_argument("--clips", type=int, default=300)
     here.add_argument("--data", default=".gpu/data")
     here.add_argument("--work", default="/tmp/asr_packing_benchmark")
     here.add_argument("--seed-recipe", default=None)

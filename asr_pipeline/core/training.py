@@ -48,7 +48,8 @@ class TrainingSettings:
     # the longest packed window. The encoder still sees 30 s; a shorter window holds fewer clips (less speed-up) but
     # puts more of them near the input's start, where every clip sits in service. 15 s: 3.0-3.6x the utterances a
     # second of unpacked training at about the same test CER; 30 s windows were 6.6x as fast but 4.8 points worse
-    # (docs/BENCHMARKS.md)
+    # (docs/BENCHMARKS.md). On an H100 the gain did not hold for whisper-base (0.84x: a step of 4 windows cost what
+    # one of 16 did), 1.31x for a large-v3-turbo shape (docs/BENCHMARKS.md, "Issue 14: GPU figures")
     packing_max_seconds: float = 15.0
 
     def validate(self) -> None:
