@@ -139,17 +139,21 @@ class DecodeResult:
     texts: list[str]
     temperatures: list[float]  # the temperature of each kept text (0.0: greedy passed)
     silent: list[bool]  # judged silence by the no-speech guard (text "")
+    passes: list[int] = field(default_factory=list)  # decoding passes each clip took (1: greedy passed)
 
     def stats(self) -> dict:
         n = max(len(self.texts), 1)
-        return {"fallback_share": sum(t > 0 for t in self.temperatures) / n, "no_speech_share": sum(self.silent) / n}
+        stats = {"fallback_share": sum(t > 0 for t in self.temperatures) / n, "no_speech_share": sum(self.silent) / n}
+        if self.passes:  # what a decode cost: the kept temperature alone does not say how many were tried
+            stats["mean_passes"] = sum(self.passes) / n
+        return stats
 
 
 def guarded_decode(runtime: Runtime, durations: Sequence[float], policy: DecodingPolicy,
                    emit: Callable[[str], None] = print, what: str = "decoding") -> DecodeResult:
     """Runs the policy on any runtime; returns texts in input order."""
     count = len(durations)
-    texts, temps, silent = [""] * count, [0.0] * count, [False] * count
+    texts, temps, silent, passes = [""] * count, [0.0] * count, [False] * count, [0] * count
     progress = Progress(what, count, emit)
     for batch_number, (chosen, budget) in enumerate(duration_batches(durations, policy)):
         tried: dict[int, list[Candidate]] = {i: [] for i in chosen}
@@ -164,9 +168,9 @@ def guarded_decode(runtime: Runtime, durations: Sequence[float], policy: Decodin
         for i in chosen:
             kept = final_choice(tried[i], policy)
             silent[i] = is_silence(kept, policy)
-            texts[i], temps[i] = ("" if silent[i] else kept.text), kept.temperature
+            texts[i], temps[i], passes[i] = ("" if silent[i] else kept.text), kept.temperature, len(tried[i])
         progress.advance(len(chosen))
-    return DecodeResult(texts, temps, silent)
+    return DecodeResult(texts, temps, silent, passes)
 
 
 # ---------------------------------------------------------------- transformers

@@ -54,7 +54,8 @@ def test_temperature_fallback_no_speech_and_the_best_of_failed_results():
     assert runtime.calls[0] == ((3, 2, 1, 0), 0.0, DecodingPolicy().budget(4.0))
     assert runtime.calls[1] == ((3, 1), 0.2, DecodingPolicy().budget(4.0))
     assert all(call[0] == (3,) for call in runtime.calls[2:]) and len(runtime.calls) == 6
-    assert result.stats() == {"fallback_share": 0.5, "no_speech_share": 0.25}
+    assert result.passes == [1, 2, 1, 6]
+    assert result.stats() == {"fallback_share": 0.5, "no_speech_share": 0.25, "mean_passes": 2.5}
     # greedy only: the first result stands
     greedy = guarded_decode(ScriptedRuntime(script), [1.0, 2.0, 3.0, 4.0], GREEDY_ONLY, emit=lambda _: None)
     assert greedy.texts[1] == loop.strip() or greedy.texts[1] == loop
