@@ -11,7 +11,7 @@ import torch
 
 from asr_pipeline import cli
 from asr_pipeline.core.audio import load_16k
-from asr_pipeline.core.decoding import transcribe_audio
+from asr_pipeline.core.transformers_decoding import transcribe_audio
 from asr_pipeline.core.model import load_model, load_processor
 from asr_pipeline.core.synth import SEED_SENTENCE
 from asr_pipeline.core.text import error_rates
@@ -135,7 +135,8 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
     from faster_whisper import WhisperModel
 
     from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, transcribe_features_ct2
-    from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
+    from asr_pipeline.core.decoding import DecodingPolicy
+    from asr_pipeline.core.transformers_decoding import transcribe_features
 
     clips = korean_clips[:12]
     processor = load_processor(str(whisper_base_dir))
@@ -171,7 +172,7 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
 
 def test_both_runtimes_read_the_same_guard_statistics(whisper_base_dir, korean_clips, tmp_path):
     """The fallback and no-speech guards see the same numbers under transformers and CTranslate2 (float32 export)."""
-    from asr_pipeline.core import decoding
+    from asr_pipeline.core import transformers_decoding as decoding
     from asr_pipeline.core.export import CTranslate2Runtime, export_ctranslate2, load_ctranslate2
 
     model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
@@ -189,7 +190,7 @@ def test_both_runtimes_read_the_same_guard_statistics(whisper_base_dir, korean_c
 def test_best_of_samples_stay_with_their_clip(whisper_base_dir, korean_clips, monkeypatch):
     """With best_of > 1 each clip's encoder states and cross-attention keys/values are repeated in place: were the
     sampling an argmax, every sample of a clip would be that clip's greedy text."""
-    from asr_pipeline.core import decoding
+    from asr_pipeline.core import transformers_decoding as decoding
 
     model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
     extractor = processor.feature_extractor

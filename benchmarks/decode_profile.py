@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from asr_pipeline.core import decoding
-from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
+from asr_pipeline.core import transformers_decoding as decoding
+from asr_pipeline.core.decoding import DecodingPolicy
+from asr_pipeline.core.transformers_decoding import transcribe_features
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.model import load_model, load_processor
 from asr_pipeline.core.training_data import FeatureRows

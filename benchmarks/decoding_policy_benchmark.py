@@ -20,7 +20,8 @@ import torch
 
 from asr_pipeline.core.audio import AudioShard, resample_manifest
 from asr_pipeline.core.benchmark_sets import BenchmarkSet
-from asr_pipeline.core.decoding import GREEDY_ONLY, DecodingPolicy, transcribe_features
+from asr_pipeline.core.decoding import GREEDY_ONLY, DecodingPolicy
+from asr_pipeline.core.transformers_decoding import transcribe_features
 from asr_pipeline.core.evaluation import evaluate_on_test
 from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.model import LANGUAGE, TASK, load_model, load_processor

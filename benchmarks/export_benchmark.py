@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
+from asr_pipeline.core.decoding import DecodingPolicy
+from asr_pipeline.core.transformers_decoding import transcribe_features
 from asr_pipeline.core.export import export_ctranslate2, load_ctranslate2, transcribe_features_ct2
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from asr_pipeline.core.synth import write_demo_corpus

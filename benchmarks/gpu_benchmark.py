@@ -196,10 +196,11 @@ def step_summary(seconds: list[float], utterances_per_step: float, train_runtime
 
 
 def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = False) -> dict:
-    """The report's decoding (decoding.transcribe_features) on the test split, placed as evaluate_on_test places it."""
+    """The report's decoding (transformers_decoding.transcribe_features) on the test split, placed as evaluate_on_test places it."""
     import torch
 
-    from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
+    from asr_pipeline.core.decoding import DecodingPolicy
+    from asr_pipeline.core.transformers_decoding import transcribe_features
     from asr_pipeline.core.model import inference_placement, load_model, load_processor
     from asr_pipeline.core.training_data import FeatureRows
 

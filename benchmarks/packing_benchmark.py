@@ -22,7 +22,7 @@ clips (round(utterances / (windows a step x clips a window))), within a step of 
 Utterances/s are utterances seen over the trainer's train_runtime minus the validation time inside it
 (`training_s`); `call_s` is the whole train_whisper call (loading, packing, validation, saving) as a user waits for
 it. Then every trained model (and the base model) decodes the test split in float32 with the report's decoding
-policy (decoding.transcribe_features) and is scored with the report's scoring (evaluation.score, the default
+policy (transformers_decoding.transcribe_features) and is scored with the report's scoring (evaluation.score, the default
 normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>_cpu-<kind>.json
 (kind amx, avx512bf16, avx512 or avx2: bench_common.cpu_tag) with the CPU model and flags.
 
@@ -44,7 +44,8 @@ from datetime import date
 from pathlib import Path
 
 
-from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
+from asr_pipeline.core.decoding import DecodingPolicy
+from asr_pipeline.core.transformers_decoding import transcribe_features
 from asr_pipeline.core.evaluation import score
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 
-from asr_pipeline.core.decoding import DecodingPolicy, transcribe_features
+from asr_pipeline.core.decoding import DecodingPolicy
+from asr_pipeline.core.transformers_decoding import transcribe_features
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.model import inference_dtype, load_model, load_processor
 from bench_common import cpu_info, cpu_tag, one_split_shard, seed_evaluate, seed_module, seed_train  # noqa: E402

@@ -105,7 +105,8 @@ def _default_model_dir() -> str:
 
 def cmd_transcribe(args) -> None:
     from asr_pipeline.core.audio import AudioError, load_16k
-    from asr_pipeline.core.decoding import DecodingPolicy, transcribe_clips
+    from asr_pipeline.core.decoding import DecodingPolicy
+    from asr_pipeline.core.transformers_decoding import transcribe_clips
     from asr_pipeline.core.model import inference_placement, load_model, load_processor
 
     model_dir = args.model or _default_model_dir()

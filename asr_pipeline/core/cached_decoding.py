@@ -18,7 +18,7 @@ from asr_pipeline.core.decoding import DecodeResult, DecodingPolicy
 from asr_pipeline.core.hypothesis_cache import HypothesisCache
 
 # the runtime's name is part of the hypothesis cache key: a new decoder revision (here the step-by-step loop of
-# decoding.TransformersRuntime, whose sampled fallbacks draw other random numbers than transformers' generate did)
+# transformers_decoding.TransformersRuntime, whose sampled fallbacks draw other random numbers than transformers' generate did)
 # must not reuse the previous one's cached hypotheses, or the champion and the challenger would be decoded differently
 TRANSFORMERS = "transformers/stepwise-1"
 CTRANSLATE2 = "ctranslate2-int8"
@@ -88,7 +88,7 @@ def decode_summary(entry: dict, count: int) -> dict:
 
 def transformers_loader(device: str, dtype, policy: DecodingPolicy, emit: Callable[[str], None], name: str):
     def load(source: str):
-        from asr_pipeline.core.decoding import transcribe_features
+        from asr_pipeline.core.transformers_decoding import transcribe_features
         from asr_pipeline.core.model import load_model, load_processor
 
         model, processor = load_model(source, device=device, dtype=dtype), load_processor(source)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from asr_pipeline.core import decoding
-from asr_pipeline.core.decoding import (GREEDY_ONLY, Candidate, DecodingPolicy, duration_batches, guarded_decode,
-                                        transcribe_audio, transcribe_features)
+from asr_pipeline.core import transformers_decoding as decoding
+from asr_pipeline.core.decoding import GREEDY_ONLY, Candidate, DecodingPolicy, duration_batches, guarded_decode
+from asr_pipeline.core.transformers_decoding import transcribe_audio, transcribe_features
 from asr_pipeline.core.model import inference_device_and_dtype, load_model, load_processor
 
 

@@ -53,7 +53,7 @@ def _variant(tiny_model_dir, out, seed):
 @pytest.fixture()
 def counted_generate(monkeypatch):
     """Every decoding pass the transformers runtime runs (its budget)."""
-    from asr_pipeline.core.decoding import TransformersRuntime
+    from asr_pipeline.core.transformers_decoding import TransformersRuntime
 
     calls = []
     original = TransformersRuntime._generate
