@@ -217,6 +217,9 @@ def train_whisper(
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=workers,
+        # workers live across epochs: otherwise every epoch forks them again, a stall of about a second a time
+        # (measured on the epoch's first step), which short epochs of packed windows meet often
+        dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=on_gpu,
         seed=settings.seed,
         disable_tqdm=False,

@@ -138,3 +138,25 @@ def test_gradient_checkpointing_goes_by_the_name_the_installed_transformers_take
                                          **checkpointing_argument(True))
     assert arguments.gradient_checkpointing is True
     assert not [w for w in recwarn if "deprecated" in str(w.message) and "checkpointing" in str(w.message)]
+
+
+def test_dataloader_workers_are_forked_once_not_every_epoch(shard, tiny_model_dir, tmp_path, monkeypatch):
+    """With workers (the GPU default is 4), an epoch used to fork them again: a stall of about a second on each
+    epoch's first step, which short epochs of packed windows meet often. They now persist across epochs."""
+    from asr_pipeline.core import training
+
+    pids = tmp_path / "collating_pids"
+
+    class RecordingCollator(training.SpeechSeq2SeqCollator):
+        def __call__(self, items):
+            with open(pids, "a") as out:  # runs in the worker processes
+                out.write(f"{os.getpid()}\n")
+            return super().__call__(items)
+
+    monkeypatch.setattr(training, "SpeechSeq2SeqCollator", RecordingCollator)
+    settings = TrainingSettings(learning_rate=1e-3, batch_size=4, warmup_steps=0, max_steps=9, eval_steps=9,
+                                logging_steps=3, packing=False, dataloader_num_workers=2)
+    summary = train_whisper(str(tiny_model_dir), [shard], tmp_path / "workers", settings, emit=lambda _: None)
+    train_pids = set(pids.read_text().split()) - {str(os.getpid())}
+    assert summary["epochs"] >= 2.5 and summary["steps"] == 9
+    assert len(train_pids) <= 2 + 2  # two training workers, and at most two for the one validation pass
