@@ -172,13 +172,14 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
 
 def test_both_runtimes_read_the_same_guard_statistics(whisper_base_dir, korean_clips, tmp_path):
     """The fallback and no-speech guards see the same numbers under transformers and CTranslate2 (float32 export)."""
-    from asr_pipeline.core import transformers_decoding as decoding
+    from asr_pipeline.core import transformers_decoding
     from asr_pipeline.core.export import CTranslate2Runtime, export_ctranslate2, load_ctranslate2
 
     model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
     features = [processor.feature_extractor(load_16k(c["audio_path"]), sampling_rate=16_000,
                                             return_tensors="np").input_features[0] for c in korean_clips[:3]]
-    hf = decoding.TransformersRuntime(model, processor, features.__getitem__).decode([0, 1, 2], 0.0, 100, 1, 0)
+    runtime = transformers_decoding.TransformersRuntime(model, processor, features.__getitem__)
+    hf = runtime.decode([0, 1, 2], 0.0, 100, 1, 0)
     export = export_ctranslate2(whisper_base_dir, tmp_path / "ct2", quantization="float32")
     ct2 = CTranslate2Runtime(load_ctranslate2(export, compute_type="float32"), processor.tokenizer,
                              features.__getitem__).decode([0, 1, 2], 0.0, 100, 1, 0)
@@ -190,16 +191,16 @@ def test_both_runtimes_read_the_same_guard_statistics(whisper_base_dir, korean_c
 def test_best_of_samples_stay_with_their_clip(whisper_base_dir, korean_clips, monkeypatch):
     """With best_of > 1 each clip's encoder states and cross-attention keys/values are repeated in place: were the
     sampling an argmax, every sample of a clip would be that clip's greedy text."""
-    from asr_pipeline.core import transformers_decoding as decoding
+    from asr_pipeline.core import transformers_decoding
 
     model, processor = load_model(str(whisper_base_dir)), load_processor(str(whisper_base_dir))
     extractor = processor.feature_extractor
     features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
                 for c in korean_clips[:3]]
-    runtime = decoding.TransformersRuntime(model, processor, features.__getitem__)
+    runtime = transformers_decoding.TransformersRuntime(model, processor, features.__getitem__)
     greedy = runtime.decode([0, 1, 2], 0.0, 8, 1, 0)
-    choose = decoding.TransformersRuntime._choose
-    monkeypatch.setattr(decoding.TransformersRuntime, "_choose",
+    choose = transformers_decoding.TransformersRuntime._choose
+    monkeypatch.setattr(transformers_decoding.TransformersRuntime, "_choose",
                         lambda self, logits, temperature, generator, first: choose(self, logits, 0.0, None, first))
     sampled = runtime.decode([0, 1, 2], 0.7, 8, 3, 0)
     assert [c.text for c in sampled] == [c.text for c in greedy]

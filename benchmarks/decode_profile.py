@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from asr_pipeline.core import transformers_decoding as decoding
+from asr_pipeline.core import transformers_decoding
 from asr_pipeline.core.decoding import DecodingPolicy
 from asr_pipeline.core.transformers_decoding import transcribe_features
 from asr_pipeline.core.features import FeatureShard
@@ -46,7 +46,7 @@ def main() -> None:
                 timers[name] = timers.get(name, 0.0) + time.perf_counter() - started
         return inner
 
-    runtime = decoding.TransformersRuntime
+    runtime = transformers_decoding.TransformersRuntime
     for name in ("_encode", "_generate"):
         if hasattr(runtime, name):
             setattr(runtime, name, timed(name.strip("_"), getattr(runtime, name)))

@@ -18,7 +18,8 @@ from asr_pipeline.core.decoding import DecodeResult, DecodingPolicy
 from asr_pipeline.core.hypothesis_cache import HypothesisCache
 
 # the runtime's name is part of the hypothesis cache key: a new decoder revision (here the step-by-step loop of
-# transformers_decoding.TransformersRuntime, whose sampled fallbacks draw other random numbers than transformers' generate did)
+# transformers_decoding.TransformersRuntime, whose sampled fallbacks draw other random numbers than transformers'
+# generate did)
 # must not reuse the previous one's cached hypotheses, or the champion and the challenger would be decoded differently
 TRANSFORMERS = "transformers/stepwise-1"
 CTRANSLATE2 = "ctranslate2-int8"
@@ -68,6 +69,7 @@ class CachedDecoder:
             seconds = time.perf_counter() - started
             self.decoded += 1
             entry = {"texts": result.texts, "temperatures": result.temperatures, "silent": result.silent,
+                     "passes": result.passes,
                      "decode_seconds": round(seconds, 3), "model": source, "runtime": runtime,
                      "model_fingerprint": fingerprint, "decoded_at": datetime.now(timezone.utc).isoformat()}
             if self.cache:
@@ -81,9 +83,12 @@ def decode_summary(entry: dict, count: int) -> dict:
     seconds = float(entry["decode_seconds"])
     temperatures, silent = entry.get("temperatures") or [], entry.get("silent") or []
     n = max(count, 1)
-    return {"decode_seconds": seconds, "utterances_per_s": round(count / seconds, 3) if seconds > 0 else None,
-            "cached": bool(entry.get("cached")), "fallback_share": sum(t > 0 for t in temperatures) / n,
-            "no_speech_share": sum(bool(s) for s in silent) / n}
+    summary = {"decode_seconds": seconds, "utterances_per_s": round(count / seconds, 3) if seconds > 0 else None,
+               "cached": bool(entry.get("cached")), "fallback_share": sum(t > 0 for t in temperatures) / n,
+               "no_speech_share": sum(bool(s) for s in silent) / n}
+    if entry.get("passes"):  # decoding passes a clip (entries cached before it was recorded have none)
+        summary["mean_passes"] = round(sum(entry["passes"]) / n, 3)
+    return summary
 
 
 def transformers_loader(device: str, dtype, policy: DecodingPolicy, emit: Callable[[str], None], name: str):

@@ -217,8 +217,8 @@ def train_whisper(
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=workers,
-        # workers live across epochs: otherwise every epoch forks them again, a stall of about a second a time
-        # (measured on the epoch's first step), which short epochs of packed windows meet often
+        # workers live across epochs (and validation's across evaluations): forked again every epoch, they slowed
+        # each epoch's first step by 0.8-0.9 s on a 2-vCPU machine (benchmarks/epoch_stall_probe.py)
         dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=on_gpu,
         seed=settings.seed,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr_pipeline.core import transformers_decoding as decoding
+from asr_pipeline.core import transformers_decoding
 from asr_pipeline.core.decoding import GREEDY_ONLY, Candidate, DecodingPolicy, duration_batches, guarded_decode
 from asr_pipeline.core.transformers_decoding import transcribe_audio, transcribe_features
 from asr_pipeline.core.model import inference_device_and_dtype, load_model, load_processor
@@ -22,7 +22,7 @@ def test_the_token_budget_comes_from_the_audio_and_never_exceeds_444():
     batches = list(duration_batches([1.0, 9.0, 3.0, 5.0, 2.0], DecodingPolicy(batch_size=2)))
     assert batches == [([1, 3], policy.budget(9.0)), ([2, 4], policy.budget(3.0)), ([0], policy.budget(1.0))]
     # no reference information can reach the decoder: neither entry point takes any
-    for function in (transcribe_features, guarded_decode, decoding.TransformersRuntime.decode):
+    for function in (transcribe_features, guarded_decode, transformers_decoding.TransformersRuntime.decode):
         assert not {"expected_tokens", "references", "labels"} & set(inspect.signature(function).parameters)
 
 
@@ -74,13 +74,13 @@ def test_a_real_whisper_decodes_within_the_audio_budget_with_the_guards(tiny, ko
     # the random tiny Whisper babbles until it is stopped: the audio budget is what stops it
     policy = DecodingPolicy(tokens_per_second=2.0, token_allowance=4, batch_size=4)
     calls = []
-    generate = decoding.TransformersRuntime._generate
+    generate = transformers_decoding.TransformersRuntime._generate
 
     def counting_generate(self, hidden, cache, temperature, max_new_tokens, generator):
         calls.append(max_new_tokens)
         return generate(self, hidden, cache, temperature, max_new_tokens, generator)
 
-    monkeypatch.setattr(decoding.TransformersRuntime, "_generate", counting_generate)
+    monkeypatch.setattr(transformers_decoding.TransformersRuntime, "_generate", counting_generate)
     texts = transcribe_audio(model, processor, clips, policy, emit=lambda _: None)
     budgets = {policy.budget(max(len(c) for c in group) / 16_000) for group in
                ([clips[i] for i in idx] for idx, _ in duration_batches([len(c) / 16_000 for c in clips], policy))}
@@ -100,7 +100,8 @@ def test_transformers_statistics_match_ctranslate2(tiny_model_dir, korean_clips,
     extractor = processor.feature_extractor
     features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
                 for c in korean_clips[:3]]
-    hf = decoding.TransformersRuntime(model, processor, features.__getitem__).decode([0, 1, 2], 0.0, 12, 1, 0)
+    runtime = transformers_decoding.TransformersRuntime(model, processor, features.__getitem__)
+    hf = runtime.decode([0, 1, 2], 0.0, 12, 1, 0)
     export = export_ctranslate2(tiny_model_dir, tmp_path / "ct2", quantization="float32")
     ct2 = CTranslate2Runtime(load_ctranslate2(export, compute_type="float32"), processor.tokenizer,
                              features.__getitem__).decode([0, 1, 2], 0.0, 12, 1, 0)
@@ -131,7 +132,7 @@ def test_load_model_places_and_casts_the_decoding_copy(tiny_model_dir):
     assert parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16
     # a bf16 copy still decodes (the statistics are computed in float32)
     features = np.zeros((1, 80, 3000), dtype=np.float32)
-    out = decoding.TransformersRuntime(model, load_processor(str(tiny_model_dir)), features.__getitem__)
+    out = transformers_decoding.TransformersRuntime(model, load_processor(str(tiny_model_dir)), features.__getitem__)
     assert len(out.decode([0], 0.0, 4, 1, 0)) == 1
 
 
@@ -173,7 +174,7 @@ def test_the_step_by_step_decoder_gives_generates_greedy_tokens_and_its_own_stat
     extractor = processor.feature_extractor
     features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
                 for c in korean_clips[:3]]
-    runtime = decoding.TransformersRuntime(model, processor, features.__getitem__)
+    runtime = transformers_decoding.TransformersRuntime(model, processor, features.__getitem__)
     hidden, cross = runtime._encode([0, 1, 2])
     with torch.inference_mode():
         tokens, sums, no_speech, ended = runtime._generate(hidden, runtime._cache(cross), 0.0, 12, None)
@@ -204,8 +205,8 @@ def test_finished_rows_leave_the_batch_without_changing_the_others(tiny, korean_
     extractor = processor.feature_extractor
     features = [extractor(load_16k(c["audio_path"]), sampling_rate=16_000, return_tensors="np").input_features[0]
                 for c in korean_clips[:3]]
-    runtime = decoding.TransformersRuntime(model, processor, features.__getitem__)
-    choose = decoding.TransformersRuntime._choose
+    runtime = transformers_decoding.TransformersRuntime(model, processor, features.__getitem__)
+    choose = transformers_decoding.TransformersRuntime._choose
     steps = []
 
     def ending_row_one_at_step_three(self, logits, temperature, generator, first):
@@ -217,7 +218,7 @@ def test_finished_rows_leave_the_batch_without_changing_the_others(tiny, korean_
 
     with torch.inference_mode():
         alone = [runtime._generate(*_one(runtime, i), 0.0, 8, None)[0][0] for i in range(3)]
-    monkeypatch.setattr(decoding.TransformersRuntime, "_choose", ending_row_one_at_step_three)
+    monkeypatch.setattr(transformers_decoding.TransformersRuntime, "_choose", ending_row_one_at_step_three)
     hidden, cross = runtime._encode([0, 1, 2])
     with torch.inference_mode():
         tokens, _, _, ended = runtime._generate(hidden, runtime._cache(cross), 0.0, 8, None)

@@ -87,6 +87,8 @@ def test_an_unchanged_model_on_an_unchanged_sample_is_never_decoded_twice(test_s
     assert all(again[name]["cached"] for name in ("base", "finetuned", "champion"))
     for name in ("base", "finetuned", "champion"):
         assert again[name]["cer"] == first[name]["cer"]
+        # decoding passes a clip: at least the greedy one, and kept with the cached hypotheses
+        assert first[name]["mean_passes"] >= 1 and again[name]["mean_passes"] == first[name]["mean_passes"]
         assert [u[f"{name}_hypothesis"] for u in again["per_utterance"]] == \
             [u[f"{name}_hypothesis"] for u in first["per_utterance"]]
     # the next night: a new checkpoint; the base model and the champion cost nothing
