@@ -9,8 +9,9 @@ again every epoch by default. This looks at that cost on a CPU (a possible contr
 The step timer starts after the batch is fetched: what it sees is a step slowed by fresh workers beside it. The
 model is a tiny random Whisper (one narrow layer each side, whisper-base's vocabulary), so a step is mostly fixed
 costs, as a small model's is on a GPU. The corpus, model and shard are made in a child process, so the training
-process is like a trainer's, which has not featurized. It trains on the espeak-ng corpus (featurize_benchmark.corpus; the last episodes valid), 100
-unpacked steps of 16 clips and 108 packed steps of about 16 clips (4 windows), float32, with --workers workers:
+process is like a trainer's, which has not featurized. It trains on the espeak-ng corpus (featurize_benchmark.corpus;
+the last episodes valid), 100 unpacked steps of 16 clips and 108 packed steps of about 16 clips (4 windows),
+float32, with --workers workers:
 - every_epoch: transformers' default, workers forked again each epoch;
 - persistent: `dataloader_persistent_workers`, what train_whisper passes when it has workers.
 
