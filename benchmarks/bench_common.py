@@ -14,6 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
+# a Whisper directory minus its weights: what a random initialisation of its configuration needs
+MODEL_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+               "normalizer.json", "added_tokens.json")
 
 
 def cpu_info() -> dict:
@@ -147,3 +151,80 @@ def isa_limits() -> dict:
     names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
     return {"pytorch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "held_by": {name: os.environ[name] for name in names if os.environ.get(name)}}
+
+
+def random_whisper(files: Path, out: Path, config_overrides: dict) -> str:
+    """A seeded random initialisation of the Whisper configuration in `files` (MODEL_FILES: no weights needed), with
+    config_overrides applied; its feature extractor follows num_mel_bins. Saved to out with the tokenizer files."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (Path(files) / name).exists():
+            shutil.copy(Path(files) / name, out / name)
+    config = WhisperConfig.from_pretrained(out)
+    config.update(config_overrides)
+    for name in ("preprocessor_config.json", "processor_config.json"):  # transformers 5 keeps it in the latter
+        if "num_mel_bins" in config_overrides and (out / name).exists():
+            settings = json.loads((out / name).read_text())
+            settings.get("feature_extractor", settings)["feature_size"] = config.num_mel_bins
+            (out / name).write_text(json.dumps(settings, indent=2))
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initialising 809M weights on a CPU is slow
+        model = WhisperForConditionalGeneration(config)
+    # the source's generation settings (language and task ids), not the defaults a new model would save
+    model.generation_config = GenerationConfig.from_pretrained(out)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def time_steps() -> list[float]:
+    """Makes train_whisper's Trainer record each optimizer step's wall time (CUDA synchronised), so steady-state
+    speed can be told apart from a run's fixed costs (dataloader start, validation, checkpoint saving, loading the
+    best checkpoint), which dominate short runs on a GPU. Returns the list the next training fills."""
+    import torch
+    from transformers import TrainerCallback
+
+    from asr_pipeline.core import training
+
+    seconds: list[float] = []
+    original = getattr(training.shard_trainer_class, "original", training.shard_trainer_class)
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            seconds.append(time.perf_counter() - self.started)
+
+    def timed_trainer_class():
+        class TimedTrainer(original()):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.add_callback(StepTimer())
+
+        return TimedTrainer
+
+    timed_trainer_class.original = original
+    training.shard_trainer_class = timed_trainer_class
+    return seconds
+
+
+def step_summary(seconds: list[float], utterances_per_step: float, train_runtime_s: float) -> dict:
+    """Steady state: the median step after the first five (kernel selection, the dataloader's first batches)."""
+    import statistics
+
+    if not seconds:
+        return {"step_timings_n": 0}
+    steady = seconds[5:] or seconds
+    median = statistics.median(steady)
+    return {"step_timings_n": len(steady), "step_ms_median": round(1000 * median, 1),
+            "step_ms_mean": round(1000 * sum(seconds) / len(seconds), 1), "step_ms_first": round(1000 * seconds[0], 1),
+            "steps_total_s": round(sum(seconds), 2), "outside_steps_s": round(train_runtime_s - sum(seconds), 2),
+            "utterances_per_s_steady": round(utterances_per_step / median, 2)}

@@ -15,7 +15,7 @@ float32, with --workers workers:
 - every_epoch: transformers' default, workers forked again each epoch;
 - persistent: `dataloader_persistent_workers`, what train_whisper passes when it has workers.
 
-Each optimizer step is timed (gpu_benchmark.time_steps). It prints one JSON object, and writes it to
+Each optimizer step is timed (bench_common.time_steps). It prints one JSON object, and writes it to
 benchmarks/results/epoch_stall_<date>_cpu-<kind>.json: per arm the median, mean and slowest steps after the first
 five, and which steps were slowest (an epoch's first step is where the fork shows).
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,29 +33,16 @@ from pathlib import Path
 
 import transformers
 
-from bench_common import cpu_info, cpu_tag, our_shard, split_by_episode
+from bench_common import cpu_info, cpu_tag, our_shard, random_whisper, split_by_episode, time_steps
 from featurize_benchmark import corpus
-from gpu_benchmark import MODEL_FILES, time_steps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def tiny_model(base_model: str, out: Path) -> str:
-    import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
-    out.mkdir(parents=True)
-    for name in MODEL_FILES:
-        if (Path(base_model) / name).exists():
-            shutil.copy(Path(base_model) / name, out / name)
-    config = WhisperConfig.from_pretrained(out)
-    config.update({"d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
-                   "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128})
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config)
-    model.generation_config = GenerationConfig.from_pretrained(out)
-    model.save_pretrained(out)
-    return str(out)
+    return random_whisper(Path(base_model), out, {"d_model": 64, "encoder_layers": 1, "decoder_layers": 1,
+                                                  "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                                                  "encoder_ffn_dim": 128, "decoder_ffn_dim": 128})
 
 
 class EveryEpochArguments(transformers.Seq2SeqTrainingArguments):

@@ -49,16 +49,12 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from bench_common import cpu_info, our_shard, seed_evaluate, seed_module, seed_train, split_by_episode
+from bench_common import (MODEL_FILES, cpu_info, our_shard, random_whisper, seed_evaluate, seed_module,
+                          seed_train, split_by_episode, step_summary, time_steps)
 
 TURBO_SHAPE = {"num_mel_bins": 128, "d_model": 1280, "encoder_layers": 32, "decoder_layers": 4,
                "encoder_attention_heads": 20, "decoder_attention_heads": 20, "encoder_ffn_dim": 5120,
                "decoder_ffn_dim": 5120}
-MODEL_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
-               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-               "normalizer.json", "added_tokens.json")
-
-
 def prepare(args) -> None:
     """Here: the corpus as 16 kHz FLAC (the seed reads it with librosa at 16 kHz: nothing to resample there)."""
     import soundfile as sf
@@ -90,33 +86,11 @@ def prepare(args) -> None:
 def random_model(data: Path, out: Path, shape: str, tiny: bool = False) -> str:
     """A seeded random initialisation of whisper-base's configuration, or of the 128-mel turbo shape (tiny: two
     narrow layers each, to try the script on a CPU)."""
-    import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
-    out.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        if (data / "tokenizer" / name).exists():
-            shutil.copy(data / "tokenizer" / name, out / name)
-    config = WhisperConfig.from_pretrained(out)
-    if shape == "turbo128":
-        for key, value in TURBO_SHAPE.items():
-            setattr(config, key, value)
-        if tiny:
-            config.update({"d_model": 256, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-                           "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024})
-        for name in ("preprocessor_config.json", "processor_config.json"):  # transformers 5 keeps it in the latter
-            if (out / name).exists():
-                settings = json.loads((out / name).read_text())
-                extractor = settings.get("feature_extractor", settings)
-                extractor["feature_size"] = 128
-                (out / name).write_text(json.dumps(settings, indent=2))
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initialising 809M weights on a CPU is slow
-        model = WhisperForConditionalGeneration(config)
-    # whisper-base's generation settings (language and task ids), not the defaults a new model would save
-    model.generation_config = GenerationConfig.from_pretrained(out)
-    model.save_pretrained(out)
-    return str(out)
+    if shape != "turbo128":
+        return random_whisper(data / "tokenizer", out, {})
+    narrow = {"d_model": 256, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+              "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024} if tiny else {}
+    return random_whisper(data / "tokenizer", out, {**TURBO_SHAPE, **narrow})
 
 
 def warm_up(model_dir: str, device: str = "cuda") -> None:
@@ -147,56 +121,9 @@ def warm_up(model_dir: str, device: str = "cuda") -> None:
         torch.cuda.empty_cache()
 
 
-def time_steps() -> list[float]:
-    """Makes train_whisper's Trainer record each optimizer step's wall time (CUDA synchronised), so steady-state
-    speed can be told apart from a run's fixed costs (dataloader start, validation, checkpoint saving, loading the
-    best checkpoint), which dominate short runs on a GPU. Returns the list the next training fills."""
-    import torch
-    from transformers import TrainerCallback
-
-    from asr_pipeline.core import training
-
-    seconds: list[float] = []
-    original = getattr(training.shard_trainer_class, "original", training.shard_trainer_class)
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            torch.cuda.synchronize() if torch.cuda.is_available() else None
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize() if torch.cuda.is_available() else None
-            seconds.append(time.perf_counter() - self.started)
-
-    def timed_trainer_class():
-        class TimedTrainer(original()):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.add_callback(StepTimer())
-
-        return TimedTrainer
-
-    timed_trainer_class.original = original
-    training.shard_trainer_class = timed_trainer_class
-    return seconds
-
-
-def step_summary(seconds: list[float], utterances_per_step: float, train_runtime_s: float) -> dict:
-    """Steady state: the median step after the first five (kernel selection, the dataloader's first batches)."""
-    import statistics
-
-    if not seconds:
-        return {"step_timings_n": 0}
-    steady = seconds[5:] or seconds
-    median = statistics.median(steady)
-    return {"step_timings_n": len(steady), "step_ms_median": round(1000 * median, 1),
-            "step_ms_mean": round(1000 * sum(seconds) / len(seconds), 1), "step_ms_first": round(1000 * seconds[0], 1),
-            "steps_total_s": round(sum(seconds), 2), "outside_steps_s": round(train_runtime_s - sum(seconds), 2),
-            "utterances_per_s_steady": round(utterances_per_step / median, 2)}
-
-
 def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = False) -> dict:
-    """The report's decoding (transformers_decoding.transcribe_features) on the test split, placed as evaluate_on_test places it."""
+    """The report's decoding (transformers_decoding.transcribe_features) on the test split, placed as
+    evaluate_on_test places it."""
     import torch
 
     from asr_pipeline.core.decoding import DecodingPolicy

@@ -22,8 +22,8 @@ clips (round(utterances / (windows a step x clips a window))), within a step of 
 Utterances/s are utterances seen over the trainer's train_runtime minus the validation time inside it
 (`training_s`); `call_s` is the whole train_whisper call (loading, packing, validation, saving) as a user waits for
 it. Then every trained model (and the base model) decodes the test split in float32 with the report's decoding
-policy (transformers_decoding.transcribe_features) and is scored with the report's scoring (evaluation.score, the default
-normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>_cpu-<kind>.json
+policy (transformers_decoding.transcribe_features) and is scored with the report's scoring (evaluation.score, the
+default normalisation policy). Prints one JSON object and writes it to benchmarks/results/packing_<date>_cpu-<kind>.json
 (kind amx, avx512bf16, avx512 or avx2: bench_common.cpu_tag) with the CPU model and flags.
 
 An AVX2-only CPU, emulated on a newer one: PyTorch's own kernels, oneDNN and MKL held to AVX2 by the environment

@@ -98,8 +98,8 @@ def transcribe_features_ct2(
     emit: Callable[[str], None] = print,
     what: str = "decoding (ctranslate2)",
 ) -> DecodeResult:
-    """The same policy as transformers_decoding.transcribe_features (audio-duration order and budget, temperature fallback,
-    no-speech), so the two runtimes are compared on equal terms."""
+    """The same policy as transformers_decoding.transcribe_features (audio-duration order and budget, temperature
+    fallback, no-speech), so the two runtimes are compared on equal terms."""
     return guarded_decode(CTranslate2Runtime(model, tokenizer, features), durations, policy, emit, what)
 
 

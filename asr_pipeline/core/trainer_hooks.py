@@ -1,6 +1,7 @@
 """What train_whisper hands to Seq2SeqTrainer besides the model and data: the trainer class (length-grouped
-sampling from the shard index, in an order that survives a resume), the validation metrics, and the callbacks that
-print progress and mark a checkpoint complete once its save finished; and finding the checkpoint to resume from."""
+sampling from the shard index, in an order that survives a resume), the validation metrics, the callbacks that
+print progress and mark a checkpoint complete once its save finished, and arguments named as the installed
+transformers names them; and finding the checkpoint to resume from."""
 
 from __future__ import annotations
 
@@ -146,3 +147,17 @@ def duration_text(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def checkpointing_argument(enabled: bool, arguments_class=None) -> dict:
+    """Gradient checkpointing under the name this transformers takes: `activation_checkpointing` since 5.2x
+    (`gradient_checkpointing` is then deprecated), `gradient_checkpointing` before (5.17, on the GPU image, has
+    only that name: the GPU benchmark found train_whisper failing there). arguments_class: TrainingArguments."""
+    import inspect
+
+    if arguments_class is None:
+        from transformers import TrainingArguments as arguments_class
+
+    name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(
+        arguments_class.__init__).parameters else "gradient_checkpointing"
+    return {name: enabled}

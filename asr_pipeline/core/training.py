@@ -12,8 +12,9 @@ from typing import Callable, Sequence
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.packing import PackedWindows, window_frames_limit, windows_per_step
 from asr_pipeline.core.storage import write_json
-from asr_pipeline.core.trainer_hooks import (completion_marker, duration_text, last_complete_checkpoint,
-                                             metrics_function, progress_callback, shard_trainer_class, step_of)
+from asr_pipeline.core.trainer_hooks import (checkpointing_argument, completion_marker, duration_text,
+                                             last_complete_checkpoint, metrics_function, progress_callback,
+                                             shard_trainer_class, step_of)
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator, duplicate_audio_ids
 
 # The validation measure the best checkpoint is chosen on: the one promotion decides on (champion.PROMOTION_METRIC).
@@ -313,20 +314,6 @@ def train_whisper(
         raise FloatingPointError(f"training loss is {summary['train_loss']}: the checkpoint would be garbage")
     write_json(out_dir / "training_summary.json", summary)
     return summary
-
-
-def checkpointing_argument(enabled: bool, arguments_class=None) -> dict:
-    """Gradient checkpointing under the name this transformers takes: `activation_checkpointing` since 5.2x
-    (`gradient_checkpointing` is then deprecated), `gradient_checkpointing` before (5.17, on the GPU image, has
-    only that name: the GPU benchmark found train_whisper failing there). arguments_class: TrainingArguments."""
-    import inspect
-
-    if arguments_class is None:
-        from transformers import TrainingArguments as arguments_class
-
-    name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(
-        arguments_class.__init__).parameters else "gradient_checkpointing"
-    return {name: enabled}
 
 
 def training_fingerprint(base_source: str, shard_metas: Sequence[dict], settings: TrainingSettings) -> str:

@@ -125,7 +125,7 @@ def test_gradient_checkpointing_goes_by_the_name_the_installed_transformers_take
 
     from transformers import Seq2SeqTrainingArguments
 
-    from asr_pipeline.core.training import checkpointing_argument
+    from asr_pipeline.core.trainer_hooks import checkpointing_argument
 
     @dataclasses.dataclass
     class OlderArguments:  # the shape of transformers 5.17's TrainingArguments, as far as this matters
