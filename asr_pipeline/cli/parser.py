@@ -11,9 +11,13 @@ import gc
 
 from asr_pipeline.cli.ingest import cmd_backfill, cmd_ingest, cmd_ingest_batch
 from asr_pipeline.cli.models import cmd_champion, cmd_report, cmd_transcribe, cmd_ui
+from asr_pipeline.cli.runs import pause_gc_for_startup
 from asr_pipeline.cli.status import cmd_quarantine, cmd_status
 from asr_pipeline.cli.train import _training_overrides, cmd_demo, cmd_run, cmd_train
 from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable, PlannerBusy
+
+# commands whose start-up (imports, definitions) ends in opening the Dagster instance, which ends the pause
+GC_PAUSED_UNTIL_INSTANCE = frozenset({"ingest", "ingest-batch", "backfill", "train", "run", "status"})
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if hasattr(args, "packing"):  # train, run, demo: contradicting options are refused before any work starts
         _training_overrides(args)
+    if argv is None and args.command in GC_PAUSED_UNTIL_INSTANCE:
+        pause_gc_for_startup()  # not for in-process callers (tests), whose collector is theirs
     try:
         args.func(args)
     except ConfigError as exc:

@@ -3,6 +3,7 @@ of dead CLI processes reaped, jobs executed in-process, or batches as launched r
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -30,6 +31,30 @@ concurrency:
 """
 
 
+_startup_gc_paused = False
+
+
+def pause_gc_for_startup() -> None:
+    """Called by main() for a console command that opens the instance. Importing Dagster, pandas, SQLAlchemy and the
+    definitions makes about a million objects that live as long as the process, and Python's full collections walk
+    all of them again each time the heap has grown by a quarter: about 0.4 s of an ingest's 2 s start-up, none of
+    it finding garbage (docs/BENCHMARKS.md, issue 14). _instance() ends the pause."""
+    global _startup_gc_paused
+    if gc.isenabled():
+        gc.disable()
+        _startup_gc_paused = True
+
+
+def end_startup_gc_pause() -> None:
+    """Start-up is over once the instance is open: what it made moves to the permanent generation (gc.freeze: never
+    walked again) and collection resumes, for the run's own garbage."""
+    global _startup_gc_paused
+    if _startup_gc_paused:
+        _startup_gc_paused = False
+        gc.freeze()
+        gc.enable()
+
+
 def _instance():
     from dagster import DagsterInstance
 
@@ -40,7 +65,9 @@ def _instance():
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(INSTANCE_CONFIG)
-    return DagsterInstance.get()
+    instance = DagsterInstance.get()
+    end_startup_gc_pause()
+    return instance
 
 
 def _reap_dead_runs(instance) -> None:

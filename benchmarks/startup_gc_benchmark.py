@@ -1,0 +1,129 @@
+"""Lean runs (issue 14.3): what pausing the garbage collector during a console command's start-up saves.
+
+    .venv/bin/python benchmarks/startup_gc_benchmark.py [--clips 1000] [--pairs 8] [--base-model DIR]
+
+`asr-pipeline ingest` of the 1,000-clip corpus of ingest_process_benchmark.py (a fresh ASR_HOME and a copy of an
+initialized Dagster instance each time, warm page cache), run as a whole process in pairs: once as shipped (start-up
+paused, asr_pipeline/cli/runs.py) and once with the pause turned off, in alternating order. Both arms run the same
+checkout through the same wrapper, which only (for the "unpaused" arm) replaces pause_gc_for_startup with a no-op
+and, in both, adds a gc callback that adds up the seconds spent in collections, before the instance was open and in
+all. Prints one JSON object (per pair wall seconds, medians, the paired difference, CPU model and flags) and writes
+it to benchmarks/results/startup_gc_<date>_cpu-<kind>.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench_common import cpu_info, cpu_tag  # noqa: E402
+from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is this script's directory)
+from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
+from ingest_process_benchmark import dagster_instance_template, our_home, timed_process  # noqa: E402
+
+# run as `python -c WRAPPER ingest`: the console script's main(), with the collector's time written to stderr at exit
+WRAPPER = """
+import atexit, gc, json, os, sys, time
+spent = {"all": 0.0, "before_instance": 0.0}
+started = []
+def clock(phase, info):
+    if phase == "start":
+        started.append(time.perf_counter())
+    else:
+        seconds = time.perf_counter() - started.pop()
+        spent["all"] += seconds
+        if not instance_open[0]:
+            spent["before_instance"] += seconds
+gc.callbacks.append(clock)
+instance_open = [False]
+import asr_pipeline.cli.runs as runs
+import asr_pipeline.cli.parser as parser
+original_end = runs.end_startup_gc_pause
+def end_and_mark():
+    instance_open[0] = True
+    original_end()
+runs.end_startup_gc_pause = end_and_mark
+if os.environ["STARTUP_GC_ARM"] == "unpaused":
+    parser.pause_gc_for_startup = lambda: None
+atexit.register(lambda: print("GC_SECONDS " + json.dumps(spent), file=sys.stderr))
+sys.argv = ["asr-pipeline", *sys.argv[1:]]
+parser.main()
+"""
+
+
+def one_run(arm: str, env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,
+            template: Path) -> dict:
+    home, env = our_home(env_base, url, base_model, corpus_dir, work, f"gc_{arm}_", template)
+    result = timed_process([sys.executable, "-c", WRAPPER, "ingest"], {**env, "STARTUP_GC_ARM": arm}, REPO)
+    gc_line = next(line for _, line in result["lines"] if line.startswith("GC_SECONDS "))
+    spent = json.loads(gc_line.removeprefix("GC_SECONDS "))
+    return {"seconds": result["seconds"], "gc_seconds": round(spent["all"], 3),
+            "gc_seconds_before_instance": round(spent["before_instance"], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", default="/work/cache/whisper-base")
+    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--mysql", default=DEFAULT_MYSQL)
+    parser.add_argument("--work", default="/tmp/asr_featurize_benchmark", help="corpus cache and scratch space")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    frame = corpus(work, args.clips)
+    corpus_dir = work / f"corpus_{args.clips}"
+    env_base = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    url, server = _database(args.mysql)
+    engine = sa.create_engine(url)
+    runs: dict[str, list[dict]] = {"paused (shipped)": [], "unpaused": []}
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                         [{"p": r.audio_path, "t": r.transcript} for r in frame.itertuples()])
+        template = dagster_instance_template(env_base, Path(tempfile.mkdtemp(prefix="gc_bench_", dir=work)))
+        for pair in range(args.pairs):
+            for name in (list(runs) if pair % 2 == 0 else list(runs)[::-1]):  # neither always goes first
+                arm = "unpaused" if name == "unpaused" else "paused"
+                runs[name].append(one_run(arm, env_base, url, args.base_model, corpus_dir, work, template))
+                print(f"pair {pair + 1}/{args.pairs} {name}: {runs[name][-1]}", file=sys.stderr)
+    finally:
+        engine.dispose()
+        _drop(server, url)
+
+    def median(name: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in runs[name]), 3)
+
+    paired = [round(u["seconds"] - p["seconds"], 3) for p, u in zip(runs["paused (shipped)"], runs["unpaused"])]
+    result = {
+        "clips": args.clips, "pairs": args.pairs,
+        "median_seconds": {name: median(name, "seconds") for name in runs},
+        "median_gc_seconds": {name: median(name, "gc_seconds") for name in runs},
+        "median_gc_seconds_before_instance": {name: median(name, "gc_seconds_before_instance") for name in runs},
+        "paired_saving_seconds": paired, "median_paired_saving_seconds": round(statistics.median(paired), 3),
+        "pairs_faster_paused": sum(d > 0 for d in paired),
+        "runs": runs, "cpu": cpu_info(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "date": date.today().isoformat(),
+        "command": "python benchmarks/startup_gc_benchmark.py " + " ".join(sys.argv[1:]),
+    }
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"startup_gc_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json").write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
