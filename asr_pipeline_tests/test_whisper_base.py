@@ -41,7 +41,8 @@ def test_synthetic_korean_speech_transcribes_with_cer_below_0_8(whisper_base_dir
 
 
 def test_a_few_training_steps_lower_the_training_loss(whisper_base_dir, korean_clips, tmp_path):
-    from asr_pipeline.core.audio import resample_manifest, AudioShard
+    from asr_pipeline.core.audio import resample_manifest
+    from asr_pipeline.core.audio_shard import AudioShard
     from asr_pipeline.core.features import FeatureShard, featurize_shard
     import pandas as pd
 

@@ -124,7 +124,8 @@ def split_by_episode(frame: pd.DataFrame, test: int, valid: int) -> pd.DataFrame
 
 def our_shard(frame: pd.DataFrame, out: Path, model: str):
     """What resampled_dataset and featurized_shards make of frame (audio_path, transcript, group, split)."""
-    from asr_pipeline.core.audio import AudioShard, resample_manifest
+    from asr_pipeline.core.audio import resample_manifest
+    from asr_pipeline.core.audio_shard import AudioShard
     from asr_pipeline.core.features import FeatureShard, featurize_shard
     from asr_pipeline.core.model import load_processor
 

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.audio import resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.benchmark_sets import BenchmarkSet
 from asr_pipeline.core.decoding import GREEDY_ONLY, DecodingPolicy
 from asr_pipeline.core.transformers_decoding import transcribe_features

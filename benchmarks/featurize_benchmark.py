@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.audio import resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.features import featurize_shard
 from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.storage import directory_bytes

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from asr_pipeline.core.audio import QUARANTINE_COLUMNS, AudioShard
+from asr_pipeline.core.audio_shard import QUARANTINE_COLUMNS, AudioShard
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.storage import resolved, write_json
 

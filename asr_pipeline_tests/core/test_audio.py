@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asr_pipeline.core.audio import (AudioError, AudioLimits, AudioShard, decode, load_16k, resample_manifest,
-                                     to_16k_mono)
+from asr_pipeline.core.audio import AudioError, AudioLimits, decode, load_16k, resample_manifest, to_16k_mono
+from asr_pipeline.core.audio_shard import AudioShard
 
 
 def _tone(seconds, rate, channels=1):

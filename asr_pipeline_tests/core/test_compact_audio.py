@@ -10,8 +10,8 @@ import soundfile as sf
 import soxr
 from transformers import WhisperFeatureExtractor
 
-from asr_pipeline.core.audio import (PCM_STEP, AudioShard, content_hash, from_pcm16, load_16k, resample_manifest,
-                                     to_pcm16)
+from asr_pipeline.core.audio import load_16k, resample_manifest
+from asr_pipeline.core.audio_shard import PCM_STEP, AudioShard, content_hash, from_pcm16, to_pcm16
 from asr_pipeline.core.features import FeatureShard, featurize_shard, log_mel_frames
 from asr_pipeline.core.model import load_processor
 

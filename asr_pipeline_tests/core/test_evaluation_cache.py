@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from asr_pipeline.core import evaluation
-from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.audio import resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.benchmark_sets import BenchmarkSet, parse_benchmark_sets, parse_gate
 from asr_pipeline.core.decoding import DecodingPolicy
 from asr_pipeline.core.errors import ConfigError

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import soundfile as sf
 
-from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.audio import resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.manifest import build_manifest
 from asr_pipeline.core.settings import AudioRoots, PathMap, SplitRatios
 

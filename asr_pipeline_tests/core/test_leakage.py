@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.audio import resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.manifest import build_manifest, fallback_group_share, group_key
 from asr_pipeline.core.model import load_processor

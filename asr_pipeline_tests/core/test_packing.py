@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from asr_pipeline.core.audio import AudioShard, load_16k, resample_manifest
+from asr_pipeline.core.audio import load_16k, resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.features import HOP_LENGTH, FeatureShard, featurize_shard, log_mel_frames, rebuild_padded
 from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, plan_windows, window_frames,

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asr_pipeline.core.audio import AudioShard, resample_manifest
+from asr_pipeline.core.audio import resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.features import FeatureShard, featurize_shard
 from asr_pipeline.core.model import load_processor, native_bf16
 from asr_pipeline.core.training import TrainingSettings, train_whisper

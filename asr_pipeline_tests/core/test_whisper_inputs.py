@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from transformers import WhisperFeatureExtractor
 
-from asr_pipeline.core.audio import AudioShard, load_16k, resample_manifest
+from asr_pipeline.core.audio import load_16k, resample_manifest
+from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.errors import ConfigError
 from asr_pipeline.core.features import (FRAMES_30S, FeatureShard, featurize_shard, frames_holding_audio, label_ids,
                                         log_mel_frames, padding_value, rebuild_padded)

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from asr_pipeline.core import audio, features, manifest
+from asr_pipeline.core import audio, audio_shard, features, manifest
 from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.model import load_featurizer
 from asr_pipeline.core.storage import write_json
@@ -84,7 +84,7 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
           description="Log-mel features (mel bins from the base model's config) stored compactly as float16 frames "
           "that hold audio, plus label ids from the tokenizer with the Korean/transcribe prefix.")
 def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path, settings: PipelineSettings):
-    clips = audio.AudioShard(resampled_dataset)
+    clips = audio_shard.AudioShard(resampled_dataset)
     base = settings.resolve_base(corpus=clips.index["transcript"].tolist())
     if base.warning:
         context.log.warning(base.warning)

@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from asr_pipeline.core.audio import SAMPLE_RATE, AudioShard
+from asr_pipeline.core.audio_shard import SAMPLE_RATE, AudioShard
 from asr_pipeline.core.features import FRAMES_30S, MAX_LABEL_TOKENS
 
 QUARANTINE_RATE = "quarantine_rate_below_threshold"
