@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from asr_pipeline.core.model import build_tiny_whisper
+from asr_pipeline.core.placeholder_model import build_tiny_whisper
 from asr_pipeline.core.synth import demo_sentences, write_demo_corpus
 
 DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"

@@ -220,7 +220,7 @@ def demo_project(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_make_demo_runs_the_whole_graph_on_the_embedded_database_and_says_the_model_is_a_placeholder(demo_project):
-    from asr_pipeline.core.model import PLACEHOLDER_WARNING
+    from asr_pipeline.core.placeholder_model import PLACEHOLDER_WARNING
 
     home = demo_project["path"] / ".asr_home"
     output = demo_project["output"]

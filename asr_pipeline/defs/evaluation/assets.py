@@ -10,7 +10,7 @@ from pydantic import Field
 from asr_pipeline.core import champion, evaluation
 from asr_pipeline.core.benchmark_sets import BenchmarkSet
 from asr_pipeline.core.decoding import DecodingPolicy
-from asr_pipeline.core.model import PLACEHOLDER_WARNING
+from asr_pipeline.core.placeholder_model import PLACEHOLDER_WARNING
 from asr_pipeline.core.report import render_markdown, write_report
 from asr_pipeline.core.storage import read_json, resolved, write_json
 from asr_pipeline.defs.common.io_managers import stage
