@@ -16,7 +16,8 @@ from asr_pipeline.cli.status import cmd_quarantine, cmd_status
 from asr_pipeline.cli.train import _training_overrides, cmd_demo, cmd_run, cmd_train
 from asr_pipeline.core.errors import ConfigError, DatabaseUnavailable, PlannerBusy
 
-# commands whose start-up (imports, definitions) ends in opening the Dagster instance, which ends the pause
+# commands that open the Dagster instance right after their imports and definitions, before any work: the
+# collector is paused until then (cli.runs.pause_gc_for_startup)
 GC_PAUSED_UNTIL_INSTANCE = frozenset({"ingest", "ingest-batch", "backfill", "train", "run", "status"})
 
 

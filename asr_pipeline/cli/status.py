@@ -31,6 +31,8 @@ def _parquet_rows(path: Path) -> int:
 def collect_status() -> dict:
     from asr_pipeline.core.storage import directory_bytes, read_json
 
+    # the instance first: it ends a console command's start-up (the collector's pause, cli.runs), and is opened once
+    defs, instance = _definitions(), _instance()
     storage = _storage()
     assets: dict = {}
     batches: dict[str, dict] = {}
@@ -63,7 +65,7 @@ def collect_status() -> dict:
             assets[name].update({k: summary.get(k) for k in ("steps", "train_loss", "best_valid_cer", "base_model")})
     status = {"asr_home": str(env.asr_home()), "assets": assets, "quarantined": len(collect_quarantine()),
               "partitions": [{"key": key, **rows} for key, rows in sorted(batches.items())],
-              **collect_batch_states()}
+              **collect_batch_states(defs, instance)}
     checkpoint = storage / "finetuned_checkpoint"
     status["latest_checkpoint"] = str(checkpoint) if (checkpoint / "config.json").exists() else None
     if _report_path().exists():
@@ -74,18 +76,16 @@ def collect_status() -> dict:
     else:
         status["latest_report"] = None
     from asr_pipeline.defs.alerts.sensors import alerts_status
-    status.update(alerts_status(_instance()))  # "freshness" and "alerting" (destinations masked)
+    status.update(alerts_status(instance))  # "freshness" and "alerting" (destinations masked)
     return status
 
 
-def collect_batch_states() -> dict:
+def collect_batch_states(defs, instance) -> dict:
     """Every registered batch with its state and reason, from the Dagster instance's catalog (runs,
     materializations, check evaluations) and the table's current fingerprints; without the database, from the
     catalog alone (a changed batch then still reads as done) and the error is reported."""
     from asr_pipeline.defs.ingest.batch_states import batch_states, registered_batches
 
-    defs = _definitions()
-    instance = _instance()
     database, settings = defs.resources["database"], defs.resources["settings"]
     keys = registered_batches(instance)
     stale = None

@@ -18,12 +18,20 @@ class InstanceReached(Exception):
     pass
 
 
+# an argument list for every command the console starts with the collector paused
+PAUSED_COMMANDS = {"ingest": ["ingest"], "ingest-batch": ["ingest-batch", "ids-0000000001-0000000010"],
+                   "backfill": ["backfill", "--all"], "train": ["train"], "run": ["run"], "status": ["status", "--json"]}
+
+
 @pytest.fixture()
 def collector_restored():
+    """The collector as it was before the test: on or off, with nothing more frozen than before."""
+    enabled, frozen = gc.isenabled(), gc.get_freeze_count()
     yield
     cli_runs._startup_gc_paused = False
-    gc.unfreeze()
-    gc.enable()
+    if gc.get_freeze_count() != frozen:
+        gc.unfreeze()  # what the test froze (and anything frozen before it) goes back to the oldest generation
+    (gc.enable if enabled else gc.disable)()
 
 
 @pytest.fixture()
@@ -45,11 +53,14 @@ def instance_stops_the_command(monkeypatch, tmp_path, collector_restored):
     return seen
 
 
-@pytest.mark.parametrize("argv", [["ingest"], ["ingest-batch", "ids-0000000001-0000000010"], ["backfill", "--all"],
-                                  ["train"], ["run"], ["status", "--json"]])
+def test_every_paused_command_is_tested_here():
+    assert set(PAUSED_COMMANDS) == cli_parser.GC_PAUSED_UNTIL_INSTANCE
+
+
+@pytest.mark.parametrize("command", sorted(PAUSED_COMMANDS))
 def test_console_commands_reach_the_instance_paused_and_leave_it_collecting(instance_stops_the_command, monkeypatch,
-                                                                              argv):
-    monkeypatch.setattr(sys, "argv", ["asr-pipeline", *argv])
+                                                                              command):
+    monkeypatch.setattr(sys, "argv", ["asr-pipeline", *PAUSED_COMMANDS[command]])
     with pytest.raises(InstanceReached):
         cli_parser.main()  # argv None: the console script's own command line
     assert instance_stops_the_command == [False], "start-up was not paused, or the instance was opened twice"
@@ -67,7 +78,7 @@ def test_opening_the_instance_ends_the_pause_and_freezes_what_start_up_made(monk
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     cli_runs.pause_gc_for_startup()
     assert not gc.isenabled()
-    cli_runs._instance()
+    cli_runs._instance().dispose()
     assert gc.isenabled()
     assert gc.get_freeze_count() > 0
 
@@ -76,5 +87,5 @@ def test_a_collector_the_caller_disabled_stays_disabled(monkeypatch, tmp_path, c
     gc.disable()
     cli_runs.pause_gc_for_startup()  # not ours to end: the caller turned it off
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    cli_runs._instance()
+    cli_runs._instance().dispose()
     assert not gc.isenabled()
