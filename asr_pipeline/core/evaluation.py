@@ -7,7 +7,6 @@ Every rate is a corpus rate (total edits / total reference units) with a bootstr
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,6 +17,8 @@ from asr_pipeline.core.benchmark_sets import BenchmarkSet
 from asr_pipeline.core.cached_decoding import (CTRANSLATE2, TRANSFORMERS, CachedDecoder, DecodeJob, decode_summary,
                                                feature_digest, transformers_loader)
 from asr_pipeline.core.decoding import DecodingPolicy
+from asr_pipeline.core.error_analysis import (DURATION_BUCKETS, breakdown, duration_bucket, programme_of,
+                                             worst_utterances)
 from asr_pipeline.core.eval_sample import DEFAULT_MAX_UTTERANCES, DEFAULT_PER_EPISODE, SampleMemory, stable_sample
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.hallucination import hallucination_stats
@@ -26,10 +27,6 @@ from asr_pipeline.core.settings import DEFAULT_PROGRAMME_PATTERN
 from asr_pipeline.core.text import (DEFAULT_POLICY, MEASURES, EditCounts, NormalizationPolicy, bootstrap_ci, clean,
                                     edit_counts, paired_episode_bootstrap)
 from asr_pipeline.core.training_data import FeatureRows
-
-DURATION_BUCKETS = (0.0, 2.0, 5.0, 10.0, 20.0, 30.0)
-WORST_COUNT = 20
-
 
 def score(references: list[str], hypotheses: list[str], policy: NormalizationPolicy, resamples: int = 1000,
           seed: int = 0) -> tuple[dict, EditCounts]:
@@ -51,65 +48,6 @@ def compare_models(counts: dict[str, EditCounts], groups: Sequence[str], resampl
     return {f"finetuned_vs_{name}": paired_episode_bootstrap(counts["finetuned"], counts[name], groups,
                                                              resamples=resamples, seed=seed)
             for name in ("base", "champion") if name in counts}
-
-
-def duration_bucket(seconds: float) -> str:
-    for lo, hi in zip(DURATION_BUCKETS, DURATION_BUCKETS[1:]):
-        if seconds < hi:
-            return f"{lo:g}-{hi:g} s"
-    return f">={DURATION_BUCKETS[-1]:g} s"
-
-
-def programme_of(group: str, pattern: str = DEFAULT_PROGRAMME_PATTERN) -> str:
-    match = re.match(pattern, str(group))
-    return match.group("programme") if match else "(unknown)"
-
-
-def breakdown(labels: list[str], counts_by_model: dict, order: Sequence[str] | None = None) -> list[dict]:
-    """CER and normalised CER of each model within each label (duration bucket, programme)."""
-    labels_arr = np.asarray(labels)
-    rows = []
-    for label in order or sorted(set(labels)):
-        chosen = np.flatnonzero(labels_arr == label)
-        if len(chosen) == 0:
-            continue
-        row = {"bucket": label, "utterances": int(len(chosen))}
-        for name, counts in counts_by_model.items():
-            row[f"{name}_cer"] = counts.rate("cer", chosen)
-            row[f"{name}_cer_normalized"] = counts.rate("cer_normalized", chosen)
-        rows.append(row)
-    return rows
-
-
-def character_alignment(reference: str, hypothesis: str) -> list[dict]:
-    """jiwer's character alignment as a list of {op: equal|substitute|delete|insert, ref, hyp} pieces."""
-    import jiwer
-
-    if not reference or not hypothesis:
-        return [{"op": "delete", "ref": reference, "hyp": ""}] if reference else \
-            ([{"op": "insert", "ref": "", "hyp": hypothesis}] if hypothesis else [])
-    out = jiwer.process_characters(reference, hypothesis)
-    pieces = []
-    for chunk in out.alignments[0]:
-        pieces.append({"op": chunk.type, "ref": reference[chunk.ref_start_idx:chunk.ref_end_idx],
-                       "hyp": hypothesis[chunk.hyp_start_idx:chunk.hyp_end_idx]})
-    return pieces
-
-
-def worst_utterances(per_utterance: list[dict], counts, model: str = "finetuned",
-                     count: int = WORST_COUNT) -> list[dict]:
-    """The utterances with the highest CER (then the most edits) for `model`, each with its aligned diff."""
-    edits, lengths = counts.edits["cer"], counts.lengths["cer"]
-    rates = edits / np.maximum(lengths, 1)
-    order = sorted(range(len(per_utterance)), key=lambda i: (-rates[i], -edits[i], per_utterance[i]["id"]))
-    out = []
-    for i in order[:count]:
-        u = per_utterance[i]
-        out.append({"id": u["id"], "audio_path": u["audio_path"], "duration": u["duration"],
-                    "programme": u["programme"], "cer": float(rates[i]), "edits": int(edits[i]),
-                    "reference": u["reference"], "hypothesis": u[f"{model}_hypothesis"],
-                    "diff": character_alignment(u["reference"], u[f"{model}_hypothesis"])})
-    return out
 
 
 def training_curves(checkpoint_dir: Path) -> dict:

@@ -7,7 +7,7 @@ import re
 import jiwer
 import pytest
 
-from asr_pipeline.core import evaluation
+from asr_pipeline.core import error_analysis, evaluation
 from asr_pipeline.core.report import diff_markdown, write_report
 from asr_pipeline.core.report_html import diff_html, render_html
 from asr_pipeline.core.text import edit_counts
@@ -15,30 +15,30 @@ from asr_pipeline.core.text import edit_counts
 
 def test_character_alignment_reassembles_both_sides_and_counts_jiwers_edits():
     ref, hyp = "오늘 날씨가 좋습니다", "오늘날씨가 좃습니다요"
-    diff = evaluation.character_alignment(ref, hyp)
+    diff = error_analysis.character_alignment(ref, hyp)
     assert "".join(p["ref"] for p in diff) == ref and "".join(p["hyp"] for p in diff) == hyp
     out = jiwer.process_characters(ref, hyp)
     assert sum(p["op"] == "substitute" for p in diff) <= out.substitutions
     assert {p["op"] for p in diff} == {"equal", "delete", "substitute", "insert"}
     assert diff_markdown(diff) == "오늘[- -]날씨가 [-좋-]{+좃+}습니다{+요+}"
-    ref_html, hyp_html = diff_html(evaluation.character_alignment("<a>", "<b>"))
+    ref_html, hyp_html = diff_html(error_analysis.character_alignment("<a>", "<b>"))
     assert "&lt;" in ref_html and "<a>" not in ref_html  # transcripts are escaped, never markup
-    assert evaluation.character_alignment("가나", "") == [{"op": "delete", "ref": "가나", "hyp": ""}]
+    assert error_analysis.character_alignment("가나", "") == [{"op": "delete", "ref": "가나", "hyp": ""}]
 
 
 def test_breakdowns_and_worst_utterances():
-    assert [evaluation.duration_bucket(s) for s in (0.5, 2.0, 7, 29.9, 31)] == \
+    assert [error_analysis.duration_bucket(s) for s in (0.5, 2.0, 7, 29.9, 31)] == \
         ["0-2 s", "2-5 s", "5-10 s", "20-30 s", ">=30 s"]
-    assert evaluation.programme_of("KBS1NEWS_202601010000") == "KBS1NEWS"
-    assert evaluation.programme_of("id:17") == "(unknown)"
+    assert error_analysis.programme_of("KBS1NEWS_202601010000") == "KBS1NEWS"
+    assert error_analysis.programme_of("id:17") == "(unknown)"
     refs, hyps = ["가나다", "라마바사", "아자"], ["가나다", "라마", "차카타파"]
     counts = edit_counts(refs, hyps)
-    rows = evaluation.breakdown(["A", "B", "A"], {"finetuned": counts})
+    rows = error_analysis.breakdown(["A", "B", "A"], {"finetuned": counts})
     assert rows[0] == {"bucket": "A", "utterances": 2, "finetuned_cer": pytest.approx(4 / 5),
                        "finetuned_cer_normalized": pytest.approx(4 / 5)}
     per_utt = [{"id": i, "audio_path": f"{i}.wav", "duration": 1.0, "programme": "A", "reference": r,
                 "finetuned_hypothesis": h} for i, (r, h) in enumerate(zip(refs, hyps))]
-    worst = evaluation.worst_utterances(per_utt, counts, count=2)
+    worst = error_analysis.worst_utterances(per_utt, counts, count=2)
     assert [w["id"] for w in worst] == [2, 1] and worst[0]["cer"] == pytest.approx(2.0)
 
 
@@ -54,9 +54,9 @@ def _report(tmp_path, curves=True):
               "base": {**evaluation.score(refs, ["", ""], evaluation.DEFAULT_POLICY, 200)[0], "model": "/m/base",
                        "utterances_per_s": 1.0},
               "finetuned": {**rates, "model": "/m/ft", "utterances_per_s": 2.0},
-              "per_utterance": per_utt, "by_duration": evaluation.breakdown(["2-5 s"] * 2, {"finetuned": counts}),
-              "by_programme": evaluation.breakdown(["P"] * 2, {"finetuned": counts}),
-              "worst": evaluation.worst_utterances(per_utt, counts),
+              "per_utterance": per_utt, "by_duration": error_analysis.breakdown(["2-5 s"] * 2, {"finetuned": counts}),
+              "by_programme": error_analysis.breakdown(["P"] * 2, {"finetuned": counts}),
+              "worst": error_analysis.worst_utterances(per_utt, counts),
               "promotion": {"promote": True, "reason": "there is no champion yet", "metric": "cer_normalized"},
               "training_curves": {"train": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}],
                                   "eval": [{"step": 2, "loss": 2.5, "cer": 0.4}]} if curves else {}}
