@@ -9,7 +9,7 @@ network, and a call carries at most 64 MiB of files. So this runs in two halves:
           (the espeak-ng corpus as 16 kHz FLAC with its manifest, the seed recipe, whisper-base's configuration,
           tokenizer and feature-extractor files: no weights)
   there:  python3 benchmarks/gpu_benchmark.py run --data .gpu/data --out $OUT [--shapes base,turbo128]
-          [--utterances base=640,turbo128=320] [--deadline-s 420]
+          [--utterances base=640,turbo128=320] [--deadline-s 420] [--packed-batches 64]
           (with the wheels of soundfile, soxr, librosa, datasets and jiwer carried in .whl; see docs/BENCHMARKS.md)
 
 Weights. whisper-base's real weights (290 MB) cannot travel in a call's 64 MiB and nothing can be downloaded there,
@@ -26,7 +26,8 @@ training step and of generation (fp16 autocast, float32, bf16). Ours records mea
 Per shape: featurize once (ours: resampled_dataset + featurized_shards; the seed's own featurize for its train and
 test splits), then train each variant for the same number of utterances at the seed's batch (16) and lr (1e-5):
 the seed's train(), ours with packing off, ours with packing on (the training default: windows of at most
-packing_max_seconds, 15 s; a step takes about 16 utterances). The GPU is warmed up (one forward and backward in
+packing_max_seconds, 15 s; a step takes about 16 utterances) and, with --packed-batches, ours packed with more
+utterances a step (GPU-sized steps: on the H100 a step of 4 packed windows cost about what 16 clips did). The GPU is warmed up (one forward and backward in
 fp16 and bf16) before the first timed run. Each optimizer step of ours is timed (CUDA synchronised): step_ms_median
 (after the first five; step_timings_n says how many it covers); the rest of train_runtime is validation, checkpoint
 saving and loading the best one. Results go to OUT/gpu_<date>.json after every stage, so a run cut short still
@@ -154,7 +155,8 @@ def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = Fal
 
 
 def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterances: int, results: dict, save,
-              deadline: float, tiny: bool = False, only_ours: bool = False) -> None:
+              deadline: float, tiny: bool = False, only_ours: bool = False,
+              packed_batches: tuple[int, ...] = ()) -> None:
     from packing_benchmark import train_ours
 
     entry = results["shapes"].setdefault(shape, {})
@@ -198,11 +200,14 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
     except Exception as error:
         entry["training"]["seed"] = {"error": f"{type(error).__name__}: {error}"}
     save()
-    options = SimpleNamespace(utterances=utterances, batch_size=batch, learning_rate=1e-5, valid=10, seed=42)
-    for name, packing in (("unpacked", False), ("packed", True)):
+    arms = [("unpacked", False, batch), ("packed", True, batch)]
+    # GPU-sized packed steps: as many utterances a step as the batch's windows hold (--packed-batches), same lr
+    arms += [(f"packed_batch{b}", True, b) for b in packed_batches]
+    for name, packing, arm_batch in arms:
         if time.time() > deadline:
             entry["training"][name] = {"skipped": "deadline"}
             continue
+        options = SimpleNamespace(utterances=utterances, batch_size=arm_batch, learning_rate=1e-5, valid=10, seed=42)
         try:
             seconds = time_steps()
             entry["training"][name] = train_ours(name, shard, work / shape / "models", model_dir, options, packing,
@@ -222,9 +227,10 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
                                                                  / training["seed"]["utterances_per_s"], 2)
                        for name in ("unpacked", "packed")
                        if "utterances_per_s" in training.get(name, {}) and "utterances_per_s" in training["seed"]}
-    if "utterances_per_s" in training.get("packed", {}) and "utterances_per_s" in training.get("unpacked", {}):
-        entry["ratios"]["packed_vs_unpacked_utterances_per_s"] = round(
-            training["packed"]["utterances_per_s"] / training["unpacked"]["utterances_per_s"], 2)
+    for name, packing, _ in arms[1:]:
+        if "utterances_per_s" in training.get(name, {}) and "utterances_per_s" in training.get("unpacked", {}):
+            entry["ratios"][f"{name}_vs_unpacked_utterances_per_s"] = round(
+                training[name]["utterances_per_s"] / training["unpacked"]["utterances_per_s"], 2)
     save()
     if only_ours:
         return
@@ -283,11 +289,12 @@ def run(args) -> None:
 
     save()
     budgets = dict(item.split("=") for item in args.utterances.split(","))
+    packed_batches = tuple(int(b) for b in args.packed_batches.split(",") if b)
     for shape in args.shapes.split(","):
         print(f"== {shape}", file=sys.stderr, flush=True)
         try:
             run_shape(shape, data, work, frame, int(budgets[shape]), results, save, deadline,
-                      args.tiny, args.only_ours)
+                      args.tiny, args.only_ours, packed_batches)
         except Exception as error:
             import traceback
 
@@ -315,6 +322,9 @@ def main() -> None:
     there.add_argument("--test", type=int, default=48)
     there.add_argument("--valid", type=int, default=10)
     there.add_argument("--only-ours", action="store_true", help="train ours only (no seed, no evaluation)")
+    there.add_argument("--packed-batches", default="", help="extra packed arms with these batch sizes in utterances, "
+                       "e.g. 64: about 16 windows a step at 3.7 clips a window, as many inputs as an unpacked step "
+                       "of 16 (the learning rate stays 1e-5: a speed figure, not a tuned recipe)")
     there.add_argument("--tiny", action="store_true", help="a narrow turbo128 shape, to try this on a CPU")
     there.add_argument("--deadline-s", type=float, default=420.0, help="start no new stage after this many seconds")
     args = parser.parse_args()
