@@ -225,7 +225,8 @@ def step_summary(seconds: list[float], utterances_per_step: float, train_runtime
         return {"step_timings_n": 0}
     steady = seconds[5:] or seconds
     median = statistics.median(steady)
-    return {"step_timings_n": len(steady), "step_ms_median": round(1000 * median, 1),
+    return {"step_timings_n": len(steady), "steady_state": len(seconds) > 5,  # False: the median includes warm-up
+            "step_ms_median": round(1000 * median, 1),
             "step_ms_mean": round(1000 * sum(seconds) / len(seconds), 1), "step_ms_first": round(1000 * seconds[0], 1),
             "steps_total_s": round(sum(seconds), 2), "outside_steps_s": round(train_runtime_s - sum(seconds), 2),
             "utterances_per_s_steady": round(utterances_per_step / median, 2)}

@@ -20,19 +20,21 @@ weights. Random weights never end a transcript, so clips decode to their limits:
 mean_generated_tokens); for ours the duration budget (mean_budget_tokens), at the fallback temperatures the guards
 ask for (`ours_greedy_bf16` is one pass) -- the worst case of both, not a trained model's speed.
 mean_tokens_of_final_text is the kept text re-tokenized. Test CER of such models means nothing and is not reported.
-The arms run in a fixed order (seed, unpacked, packed; seed, bf16, greedy, float32 decoding), after a warm-up of a
-training step and of generation (fp16 autocast, float32, bf16). Ours records mean_passes: decoding passes a clip.
+The arms run in a fixed order (seed, unpacked, packed, packed_batchN; seed, bf16, greedy, float32 decoding), after a
+warm-up of a training step and of generation (fp16 autocast, float32, bf16). Ours records mean_passes: decoding
+passes a clip.
 
 Per shape: featurize once (ours: resampled_dataset + featurized_shards; the seed's own featurize for its train and
-test splits), then train each variant for the same number of utterances at the seed's batch (16) and lr (1e-5):
-the seed's train(), ours with packing off, ours with packing on (the training default: windows of at most
+test splits), then train each variant for the same number of utterances at the seed's batch (16) and lr (1e-5): the
+seed's train(), ours with packing off, ours with packing on (the training default: windows of at most
 packing_max_seconds, 15 s; a step takes about 16 utterances) and, with --packed-batches, ours packed with more
-utterances a step (GPU-sized steps: on the H100 a step of 4 packed windows cost about what 16 clips did). The GPU is warmed up (one forward and backward in
-fp16 and bf16) before the first timed run. Each optimizer step of ours is timed (CUDA synchronised): step_ms_median
-(after the first five; step_timings_n says how many it covers); the rest of train_runtime is validation, checkpoint
-saving and loading the best one. Results go to OUT/gpu_<date>.json after every stage, so a run cut short still
-reports what it measured. Every run works in a folder of its own under --work (a checkpoint left by an earlier run
-would otherwise be resumed, and time fewer steps).
+utterances a step (GPU-sized steps: on the H100 a step of 4 packed windows cost about what 16 clips did; give
+--utterances enough for 25 such steps, or steady_state says the median still includes warm-up). The GPU is warmed up
+(one forward and backward in fp16 and bf16) before the first timed run. Each optimizer step of ours is timed (CUDA
+synchronised): step_ms_median (after the first five; step_timings_n says how many it covers); the rest of
+train_runtime is validation, checkpoint saving and loading the best one. Results go to OUT/gpu_<date>.json after
+every stage, so a run cut short still reports what it measured. Every run works in a folder of its own under --work
+(a checkpoint left by an earlier run would otherwise be resumed, and time fewer steps).
 """
 
 from __future__ import annotations
@@ -219,6 +221,7 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
             entry["training"][name] = {"error": f"{type(error).__name__}: {error}"}
             continue
         result = entry["training"][name]
+        result["batch_size"] = arm_batch
         result.update(step_summary(seconds, result["utterances_seen"] / max(1, result["steps"]),
                                    result["train_runtime_s"]))
         save()
@@ -227,10 +230,10 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
                                                                  / training["seed"]["utterances_per_s"], 2)
                        for name in ("unpacked", "packed")
                        if "utterances_per_s" in training.get(name, {}) and "utterances_per_s" in training["seed"]}
-    for name, packing, _ in arms[1:]:
-        if "utterances_per_s" in training.get(name, {}) and "utterances_per_s" in training.get("unpacked", {}):
-            entry["ratios"][f"{name}_vs_unpacked_utterances_per_s"] = round(
-                training[name]["utterances_per_s"] / training["unpacked"]["utterances_per_s"], 2)
+    for name, *_ in arms[1:]:  # whole runs (fixed costs included), and steady steps
+        for key in ("utterances_per_s", "utterances_per_s_steady"):
+            if key in training.get(name, {}) and key in training.get("unpacked", {}):
+                entry["ratios"][f"{name}_vs_unpacked_{key}"] = round(training[name][key] / training["unpacked"][key], 2)
     save()
     if only_ours:
         return
@@ -289,7 +292,9 @@ def run(args) -> None:
 
     save()
     budgets = dict(item.split("=") for item in args.utterances.split(","))
-    packed_batches = tuple(int(b) for b in args.packed_batches.split(",") if b)
+    packed_batches = tuple(sorted({int(b) for b in args.packed_batches.split(",") if b}))  # an arm a folder
+    if any(b < 1 for b in packed_batches):
+        raise SystemExit(f"--packed-batches must be positive batch sizes, got {args.packed_batches}")
     for shape in args.shapes.split(","):
         print(f"== {shape}", file=sys.stderr, flush=True)
         try:
@@ -323,7 +328,7 @@ def main() -> None:
     there.add_argument("--valid", type=int, default=10)
     there.add_argument("--only-ours", action="store_true", help="train ours only (no seed, no evaluation)")
     there.add_argument("--packed-batches", default="", help="extra packed arms with these batch sizes in utterances, "
-                       "e.g. 64: about 16 windows a step at 3.7 clips a window, as many inputs as an unpacked step "
+                       "e.g. 64: about 17 windows a step at 3.7 clips a window, as many inputs as an unpacked step "
                        "of 16 (the learning rate stays 1e-5: a speed figure, not a tuned recipe)")
     there.add_argument("--tiny", action="store_true", help="a narrow turbo128 shape, to try this on a CPU")
     there.add_argument("--deadline-s", type=float, default=420.0, help="start no new stage after this many seconds")

@@ -112,7 +112,7 @@ def resample_manifest(
             return exc
 
     # libsndfile (through cffi), soxr and numpy release the GIL, so threads decode, resample and quantize on all cores
-    schema = audio_schema()
+    schema = audio_schema(SAMPLE_RATE)
     with pa.OSFile(str(out_dir / AUDIO_FILE), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
             ThreadPoolExecutor(workers or _default_workers()) as pool:
         pending, pending_samples = [], 0  # clips waiting to be written as one record batch
@@ -181,5 +181,3 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     pcm, scale = to_pcm16(samples)
     peak = float(np.abs(samples).max())
     return pcm, scale, peak, rate, channels, duration, content_hash(pcm, scale)
-
-

@@ -40,10 +40,10 @@ RECORD_BATCH_CLIPS = 256  # clips a record batch holds at most; and at most RECO
 RECORD_BATCH_SAMPLES = 2**26  # 128 MB of int16 waiting in memory; far below list<int16>'s 2**31 offsets
 
 
-def audio_schema() -> pa.Schema:
-    """audio.arrow's columns; the sample rate rides along as schema metadata."""
+def audio_schema(sample_rate: int = SAMPLE_RATE) -> pa.Schema:
+    """audio.arrow's columns; the sample rate the clips were resampled to rides along as schema metadata."""
     return pa.schema([("id", pa.int64()), ("samples", pa.list_(pa.int16())), ("scale", pa.float32())],
-                     metadata={"sample_rate": str(SAMPLE_RATE)})
+                     metadata={"sample_rate": str(sample_rate)})
 
 
 def record_batch(clips: list[tuple[int, np.ndarray, float]], schema: pa.Schema) -> pa.RecordBatch:

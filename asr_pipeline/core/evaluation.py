@@ -28,6 +28,7 @@ from asr_pipeline.core.text import (DEFAULT_POLICY, MEASURES, EditCounts, Normal
                                     edit_counts, paired_episode_bootstrap)
 from asr_pipeline.core.training_data import FeatureRows
 
+
 def score(references: list[str], hypotheses: list[str], policy: NormalizationPolicy, resamples: int = 1000,
           seed: int = 0) -> tuple[dict, EditCounts]:
     """Rates and their bootstrap intervals over utterances: {cer, cer_ci95, cer_normalized, cer_normalized_ci95, wer,
