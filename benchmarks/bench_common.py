@@ -5,6 +5,7 @@ ran it, and our own featurization of a corpus."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import subprocess
@@ -230,3 +231,13 @@ def step_summary(seconds: list[float], utterances_per_step: float, train_runtime
             "step_ms_mean": round(1000 * sum(seconds) / len(seconds), 1), "step_ms_first": round(1000 * seconds[0], 1),
             "steps_total_s": round(sum(seconds), 2), "outside_steps_s": round(train_runtime_s - sum(seconds), 2),
             "utterances_per_s_steady": round(utterances_per_step / median, 2)}
+
+
+def write_result(result: dict, out: str | Path, name: str) -> Path:
+    """Print the result as JSON and write it to out/name (the results folder, made if missing)."""
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    print(text)
+    path = Path(out) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path

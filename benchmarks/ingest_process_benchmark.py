@@ -40,7 +40,7 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench_common import SEED_RECIPE, cpu_info as _cpu, cpu_tag  # noqa: E402
+from bench_common import SEED_RECIPE, cpu_info as _cpu, cpu_tag, write_result  # noqa: E402
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is this script's directory)
 from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
 
@@ -243,13 +243,8 @@ def main() -> None:
         "date": date.today().isoformat(),
         "command": "python benchmarks/ingest_process_benchmark.py " + " ".join(sys.argv[1:]),
     })
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     kind = "launched" if args.launched_only else "process"
-    name = f"ingest_{kind}_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json"
-    (out / name).write_text(text + "\n", encoding="utf-8")
+    write_result(result, args.out, f"ingest_{kind}_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
 
 
 if __name__ == "__main__":

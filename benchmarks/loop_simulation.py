@@ -19,7 +19,6 @@ the final state of every batch, CPU model and flags. The database it creates (as
 """
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from asr_pipeline.core.batches import parse_batch_key  # noqa: E402  (the repository first on the path)
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES  # noqa: E402
 from asr_pipeline.defs.common.resources import TranscriptDatabase  # noqa: E402
-from bench_common import cpu_info as _cpu  # noqa: E402  (benchmarks/ is the script's directory)
+from bench_common import cpu_info as _cpu, write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 DEFAULT_MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
 FAILING_BATCH_INDEX = 36  # the 37th batch's first run fails
@@ -222,11 +221,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
     result = simulate(args)
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"loop_simulation_{result['date']}.json").write_text(text + "\n", encoding="utf-8")
+    write_result(result, args.out, f"loop_simulation_{result['date']}.json")
 
 
 if __name__ == "__main__":

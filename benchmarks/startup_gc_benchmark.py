@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench_common import cpu_info, cpu_tag  # noqa: E402
+from bench_common import cpu_info, cpu_tag, write_result  # noqa: E402
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is this script's directory)
 from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
 from ingest_process_benchmark import dagster_instance_template, our_home, timed_process  # noqa: E402
@@ -124,11 +124,7 @@ def main() -> None:
         "date": date.today().isoformat(),
         "command": "python benchmarks/startup_gc_benchmark.py " + " ".join(sys.argv[1:]),
     }
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"startup_gc_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json").write_text(text + "\n", encoding="utf-8")
+    write_result(result, args.out, f"startup_gc_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
 
 
 if __name__ == "__main__":
