@@ -36,7 +36,7 @@ _startup_gc_paused = False
 
 def pause_gc_for_startup() -> None:
     """Called by main() for a console command that opens the instance before it does any work. Importing Dagster,
-    pandas, SQLAlchemy and the definitions leaves about 370,000 objects for the collector to track, nearly all of
+    pandas, SQLAlchemy and the definitions leaves about 360,000 objects for the collector to track, nearly all of
     them living as long as the process, and Python's full collections walk them all each time that number has
     grown by a quarter: four or five before an ingest's batch is planned, freeing next to nothing, about 0.35 s of
     its start-up (docs/BENCHMARKS.md, issue 14). _instance() ends the pause."""

@@ -23,7 +23,7 @@ names = [f"asr_pipeline.core.{m.name}" for m in pkgutil.iter_modules(core.__path
 for name in names:
     importlib.import_module(name)
 sys.path.insert(0, "benchmarks")
-for name in ("bench_common", "gpu_benchmark", "packing_benchmark"):
+for name in ("bench_common", "gpu_arms", "gpu_benchmark", "packing_benchmark"):
     importlib.import_module(name)
 print(len(names), "core modules")
 """
