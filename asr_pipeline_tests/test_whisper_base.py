@@ -207,3 +207,31 @@ def test_best_of_samples_stay_with_their_clip(whisper_base_dir, korean_clips, mo
     assert [c.text for c in sampled] == [c.text for c in greedy]
     assert [c.avg_logprob for c in sampled] == pytest.approx([c.avg_logprob for c in greedy], abs=1e-4)
     assert len({c.text for c in greedy}) == 3  # the clips decode differently: a mix-up would show
+
+
+
+def test_weight_parts_for_the_gpu_machine_rebuild_the_released_model_exactly(whisper_base_dir, tmp_path):
+    """benchmarks/gpu_weights.py on the real weights: every value is a float16 value (split refuses otherwise), the
+    parts fit a device call beside the working tree, and joined they are the released model bit for bit (the
+    carrying protocol itself: asr_pipeline_tests/benchmarks/test_gpu_weights.py)."""
+    import shutil
+    import sys
+
+    from safetensors.numpy import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_weights
+
+    manifest = gpu_weights.split(Path(whisper_base_dir), tmp_path / "parts", part_mib=58)
+    assert len(manifest["parts"]) == 3 and all(p["bytes"] <= 58 * 2**20 for p in manifest["parts"])
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "processor_config.json"):
+        shutil.copy(Path(whisper_base_dir) / name, files / name)
+    model_dir = gpu_weights.join(tmp_path / "parts", files, tmp_path / "model", tmp_path / "stash")
+    original = load_file(str(Path(whisper_base_dir) / "model.safetensors"))
+    rebuilt = load_file(str(model_dir / "model.safetensors"))
+    assert original.keys() == rebuilt.keys()
+    assert all(np.array_equal(original[k], rebuilt[k]) and original[k].dtype == rebuilt[k].dtype for k in original)
+    assert load_processor(str(model_dir)).tokenizer(SEED_SENTENCE).input_ids == NOTEBOOK_IDS

@@ -57,9 +57,10 @@ def warm_up(model_dir: str, device: str = "cuda") -> None:
         torch.cuda.empty_cache()
 
 
-def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = False) -> dict:
+def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = False, scored: bool = False) -> dict:
     """The report's decoding (transformers_decoding.transcribe_features) on the test split, placed as
-    evaluate_on_test places it."""
+    evaluate_on_test places it. scored: also the report's normalised CER (real weights only: a random model's CER
+    means nothing)."""
     import torch
 
     from asr_pipeline.core.decoding import DecodingPolicy
@@ -81,7 +82,17 @@ def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = Fal
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     tokens = [len(processor.tokenizer(t, add_special_tokens=False).input_ids) for t in decoded.texts]
+    scores = {}
+    if scored:
+        from asr_pipeline.core.evaluation import score
+        from asr_pipeline.core.settings import normalization_policy
+        from asr_pipeline.core.text import clean
+
+        rates, _ = score([clean(t) for t in rows.column("transcript")], decoded.texts, normalization_policy(),
+                         resamples=1000)
+        scores = {k: rates[k] for k in ("cer", "cer_normalized", "cer_normalized_ci95")}
     return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4),
+            **scores,
             "device": device, "dtype": str(dtype).replace("torch.", ""),
             "temperatures": list(policy.temperatures), "mean_budget_tokens": round(
                 sum(policy.budget(d) for d in durations) / len(durations), 1),
@@ -142,22 +153,45 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
     save()
 
 
-def evaluate_arms(evaluation: dict, seed, shard, model_dir: str, work: Path, deadline: float, save) -> None:
-    """The seed's predict, then ours in bf16, in one greedy pass and in float32, on the test split."""
+def evaluate_arms(evaluation: dict, seed, shard, model_dir: str, work: Path, deadline: float, save,
+                  scored: bool = False, known: dict | None = None) -> None:
+    """The seed's predict, then ours in bf16, in one greedy pass and in float32, on the test split (scored: with the
+    report's CER, for real weights; known: arms already measured on this model, copied instead of decoded again)."""
     for name, run in (("seed", lambda: seed_evaluate(work / "seed_test", model_dir, seed=seed)),
-                      ("ours_bf16", lambda: our_decode(model_dir, shard, prefer_bf16=True)),
-                      ("ours_greedy_bf16", lambda: our_decode(model_dir, shard, True, greedy_only=True)),
-                      ("ours_fp32", lambda: our_decode(model_dir, shard, prefer_bf16=False))):
-        if time.time() > deadline:
+                      ("ours_bf16", lambda: our_decode(model_dir, shard, prefer_bf16=True, scored=scored)),
+                      ("ours_greedy_bf16", lambda: our_decode(model_dir, shard, True, greedy_only=True,
+                                                              scored=scored)),
+                      ("ours_fp32", lambda: our_decode(model_dir, shard, prefer_bf16=False, scored=scored))):
+        if (known or {}).get(name):
+            evaluation[name] = {**known[name], "measured_in": "test_scores"}
+        elif time.time() > deadline:
             evaluation[name] = {"skipped": "deadline"}
             continue
-        try:
-            evaluation[name] = run()
-        except Exception as error:  # one broken arm must not lose the others' figures
-            evaluation[name] = {"error": f"{type(error).__name__}: {error}"}
+        else:
+            try:
+                evaluation[name] = run()
+            except Exception as error:  # one broken arm must not lose the others' figures
+                evaluation[name] = {"error": f"{type(error).__name__}: {error}"}
         if name != "seed" and "utterances_per_s" in evaluation[name] and "utterances_per_s" in evaluation["seed"]:
             evaluation[name]["speedup_vs_seed"] = round(evaluation[name]["utterances_per_s"]
                                                         / evaluation["seed"]["utterances_per_s"], 2)
+        save()
+
+
+def score_trained(entry: dict, shard, models: Path, deadline: float, save) -> None:
+    """entry["test_scores"]: each trained arm's model (real weights) decoded on the test split as the report decodes
+    it, in bf16 where the GPU has it: the packing goal's "equal or lower test CER" on this machine."""
+    scores = entry.setdefault("test_scores", {})
+    for name in entry["training"]:
+        if name == "seed" or not (models / name / "config.json").exists():
+            continue
+        if time.time() > deadline:
+            scores[name] = {"skipped": "deadline"}
+            continue
+        try:
+            scores[name] = our_decode(str(models / name), shard, prefer_bf16=True, scored=True)
+        except Exception as error:
+            scores[name] = {"error": f"{type(error).__name__}: {error}"}
         save()
 
 

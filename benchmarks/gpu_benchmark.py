@@ -10,10 +10,11 @@ network, and a call carries at most 64 MiB of files. So this runs in two halves:
           tokenizer and feature-extractor files: no weights)
   there:  python3 benchmarks/gpu_benchmark.py run --data .gpu/data --out $OUT [--shapes base,turbo128]
           [--utterances base=640,turbo128=320] [--deadline-s 420] [--packed-batches 64]
-          (with the wheels of soundfile, soxr, librosa, datasets and jiwer carried in .whl; see docs/BENCHMARKS.md)
+          (with the wheels of soundfile, soxr, librosa, datasets and jiwer carried in .whl: gpu_wheels.sh)
 
-Weights. whisper-base's real weights (290 MB) cannot travel in a call's 64 MiB and nothing can be downloaded there,
-so both models are seeded random initialisations of real configurations: whisper-base's config, and large-v3-turbo's
+Weights. whisper-base's real weights (290 MB) do not fit a call's 64 MiB and nothing can be downloaded there: they
+travel as float16 parts over three calls (gpu_weights.py; --real-base, docs/BENCHMARKS.md). Without them both models
+are seeded random initialisations of real configurations: whisper-base's config, and large-v3-turbo's
 shape (128 mel bins, 32 encoder and 4 decoder layers of width 1280, 20 heads) with whisper-base's vocabulary (51,865
 tokens, one fewer than v3's, so the same tokenizer serves both). Training speed depends on the shape, not the
 weights. Random weights never end a transcript, so clips decode to their limits: 225 tokens for the seed (recorded as
@@ -51,7 +52,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench_common import MODEL_FILES, our_shard, seed_module, split_by_episode
-from gpu_arms import environment, evaluate_arms, random_model, train_arms, warm_up
+from gpu_arms import environment, evaluate_arms, random_model, score_trained, train_arms, warm_up
 
 
 def prepare(args) -> None:
@@ -83,12 +84,20 @@ def prepare(args) -> None:
 
 def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterances: int, results: dict, save,
               deadline: float, tiny: bool = False, only_ours: bool = False,
-              packed_batches: tuple[int, ...] = ()) -> None:
+              packed_batches: tuple[int, ...] = (), real_base: Path | None = None) -> None:
     entry = results["shapes"].setdefault(shape, {})
     if time.time() > deadline:
         entry["skipped"] = "deadline"
         return
-    model_dir = random_model(data, work / "models" / f"{shape}_random", shape, tiny)
+    real = shape == "base" and real_base is not None
+    if real:
+        model_dir = str(real_base)
+        sha = (real_base / "weights_sha256.txt").read_text().split()[0] if (real_base / "weights_sha256.txt").exists() \
+            else "unknown"
+        entry["weights"] = f"OpenAI whisper-base as released (float16 SHA-256 {sha}, gpu_weights.py)"
+    else:
+        model_dir = random_model(data, work / "models" / f"{shape}_random", shape, tiny)
+        entry["weights"] = "seeded random initialisation"
     seed = seed_module(data / "seed_recipe.py")
     started = time.perf_counter()
     shard = our_shard(frame, work / shape / "ours", model_dir)
@@ -113,7 +122,14 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
     train_arms(entry, seed, shard, model_dir, work / shape, utterances, batch, packed_batches, only_ours, deadline,
                save)
     if not only_ours:
-        evaluate_arms(entry["evaluation"], seed, shard, model_dir, work / shape, deadline, save)
+        evaluate_arms(entry["evaluation"], seed, shard, model_dir, work / shape, deadline, save, scored=real)
+    if real:  # the packing goal's CER half, then the evaluation of a model that has learnt this speech
+        score_trained(entry, shard, work / shape / "models", deadline, save)
+        packed = work / shape / "models" / "packed"
+        if not only_ours and (packed / "config.json").exists():
+            entry["evaluation_finetuned"] = {}  # the packed arm's checkpoint; its bf16 decode is test_scores'
+            evaluate_arms(entry["evaluation_finetuned"], seed, shard, str(packed), work / shape, deadline, save,
+                          scored=True, known={"ours_bf16": entry["test_scores"].get("packed")})
 
 
 def run(args) -> None:
@@ -129,7 +145,7 @@ def run(args) -> None:
                "date": date.today().isoformat(), "environment": environment(),
                "corpus": {"clips": len(frame), **{f"{s}_clips": int((frame["split"] == s).sum())
                                                   for s in ("train", "valid", "test")}},
-               "weights": "seeded random initialisation (see the script's docstring)", "shapes": {}}
+               "weights": "per shape (shapes.*.weights); random unless --real-base", "shapes": {}}
     path = out / f"gpu_{results['date']}.json"
 
     def save() -> None:
@@ -139,6 +155,9 @@ def run(args) -> None:
 
     save()
     budgets = dict(item.split("=") for item in args.utterances.split(","))
+    if args.real_base and ("base" not in args.shapes.split(",") or not (args.real_base / "config.json").exists()):
+        raise SystemExit(f"--real-base {args.real_base}: needs a model directory (gpu_weights.py join) and the base "
+                         f"shape in --shapes (got {args.shapes})")
     packed_batches = tuple(sorted({int(b) for b in args.packed_batches.split(",") if b}))  # an arm a folder
     if any(b < 1 for b in packed_batches):
         raise SystemExit(f"--packed-batches must be positive batch sizes, got {args.packed_batches}")
@@ -146,7 +165,7 @@ def run(args) -> None:
         print(f"== {shape}", file=sys.stderr, flush=True)
         try:
             run_shape(shape, data, work, frame, int(budgets[shape]), results, save, deadline,
-                      args.tiny, args.only_ours, packed_batches)
+                      args.tiny, args.only_ours, packed_batches, args.real_base and args.real_base.resolve())
         except Exception as error:
             import traceback
 
@@ -178,6 +197,9 @@ def main() -> None:
                        "e.g. 64: about 17 windows a step at 3.7 clips a window, as many inputs as an unpacked step "
                        "of 16 (the learning rate stays 1e-5: a speed figure, not a tuned recipe)")
     there.add_argument("--tiny", action="store_true", help="a narrow turbo128 shape, to try this on a CPU")
+    there.add_argument("--real-base", type=Path, default=None,
+                       help="whisper-base with its real weights (gpu_weights.py join) for the base shape: then the "
+                            "trained arms' test CER and the evaluation of the released and fine-tuned models")
     there.add_argument("--deadline-s", type=float, default=420.0, help="start no new stage after this many seconds")
     args = parser.parse_args()
     prepare(args) if args.command == "prepare" else run(args)
