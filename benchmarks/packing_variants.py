@@ -42,9 +42,9 @@ def variant_class(name: str, param: str):
             if name == "shuffled":  # one group, ids replaced by a random order: windows of random clips
                 order = np.random.default_rng(0).permutation(len(rows)).tolist()
                 rank = {row: k for k, row in enumerate(order)}
-                self.windows = packing.plan_windows(["g"] * len(rows), [rank[i] for i in range(len(rows))],
-                                                    rows.column("num_frames"), [len(t) for t in self.first_texts],
-                                                    [len(t) for t in self.joined_texts], max_frames, max_label_tokens)
+                self.set_windows(packing.plan_windows(["g"] * len(rows), [rank[i] for i in range(len(rows))],
+                                                      rows.column("num_frames"), self.first_lengths,
+                                                      self.joined_lengths(), max_frames, max_label_tokens))
 
     return Variant
 

@@ -5,7 +5,6 @@ int16 PCM in an Arrow file that `datasets` opens memory-mapped), with unusable r
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,25 +27,41 @@ class AudioError(Exception):
     """A clip that cannot be used; the message is the quarantine reason."""
 
 
-def decode(path: str | Path) -> tuple[np.ndarray, int, int]:
-    """Return (samples as float32 [frames, channels], sample rate, channels). Tries libsndfile, then librosa."""
+class TooLong(AudioError):
+    """A file longer than the caller's limit, found from its header or by reading no further than the limit."""
+
+    def __init__(self, max_seconds: float, seconds: float | None):
+        self.seconds = seconds
+        super().__init__(f"audio longer than {max_seconds} s" + (f" ({seconds:.1f} s)" if seconds else ""))
+
+
+# how far past max_seconds a file is read before it counts as too long: resampling to 16 kHz can move a length by a
+# sample, and the exact limit is checked on the resampled clip (a file of 30.00 s must not be cut here)
+READ_MARGIN_SECONDS = 1.0
+
+
+def decode(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int, int]:
+    """Return (samples as float32 [frames, channels], sample rate, channels). Tries libsndfile (wav, flac, ogg, mp3),
+    then FFmpeg through PyAV (m4a/aac and whatever else FFmpeg reads). max_seconds: a longer file raises
+    TooLong without being read whole (a row pointing at an hour-long programme must not cost gigabytes)."""
     path = Path(path)
     if not path.is_file():
         raise AudioError("missing audio file")
     if path.stat().st_size == 0:
         raise AudioError("empty audio file")
+    limit = None if max_seconds is None else max_seconds + READ_MARGIN_SECONDS
     try:
-        data, rate = _read_with_libsndfile(path)
-    except Exception as first:  # libsndfile handles wav/flac/ogg/mp3; anything else goes through librosa
+        data, rate = _read_with_libsndfile(path, limit)
+    except TooLong as long:
+        raise TooLong(max_seconds, long.seconds) from None
+    except Exception as first:
         try:
-            import librosa
-
-            with warnings.catch_warnings():  # its fallback chatter; a failure is reported below
-                warnings.simplefilter("ignore")
-                mono_or_multi, rate = librosa.load(str(path), sr=None, mono=False)
-            data = np.atleast_2d(mono_or_multi).T.astype(np.float32)
-        except Exception:
-            raise AudioError(f"undecodable audio ({type(first).__name__}: {str(first)[:120]})") from None
+            data, rate = _read_with_pyav(path, limit)
+        except TooLong as long:
+            raise TooLong(max_seconds, long.seconds) from None
+        except Exception as second:
+            raise AudioError(f"undecodable audio (libsndfile: {type(first).__name__}: {str(first)[:100]}; FFmpeg: "
+                             f"{type(second).__name__}: {str(second)[:100]})") from None
     if data.size == 0:
         raise AudioError("audio has no samples")
     if not np.isfinite(data).all():
@@ -54,10 +69,12 @@ def decode(path: str | Path) -> tuple[np.ndarray, int, int]:
     return data, int(rate), int(data.shape[1])
 
 
-def _read_with_libsndfile(path: Path) -> tuple[np.ndarray, int]:
+def _read_with_libsndfile(path: Path, limit: float | None = None) -> tuple[np.ndarray, int]:
     """libsndfile's float32 samples [frames, channels] and rate. A 16-bit file (the archive's WAVs and FLACs) is read
     as int16 and scaled here by 1/32768: the values libsndfile's own conversion gives, at half its cost."""
     with sf.SoundFile(str(path)) as f:
+        if limit is not None and f.frames > limit * f.samplerate:  # the header's length: nothing read
+            raise TooLong(limit, f.frames / f.samplerate)
         if f.subtype == "PCM_16":
             samples = f.read(dtype="int16", always_2d=True).astype(np.float32)
             samples *= np.float32(1 / 32768)  # in place: no second float32 copy of the clip
@@ -65,10 +82,38 @@ def _read_with_libsndfile(path: Path) -> tuple[np.ndarray, int]:
         return f.read(dtype="float32", always_2d=True), f.samplerate
 
 
+def _read_with_pyav(path: Path, limit: float | None = None) -> tuple[np.ndarray, int]:
+    """FFmpeg's float32 samples [frames, channels] and rate, of the file's first audio stream. Decoding stops once
+    past `limit` seconds (compressed formats' headers often give no exact length)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise AudioError("no audio stream")
+        stream = container.streams.audio[0]
+        to_float = av.AudioResampler(format="flt")  # packed float32 at the stream's own rate and channels
+        chunks, frames, rate = [], 0, 0
+        for frame in container.decode(stream):
+            for converted in to_float.resample(frame):
+                rate = converted.sample_rate
+                chunk = converted.to_ndarray().reshape(-1, len(converted.layout.channels))
+                chunks.append(chunk)
+                frames += len(chunk)
+            if limit is not None and rate and frames > limit * rate:
+                whole = float(container.duration) / 1_000_000 if container.duration else None
+                raise TooLong(limit, whole)
+        for converted in to_float.resample(None):  # what the converter still holds
+            chunks.append(converted.to_ndarray().reshape(-1, len(converted.layout.channels)))
+    if not chunks:
+        return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
+    return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
+
+
 def to_16k_mono(data: np.ndarray, rate: int) -> np.ndarray:
     """Average the channels, then resample with soxr (high quality)."""
     if data.ndim == 2:  # a mono file is taken as it is: numpy's mean over one channel cost 10% of the resampling
-        mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as inf, which the caller rejects
+            mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
     else:
         mono = data
     mono = np.ascontiguousarray(mono, dtype=np.float32)
@@ -171,8 +216,10 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
         path = roots.resolve(row.audio_path)
         if path is None:
             raise AudioError(roots.reason())
-    data, rate, channels = decode(path)
+    data, rate, channels = decode(path, max_seconds=limits.max_seconds)
     samples = to_16k_mono(data, rate)
+    if not np.isfinite(samples).all():  # finite but huge float samples overflow when the channels are averaged
+        raise AudioError("audio holds NaN or infinite samples after mixing to mono")
     duration = len(samples) / SAMPLE_RATE
     if duration < limits.min_seconds:
         raise AudioError(f"audio shorter than {limits.min_seconds} s ({duration:.3f} s)")

@@ -102,7 +102,14 @@ def windows_per_step(batch_size: int, utterances: int, windows: int) -> int:
 
 class PackedWindows:
     """A torch-style dataset of packed windows over a FeatureRows (rows already chosen: exclusions, held-out
-    validation episodes and duplicates of test audio are not in it, so they are in no window)."""
+    validation episodes and duplicates of test audio are not in it, so they are in no window).
+
+    Memory is a few numpy arrays, about 4 bytes a token and 12 a row: an archive's train split has millions of rows,
+    and the loader's forked workers would slowly copy Python lists of token ids (about 1.2 KB a row) page by page as
+    their reference counts change. A window's first clip's text ids are read from its stored labels when the window
+    is built; only the ids of " " + each text (which the stored labels do not hold) are kept."""
+
+    TOKENIZE_CHUNK = 10_000  # transcripts tokenized at a time: Python lists for millions of rows never exist at once
 
     def __init__(self, rows, tokenizer, max_frames: int = MAX_WINDOW_FRAMES,
                  max_label_tokens: int = MAX_WINDOW_LABEL_TOKENS):
@@ -111,40 +118,80 @@ class PackedWindows:
         self.rows = rows
         empty = list(tokenizer("").input_ids)  # the prefix and <|endoftext|>, nothing between
         self.prefix, self.end_of_text = empty[:-1], empty[-1]
-        self.first_texts = [self._text_ids([int(t) for t in labels]) for labels in rows.column("labels")]
-        transcripts = [" " + str(text) for text in rows.column("transcript")]
-        self.joined_texts = [list(ids) for ids in tokenizer(transcripts, add_special_tokens=False).input_ids] \
-            if transcripts else []
-        self.windows = plan_windows(rows.column("group"), rows.column("id"), rows.column("num_frames"),
-                                    [len(t) for t in self.first_texts], [len(t) for t in self.joined_texts],
-                                    max_frames, max_label_tokens)
+        self.first_lengths = np.array([len(self._text_ids(labels)) for labels in rows.column("labels")],
+                                      dtype=np.int32)
+        self.joined_ids, self.joined_offsets = self._joined_ids(tokenizer, rows.column("transcript"))
+        self.set_windows(plan_windows(rows.column("group"), rows.column("id"), rows.column("num_frames"),
+                                      self.first_lengths, self.joined_lengths(), max_frames, max_label_tokens))
 
-    def _text_ids(self, labels: list[int]) -> list[int]:
+    def _text_ids(self, labels) -> Sequence[int]:
+        """The text part of stored labels (prefix and <|endoftext|> removed), checked to be the tokenizer's."""
         n = len(self.prefix)
-        if labels[:n] != self.prefix or labels[-1:] != [self.end_of_text]:
-            raise ValueError(f"stored labels {labels[:n + 2]}... do not start with the tokenizer's prefix "
+        labels = np.asarray(labels)
+        if labels[:n].tolist() != self.prefix or labels[-1:].tolist() != [self.end_of_text]:
+            raise ValueError(f"stored labels {labels[:n + 2].tolist()}... do not start with the tokenizer's prefix "
                              f"{self.prefix} and end with {self.end_of_text}: featurize with the base model's tokenizer")
         return labels[n:-1]
 
+    def _joined_ids(self, tokenizer, transcripts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of " " + each transcript, flat, with each row's offsets into them."""
+        # the fast tokenizer's Rust backend, when there is one: transformers' wrapper spends more time converting
+        # each encoding than the backend spends tokenizing (the ids are the same; test_packing compares windows)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        parts, lengths = [], []
+        for start in range(0, len(transcripts), self.TOKENIZE_CHUNK):
+            chunk = [" " + str(text) for text in transcripts[start:start + self.TOKENIZE_CHUNK]]
+            ids = [e.ids for e in backend.encode_batch(chunk, add_special_tokens=False)] if backend is not None \
+                else tokenizer(chunk, add_special_tokens=False).input_ids
+            lengths.extend(len(i) for i in ids)
+            parts.append(np.fromiter((t for i in ids for t in i), dtype=np.int32))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), offsets
+
+    def joined_lengths(self) -> np.ndarray:
+        return np.diff(self.joined_offsets)
+
+    def joined_text(self, k: int) -> list[int]:
+        return self.joined_ids[self.joined_offsets[k]:self.joined_offsets[k + 1]].tolist()
+
+    def set_windows(self, windows: Sequence[Sequence[int]]) -> None:
+        """Keeps a plan (plan_windows' lists of row positions) as one array of positions and each window's start."""
+        sizes = [len(w) for w in windows]
+        self._positions = np.fromiter((k for w in windows for k in w), dtype=np.int64, count=sum(sizes))
+        self._starts = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=self._starts[1:])
+
+    def window(self, w: int) -> list[int]:
+        """Window w's row positions, in order."""
+        return self._positions[self._starts[w]:self._starts[w + 1]].tolist()
+
+    @property
+    def windows(self) -> list[list[int]]:
+        """Every window's row positions (built on each call: for inspection and tests, not the training loop)."""
+        return [self.window(w) for w in range(len(self))]
+
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self._starts) - 1
 
     def utterances(self) -> int:
         return len(self.rows)
 
     def packing_factor(self) -> float:
         """Clips a window on average."""
-        return len(self.rows) / max(1, len(self.windows))
+        return len(self.rows) / max(1, len(self))
 
     def label_lengths(self) -> list[int]:
         """Each window's full label length, prefix included (what group_by_length sorts on)."""
-        return [len(self.prefix) + len(self.first_texts[w[0]]) + sum(len(self.joined_texts[k]) for k in w[1:]) + 1
-                for w in self.windows]
+        firsts = self._starts[:-1]
+        joined = np.cumsum(np.concatenate([[0], self.joined_lengths()[self._positions]]))
+        rest = joined[self._starts[1:]] - joined[firsts + 1]  # the joined lengths of each window's later clips
+        return (len(self.prefix) + self.first_lengths[self._positions[firsts]] + rest + 1).tolist()
 
     def __getitem__(self, w: int) -> dict[str, Any]:
-        window = self.windows[w]
+        window = self.window(w)
         clips = [self.rows[k] for k in window]
         frames, pad_value = window_frames([c["frames"] for c in clips], [c["pad_value"] for c in clips])
-        labels = window_labels(self.prefix, self.first_texts[window[0]], [self.joined_texts[k] for k in window[1:]],
-                               self.end_of_text)
+        labels = window_labels(self.prefix, self._text_ids(clips[0]["labels"]).tolist(),
+                               [self.joined_text(k) for k in window[1:]], self.end_of_text)
         return {"frames": frames, "pad_value": pad_value, "labels": labels}

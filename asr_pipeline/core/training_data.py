@@ -31,7 +31,7 @@ class FeatureRows:
         return len(self.positions)
 
     def label_lengths(self) -> list[int]:
-        return [int(self.shards[s].index["label_length"].iloc[i]) for s, i in self.positions]
+        return [int(n) for n in self.column("label_length")]  # column-wise: .iloc a row is microseconds each
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         s, i = self.positions[k]

@@ -95,3 +95,70 @@ def test_resample_manifest_quarantines_bad_rows_and_keeps_good_ones(tmp_path):
     reasons = dict(zip(shard.quarantine["id"], shard.quarantine["reason"]))
     assert "longer than 30.0 s" in reasons[3] and "shorter than 0.1 s" in reasons[4]
     assert "undecodable" in reasons[5] and reasons[6] == "missing audio file" and reasons[7] == "empty transcript"
+
+
+def _write_aac(path, seconds: float, rate: int = 48_000):
+    """An AAC .m4a (what libsndfile cannot read), written with PyAV's bundled FFmpeg."""
+    import av
+
+    tone = _tone(seconds, rate)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "stereo"
+        for start in range(0, len(tone), rate):
+            block = np.ascontiguousarray(np.stack([tone[start:start + rate]] * 2))
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_m4a_aac_decodes_through_ffmpeg(tmp_path):
+    _write_aac(tmp_path / "clip.m4a", 1.5)
+    with pytest.raises(sf.LibsndfileError):  # what the fallback is for
+        sf.info(str(tmp_path / "clip.m4a"))
+    _, rate, channels = decode(tmp_path / "clip.m4a")
+    assert (rate, channels) == (48_000, 2)
+    samples = load_16k(tmp_path / "clip.m4a")
+    assert abs(len(samples) / 16_000 - 1.5) < 0.1  # AAC's priming and padding
+    peak_hz = np.argmax(np.abs(np.fft.rfft(samples))) * 16_000 / len(samples)
+    assert abs(peak_hz - 440) < 2 and 0.2 < np.abs(samples).max() < 0.6
+
+
+def test_a_file_longer_than_the_limit_is_rejected_without_reading_it_whole(tmp_path, monkeypatch):
+    """A row pointing at a whole programme: libsndfile's header gives the length, so no sample is read; FFmpeg stops
+    decoding just past the limit. A file of exactly the limit is kept (the exact check is on the 16 kHz clip)."""
+    from asr_pipeline.core import audio
+
+    sf.write(tmp_path / "programme.wav", _tone(600.0, 8_000), 8_000)
+    sf.write(tmp_path / "exactly.wav", _tone(30.0, 44_100), 44_100)
+    reads = []
+    real_read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, *a, **k: reads.append(self.name) or real_read(self, *a, **k))
+    with pytest.raises(audio.TooLong, match=r"longer than 30.0 s \(600.0 s\)"):
+        decode(tmp_path / "programme.wav", max_seconds=30.0)
+    assert reads == []
+    assert len(to_16k_mono(*decode(tmp_path / "exactly.wav", max_seconds=30.0)[:2])) == 30 * 16_000
+    _write_aac(tmp_path / "programme.m4a", 45.0)
+    decoded = []
+    real_pyav = audio._read_with_pyav
+    monkeypatch.setattr(audio, "_read_with_pyav", lambda path, limit=None: decoded.append(limit) or real_pyav(path,
+                                                                                                              limit))
+    with pytest.raises(audio.TooLong, match=r"longer than 30.0 s \(45.0 s\)"):
+        decode(tmp_path / "programme.m4a", max_seconds=30.0)
+    assert decoded == [30.0 + audio.READ_MARGIN_SECONDS]
+
+
+def test_float_samples_that_overflow_when_mixed_are_quarantined_not_stored(tmp_path):
+    """Finite float32 samples of 3e38 pass the decoder's check, but their channel mean is infinite."""
+    huge = np.full((16_000, 2), 3e38, dtype=np.float32)
+    sf.write(tmp_path / "huge.wav", huge, 16_000, subtype="FLOAT")
+    manifest = pd.DataFrame([{"id": 1, "source_path": "huge.wav", "audio_path": str(tmp_path / "huge.wav"),
+                              "transcript": "네", "group": "id:1", "split": "train"}])
+    out = tmp_path / "shard"
+    out.mkdir()
+    summary = resample_manifest(manifest, out, emit=lambda _: None)
+    assert summary["rows"] == 0 and summary["quarantined"] == 1
+    assert "NaN or infinite samples after mixing" in AudioShard(out).quarantine["reason"][0]

@@ -135,11 +135,35 @@ def test_joined_labels_match_whisper_bases_tokenizer(whisper_base_dir):
     assert labels != tokenizer(texts[0]).input_ids[:-1] + space + tokenizer(texts[1]).input_ids[4:]
 
 
+def test_windows_over_many_rows_keep_no_python_lists_per_row(tiny_model_dir):
+    """A train split of millions of rows: token ids kept as Python lists cost about 1.2 KB a row, copied page by page
+    into every forked loader worker. Kept as arrays they cost a few bytes a token."""
+    import tracemalloc
+
+    tokenizer = load_processor(str(tiny_model_dir)).tokenizer
+    n = 20_000
+    texts = (demo_sentences(200) * (n // 200))[:n]
+    index = pd.DataFrame({"id": range(n), "group": [f"EP{i // 300}" for i in range(n)], "num_frames": 400,
+                          "transcript": texts, "labels": [np.asarray(i) for i in tokenizer(texts).input_ids]})
+    rows = FeatureRows([SimpleNamespace(index=index, split_positions=lambda split: range(n))], "train")
+    columns = {name: rows.column(name) for name in ("labels", "transcript", "group", "id", "num_frames")}
+    rows.column = columns.__getitem__  # read once before measuring: the index's own memory is not the windows'
+    tracemalloc.start()
+    try:
+        windows = PackedWindows(rows, tokenizer)
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert retained / n < 200, f"{retained / n:.0f} bytes a row"
+    assert windows.utterances() == n and sum(len(w) for w in windows.windows) == n
+    assert _labels_of_window(windows, 3) == tokenizer(" ".join(texts[k] for k in windows.window(3))).input_ids
+
+
 def _labels_of_window(windows: PackedWindows, w: int) -> list[int]:
     """A window's labels without reading its frames."""
-    window = windows.windows[w]
-    return window_labels(windows.prefix, windows.first_texts[window[0]], [windows.joined_texts[k] for k in window[1:]],
-                         windows.end_of_text)
+    window = windows.window(w)
+    first = [int(t) for t in windows.rows.row(window[0])["labels"]][len(windows.prefix):-1]
+    return window_labels(windows.prefix, first, [windows.joined_text(k) for k in window[1:]], windows.end_of_text)
 
 
 def test_packed_frames_equal_the_concatenated_audios_log_mel_away_from_the_boundaries(korean_clips, tiny_model_dir):
