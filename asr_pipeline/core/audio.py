@@ -32,8 +32,14 @@ class TooLong(AudioError):
 
     def __init__(self, max_seconds: float, seconds: float | None):
         self.seconds = seconds
-        super().__init__(f"audio longer than {max_seconds} s" + (f" ({seconds:.1f} s)" if seconds else ""))
+        super().__init__(f"audio longer than {max_seconds} s" + (f" ({seconds:.2f} s)" if seconds else ""))
 
+
+# What FFmpeg may open: media containers only, from local files only. Its playlist and concatenation readers (HLS
+# .m3u8, ffconcat) would otherwise read other files or URLs named inside a file that passed ASR_AUDIO_ROOTS.
+FFMPEG_OPTIONS = {"protocol_whitelist": "file",
+                  "format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,aac,matroska,webm,ogg,mp3,wav,w64,flac,asf,aiff,caf,"
+                                      "mpegts,mpeg,ac3,eac3"}
 
 # how far past max_seconds a file is read before it counts as too long: resampling to 16 kHz can move a length by a
 # sample, and the exact limit is checked on the resampled clip (a file of 30.00 s must not be cut here)
@@ -87,10 +93,10 @@ def _read_with_pyav(path: Path, limit: float | None = None) -> tuple[np.ndarray,
     past `limit` seconds (compressed formats' headers often give no exact length)."""
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(str(path), options=dict(FFMPEG_OPTIONS)) as container:
         if not container.streams.audio:
             raise AudioError("no audio stream")
-        stream = container.streams.audio[0]
+        stream = container.streams.best("audio") or container.streams.audio[0]  # FFmpeg's choice, as its CLI's
         to_float = av.AudioResampler(format="flt")  # packed float32 at the stream's own rate and channels
         chunks, frames, rate = [], 0, 0
         for frame in container.decode(stream):
@@ -224,7 +230,7 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     if duration < limits.min_seconds:
         raise AudioError(f"audio shorter than {limits.min_seconds} s ({duration:.3f} s)")
     if duration > limits.max_seconds:
-        raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.1f} s)")
+        raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.2f} s)")
     pcm, scale = to_pcm16(samples)
     peak = float(np.abs(samples).max())
     return pcm, scale, peak, rate, channels, duration, content_hash(pcm, scale)

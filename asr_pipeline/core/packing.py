@@ -138,6 +138,12 @@ class PackedWindows:
         # the fast tokenizer's Rust backend, when there is one: transformers' wrapper spends more time converting
         # each encoding than the backend spends tokenizing (the ids are the same; test_packing compares windows)
         backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # a copy without the truncation or padding a tokenizer.json may set
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(backend.to_str())
+            backend.no_truncation()
+            backend.no_padding()
         parts, lengths = [], []
         for start in range(0, len(transcripts), self.TOKENIZE_CHUNK):
             chunk = [" " + str(text) for text in transcripts[start:start + self.TOKENIZE_CHUNK]]
@@ -164,6 +170,7 @@ class PackedWindows:
 
     def window(self, w: int) -> list[int]:
         """Window w's row positions, in order."""
+        w = range(len(self))[w]  # a negative index counts from the end, as a list's does
         return self._positions[self._starts[w]:self._starts[w + 1]].tolist()
 
     @property

@@ -97,12 +97,13 @@ def test_resample_manifest_quarantines_bad_rows_and_keeps_good_ones(tmp_path):
     assert "undecodable" in reasons[5] and reasons[6] == "missing audio file" and reasons[7] == "empty transcript"
 
 
-def _write_aac(path, seconds: float, rate: int = 48_000):
-    """An AAC .m4a (what libsndfile cannot read), written with PyAV's bundled FFmpeg."""
+def _write_aac(path, seconds: float, rate: int = 48_000, container_format: str | None = None):
+    """AAC in an .m4a (or in the given container: "adts" for a bare .aac), which libsndfile cannot read, written
+    with PyAV's bundled FFmpeg."""
     import av
 
     tone = _tone(seconds, rate)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream("aac", rate=rate)
         stream.layout = "stereo"
         for start in range(0, len(tone), rate):
@@ -137,7 +138,7 @@ def test_a_file_longer_than_the_limit_is_rejected_without_reading_it_whole(tmp_p
     reads = []
     real_read = sf.SoundFile.read
     monkeypatch.setattr(sf.SoundFile, "read", lambda self, *a, **k: reads.append(self.name) or real_read(self, *a, **k))
-    with pytest.raises(audio.TooLong, match=r"longer than 30.0 s \(600.0 s\)"):
+    with pytest.raises(audio.TooLong, match=r"longer than 30.0 s \(600.00 s\)"):
         decode(tmp_path / "programme.wav", max_seconds=30.0)
     assert reads == []
     assert len(to_16k_mono(*decode(tmp_path / "exactly.wav", max_seconds=30.0)[:2])) == 30 * 16_000
@@ -146,7 +147,7 @@ def test_a_file_longer_than_the_limit_is_rejected_without_reading_it_whole(tmp_p
     real_pyav = audio._read_with_pyav
     monkeypatch.setattr(audio, "_read_with_pyav", lambda path, limit=None: decoded.append(limit) or real_pyav(path,
                                                                                                               limit))
-    with pytest.raises(audio.TooLong, match=r"longer than 30.0 s \(45.0 s\)"):
+    with pytest.raises(audio.TooLong, match=r"longer than 30.0 s \(45.0\d s\)"):
         decode(tmp_path / "programme.m4a", max_seconds=30.0)
     assert decoded == [30.0 + audio.READ_MARGIN_SECONDS]
 
@@ -162,3 +163,20 @@ def test_float_samples_that_overflow_when_mixed_are_quarantined_not_stored(tmp_p
     summary = resample_manifest(manifest, out, emit=lambda _: None)
     assert summary["rows"] == 0 and summary["quarantined"] == 1
     assert "NaN or infinite samples after mixing" in AudioShard(out).quarantine["reason"][0]
+
+
+def test_ffmpeg_opens_no_other_file_than_the_rows_own(tmp_path):
+    """An HLS playlist inside an allowed audio root must not make FFmpeg read a file outside it (ASR_AUDIO_ROOTS)."""
+    from asr_pipeline.core.settings import AudioRoots
+
+    root, outside = tmp_path / "archive", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    _write_aac(outside / "secret.aac", 1.0, container_format="adts")
+    assert decode(outside / "secret.aac")[0].size  # a readable file
+    (root / "clip.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{outside / 'secret.aac'}\n"
+                                    "#EXT-X-ENDLIST\n")
+    path = AudioRoots((root,), "test").resolve(str(root / "clip.m3u8"))
+    assert path is not None  # the playlist itself is under the root
+    with pytest.raises(AudioError, match="undecodable"):
+        decode(path)

@@ -156,6 +156,7 @@ def test_windows_over_many_rows_keep_no_python_lists_per_row(tiny_model_dir):
         tracemalloc.stop()
     assert retained / n < 200, f"{retained / n:.0f} bytes a row"
     assert windows.utterances() == n and sum(len(w) for w in windows.windows) == n
+    assert windows.window(-1) == windows.windows[-1] and windows.window(len(windows) - 1) == windows.windows[-1]
     assert _labels_of_window(windows, 3) == tokenizer(" ".join(texts[k] for k in windows.window(3))).input_ids
 
 
