@@ -89,27 +89,38 @@ def _read_with_libsndfile(path: Path, limit: float | None = None) -> tuple[np.nd
 
 
 def _read_with_pyav(path: Path, limit: float | None = None) -> tuple[np.ndarray, int]:
-    """FFmpeg's float32 samples [frames, channels] and rate, of the file's first audio stream. Decoding stops once
-    past `limit` seconds (compressed formats' headers often give no exact length)."""
+    """FFmpeg's float32 samples [frames, channels] and rate, of the file's main audio stream (FFmpeg's choice).
+    Decoding stops once past `limit` seconds (compressed formats' headers often give no exact length). A stream whose
+    rate or channel layout changes midway (broadcast transport streams do) is converted to its first frame's."""
     import av
 
     with av.open(str(path), options=dict(FFMPEG_OPTIONS)) as container:
         if not container.streams.audio:
             raise AudioError("no audio stream")
-        stream = container.streams.best("audio") or container.streams.audio[0]  # FFmpeg's choice, as its CLI's
-        to_float = av.AudioResampler(format="flt")  # packed float32 at the stream's own rate and channels
+        stream = container.streams.best("audio") or container.streams.audio[0]
         chunks, frames, rate = [], 0, 0
+        converter, source, target = None, None, None
+
+        def drain(pending):
+            nonlocal frames
+            for converted in pending:
+                chunks.append(converted.to_ndarray().reshape(-1, len(converted.layout.channels)))
+                frames += len(chunks[-1])
+
         for frame in container.decode(stream):
-            for converted in to_float.resample(frame):
-                rate = converted.sample_rate
-                chunk = converted.to_ndarray().reshape(-1, len(converted.layout.channels))
-                chunks.append(chunk)
-                frames += len(chunk)
-            if limit is not None and rate and frames > limit * rate:
+            shape = (frame.sample_rate, frame.layout.name, frame.format.name)
+            if shape != source:  # the first frame, or the stream changed: a converter to the first frame's shape
+                if converter is not None:
+                    drain(converter.resample(None))
+                target = target or (frame.sample_rate, frame.layout.name)
+                converter, source = av.AudioResampler(format="flt", layout=target[1], rate=target[0]), shape
+                rate = target[0]
+            drain(converter.resample(frame))
+            if limit is not None and frames > limit * rate:
                 whole = float(container.duration) / 1_000_000 if container.duration else None
                 raise TooLong(limit, whole)
-        for converted in to_float.resample(None):  # what the converter still holds
-            chunks.append(converted.to_ndarray().reshape(-1, len(converted.layout.channels)))
+        if converter is not None:
+            drain(converter.resample(None))  # what the converter still holds
     if not chunks:
         return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
     return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)

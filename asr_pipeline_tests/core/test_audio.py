@@ -97,7 +97,8 @@ def test_resample_manifest_quarantines_bad_rows_and_keeps_good_ones(tmp_path):
     assert "undecodable" in reasons[5] and reasons[6] == "missing audio file" and reasons[7] == "empty transcript"
 
 
-def _write_aac(path, seconds: float, rate: int = 48_000, container_format: str | None = None):
+def _write_aac(path, seconds: float, rate: int = 48_000, container_format: str | None = None,
+               layout: str = "stereo"):
     """AAC in an .m4a (or in the given container: "adts" for a bare .aac), which libsndfile cannot read, written
     with PyAV's bundled FFmpeg."""
     import av
@@ -105,10 +106,11 @@ def _write_aac(path, seconds: float, rate: int = 48_000, container_format: str |
     tone = _tone(seconds, rate)
     with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream("aac", rate=rate)
-        stream.layout = "stereo"
+        stream.layout = layout
+        channels = 2 if layout == "stereo" else 1
         for start in range(0, len(tone), rate):
-            block = np.ascontiguousarray(np.stack([tone[start:start + rate]] * 2))
-            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            block = np.ascontiguousarray(np.stack([tone[start:start + rate]] * channels))
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
             frame.sample_rate = rate
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -180,3 +182,17 @@ def test_ffmpeg_opens_no_other_file_than_the_rows_own(tmp_path):
     assert path is not None  # the playlist itself is under the root
     with pytest.raises(AudioError, match="undecodable"):
         decode(path)
+
+
+def test_an_aac_stream_whose_rate_and_layout_change_midway_decodes_at_its_first_frames(tmp_path):
+    """Broadcast streams switch (44.1 kHz stereo, then 22.05 kHz mono): the second part is converted, not refused."""
+    _write_aac(tmp_path / "a.aac", 1.0, 44_100, container_format="adts")
+    _write_aac(tmp_path / "b.aac", 1.0, 22_050, container_format="adts", layout="mono")
+    (tmp_path / "switch.aac").write_bytes((tmp_path / "a.aac").read_bytes() + (tmp_path / "b.aac").read_bytes())
+    data, rate, channels = decode(tmp_path / "switch.aac")
+    assert (rate, channels) == (44_100, 2)
+    assert abs(len(data) / rate - 2.0) < 0.15  # each part carries its own AAC priming and padding
+    samples = load_16k(tmp_path / "switch.aac")
+    second = samples[len(samples) // 2 + 1600: -1600]  # the mono part, away from the edges
+    peak_hz = np.argmax(np.abs(np.fft.rfft(second))) * 16_000 / len(second)
+    assert abs(peak_hz - 440) < 5 and 0.2 < np.abs(second).max() < 0.6
