@@ -4,12 +4,39 @@ audio is also in the test split."""
 
 from __future__ import annotations
 
+from collections import abc
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from asr_pipeline.core.features import FeatureShard, rebuild_padded
+
+
+class RowPositions(abc.Sequence):
+    """(shard, row) of each row of a FeatureRows, kept as two numpy arrays: a train split of millions of rows as a
+    list of tuples costs about 100 bytes a row, which every forked loader worker copies page by page as it reads."""
+
+    def __init__(self, shards: np.ndarray, rows: np.ndarray):
+        self.shards, self.rows = shards.astype(np.int32, copy=False), rows.astype(np.int64, copy=False)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return RowPositions(self.shards[k], self.rows[k])
+        return int(self.shards[k]), int(self.rows[k])
+
+    def take(self, chosen) -> "RowPositions":
+        chosen = np.asarray(chosen, dtype=np.int64)
+        return RowPositions(self.shards[chosen], self.rows[chosen])
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if not isinstance(other, RowPositions) else \
+            np.array_equal(self.shards, other.shards) and np.array_equal(self.rows, other.rows)
+
+    __hash__ = None
 
 
 class FeatureRows:
@@ -20,10 +47,14 @@ class FeatureRows:
                  exclude_ids: frozenset[int] | set[int] = frozenset()):
         """exclude_ids: manifest ids left out (exact duplicates of test audio, deleted rows)."""
         self.shards = list(shards)
-        self.positions = [(s, i) for s, shard in enumerate(self.shards) for i in shard.split_positions(split)]
+        per_shard = [np.asarray(shard.split_positions(split), dtype=np.int64) for shard in self.shards]
         if exclude_ids:
-            ids = [shard.index["id"].to_numpy() for shard in self.shards]
-            self.positions = [(s, i) for s, i in self.positions if int(ids[s][i]) not in exclude_ids]
+            excluded = np.fromiter(exclude_ids, dtype=np.int64, count=len(exclude_ids))
+            per_shard = [rows[~np.isin(shard.index["id"].to_numpy()[rows].astype(np.int64), excluded)]
+                         for shard, rows in zip(self.shards, per_shard)]
+        self.positions = RowPositions(
+            np.concatenate([np.full(len(rows), s, np.int32) for s, rows in enumerate(per_shard)] or [np.zeros(0)]),
+            np.concatenate(per_shard or [np.zeros(0)]))
         if limit is not None:
             self.positions = self.positions[:limit]
 
@@ -44,21 +75,26 @@ class FeatureRows:
         s, i = self.positions[k]
         return self.shards[s].index.iloc[i]
 
+    def _column_array(self, name: str, convert=lambda c: c) -> np.ndarray:
+        values = np.empty(len(self.positions), dtype=object)
+        for s, shard in enumerate(self.shards):
+            mine = self.positions.shards == s
+            values[mine] = convert(shard.index[name]).to_numpy()[self.positions.rows[mine]]
+        return values
+
     def column(self, name: str) -> list:
         """One index column's value for every row, read column-wise: fast on millions of rows."""
-        columns = [shard.index[name].to_numpy() for shard in self.shards]
-        return [columns[s][i] for s, i in self.positions]
+        return self._column_array(name).tolist()
 
     def groups(self) -> np.ndarray:
         """Each row's episode (the manifest's `group`), read column-wise: fast on millions of rows."""
-        columns = [shard.index["group"].astype(str).to_numpy() for shard in self.shards]
-        return np.array([columns[s][i] for s, i in self.positions], dtype=object)
+        return self._column_array("group", lambda column: column.astype(str))
 
     def subset(self, chosen) -> "FeatureRows":
         """The same shards, only the rows at `chosen` (indices into this dataset), in that order."""
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
-        out.positions = [self.positions[int(k)] for k in chosen]
+        out.positions = self.positions.take(chosen)
         return out
 
 
