@@ -91,7 +91,9 @@ def _read_with_libsndfile(path: Path, limit: float | None = None) -> tuple[np.nd
 def _read_with_pyav(path: Path, limit: float | None = None) -> tuple[np.ndarray, int]:
     """FFmpeg's float32 samples [frames, channels] and rate, of the file's main audio stream (FFmpeg's choice).
     Decoding stops once past `limit` seconds (compressed formats' headers often give no exact length). A stream whose
-    rate or channel layout changes midway (broadcast transport streams do) is converted to its first frame's."""
+    rate or channel layout changes midway (broadcast transport streams do) is brought to its first part's rate; if
+    the layout changed, each part is averaged to mono on its own, as to_16k_mono averages a file (FFmpeg's channel
+    mixing would make a stereo part after a 5.1 one about 10 dB quieter than the same part alone)."""
     import av
 
     with av.open(str(path), options=dict(FFMPEG_OPTIONS)) as container:
@@ -99,7 +101,7 @@ def _read_with_pyav(path: Path, limit: float | None = None) -> tuple[np.ndarray,
             raise AudioError("no audio stream")
         stream = container.streams.best("audio") or container.streams.audio[0]
         chunks, frames, rate = [], 0, 0
-        converter, source, target = None, None, None
+        converter, source = None, None
 
         def drain(pending):
             nonlocal frames
@@ -109,12 +111,11 @@ def _read_with_pyav(path: Path, limit: float | None = None) -> tuple[np.ndarray,
 
         for frame in container.decode(stream):
             shape = (frame.sample_rate, frame.layout.name, frame.format.name)
-            if shape != source:  # the first frame, or the stream changed: a converter to the first frame's shape
+            if shape != source:  # the first frame, or the stream changed: a converter to float32 at the first rate
                 if converter is not None:
                     drain(converter.resample(None))
-                target = target or (frame.sample_rate, frame.layout.name)
-                converter, source = av.AudioResampler(format="flt", layout=target[1], rate=target[0]), shape
-                rate = target[0]
+                rate = rate or frame.sample_rate
+                converter, source = av.AudioResampler(format="flt", layout=frame.layout.name, rate=rate), shape
             drain(converter.resample(frame))
             if limit is not None and frames > limit * rate:
                 whole = float(container.duration) / 1_000_000 if container.duration else None
@@ -123,6 +124,8 @@ def _read_with_pyav(path: Path, limit: float | None = None) -> tuple[np.ndarray,
             drain(converter.resample(None))  # what the converter still holds
     if not chunks:
         return np.zeros((0, 1), np.float32), rate or SAMPLE_RATE
+    if len({chunk.shape[1] for chunk in chunks}) > 1:  # the layout changed: mono, part by part
+        chunks = [chunk.mean(axis=1, keepdims=True, dtype=np.float32) for chunk in chunks]
     return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
 
 

@@ -32,9 +32,10 @@ class RowPositions(abc.Sequence):
         chosen = np.asarray(chosen, dtype=np.int64)
         return RowPositions(self.shards[chosen], self.rows[chosen])
 
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other) if not isinstance(other, RowPositions) else \
-            np.array_equal(self.shards, other.shards) and np.array_equal(self.rows, other.rows)
+    def __eq__(self, other):
+        if isinstance(other, RowPositions):
+            return np.array_equal(self.shards, other.shards) and np.array_equal(self.rows, other.rows)
+        return list(self) == list(other) if isinstance(other, abc.Sequence) else NotImplemented
 
     __hash__ = None
 
@@ -77,9 +78,12 @@ class FeatureRows:
 
     def _column_array(self, name: str, convert=lambda c: c) -> np.ndarray:
         values = np.empty(len(self.positions), dtype=object)
+        by_shard = np.argsort(self.positions.shards, kind="stable")  # once: each shard's rows are then one run
+        bounds = np.searchsorted(self.positions.shards[by_shard], np.arange(len(self.shards) + 1))
         for s, shard in enumerate(self.shards):
-            mine = self.positions.shards == s
-            values[mine] = convert(shard.index[name]).to_numpy()[self.positions.rows[mine]]
+            mine = by_shard[bounds[s]:bounds[s + 1]]
+            if len(mine):
+                values[mine] = convert(shard.index[name]).to_numpy()[self.positions.rows[mine]]
         return values
 
     def column(self, name: str) -> list:
