@@ -84,12 +84,9 @@ def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = Fal
     tokens = [len(processor.tokenizer(t, add_special_tokens=False).input_ids) for t in decoded.texts]
     scores = {}
     if scored:
-        from asr_pipeline.core.evaluation import score
-        from asr_pipeline.core.settings import normalization_policy
-        from asr_pipeline.core.text import clean
+        from packing_benchmark import score_test_split
 
-        rates, _ = score([clean(t) for t in rows.column("transcript")], decoded.texts, normalization_policy(),
-                         resamples=1000)
+        rates, _ = score_test_split(rows, decoded.texts)
         scores = {k: rates[k] for k in ("cer", "cer_normalized", "cer_normalized_ci95")}
     return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4),
             **scores,

@@ -61,6 +61,11 @@ from bench_common import (SEED_RECIPE, cpu_info, cpu_tag, isa_limits, our_shard,
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def score_test_split(rows: FeatureRows, hypotheses: list[str]) -> tuple[dict, object]:
+    """The report's scoring of hypotheses against the rows' cleaned transcripts: (rates, edit counts)."""
+    return score([clean(t) for t in rows.column("transcript")], hypotheses, normalization_policy(), resamples=1000)
+
+
 def test_scores(model, processor, shard: FeatureShard) -> tuple[dict, object]:
     """The report's decoding policy and scoring, float32, on the whole test split: (scores, edit counts)."""
     import torch
@@ -72,8 +77,7 @@ def test_scores(model, processor, shard: FeatureShard) -> tuple[dict, object]:
     hypotheses = transcribe_features(model, processor, lambda i: shard.features(rows.positions[i][1]), durations,
                                      DecodingPolicy(), emit=lambda _: None).texts
     seconds = time.perf_counter() - started
-    rates, counts = score([clean(t) for t in rows.column("transcript")], hypotheses, normalization_policy(),
-                          resamples=1000)
+    rates, counts = score_test_split(rows, hypotheses)
     return {"utterances": len(rows), "decode_s": round(seconds, 1),
             **{k: rates[k] for k in ("cer", "cer_normalized", "cer_normalized_ci95", "wer")},
             "examples": [[str(r), h] for r, h in list(zip(rows.column("transcript"), hypotheses))[:3]]}, counts
