@@ -63,8 +63,8 @@ def raw_manifest(context: dg.AssetExecutionContext, database: TranscriptDatabase
 
 
 @dg.asset(group_name=GROUP, partitions_def=INGEST_BATCHES, kinds={"numpy"}, check_specs=checks.RESAMPLED_CHECKS,
-          description="Every clip decoded (wav/flac/mp3/ogg), downmixed to mono and resampled to 16 kHz (soxr); "
-          "unusable rows are quarantined with a reason.")
+          description="Every clip decoded (wav/flac/mp3/ogg; m4a, mp4, ts and more through FFmpeg), downmixed to "
+          "mono and resampled to 16 kHz (soxr); unusable rows are quarantined with a reason.")
 def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, settings: PipelineSettings):
     frame = pd.read_parquet(raw_manifest / "manifest.parquet")
     out = stage(context, storage_dir(settings))
@@ -74,7 +74,10 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
     if len(quarantine):
         reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
         context.log.warning(f"{len(quarantine)} rows quarantined: {reasons}")
-    results = [checks.quarantine_rate(out, settings.max_quarantine_rate), checks.clips_are_16k_mono(out)]
+    near_silent = checks.near_silent_clips(out, context.partition_key)
+    if not near_silent.passed:
+        context.log.warning(near_silent.description)
+    results = [checks.quarantine_rate(out, settings.max_quarantine_rate), checks.clips_are_16k_mono(out), near_silent]
     yield dg.Output(out, metadata={**summary, **versions.version_metadata(settings, "resampled_dataset"),
                                    "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20)})
     yield from results
