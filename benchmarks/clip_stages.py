@@ -1,13 +1,15 @@
 """Lean runs (issue 14.3): where an ingest's per-clip work goes on this CPU, stage by stage.
 
-    .venv/bin/python benchmarks/clip_stages.py [--clips 1000] [--repeats 3] [--work /tmp/asr_ingest_bench]
+    .venv/bin/python benchmarks/clip_stages.py [--clips 1000] [--repeats 3] [--work /tmp/asr_featurize_benchmark]
 
-The corpus is ingest_process_benchmark.py's (espeak-ng Korean at 22.05 kHz, made once under --work and reused).
+The corpus is ingest_process_benchmark.py's (featurize_benchmark.corpus: espeak-ng Korean, 16-bit WAV at 22.05 kHz,
+every tenth clip 44.1 kHz stereo FLAC; made once under --work, which defaults to that script's, and reused).
 For each clip, one thread, the stages `resample_manifest` runs per row (core/audio.py, _prepare_clip): decoding
-(libsndfile), resampling to 16 kHz mono (soxr HQ), the finite check, int16 quantization, the peak, and the content
-hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
---repeats passes, in milliseconds a clip. Then whole `resample_manifest` calls on the same rows with 1 and 2 worker
-threads (best of --repeats), which shows how much of the single-thread sum the threads overlap.
+(libsndfile), the mix to mono and what it lost (downmix_loss_db), resampling to 16 kHz (soxr HQ), the finite check,
+int16 quantization, the peak, and the content hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
+--repeats passes, in milliseconds a clip (their sum adds bests from different passes: a lower bound). Then whole `resample_manifest` calls on the same rows with 1 and 2 worker
+threads (best of --repeats), which shows how much of the single-thread sum the threads overlap. Last, the mix to
+mono of synthetic 2- and 6-channel clips (3.5 s at 48 kHz): numpy's mean over the channel axis against audio.downmix.
 
 Prints one JSON object and writes it to benchmarks/results/clip_stages_<date>_cpu-<kind>.json with the CPU model
 and flags (`sha_ni` included).
@@ -31,7 +33,7 @@ from featurize_benchmark import corpus  # noqa: E402
 from asr_pipeline.core import audio  # noqa: E402
 from asr_pipeline.core.audio_shard import content_hash, to_pcm16  # noqa: E402
 
-STAGES = ("decode", "resample_to_16k_mono", "finite_check", "to_pcm16", "peak", "content_hash")
+STAGES = ("decode", "downmix", "downmix_loss", "resample_to_16k", "finite_check", "to_pcm16", "peak", "content_hash")
 
 
 def one_pass(paths: list[str]) -> dict[str, float]:
@@ -48,8 +50,12 @@ def one_pass(paths: list[str]) -> dict[str, float]:
 
         data, rate, _ = audio.decode(path, max_seconds=30.0)
         lap("decode")
-        samples = audio.to_16k_mono(data, rate)
-        lap("resample_to_16k_mono")
+        mono = audio.downmix(data)
+        lap("downmix")
+        audio.downmix_loss_db(data, mono)
+        lap("downmix_loss")
+        samples = audio.resample_to_16k(mono, rate)
+        lap("resample_to_16k")
         np.isfinite(samples).all()
         lap("finite_check")
         pcm, scale = to_pcm16(samples)
@@ -59,6 +65,24 @@ def one_pass(paths: list[str]) -> dict[str, float]:
         content_hash(pcm, scale)
         lap("content_hash")
     return spent
+
+
+def multichannel_downmix(seconds: float = 3.5, rate: int = 48_000, repeats: int = 50) -> dict:
+    """ms to average 2 and 6 channels of `seconds` at `rate` to mono: numpy's data.mean(axis=1), which the ingest
+    used until 2026-11-27, against audio.downmix (the same bits, a channel at a time), best of `repeats`."""
+    rng = np.random.default_rng(0)
+    timings = {}
+    for channels in (2, 6):
+        data = (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
+        for name, mix in (("numpy_mean", lambda: data.mean(axis=1)), ("shipped", lambda: audio.downmix(data))):
+            best = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                mix()
+                best = min(best, time.perf_counter() - started)
+            timings[f"{channels}ch_{name}_ms"] = round(best * 1000, 3)
+        assert np.array_equal(data.mean(axis=1), audio.downmix(data))
+    return {"clip": f"{seconds:g} s at {rate} Hz, float32", **timings}
 
 
 def has_sha_extensions() -> bool:
@@ -80,7 +104,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--work", default="/tmp/asr_ingest_bench")
+    parser.add_argument("--work", default="/tmp/asr_featurize_benchmark")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
 
@@ -97,9 +121,10 @@ def main():
         "clips": len(paths),
         "repeats": args.repeats,
         "per_clip_ms_one_thread": per_clip_ms,
-        "per_clip_ms_one_thread_sum": round(sum(per_clip_ms.values()), 3),
+        "per_clip_ms_one_thread_sum": round(sum(per_clip_ms.values()), 3),  # of each stage's best: a lower bound
         "resample_manifest_s": {f"{workers}_workers": round(seconds, 3) for workers, seconds in calls.items()},
         "two_workers_speedup": round(calls[1] / calls[2], 2),
+        "multichannel_downmix": multichannel_downmix(),
         "sha_ni": has_sha_extensions(),
         "cpu": cpu,
         "python": sys.version.split()[0],

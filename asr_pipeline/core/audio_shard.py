@@ -5,7 +5,8 @@ Shard layout (a directory):
                     mono), scale (float32). A Hugging Face `datasets` file: `datasets.Dataset.from_file(path)` opens
                     it memory-mapped, as AudioShard does (no copy: the int16 samples are views of the file).
   index.parquet     one row a clip: the manifest columns + num_samples, duration, source_rate, channels, peak
-                    (largest |sample| after resampling), scale, audio_sha256
+                    (largest |sample| after resampling), scale, audio_sha256, downmix_loss_db (the mono mix's
+                    energy against the channels', audio.downmix_loss_db; shards made before 2026-11-27 lack it)
   quarantine.parquet  rows left out, with the reason (missing file, undecodable, too short/long, empty transcript)
   meta.json         rows, quarantined, sample_rate, total_seconds, clips_past_full_scale
 

@@ -44,7 +44,8 @@ def run_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
             error = error[0] if error else "(no error message)"
         elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.asset_check_evaluation_data
-            if not evaluation.passed and evaluation.blocking is not False:
+            if not evaluation.passed and evaluation.blocking is not False \
+                    and evaluation.severity != dg.AssetCheckSeverity.WARN:  # a warning never stops a run
                 checks.append({"check": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(),
                                "description": evaluation.description,
                                "metadata": {k: v.value for k, v in evaluation.metadata.items()}})

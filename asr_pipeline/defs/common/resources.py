@@ -74,7 +74,8 @@ class PipelineSettings(dg.ConfigurableResource):
     audio_roots: str = Field(default="", description="ASR_AUDIO_ROOTS: colon-separated directories audio may "
                              "come from (default: the ASR_PATH_MAP targets and ASR_HOME)")
     max_quarantine_rate: float = Field(default=0.2, description="ASR_MAX_QUARANTINE_RATE: above it, the "
-                                       "quarantine check fails and blocks featurization")
+                                       "quarantine check fails and blocks featurization (as do the near-silent and "
+                                       "cancelling down-mix checks above this share of such clips)")
     batch_rows: int = Field(default=10_000, description="ASR_BATCH_ROWS: most rows in one ingest batch")
     batch_max_wait_minutes: float = Field(default=60.0, description="ASR_BATCH_MAX_WAIT_MINUTES: pending rows fewer "
                                           "than ASR_BATCH_ROWS become a batch once the oldest has waited this long "

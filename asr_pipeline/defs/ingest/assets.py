@@ -74,11 +74,16 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
     if len(quarantine):
         reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
         context.log.warning(f"{len(quarantine)} rows quarantined: {reasons}")
-    near_silent = checks.near_silent_clips(out, context.partition_key)
-    if not near_silent.passed:
-        context.log.warning(near_silent.description)
-    results = [checks.quarantine_rate(out, settings.max_quarantine_rate), checks.clips_are_16k_mono(out), near_silent]
-    yield dg.Output(out, metadata={**summary, **versions.version_metadata(settings, "resampled_dataset"),
+    suspects = [checks.near_silent_clips(out, settings.max_quarantine_rate, context.partition_key),
+                checks.cancelling_downmix(out, settings.max_quarantine_rate, context.partition_key)]
+    for suspect in suspects:
+        if not suspect.passed:
+            context.log.warning(suspect.description)
+    results = [checks.quarantine_rate(out, settings.max_quarantine_rate), checks.clips_are_16k_mono(out), *suspects]
+    # per batch in the materialization too: a check shows only its latest evaluation, another batch's
+    suspect_counts = {f"{check.check_name}_clips": check.metadata["clips"].value for check in suspects}
+    yield dg.Output(out, metadata={**summary, **suspect_counts,
+                                   **versions.version_metadata(settings, "resampled_dataset"),
                                    "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20)})
     yield from results
 

@@ -10,7 +10,8 @@ States:
 - failed: its latest run failed after its retries (NAS outage, out of memory, a crash); `failures` counts the failed
   attempts since its last success. Requested again at once for the first three attempts, then after waits that
   double from an hour to a day (core.batches.retry_due).
-- blocked: its latest run was stopped by a blocking asset check (quarantine rate, 16 kHz audio, feature shapes);
+- blocked: its latest run was stopped by a blocking asset check (quarantine rate, near-silent or cancelled clips
+  above that rate, 16 kHz audio, feature shapes);
   the reason is the check's. Requested again when its rows change, else after waits that double from an hour to a
   day.
 - stale: done, but made with settings or code that have changed since (reasons from asr_pipeline.defs.common.versions).

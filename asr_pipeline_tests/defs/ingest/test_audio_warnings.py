@@ -1,0 +1,176 @@
+"""Audio that is there but does not carry the transcript's speech: a silent or all-but-silent clip (a muted or wrong
+track in the archive), or a stereo file whose channels cancel when averaged to mono (one channel's polarity inverted:
+the dialogue goes, the ambience stays). Trained with its transcript, either teaches the model to write text it does
+not hear. The ingest keeps such rows but warns, naming them: the no_near_silent_clips and no_cancelling_downmix
+checks on resampled_dataset (warnings, not blocking checks)."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import sqlalchemy as sa
+
+import dagster as dg
+from asr_pipeline import cli
+from asr_pipeline.core.alerts import AlertConfig
+from asr_pipeline.defs.alerts.problems import batch_failure
+from asr_pipeline.defs.ingest import checks
+from asr_pipeline.defs.ingest.batch_states import batch_states
+
+pytestmark = [pytest.mark.mysql]
+
+
+def _scaled_copy(source: str, target, peak_dbfs: float | None):
+    """The clip as a 16-bit WAV whose loudest sample sits at peak_dbfs (None: every sample 0)."""
+    samples, rate = sf.read(source, dtype="float64", always_2d=True)
+    samples = samples[:, 0]
+    gain = 0.0 if peak_dbfs is None else 10 ** (peak_dbfs / 20) / np.abs(samples).max()
+    sf.write(str(target), samples * gain, rate, subtype="PCM_16")
+    return str(target)
+
+
+def _stereo_copy(source: str, target, invert: bool):
+    """The clip in both channels of a float WAV, the second inverted if `invert`, with ambience (noise at a tenth of
+    the speech's level) in the first channel only."""
+    speech, rate = sf.read(source, dtype="float32", always_2d=True)
+    speech = 0.5 * speech[:, 0] / np.abs(speech).max()
+    ambience = 0.1 * np.random.default_rng(0).standard_normal(len(speech)).astype(np.float32) * speech.std()
+    stereo = np.stack([speech + ambience, -speech if invert else speech], axis=1)
+    sf.write(str(target), stereo, rate, subtype="FLOAT")
+    return str(target)
+
+
+def _check_evaluation(instance, name):
+    key = dg.AssetCheckKey(dg.AssetKey("resampled_dataset"), name)
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    return record.event.dagster_event.event_specific_data
+
+
+def _archived(path: str) -> str:
+    return "/cul_m02/quiet/" + os.path.basename(path)
+
+
+def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env, mysql_database, korean_clips, tmp_path,
+                                                          monkeypatch):
+    source = korean_clips[0]["audio_path"]
+    quiet_dir = tmp_path / "quiet"
+    quiet_dir.mkdir()
+    # a second share of the archive, mapped like the first (and so inside the allowed audio roots)
+    monkeypatch.setenv("ASR_PATH_MAP", f"{os.environ['ASR_PATH_MAP']};/cul_m02/quiet/={quiet_dir}/")
+    files = {"digital silence": _scaled_copy(source, quiet_dir / "silent.wav", None),
+             "-60 dBFS": _scaled_copy(source, quiet_dir / "minus60.wav", -60.0),
+             "-45 dBFS": _scaled_copy(source, quiet_dir / "minus45.wav", -45.0),  # quiet, but speech: not named
+             "inverted stereo": _stereo_copy(source, quiet_dir / "inverted.wav", invert=True),
+             "stereo": _stereo_copy(source, quiet_dir / "stereo.wav", invert=False)}
+    engine = sa.create_engine(mysql_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                     [{"p": _archived(path), "t": "소리가 거의 없는 행"} for path in files.values()])
+        ids = {name: conn.execute(sa.text("SELECT id FROM training_datas WHERE raw_data = :p"),
+                                  {"p": _archived(path)}).scalar() for name, path in files.items()}
+    engine.dispose()
+
+    cli.main(["ingest"])  # a warning does not fail the run
+
+    instance = dg.DagsterInstance.get()
+    evaluation = _check_evaluation(instance, checks.NEAR_SILENT)
+    assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
+    metadata = {name: value.value for name, value in evaluation.metadata.items()}
+    assert metadata["clips"] == 2
+    assert metadata["ids"] == [ids["digital silence"], ids["-60 dBFS"]]  # quietest first; -45 dBFS is not named
+    assert "the quietest digital silence (every sample 0)" in evaluation.description
+    batch = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest"), limit=1)[0]
+    assert batch.status == dg.DagsterRunStatus.SUCCESS
+    key = batch.tags["dagster/partition"]
+    assert f"ids {ids['digital silence']}, {ids['-60 dBFS']};" in evaluation.description
+    assert f"asr-pipeline backfill {key}" in evaluation.description and "They stay in the batch" in evaluation.description
+
+    cancelled = _check_evaluation(instance, checks.CANCELLING_DOWNMIX)
+    assert cancelled.passed is False and cancelled.severity == dg.AssetCheckSeverity.WARN
+    metadata = {name: value.value for name, value in cancelled.metadata.items()}
+    # the inverted pair alone: its ambience is left, about 26 dB under the channels, and it is not near-silent;
+    # the exact silence is not a cancellation (mono, nothing lost by mixing)
+    assert metadata["ids"] == [ids["inverted stereo"]] and metadata["clips"] == 1
+    assert metadata["multichannel_clips"] >= 2
+    assert f"ids {ids['inverted stereo']};" in cancelled.description and "down to -2" in cancelled.description
+
+    # a warning leaves the batch done, raises no alert, and the batch's materialization keeps the counts
+    [state] = batch_states(instance)
+    assert state.state == "done"
+    assert batch_failure(instance, AlertConfig(), state) is None
+    materialization = instance.get_latest_materialization_event(dg.AssetKey("resampled_dataset")).asset_materialization
+    assert materialization.metadata["no_near_silent_clips_clips"].value == 2
+    assert materialization.metadata["no_cancelling_downmix_clips"].value == 1
+
+    # the rows stay: all five are featurized with the 40 clips (the row without a file is quarantined)
+    features = next((pipeline_env / "storage" / "featurized_shards").glob("*/index.parquet"))
+    kept = set(pd.read_parquet(features, columns=["id"])["id"])
+    assert len(kept) == 45 and set(ids.values()) <= kept
+    audio_index = pd.read_parquet(next((pipeline_env / "storage" / "resampled_dataset").glob("*/index.parquet")))
+    losses = dict(zip(audio_index["id"], audio_index["downmix_loss_db"]))
+    assert losses[ids["stereo"]] == pytest.approx(0.0, abs=0.1) and losses[ids["-60 dBFS"]] == 0.0
+
+
+def test_too_many_silent_clips_block_the_batch(pipeline_env, mysql_database, korean_clips, tmp_path, monkeypatch):
+    # a muted source or a decoder giving zeros: more than ASR_MAX_QUARANTINE_RATE of the batch
+    quiet_dir = tmp_path / "quiet"
+    quiet_dir.mkdir()
+    monkeypatch.setenv("ASR_PATH_MAP", f"{os.environ['ASR_PATH_MAP']};/cul_m02/quiet/={quiet_dir}/")
+    monkeypatch.setenv("ASR_MAX_QUARANTINE_RATE", "0.04")  # the one missing file (2.3%) is still allowed
+    paths = [_scaled_copy(korean_clips[i]["audio_path"], quiet_dir / f"muted{i}.wav", None) for i in range(2)]
+    engine = sa.create_engine(mysql_database)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                     [{"p": _archived(path), "t": "소리가 없는 행"} for path in paths])
+    engine.dispose()
+
+    with pytest.raises(SystemExit, match="ingest failed for batches"):
+        cli.main(["ingest"])
+
+    instance = dg.DagsterInstance.get()
+    evaluation = _check_evaluation(instance, checks.NEAR_SILENT)
+    assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert "The batch is blocked: more than ASR_MAX_QUARANTINE_RATE (4%)" in evaluation.description
+    [state] = batch_states(instance)
+    assert state.state == "blocked" and checks.NEAR_SILENT in state.reason
+    assert not (pipeline_env / "storage" / "featurized_shards").exists()
+
+
+def _index(tmp_path, peaks, losses=None, channels=1):
+    rows = len(peaks)
+    pd.DataFrame({"id": range(1, rows + 1), "peak": peaks, "channels": channels,
+                  "downmix_loss_db": losses if losses is not None else [0.0] * rows}).to_parquet(
+        tmp_path / "index.parquet")
+    return tmp_path
+
+
+def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
+    at_limit = 10 ** (checks.NEAR_SILENT_PEAK_DBFS / 20)
+    result = checks.near_silent_clips(_index(tmp_path, [at_limit, 0.5]), max_rate=0.2)
+    assert result.passed  # a peak at -50 dBFS exactly is not below it
+    result = checks.cancelling_downmix(_index(tmp_path, [0.5, 0.5], [checks.CANCELLING_DOWNMIX_DB, -3.0], 2), 0.2)
+    assert result.passed
+    cancelling = _index(tmp_path, [0.5] * 4, [-40.0, -3.0, -3.0, -3.0], 2)  # one of four: above a 20% limit
+    assert checks.cancelling_downmix(cancelling, 0.2).severity == dg.AssetCheckSeverity.ERROR
+    assert checks.cancelling_downmix(cancelling, 0.25).severity == dg.AssetCheckSeverity.WARN  # at it: a warning
+
+    peaks = [0.0001 * (i + 1) for i in range(25)] + [0.5] * 975  # 25 near-silent clips of 1,000
+    result = checks.near_silent_clips(_index(tmp_path, peaks), max_rate=0.2, batch="ids-1-1000")
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["ids"].value == list(range(1, 21)) and result.metadata["clips"].value == 25
+    assert "ids 1, 2, 3" in result.description and ", 20 and 5 more;" in result.description
+    assert "25 of 1000 kept clips (2.5%)" in result.description and "-80.0 dBFS" in result.description
+    assert checks.near_silent_clips(_index(tmp_path, peaks), max_rate=0.02).severity == dg.AssetCheckSeverity.ERROR
+    assert checks.near_silent_clips(_index(tmp_path, []), max_rate=0.2).passed  # every row quarantined
+
+
+def test_a_batch_of_audible_clips_passes(tmp_path, korean_clips):
+    from asr_pipeline.core import audio
+
+    manifest = pd.DataFrame({"id": range(5), "audio_path": [c["audio_path"] for c in korean_clips[:5]],
+                             "transcript": [c["transcript"] for c in korean_clips[:5]]})
+    audio.resample_manifest(manifest, tmp_path, emit=lambda _: None)
+    for result in (checks.near_silent_clips(tmp_path, 0.2), checks.cancelling_downmix(tmp_path, 0.2)):
+        assert result.passed and result.description is None and result.metadata["clips"].value == 0
