@@ -28,6 +28,21 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
 
 
+def _suspect_audio(index_file: Path) -> tuple[int, int]:
+    """(near-silent clips, clips cancelled by the down-mix) of an audio shard's index (core.audio's criteria)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from asr_pipeline.core import audio
+
+    if not index_file.exists():
+        return 0, 0
+    names = set(pq.read_schema(index_file).names)
+    index = pd.read_parquet(index_file, columns=[c for c in ("id", "peak", "downmix_loss_db") if c in names])
+    quiet = len(audio.near_silent(index)) if "peak" in names else 0
+    return quiet, len(audio.cancelled_by_downmix(index))
+
+
 def collect_status() -> dict:
     from asr_pipeline.core.storage import directory_bytes, read_json
 
@@ -48,6 +63,10 @@ def collect_status() -> dict:
             entry["rows"] += rows
             entry["bytes"] += directory_bytes(path)
             entry["quarantined"] += _parquet_rows(path / "quarantine.parquet")
+            if name == "resampled_dataset":  # kept, but named by the audio checks (docs/ROBUSTNESS.md)
+                quiet, cancelled = _suspect_audio(path / "index.parquet")
+                entry["near_silent"] = entry.get("near_silent", 0) + quiet
+                entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) + cancelled
             batches.setdefault(key, {})[name] = rows
         entry["updated_at"] = max(_mtime(p) for p in dirs.values())
         assets[name] = entry
@@ -127,6 +146,9 @@ def cmd_status(args) -> None:
             print(f"  {name:22s} not materialized")
             continue
         extra = f", {entry['quarantined']} quarantined" if entry.get("quarantined") else ""
+        extra += f", {entry['near_silent']} near-silent" if entry.get("near_silent") else ""
+        extra += f", {entry['cancelled_by_downmix']} cancelled by the down-mix" \
+            if entry.get("cancelled_by_downmix") else ""
         print(f"  {name:22s} {entry.get('rows', '?'):>7} rows in {entry.get('partitions', 0)} batches{extra}  "
               f"{entry['bytes'] / 1e6:9.1f} MB  updated {entry['updated_at']}")
     rows = {batch["key"]: batch for batch in status["partitions"]}

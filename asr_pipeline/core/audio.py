@@ -135,8 +135,8 @@ def to_16k_mono(data: np.ndarray, rate: int) -> np.ndarray:
 
 
 def downmix(data: np.ndarray) -> np.ndarray:
-    """The channels' mean as float32 [frames] (a 1-D array is taken as mono), bit for bit numpy's
-    data.mean(axis=1)."""
+    """The channels' mean as float32 [frames] (a 1-D array is taken as mono): the values of numpy's
+    data.mean(axis=1), the ingest's down-mix since its start."""
     if data.ndim == 1 or data.shape[1] == 1:  # mono is taken as it is (a mean over one channel cost 10% of resampling)
         return np.ascontiguousarray(data.reshape(len(data)), dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as inf, which the caller rejects
@@ -146,9 +146,9 @@ def downmix(data: np.ndarray) -> np.ndarray:
 
 def _channel_mean(data: np.ndarray) -> np.ndarray:
     """numpy's mean over fewer than 8 channels, computed a channel at a time. numpy reduces each frame's handful of
-    values on its own: 3.3 ms for 3.5 s of 48 kHz stereo, more than resampling it, against 0.24 ms for whole columns
+    values on its own: 4.4 ms for 3.5 s of 48 kHz stereo, more than resampling it, against 0.35 ms for whole columns
     added in turn (benchmarks/clip_stages.py). Below 8 values numpy adds in order, so the sums, and the division,
-    are the same bits (tested)."""
+    are the same values (tested); only a frame of negative zeros keeps its sign here, which int16 storage drops."""
     total = data[:, 0].copy()
     for channel in range(1, data.shape[1]):
         total += data[:, channel]
@@ -162,29 +162,56 @@ def resample_to_16k(mono: np.ndarray, rate: int) -> np.ndarray:
     return mono
 
 
-# what downmix_loss_db gives when the mix is exactly silent but the channels are not (log of 0)
+# what downmix_loss_db gives when the mix is silent but the channels are not, and its floor
 FULL_CANCELLATION_DB = -120.0
+
+# Clips whose audio does not carry their transcript's speech (defs/ingest/checks.py names them, `status` counts them):
+# - near-silent: the loudest sample, after the mix to mono, below this. Broadcast speech peaks tens of dB higher (a
+#   whispered scene still near -35 dBFS); below it is a muted track or audio cut from the wrong place.
+NEAR_SILENT_PEAK_DBFS = -50.0
+# - cancelled by the down-mix: downmix_loss_db below this. Unrelated or alike channels give 0 dB or more; one of a
+#   pair inverted at 80% of the other's level gives -16 dB, at half its level -7 dB, an exact inverse everything.
+CANCELLING_DOWNMIX_DB = -10.0
+
+
+def near_silent(index: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an audio shard's index whose clip is near-silent, quietest first."""
+    return index[index["peak"] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)].sort_values(["peak", "id"])
+
+
+def cancelled_by_downmix(index: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose mix to mono cancelled, most cancelled first (none in shards made before downmix_loss_db)."""
+    if "downmix_loss_db" not in index.columns:
+        return index.iloc[0:0]
+    return index[index["downmix_loss_db"] < CANCELLING_DOWNMIX_DB].sort_values(["downmix_loss_db", "id"])
 
 
 def downmix_loss_db(data: np.ndarray, mono: np.ndarray) -> float:
-    """The mix's energy against the channels' mean energy, in dB: 0 for one channel or identical ones, about -3 for
-    two unrelated ones, about -7.8 for dialogue in the centre of 5.1 alone; far below that when channels cancel (a
-    stereo pair with one channel's polarity inverted: what both share, usually the dialogue, is gone from the mix)."""
+    """The mix's energy against what averaging unrelated channels of the same energies would give, in dB: 0 for
+    unrelated channels, however many, and for one channel beside silent ones (5.1 with dialogue in the centre
+    alone); up to +10 log10(channels) for identical ones; far below 0 when channels cancel (a pair with one
+    channel's polarity inverted: what both share, usually the dialogue, is gone from the mix). 0 for mono and for
+    silence. At least FULL_CANCELLATION_DB."""
     if data.ndim != 2 or data.shape[1] == 1:
         return 0.0
-    # sums of squares by BLAS (float32 accumulation is plenty for a ratio in dB, and no squared copy is made)
-    with np.errstate(over="ignore", invalid="ignore"):
-        channels = sum(float(np.dot(data[:, c], data[:, c])) for c in range(data.shape[1])) / data.shape[1]
-        mixed = float(np.dot(mono, mono))
+    channels, mixed = _energies(data, mono)
     if not (np.isfinite(channels) and np.isfinite(mixed)):  # float samples so large their squares overflow
-        wide = data.astype(np.float64)
-        channels = sum(float(np.dot(wide[:, c], wide[:, c])) for c in range(data.shape[1])) / data.shape[1]
-        mixed = float(np.dot(mono.astype(np.float64), mono.astype(np.float64)))
+        channels, mixed = _energies(data.astype(np.float64), mono.astype(np.float64))
         if not (np.isfinite(channels) and np.isfinite(mixed)):
             return 0.0  # a mix that overflowed float32: the clip is rejected as non-finite right after
     if channels == 0.0:
         return 0.0  # silence in, silence out: nothing was lost by mixing
-    return 10 * float(np.log10(mixed / channels)) if mixed > 0 else FULL_CANCELLATION_DB
+    # unrelated channels average to (sum of their energies) / channels^2
+    unrelated = channels / data.shape[1] ** 2
+    return max(FULL_CANCELLATION_DB, 10 * float(np.log10(mixed / unrelated))) if mixed > 0 else FULL_CANCELLATION_DB
+
+
+def _energies(data: np.ndarray, mono: np.ndarray) -> tuple[float, float]:
+    """(sum over the channels of their sums of squares, the mix's sum of squares), by BLAS: float32 accumulation is
+    plenty for a ratio in dB, and no squared copy is made."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (sum(float(np.dot(data[:, c], data[:, c])) for c in range(data.shape[1])),
+                float(np.dot(mono, mono)))
 
 
 def load_16k(path: str | Path) -> np.ndarray:

@@ -16,6 +16,9 @@ from asr_pipeline.core.alerts import AlertConfig
 from asr_pipeline.defs.alerts import sources
 from asr_pipeline.defs.alerts.freshness import BATCHES_DONE, DECISION_RECENT, TRAINING_KEEPS_UP, FreshnessResult
 from asr_pipeline.defs.evaluation.checks import BEATS_CHAMPION
+from asr_pipeline.defs.ingest.checks import CANCELLING_DOWNMIX, NEAR_SILENT
+
+SUSPECT_AUDIO_CHECKS = (NEAR_SILENT, CANCELLING_DOWNMIX)  # blocked by the audio, not by missing rows
 
 PREFIX = "[asr_pipeline]"
 # ...and the UI's own materializations (__ASSET_JOB) of the unpartitioned assets; batch runs are alerted per batch
@@ -49,12 +52,14 @@ def batch_failure(instance: dg.DagsterInstance, config: AlertConfig, state: sour
         f" after {state.failures} failed runs." if state.failures > 1 else ".")
     if failure.failed_checks:
         check = failure.failed_checks[0]
+        fix = (f"the check names the clips; fix their audio, then `asr-pipeline backfill {state.key}` (or raise "
+               "ASR_MAX_SUSPECT_AUDIO_RATE)" if check["check"] in SUSPECT_AUDIO_CHECKS else
+               "`asr-pipeline quarantine --json` lists the rows and reasons; put the audio in place (or correct "
+               f"ASR_PATH_MAP / ASR_AUDIO_ROOTS), then `asr-pipeline backfill {state.key}`")
         return Problem("check_failed", check["asset"], state.key, (
             f"{PREFIX} batch {state.key} blocked: check {check['check']} on {check['asset']} failed{runs}.\n"
             f"{_check_detail(check)}.\nThe batch is left out of training until it passes. Fix: "
-            f"`asr-pipeline quarantine --json` lists the rows and reasons; put the audio in place (or correct "
-            f"ASR_PATH_MAP / ASR_AUDIO_ROOTS), then `asr-pipeline backfill {state.key}`.{_link(config, run_id)}"),
-            recovery)
+            f"{fix}.{_link(config, run_id)}"), recovery)
     return Problem("run_failed", failure.asset, state.key, (
         f"{PREFIX} ingest of batch {state.key} failed at {failure.asset}{runs}: {failure.error}\n"
         f"Fix: read the run's error, then `asr-pipeline backfill {state.key}`.{_link(config, run_id)}"), recovery)

@@ -74,8 +74,11 @@ class PipelineSettings(dg.ConfigurableResource):
     audio_roots: str = Field(default="", description="ASR_AUDIO_ROOTS: colon-separated directories audio may "
                              "come from (default: the ASR_PATH_MAP targets and ASR_HOME)")
     max_quarantine_rate: float = Field(default=0.2, description="ASR_MAX_QUARANTINE_RATE: above it, the "
-                                       "quarantine check fails and blocks featurization (as do the near-silent and "
-                                       "cancelling down-mix checks above this share of such clips)")
+                                       "quarantine check fails and blocks featurization")
+    max_suspect_audio_rate: float = Field(default=0.2, description="ASR_MAX_SUSPECT_AUDIO_RATE: above this share "
+                                          "of a batch's kept clips (and 10 clips or more), near-silent or "
+                                          "down-mix-cancelled clips block the batch; below, they are named as a "
+                                          "warning")
     batch_rows: int = Field(default=10_000, description="ASR_BATCH_ROWS: most rows in one ingest batch")
     batch_max_wait_minutes: float = Field(default=60.0, description="ASR_BATCH_MAX_WAIT_MINUTES: pending rows fewer "
                                           "than ASR_BATCH_ROWS become a batch once the oldest has waited this long "
@@ -149,6 +152,7 @@ def settings_from_environment() -> PipelineSettings:
         allow_placeholder_model=env.base_model_is_default(),
         audio_roots=os.environ.get("ASR_AUDIO_ROOTS", ""),
         max_quarantine_rate=_rate_env("ASR_MAX_QUARANTINE_RATE", 0.2),
+        max_suspect_audio_rate=_rate_env("ASR_MAX_SUSPECT_AUDIO_RATE", 0.2),
         batch_rows=_int_env("ASR_BATCH_ROWS", 10_000),
         batch_max_wait_minutes=_number_env("ASR_BATCH_MAX_WAIT_MINUTES", 60.0, float, lambda v: 0 <= v < 1e6,
                                            "a number of minutes, 0 or more (0: cut a batch every tick)"),

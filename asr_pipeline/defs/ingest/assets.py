@@ -74,8 +74,8 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
     if len(quarantine):
         reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
         context.log.warning(f"{len(quarantine)} rows quarantined: {reasons}")
-    suspects = [checks.near_silent_clips(out, settings.max_quarantine_rate, context.partition_key),
-                checks.cancelling_downmix(out, settings.max_quarantine_rate, context.partition_key)]
+    suspects = [checks.near_silent_clips(out, settings.max_suspect_audio_rate, context.partition_key),
+                checks.cancelling_downmix(out, settings.max_suspect_audio_rate, context.partition_key)]
     for suspect in suspects:
         if not suspect.passed:
             context.log.warning(suspect.description)

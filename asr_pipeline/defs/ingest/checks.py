@@ -1,7 +1,8 @@
 """The ingest assets' checks, evaluated by the assets themselves (check_specs) on the data they are about to publish,
-so they work per ingest batch: a failed blocking one stops the run before the bad batch reaches the next asset. Two
-of them usually only warn (severity WARN: the batch goes on) and name the rows: no_near_silent_clips and
-no_cancelling_downmix block only when their clips are more than ASR_MAX_QUARANTINE_RATE of the batch."""
+so they work per ingest batch: a blocking one that fails with severity ERROR stops the run before the bad batch
+reaches the next asset. Two of them usually only warn (severity WARN: the batch goes on) and name the rows:
+no_near_silent_clips and no_cancelling_downmix block only when their clips are more than ASR_MAX_SUSPECT_AUDIO_RATE
+of the batch's kept clips, and at least BLOCK_MIN_CLIPS."""
 
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from asr_pipeline.core import audio
 from asr_pipeline.core.audio_shard import SAMPLE_RATE, AudioShard
 from asr_pipeline.core.features import FRAMES_30S, MAX_LABEL_TOKENS
 
@@ -17,17 +19,11 @@ QUARANTINE_RATE = "quarantine_rate_below_threshold"
 CLIPS_16K = "clips_are_16k_mono"
 FEATURE_SHAPES = "features_match_model"
 NEAR_SILENT = "no_near_silent_clips"
-# A kept clip whose loudest sample is below this is a silent or all-but-silent track: broadcast speech peaks tens of
-# dB higher (a whispered scene still near -35 dBFS). Trained with its transcript, such a clip teaches the model to
-# write text where it hears nothing, the hallucination the report's guards look for.
-NEAR_SILENT_PEAK_DBFS = -50.0
 CANCELLING_DOWNMIX = "no_cancelling_downmix"
-# Averaging channels costs 3 dB for two unrelated channels, 7.8 dB for dialogue in the centre of 5.1 alone and 9 dB
-# in the centre of 7.1 (audio.downmix_loss_db); more than 12 dB is lost when channels cancel: a channel with inverted
-# polarity takes out what the channels share, usually the dialogue, and leaves the rest (music, ambience). An exact
-# inverse loses everything; one at 80% of the other's level, 19 dB.
-CANCELLING_DOWNMIX_DB = -12.0
 IDS_SHOWN = 20  # ids a check's description and metadata name (every row's peak and loss are in index.parquet)
+# a batch is blocked by suspect audio only with at least this many such clips: one quiet clip in a batch of three
+# (a small batch cut by ASR_BATCH_MAX_WAIT_MINUTES) is named, not a reason to stop the batch and alert every night
+BLOCK_MIN_CLIPS = 10
 
 RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(QUARANTINE_RATE, asset="resampled_dataset", blocking=True,
@@ -35,14 +31,14 @@ RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(CLIPS_16K, asset="resampled_dataset", blocking=True,
                       description="Every kept clip is 16 kHz mono; the audio file holds the index's clips, in order."),
     dg.AssetCheckSpec(NEAR_SILENT, asset="resampled_dataset", blocking=True,
-                      description=f"Kept clips that peak below {NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with a "
-                                  "transcript) are named as a warning; more than ASR_MAX_QUARANTINE_RATE of the "
-                                  "batch blocks it."),
+                      description=f"Kept clips that peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with "
+                                  "a transcript) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the "
+                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}) block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
-                      description=f"Kept clips that lost more than {-CANCELLING_DOWNMIX_DB:g} dB when their "
-                                  "channels were averaged to mono (a channel with inverted polarity cancels the "
-                                  "dialogue) are named as a warning; more than ASR_MAX_QUARANTINE_RATE of the batch "
-                                  "blocks it."),
+                      description="Kept clips whose channels cancelled when averaged to mono (downmix_loss_db below "
+                                  f"{audio.CANCELLING_DOWNMIX_DB:g} dB: a channel with inverted polarity takes out "
+                                  "the dialogue) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the "
+                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}) block it."),
 ]
 FEATURE_CHECKS = [
     dg.AssetCheckSpec(FEATURE_SHAPES, asset="featurized_shards", blocking=True,
@@ -80,43 +76,42 @@ def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
 
 
 def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
-    """Kept clips whose peak |sample| (the index's `peak`, after the mix to mono) is below NEAR_SILENT_PEAK_DBFS,
-    quietest first."""
+    """Kept clips whose peak |sample| (the index's `peak`, after the mix to mono) is below NEAR_SILENT_PEAK_DBFS."""
     index = pd.read_parquet(shard_dir / "index.parquet", columns=["id", "peak"])
-    quiet = index[index["peak"] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)].sort_values(["peak", "id"])
-    found = (f"peak below {NEAR_SILENT_PEAK_DBFS:g} dBFS (silent or all but silent, the quietest "
+    quiet = audio.near_silent(index)
+    found = (f"peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent or all but silent, the quietest "
              f"{_dbfs(float(quiet['peak'].iloc[0]))}) yet have transcripts") if len(quiet) else ""
     return _suspect_clips(NEAR_SILENT, quiet, len(index), found, "a muted track, or audio cut from the wrong place?",
-                          max_rate, batch, {"peak_limit_dbfs": NEAR_SILENT_PEAK_DBFS})
+                          max_rate, batch, {"peak_limit_dbfs": audio.NEAR_SILENT_PEAK_DBFS})
 
 
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
-    """Kept clips whose mono mix lost more than -CANCELLING_DOWNMIX_DB against their channels (the index's
-    downmix_loss_db), most cancelled first."""
+    """Kept clips whose channels cancelled in the mix to mono (the index's downmix_loss_db)."""
     index = pd.read_parquet(shard_dir / "index.parquet", columns=["id", "channels", "downmix_loss_db"])
-    cancelled = index[index["downmix_loss_db"] < CANCELLING_DOWNMIX_DB].sort_values(["downmix_loss_db", "id"])
-    found = (f"lost more than {-CANCELLING_DOWNMIX_DB:g} dB when their channels were averaged to mono (down to "
-             f"{float(cancelled['downmix_loss_db'].iloc[0]):g} dB): a channel with inverted polarity cancels what "
-             "the channels share, usually the dialogue") if len(cancelled) else ""
+    cancelled = audio.cancelled_by_downmix(index)
+    found = (f"lost their common sound when their channels were averaged to mono (down to "
+             f"{float(cancelled['downmix_loss_db'].iloc[0]):.1f} dB against unrelated channels): a channel with "
+             "inverted polarity cancels what the channels share, usually the dialogue") if len(cancelled) else ""
     return _suspect_clips(CANCELLING_DOWNMIX, cancelled, len(index), found,
                           "listen to each channel alone; invert the one that is out of phase",
-                          max_rate, batch, {"loss_limit_db": CANCELLING_DOWNMIX_DB,
+                          max_rate, batch, {"loss_limit_db": audio.CANCELLING_DOWNMIX_DB,
                                             "multichannel_clips": int((index["channels"] > 1).sum())})
 
 
 def _suspect_clips(check: str, suspects: pd.DataFrame, rows: int, found: str, hint: str, max_rate: float,
                    batch: str | None, metadata: dict) -> dg.AssetCheckResult:
     """Kept clips whose audio does not carry their transcript's speech: a warning that names them; an error that
-    blocks the batch when they are more than max_rate of it (a muted source, a decoder giving zeros)."""
+    blocks the batch when they are more than max_rate of it and at least BLOCK_MIN_CLIPS (a muted source, a decoder
+    giving zeros, a whole transfer out of phase)."""
     share = len(suspects) / rows if rows else 0.0
-    blocks = share > max_rate
+    blocks = share > max_rate and len(suspects) >= BLOCK_MIN_CLIPS
     shown = [int(i) for i in suspects["id"].head(IDS_SHOWN)]
     description = None
     if len(suspects):
         more = f" and {len(suspects) - len(shown)} more" if len(suspects) > len(shown) else ""
-        fix = (f"The batch is blocked: more than ASR_MAX_QUARANTINE_RATE ({max_rate:.0%}) of it. Fix the files and "
-               f"run `asr-pipeline backfill {batch or 'BATCH'}`, or raise ASR_MAX_QUARANTINE_RATE to let them in."
-               if blocks else
+        fix = (f"The batch is blocked: more than ASR_MAX_SUSPECT_AUDIO_RATE ({max_rate:.0%}) of its kept clips. Fix "
+               f"the files and run `asr-pipeline backfill {batch or 'BATCH'}`, or raise ASR_MAX_SUSPECT_AUDIO_RATE "
+               "to let them in." if blocks else
                f"They stay in the batch. Fix the files and run `asr-pipeline backfill {batch or 'BATCH'}`, or "
                "delete the rows from the table: a deleted row is left out of every training after it (a test row "
                "stays in the report until its batch is ingested again).")

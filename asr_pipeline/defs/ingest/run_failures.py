@@ -58,7 +58,7 @@ def why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
         evaluation = record.event_log_entry.dagster_event.event_specific_data
         # a warning (severity WARN) never blocks, even from a blocking check, and never is why a run failed
-        if not evaluation.passed and evaluation.blocking and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+        if not evaluation.passed and evaluation.blocking and evaluation.severity != dg.AssetCheckSeverity.WARN:
             detail = evaluation.description or ", ".join(
                 f"{k}={getattr(v, 'value', v)}" for k, v in evaluation.metadata.items()
                 if not isinstance(getattr(v, "value", None), (dict, list)))

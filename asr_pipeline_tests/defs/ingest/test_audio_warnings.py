@@ -4,6 +4,7 @@ the dialogue goes, the ambience stays). Trained with its transcript, either teac
 not hear. The ingest keeps such rows but warns, naming them: the no_near_silent_clips and no_cancelling_downmix
 checks on resampled_dataset (warnings, not blocking checks)."""
 
+import json
 import os
 
 import numpy as np
@@ -52,8 +53,8 @@ def _archived(path: str) -> str:
     return "/cul_m02/quiet/" + os.path.basename(path)
 
 
-def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env, mysql_database, korean_clips, tmp_path,
-                                                          monkeypatch):
+def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env, mysql_database, korean_clips,
+                                                                    tmp_path, monkeypatch, capsys):
     source = korean_clips[0]["audio_path"]
     quiet_dir = tmp_path / "quiet"
     quiet_dir.mkdir()
@@ -73,6 +74,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     engine.dispose()
 
     cli.main(["ingest"])  # a warning does not fail the run
+    capsys.readouterr()
 
     instance = dg.DagsterInstance.get()
     evaluation = _check_evaluation(instance, checks.NEAR_SILENT)
@@ -94,7 +96,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     # the exact silence is not a cancellation (mono, nothing lost by mixing)
     assert metadata["ids"] == [ids["inverted stereo"]] and metadata["clips"] == 1
     assert metadata["multichannel_clips"] >= 2
-    assert f"ids {ids['inverted stereo']};" in cancelled.description and "down to -2" in cancelled.description
+    assert f"ids {ids['inverted stereo']};" in cancelled.description
 
     # a warning leaves the batch done, raises no alert, and the batch's materialization keeps the counts
     [state] = batch_states(instance)
@@ -104,27 +106,67 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     assert materialization.metadata["no_near_silent_clips_clips"].value == 2
     assert materialization.metadata["no_cancelling_downmix_clips"].value == 1
 
+    # `status` counts them over every batch
+    cli.main(["status", "--json"])
+    resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
+    assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 1)
+    cli.main(["status"])
+    assert "2 near-silent, 1 cancelled by the down-mix" in capsys.readouterr().out
+
     # the rows stay: all five are featurized with the 40 clips (the row without a file is quarantined)
     features = next((pipeline_env / "storage" / "featurized_shards").glob("*/index.parquet"))
     kept = set(pd.read_parquet(features, columns=["id"])["id"])
     assert len(kept) == 45 and set(ids.values()) <= kept
     audio_index = pd.read_parquet(next((pipeline_env / "storage" / "resampled_dataset").glob("*/index.parquet")))
     losses = dict(zip(audio_index["id"], audio_index["downmix_loss_db"]))
-    assert losses[ids["stereo"]] == pytest.approx(0.0, abs=0.1) and losses[ids["-60 dBFS"]] == 0.0
+    # the inverted pair keeps its ambience, 23 dB under unrelated channels; the pair in phase is alike (+3 dB)
+    assert losses[ids["inverted stereo"]] == pytest.approx(-23.0, abs=1.0)
+    assert f"down to {losses[ids['inverted stereo']]:.1f} dB" in cancelled.description
+    assert losses[ids["stereo"]] == pytest.approx(3.0, abs=0.2) and losses[ids["-60 dBFS"]] == 0.0
 
 
-def test_too_many_silent_clips_block_the_batch(pipeline_env, mysql_database, korean_clips, tmp_path, monkeypatch):
-    # a muted source or a decoder giving zeros: more than ASR_MAX_QUARANTINE_RATE of the batch
-    quiet_dir = tmp_path / "quiet"
+def test_a_warned_batch_that_fails_later_reports_its_own_failure(pipeline_env, mysql_database, korean_clips,
+                                                                 tmp_path, monkeypatch):
+    # the warning must not pass for the reason a run failed, nor for a block
+    from asr_pipeline.core import features
+
+    _add_muted_clips(mysql_database, korean_clips, tmp_path, monkeypatch, 1)
+
+    def out_of_disk(*args, **kwargs):
+        raise OSError("No space left on device (while featurizing)")
+
+    monkeypatch.setattr(features, "featurize_shard", out_of_disk)
+    with pytest.raises(SystemExit, match="ingest failed for batches"):
+        cli.main(["ingest"])
+    instance = dg.DagsterInstance.get()
+    assert _check_evaluation(instance, checks.NEAR_SILENT).severity == dg.AssetCheckSeverity.WARN
+    [state] = batch_states(instance)
+    assert state.state == "failed" and "No space left on device" in state.reason
+    problem = batch_failure(instance, AlertConfig(), state)
+    assert problem.kind == "run_failed" and "No space left on device" in problem.text
+
+
+def _add_muted_clips(mysql_database, korean_clips, tmp_path, monkeypatch, count: int) -> list[int]:
+    """`count` rows whose audio is digital silence, on a second share mapped like the first."""
+    quiet_dir = tmp_path / "muted"
     quiet_dir.mkdir()
     monkeypatch.setenv("ASR_PATH_MAP", f"{os.environ['ASR_PATH_MAP']};/cul_m02/quiet/={quiet_dir}/")
-    monkeypatch.setenv("ASR_MAX_QUARANTINE_RATE", "0.04")  # the one missing file (2.3%) is still allowed
-    paths = [_scaled_copy(korean_clips[i]["audio_path"], quiet_dir / f"muted{i}.wav", None) for i in range(2)]
+    paths = [_scaled_copy(korean_clips[i % len(korean_clips)]["audio_path"], quiet_dir / f"muted{i}.wav", None)
+             for i in range(count)]
     engine = sa.create_engine(mysql_database)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
                      [{"p": _archived(path), "t": "소리가 없는 행"} for path in paths])
+        ids = [conn.execute(sa.text("SELECT id FROM training_datas WHERE raw_data = :p"), {"p": _archived(p)}).scalar()
+               for p in paths]
     engine.dispose()
+    return ids
+
+
+def test_too_many_silent_clips_block_the_batch(pipeline_env, mysql_database, korean_clips, tmp_path, monkeypatch):
+    # a muted source or a decoder giving zeros: 12 of the 52 kept clips (23%), more than the limit and 10 or more
+    _add_muted_clips(mysql_database, korean_clips, tmp_path, monkeypatch, 12)
+    monkeypatch.setenv("ASR_MAX_SUSPECT_AUDIO_RATE", "0.1")
 
     with pytest.raises(SystemExit, match="ingest failed for batches"):
         cli.main(["ingest"])
@@ -132,9 +174,13 @@ def test_too_many_silent_clips_block_the_batch(pipeline_env, mysql_database, kor
     instance = dg.DagsterInstance.get()
     evaluation = _check_evaluation(instance, checks.NEAR_SILENT)
     assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert "The batch is blocked: more than ASR_MAX_QUARANTINE_RATE (4%)" in evaluation.description
+    assert "12 of 52 kept clips (23.1%)" in evaluation.description
+    assert "The batch is blocked: more than ASR_MAX_SUSPECT_AUDIO_RATE (10%)" in evaluation.description
     [state] = batch_states(instance)
     assert state.state == "blocked" and checks.NEAR_SILENT in state.reason
+    problem = batch_failure(instance, AlertConfig(), state)
+    assert problem.kind == "check_failed" and "the check names the clips" in problem.text
+    assert "asr-pipeline quarantine" not in problem.text  # nothing is quarantined: the advice is the audio's
     assert not (pipeline_env / "storage" / "featurized_shards").exists()
 
 
@@ -147,14 +193,12 @@ def _index(tmp_path, peaks, losses=None, channels=1):
 
 
 def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
-    at_limit = 10 ** (checks.NEAR_SILENT_PEAK_DBFS / 20)
-    result = checks.near_silent_clips(_index(tmp_path, [at_limit, 0.5]), max_rate=0.2)
-    assert result.passed  # a peak at -50 dBFS exactly is not below it
-    result = checks.cancelling_downmix(_index(tmp_path, [0.5, 0.5], [checks.CANCELLING_DOWNMIX_DB, -3.0], 2), 0.2)
-    assert result.passed
-    cancelling = _index(tmp_path, [0.5] * 4, [-40.0, -3.0, -3.0, -3.0], 2)  # one of four: above a 20% limit
-    assert checks.cancelling_downmix(cancelling, 0.2).severity == dg.AssetCheckSeverity.ERROR
-    assert checks.cancelling_downmix(cancelling, 0.25).severity == dg.AssetCheckSeverity.WARN  # at it: a warning
+    from asr_pipeline.core import audio
+
+    at_limit = 10 ** (audio.NEAR_SILENT_PEAK_DBFS / 20)
+    assert checks.near_silent_clips(_index(tmp_path, [at_limit, 0.5]), max_rate=0.2).passed  # -50 dBFS is not below
+    at_loss_limit = _index(tmp_path, [0.5, 0.5], [audio.CANCELLING_DOWNMIX_DB, 3.0], 2)
+    assert checks.cancelling_downmix(at_loss_limit, 0.2).passed
 
     peaks = [0.0001 * (i + 1) for i in range(25)] + [0.5] * 975  # 25 near-silent clips of 1,000
     result = checks.near_silent_clips(_index(tmp_path, peaks), max_rate=0.2, batch="ids-1-1000")
@@ -162,8 +206,19 @@ def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
     assert result.metadata["ids"].value == list(range(1, 21)) and result.metadata["clips"].value == 25
     assert "ids 1, 2, 3" in result.description and ", 20 and 5 more;" in result.description
     assert "25 of 1000 kept clips (2.5%)" in result.description and "-80.0 dBFS" in result.description
+    assert "They stay in the batch" in result.description and "backfill ids-1-1000" in result.description
     assert checks.near_silent_clips(_index(tmp_path, peaks), max_rate=0.02).severity == dg.AssetCheckSeverity.ERROR
     assert checks.near_silent_clips(_index(tmp_path, []), max_rate=0.2).passed  # every row quarantined
+
+    # above the rate, but fewer than BLOCK_MIN_CLIPS: a small batch is warned about, not blocked
+    few = _index(tmp_path, [0.0] * (checks.BLOCK_MIN_CLIPS - 1) + [0.5])
+    assert checks.near_silent_clips(few, max_rate=0.2).severity == dg.AssetCheckSeverity.WARN
+    cancelling = _index(tmp_path, [0.5] * 40, [-40.0] * 12 + [0.0] * 28, 2)  # 30% of 40
+    assert checks.cancelling_downmix(cancelling, 0.2).severity == dg.AssetCheckSeverity.ERROR
+    assert checks.cancelling_downmix(cancelling, 0.3).severity == dg.AssetCheckSeverity.WARN  # at the rate: a warning
+    # a shard made before downmix_loss_db: nothing to name
+    pd.DataFrame({"id": [1], "peak": [0.5], "channels": [2]}).to_parquet(tmp_path / "index.parquet")
+    assert audio.cancelled_by_downmix(pd.read_parquet(tmp_path / "index.parquet")).empty
 
 
 def test_a_batch_of_audible_clips_passes(tmp_path, korean_clips):
