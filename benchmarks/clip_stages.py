@@ -5,8 +5,8 @@
 The corpus is ingest_process_benchmark.py's (featurize_benchmark.corpus: espeak-ng Korean, 16-bit WAV at 22.05 kHz,
 every tenth clip 44.1 kHz stereo FLAC; made once under --work, which defaults to that script's, and reused).
 For each clip, one thread, the stages `resample_manifest` runs per row (core/audio.py, _prepare_clip): decoding
-(libsndfile), the mix to mono and what it lost (downmix_loss_db), resampling to 16 kHz (soxr HQ), the finite check,
-int16 quantization, the peak, and the content hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
+(libsndfile), the mix to mono, the channels' lowest correlation (min_channel_correlation), resampling to 16 kHz
+(soxr HQ), the finite check, int16 quantization, the peaks (with and without DC), and the content hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
 --repeats passes, in milliseconds a clip (their sum adds bests from different passes: a lower bound). Then whole `resample_manifest` calls on the same rows with 1 and 2 worker
 threads (best of --repeats), which shows how much of the single-thread sum the threads overlap. Last, the mix to
 mono of synthetic 2- and 6-channel clips (3.5 s at 48 kHz): numpy's mean over the channel axis against audio.downmix.
@@ -33,7 +33,8 @@ from featurize_benchmark import corpus  # noqa: E402
 from asr_pipeline.core import audio  # noqa: E402
 from asr_pipeline.core.audio_shard import content_hash, to_pcm16  # noqa: E402
 
-STAGES = ("decode", "downmix", "downmix_loss", "resample_to_16k", "finite_check", "to_pcm16", "peak", "content_hash")
+STAGES = ("decode", "downmix", "channel_correlation", "resample_to_16k", "finite_check", "to_pcm16", "peaks",
+          "content_hash")
 
 
 def one_pass(paths: list[str]) -> dict[str, float]:
@@ -52,16 +53,16 @@ def one_pass(paths: list[str]) -> dict[str, float]:
         lap("decode")
         mono = audio.downmix(data)
         lap("downmix")
-        audio.downmix_loss_db(data, mono)
-        lap("downmix_loss")
+        audio.min_channel_correlation(data)
+        lap("channel_correlation")
         samples = audio.resample_to_16k(mono, rate)
         lap("resample_to_16k")
         np.isfinite(samples).all()
         lap("finite_check")
         pcm, scale = to_pcm16(samples)
         lap("to_pcm16")
-        float(np.abs(samples).max())
-        lap("peak")
+        float(np.abs(samples).max()), audio.ac_peak(samples)
+        lap("peaks")
         content_hash(pcm, scale)
         lap("content_hash")
     return spent
@@ -69,12 +70,14 @@ def one_pass(paths: list[str]) -> dict[str, float]:
 
 def multichannel_downmix(seconds: float = 3.5, rate: int = 48_000, repeats: int = 50) -> dict:
     """ms to average 2 and 6 channels of `seconds` at `rate` to mono: numpy's data.mean(axis=1), which the ingest
-    used until 2026-11-27, against audio.downmix (the same bits, a channel at a time), best of `repeats`."""
+    used until 2026-11-27, against audio.downmix (the same values, a channel at a time), and what the channels'
+    lowest correlation costs (audio.min_channel_correlation), best of `repeats`."""
     rng = np.random.default_rng(0)
     timings = {}
     for channels in (2, 6):
         data = (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
-        for name, mix in (("numpy_mean", lambda: data.mean(axis=1)), ("shipped", lambda: audio.downmix(data))):
+        for name, mix in (("numpy_mean", lambda: data.mean(axis=1)), ("shipped", lambda: audio.downmix(data)),
+                          ("channel_correlation", lambda: audio.min_channel_correlation(data))):
             best = float("inf")
             for _ in range(repeats):
                 started = time.perf_counter()

@@ -28,21 +28,6 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
 
 
-def _suspect_audio(index_file: Path) -> tuple[int, int]:
-    """(near-silent clips, clips cancelled by the down-mix) of an audio shard's index (core.audio's criteria)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    from asr_pipeline.core import audio
-
-    if not index_file.exists():
-        return 0, 0
-    names = set(pq.read_schema(index_file).names)
-    index = pd.read_parquet(index_file, columns=[c for c in ("id", "peak", "downmix_loss_db") if c in names])
-    quiet = len(audio.near_silent(index)) if "peak" in names else 0
-    return quiet, len(audio.cancelled_by_downmix(index))
-
-
 def collect_status() -> dict:
     from asr_pipeline.core.storage import directory_bytes, read_json
 
@@ -64,9 +49,10 @@ def collect_status() -> dict:
             entry["bytes"] += directory_bytes(path)
             entry["quarantined"] += _parquet_rows(path / "quarantine.parquet")
             if name == "resampled_dataset":  # kept, but named by the audio checks (docs/ROBUSTNESS.md)
-                quiet, cancelled = _suspect_audio(path / "index.parquet")
-                entry["near_silent"] = entry.get("near_silent", 0) + quiet
-                entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) + cancelled
+                meta = read_json(path / "meta.json") if (path / "meta.json").exists() else {}
+                entry["near_silent"] = entry.get("near_silent", 0) + meta.get("near_silent_clips", 0)
+                entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) \
+                    + meta.get("cancelling_downmix_clips", 0)
             batches.setdefault(key, {})[name] = rows
         entry["updated_at"] = max(_mtime(p) for p in dirs.values())
         assets[name] = entry

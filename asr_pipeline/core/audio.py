@@ -162,56 +162,73 @@ def resample_to_16k(mono: np.ndarray, rate: int) -> np.ndarray:
     return mono
 
 
-# what downmix_loss_db gives when the mix is silent but the channels are not, and its floor
-FULL_CANCELLATION_DB = -120.0
-
-# Clips whose audio does not carry their transcript's speech (defs/ingest/checks.py names them, `status` counts them):
-# - near-silent: the loudest sample, after the mix to mono, below this. Broadcast speech peaks tens of dB higher (a
-#   whispered scene still near -35 dBFS); below it is a muted track or audio cut from the wrong place.
+# Clips whose audio does not carry their transcript's speech (defs/ingest/checks.py names them; meta.json and
+# `status` count them):
+# - near-silent: the loudest excursion from the clip's mean (a DC offset is not sound), after the mix to mono, below
+#   this. Broadcast speech peaks tens of dB higher (a whispered scene still near -35 dBFS); below it is a muted
+#   track or audio cut from the wrong place.
 NEAR_SILENT_PEAK_DBFS = -50.0
-# - cancelled by the down-mix: downmix_loss_db below this. Unrelated or alike channels give 0 dB or more; one of a
-#   pair inverted at 80% of the other's level gives -16 dB, at half its level -7 dB, an exact inverse everything.
-CANCELLING_DOWNMIX_DB = -10.0
+# - cancelled by the down-mix: two channels correlated below this (min_channel_correlation). Speech panned to the
+#   centre correlates near +1, unrelated channels near 0; a channel with inverted polarity against another gives -1
+#   whatever its level, and still -0.8 with a bed of unrelated sound 6 dB under the dialogue in each.
+CANCELLING_CORRELATION = -0.4
 
 
 def near_silent(index: pd.DataFrame) -> pd.DataFrame:
-    """The rows of an audio shard's index whose clip is near-silent, quietest first."""
-    return index[index["peak"] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)].sort_values(["peak", "id"])
+    """The rows of an audio shard's index whose clip is near-silent, quietest first (by `ac_peak`; shards made
+    before it by `peak`)."""
+    level = "ac_peak" if "ac_peak" in index.columns else "peak"
+    return index[index[level] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)].sort_values([level, "id"])
 
 
 def cancelled_by_downmix(index: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose mix to mono cancelled, most cancelled first (none in shards made before downmix_loss_db)."""
-    if "downmix_loss_db" not in index.columns:
+    """The rows whose channels cancel in the mix to mono, most anti-correlated first (none in shards made before
+    min_channel_correlation)."""
+    if "min_channel_correlation" not in index.columns:
         return index.iloc[0:0]
-    return index[index["downmix_loss_db"] < CANCELLING_DOWNMIX_DB].sort_values(["downmix_loss_db", "id"])
+    cancelled = index[index["min_channel_correlation"] < CANCELLING_CORRELATION]
+    return cancelled.sort_values(["min_channel_correlation", "id"])
 
 
-def downmix_loss_db(data: np.ndarray, mono: np.ndarray) -> float:
-    """The mix's energy against what averaging unrelated channels of the same energies would give, in dB: 0 for
-    unrelated channels, however many, and for one channel beside silent ones (5.1 with dialogue in the centre
-    alone); up to +10 log10(channels) for identical ones; far below 0 when channels cancel (a pair with one
-    channel's polarity inverted: what both share, usually the dialogue, is gone from the mix). 0 for mono and for
-    silence. At least FULL_CANCELLATION_DB."""
-    if data.ndim != 2 or data.shape[1] == 1:
-        return 0.0
-    channels, mixed = _energies(data, mono)
-    if not (np.isfinite(channels) and np.isfinite(mixed)):  # float samples so large their squares overflow
-        channels, mixed = _energies(data.astype(np.float64), mono.astype(np.float64))
-        if not (np.isfinite(channels) and np.isfinite(mixed)):
-            return 0.0  # a mix that overflowed float32: the clip is rejected as non-finite right after
-    if channels == 0.0:
-        return 0.0  # silence in, silence out: nothing was lost by mixing
-    # unrelated channels average to (sum of their energies) / channels^2
-    unrelated = channels / data.shape[1] ** 2
-    return max(FULL_CANCELLATION_DB, 10 * float(np.log10(mixed / unrelated))) if mixed > 0 else FULL_CANCELLATION_DB
+def min_channel_correlation(data: np.ndarray) -> float:
+    """The lowest correlation between two of the channels, means removed, as a phase meter shows it: 1 for mono (or
+    fewer than two channels with sound), about 0 for unrelated channels, -1 for a channel whose polarity is inverted
+    against another, at any level. What such a pair shares, usually the dialogue, cancels when the channels are
+    averaged to mono while the rest (music, ambience) stays, so the clip is not silent."""
+    if data.ndim != 2 or data.shape[1] < 2:
+        return 1.0
+    covariance = _covariance(data)
+    if not np.isfinite(covariance).all():  # float samples so large their products overflow float32
+        covariance = _covariance(data.astype(np.float64))
+        if not np.isfinite(covariance).all():
+            return 1.0  # a mix that overflowed float32: the clip is rejected as non-finite right after
+    power = np.diag(covariance)
+    live = np.flatnonzero(power > len(data) * 1e-12)  # an rms above 1e-6 (-120 dBFS): a channel with sound
+    if len(live) < 2:
+        return 1.0
+    correlation = covariance[np.ix_(live, live)] / np.sqrt(np.outer(power[live], power[live]))
+    return float(np.clip(correlation[np.triu_indices(len(live), 1)].min(), -1.0, 1.0))
 
 
-def _energies(data: np.ndarray, mono: np.ndarray) -> tuple[float, float]:
-    """(sum over the channels of their sums of squares, the mix's sum of squares), by BLAS: float32 accumulation is
-    plenty for a ratio in dB, and no squared copy is made."""
+def _covariance(data: np.ndarray) -> np.ndarray:
+    """The channels' sums of products about their means (channels x channels, float64), means removed after the
+    products (BLAS on the samples as they are: centring a copy first cost 4 ms for 3.5 s of 48 kHz stereo). Where a
+    DC offset dominates a channel, float32 products are too coarse for that subtraction: then in float64, centred."""
+    frames = len(data)
     with np.errstate(over="ignore", invalid="ignore"):
-        return (sum(float(np.dot(data[:, c], data[:, c])) for c in range(data.shape[1])),
-                float(np.dot(mono, mono)))
+        gram = (data.T @ data).astype(np.float64)
+        sums = np.array([data[:, c].sum(dtype=np.float64) for c in range(data.shape[1])])
+    covariance = gram - np.outer(sums, sums) / frames
+    if np.isfinite(covariance).all() and (np.diag(covariance) < 1e-3 * np.diag(gram)).any():
+        centered = data.astype(np.float64) - sums / frames
+        covariance = centered.T @ centered
+    return covariance
+
+
+def ac_peak(samples: np.ndarray) -> float:
+    """The largest excursion from the clip's mean: its peak, less any DC offset."""
+    mean = float(samples.mean(dtype=np.float64))
+    return max(float(samples.max()) - mean, mean - float(samples.min()))
 
 
 def load_16k(path: str | Path) -> np.ndarray:
@@ -257,13 +274,13 @@ def resample_manifest(
             if isinstance(prepared, AudioError):
                 quarantine.append({"id": row.id, "audio_path": row.audio_path, "reason": str(prepared)})
             else:
-                pcm, scale, peak, rate, channels, duration, content_hash, mix_loss = prepared
+                pcm, scale, peak, rate, channels, duration, content_hash, correlation, excursion = prepared
                 pending.append((int(row.id), pcm, scale))
                 pending_samples += len(pcm)
                 index.append(
                     {**row._asdict(), "num_samples": len(pcm), "duration": duration, "source_rate": rate,
                      "channels": channels, "peak": peak, "scale": scale, "audio_sha256": content_hash,
-                     "downmix_loss_db": mix_loss}
+                     "min_channel_correlation": correlation, "ac_peak": excursion}
                 )
                 if len(pending) == RECORD_BATCH_CLIPS or pending_samples >= RECORD_BATCH_SAMPLES:
                     writer.write_batch(record_batch(pending, schema))
@@ -272,7 +289,8 @@ def resample_manifest(
         if pending:
             writer.write_batch(record_batch(pending, schema))
     index_frame = pd.DataFrame(index, columns=[*manifest.columns, "num_samples", "duration", "source_rate",
-                                               "channels", "peak", "scale", "audio_sha256", "downmix_loss_db"])
+                                               "channels", "peak", "scale", "audio_sha256",
+                                               "min_channel_correlation", "ac_peak"])
     index_frame.to_parquet(out_dir / "index.parquet", index=False)
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
     summary = {
@@ -281,6 +299,9 @@ def resample_manifest(
         "sample_rate": SAMPLE_RATE,
         "total_seconds": round(float(index_frame["duration"].sum()) if len(index_frame) else 0.0, 3),
         "clips_past_full_scale": int((index_frame["peak"] > 1.0).sum()) if len(index_frame) else 0,
+        # kept clips the audio checks name (defs/ingest/checks.py); `status` adds these up over the batches
+        "near_silent_clips": len(near_silent(index_frame)),
+        "cancelling_downmix_clips": len(cancelled_by_downmix(index_frame)),
     }
     write_json(out_dir / "meta.json", summary)
     return summary
@@ -298,8 +319,9 @@ def _default_workers() -> int:
 
 
 def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
-    """(int16 16 kHz samples, their scale, peak |sample|, source rate, channels, duration, content hash, what the
-    down-mix lost in dB) for a manifest row, or AudioError with the reason."""
+    """(int16 16 kHz samples, their scale, peak |sample|, source rate, channels, duration, content hash, the
+    lowest correlation between two channels, the peak less any DC offset) for a manifest row, or AudioError with
+    the reason."""
     if not row.transcript:
         raise AudioError("empty transcript")
     path = row.audio_path
@@ -311,7 +333,7 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
             raise AudioError(roots.reason())
     data, rate, channels = decode(path, max_seconds=limits.max_seconds)
     mono = downmix(data)
-    mix_loss = downmix_loss_db(data, mono)
+    correlation = min_channel_correlation(data)
     samples = resample_to_16k(mono, rate)
     if not np.isfinite(samples).all():  # finite but huge float samples overflow when the channels are averaged
         raise AudioError("audio holds NaN or infinite samples after mixing to mono")
@@ -322,4 +344,5 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
         raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.2f} s)")
     pcm, scale = to_pcm16(samples)
     peak = float(np.abs(samples).max())
-    return pcm, scale, peak, rate, channels, duration, content_hash(pcm, scale), round(mix_loss, 2)
+    return (pcm, scale, peak, rate, channels, duration, content_hash(pcm, scale), round(correlation, 4),
+            ac_peak(samples))

@@ -5,10 +5,12 @@ Shard layout (a directory):
                     mono), scale (float32). A Hugging Face `datasets` file: `datasets.Dataset.from_file(path)` opens
                     it memory-mapped, as AudioShard does (no copy: the int16 samples are views of the file).
   index.parquet     one row a clip: the manifest columns + num_samples, duration, source_rate, channels, peak
-                    (largest |sample| after resampling), scale, audio_sha256, downmix_loss_db (the mono mix's
-                    energy against the channels', audio.downmix_loss_db; shards made before 2026-11-27 lack it)
+                    (largest |sample| after resampling), scale, audio_sha256; since 2026-11-27 also
+                    min_channel_correlation (audio.min_channel_correlation, of the source's channels) and ac_peak
+                    (the peak less any DC offset)
+  meta.json         rows, quarantined, sample_rate, total_seconds, clips_past_full_scale, near_silent_clips,
+                    cancelling_downmix_clips
   quarantine.parquet  rows left out, with the reason (missing file, undecodable, too short/long, empty transcript)
-  meta.json         rows, quarantined, sample_rate, total_seconds, clips_past_full_scale
 
 A clip is the float32 audio samples * scale: 2 bytes a sample, half of float32 (192 KB, not 384 KB, for a 6 s
 clip). The scale is chosen per clip (to_pcm16): 2**-15 where that stores the clip bit for bit (a 16-bit source at

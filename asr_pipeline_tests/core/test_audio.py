@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asr_pipeline.core.audio import (FULL_CANCELLATION_DB, AudioError, AudioLimits, decode, downmix, downmix_loss_db,
-                                   load_16k, resample_manifest, to_16k_mono)
+from asr_pipeline.core.audio import (CANCELLING_CORRELATION, AudioError, AudioLimits, ac_peak, decode, downmix,
+                                   load_16k, min_channel_correlation, resample_manifest, to_16k_mono)
 from asr_pipeline.core.audio_shard import AudioShard
 
 
@@ -218,29 +218,43 @@ def test_the_downmix_is_numpys_channel_mean_bit_for_bit(channels):
     assert np.array_equal(downmix(column), column[:, 0]) and np.array_equal(downmix(column[:, 0]), column[:, 0])
 
 
-def test_downmix_loss_measures_what_averaging_the_channels_cancelled():
+def test_channel_correlation_finds_a_channel_that_cancels_in_the_mix():
     rng = np.random.default_rng(0)
-    dialogue, ambience, music = (0.1 * rng.standard_normal(48_000).astype(np.float32) for _ in range(3))
+    dialogue, bed_left, bed_right, bed_centre = (0.1 * rng.standard_normal(48_000).astype(np.float32)
+                                                 for _ in range(4))
     silence = np.zeros_like(dialogue)
     cases = {
-        "mono": (dialogue[:, None], 0.0),
-        "silence": (np.zeros((1000, 2), np.float32), 0.0),
-        "two unrelated channels": (np.stack([dialogue, music], 1), 0.0),
+        "mono": (dialogue[:, None], 1.0),
+        "silence": (np.zeros((1000, 2), np.float32), 1.0),
+        "one channel silent": (np.stack([dialogue, silence], 1), 1.0),
         "5.1, dialogue in the centre alone": (np.stack([silence, silence, dialogue, silence, silence, silence], 1),
-                                              0.0),
-        "16 channels, one of them used": (np.stack([dialogue] + [silence] * 15, 1), 0.0),
-        "the same in both channels": (np.stack([dialogue, dialogue], 1), 3.01),
-        "one channel inverted at half the level": (np.stack([dialogue, -0.5 * dialogue], 1), -6.99),
-        "one channel inverted at 80% of the level": (np.stack([dialogue, -0.8 * dialogue], 1), -16.13),
-        "one channel inverted": (np.stack([dialogue, -dialogue], 1), FULL_CANCELLATION_DB),
-        # what the channels share cancels, what they do not (ambience at a tenth of the dialogue's level) stays
-        "one channel inverted, ambience in one": (np.stack([dialogue + 0.1 * ambience, -dialogue], 1), -23.0),
+                                              1.0),
+        "the same in both channels": (np.stack([dialogue, dialogue], 1), 1.0),
+        "two unrelated channels": (np.stack([dialogue, bed_left], 1), 0.0),
+        "one channel inverted": (np.stack([dialogue, -dialogue], 1), -1.0),
+        "one channel inverted at 60% of the level": (np.stack([dialogue, -0.6 * dialogue], 1), -1.0),
+        # the dialogue cancels in the mix, the beds (unrelated, 6 dB under it) stay: not silent, still found
+        "inverted, a bed 6 dB under the dialogue in each": (
+            np.stack([dialogue + 0.5 * bed_left, -dialogue + 0.5 * bed_right], 1), -0.8),
+        "5.1, left and right inverted, the rest 6 dB under": (
+            np.stack([dialogue + 0.5 * bed_left, -dialogue + 0.5 * bed_right, 0.5 * bed_centre, silence,
+                      0.5 * bed_left, 0.5 * bed_right], 1), -0.8),
+        # a DC offset is not sound: the same offset on an inverted pair does not hide it, opposite offsets on
+        # unrelated quiet channels do not fake it
+        "inverted, the same DC offset in both": (np.stack([dialogue + 0.1, -dialogue + 0.1], 1), -1.0),
+        "unrelated and quiet, opposite DC offsets": (np.stack([0.01 * bed_left + 0.05, 0.01 * bed_right - 0.05], 1),
+                                                     0.0),
+        # float samples whose products overflow float32 (a float WAV far past full scale, later scaled down)
+        "inverted, past float32's range when squared": (np.stack([dialogue, -dialogue], 1) * np.float32(1e20), -1.0),
     }
     for name, (data, expected) in cases.items():
-        assert downmix_loss_db(data, downmix(data)) == pytest.approx(expected, abs=0.1), name
-    # float samples whose squares overflow float32 (a float WAV far past full scale, later scaled down)
-    huge = np.stack([dialogue + 0.1 * ambience, -dialogue], 1) * np.float32(1e20)
-    assert downmix_loss_db(huge, downmix(huge)) == pytest.approx(-23.0, abs=0.1)
-    # an inverse exact but for float64 rounding: never below the floor, so "most cancelled first" holds
-    almost = np.stack([dialogue.astype(np.float64), -dialogue.astype(np.float64) * (1 + 1e-12)], 1)
-    assert downmix_loss_db(almost, almost.mean(axis=1)) == FULL_CANCELLATION_DB
+        assert min_channel_correlation(data) == pytest.approx(expected, abs=0.02), name
+    assert all(min_channel_correlation(data) < CANCELLING_CORRELATION for name, (data, expected) in cases.items()
+               if expected < 0)
+
+
+def test_the_near_silence_level_leaves_out_a_dc_offset():
+    samples = np.full(16_000, 0.1, np.float32)  # a dead source with an offset: no sound, peak -20 dBFS
+    assert ac_peak(samples) == 0.0
+    samples[::100] += 0.001  # clicks at -60 dBFS over the offset
+    assert ac_peak(samples) == pytest.approx(0.001 - 0.001 / 100, abs=1e-6)

@@ -76,9 +76,9 @@ class PipelineSettings(dg.ConfigurableResource):
     max_quarantine_rate: float = Field(default=0.2, description="ASR_MAX_QUARANTINE_RATE: above it, the "
                                        "quarantine check fails and blocks featurization")
     max_suspect_audio_rate: float = Field(default=0.2, description="ASR_MAX_SUSPECT_AUDIO_RATE: above this share "
-                                          "of a batch's kept clips (and 10 clips or more), near-silent or "
-                                          "down-mix-cancelled clips block the batch; below, they are named as a "
-                                          "warning")
+                                          "of a batch's kept clips (10 clips or more, or most of a small batch), "
+                                          "near-silent or down-mix-cancelled clips block the batch; below, they are "
+                                          "named as a warning")
     batch_rows: int = Field(default=10_000, description="ASR_BATCH_ROWS: most rows in one ingest batch")
     batch_max_wait_minutes: float = Field(default=60.0, description="ASR_BATCH_MAX_WAIT_MINUTES: pending rows fewer "
                                           "than ASR_BATCH_ROWS become a batch once the oldest has waited this long "

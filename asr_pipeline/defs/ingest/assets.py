@@ -80,10 +80,9 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
         if not suspect.passed:
             context.log.warning(suspect.description)
     results = [checks.quarantine_rate(out, settings.max_quarantine_rate), checks.clips_are_16k_mono(out), *suspects]
-    # per batch in the materialization too: a check shows only its latest evaluation, another batch's
-    suspect_counts = {f"{check.check_name}_clips": check.metadata["clips"].value for check in suspects}
-    yield dg.Output(out, metadata={**summary, **suspect_counts,
-                                   **versions.version_metadata(settings, "resampled_dataset"),
+    # the summary (near_silent_clips, cancelling_downmix_clips) keeps the counts per batch: a check shows only its
+    # latest evaluation, maybe another batch's
+    yield dg.Output(out, metadata={**summary, **versions.version_metadata(settings, "resampled_dataset"),
                                    "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20)})
     yield from results
 

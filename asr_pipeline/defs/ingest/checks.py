@@ -2,7 +2,7 @@
 so they work per ingest batch: a blocking one that fails with severity ERROR stops the run before the bad batch
 reaches the next asset. Two of them usually only warn (severity WARN: the batch goes on) and name the rows:
 no_near_silent_clips and no_cancelling_downmix block only when their clips are more than ASR_MAX_SUSPECT_AUDIO_RATE
-of the batch's kept clips, and at least BLOCK_MIN_CLIPS."""
+of the batch's kept clips, and at least BLOCK_MIN_CLIPS (or most of a small batch)."""
 
 import json
 from pathlib import Path
@@ -20,7 +20,7 @@ CLIPS_16K = "clips_are_16k_mono"
 FEATURE_SHAPES = "features_match_model"
 NEAR_SILENT = "no_near_silent_clips"
 CANCELLING_DOWNMIX = "no_cancelling_downmix"
-IDS_SHOWN = 20  # ids a check's description and metadata name (every row's peak and loss are in index.parquet)
+IDS_SHOWN = 20  # ids a check's description and metadata name (every row's levels are in index.parquet)
 # a batch is blocked by suspect audio only with at least this many such clips: one quiet clip in a batch of three
 # (a small batch cut by ASR_BATCH_MAX_WAIT_MINUTES) is named, not a reason to stop the batch and alert every night
 BLOCK_MIN_CLIPS = 10
@@ -33,12 +33,14 @@ RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(NEAR_SILENT, asset="resampled_dataset", blocking=True,
                       description=f"Kept clips that peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with "
                                   "a transcript) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the "
-                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}) block it."),
+                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}, or most of a small batch) "
+                                  "block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
-                      description="Kept clips whose channels cancelled when averaged to mono (downmix_loss_db below "
-                                  f"{audio.CANCELLING_DOWNMIX_DB:g} dB: a channel with inverted polarity takes out "
-                                  "the dialogue) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the "
-                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}) block it."),
+                      description="Kept clips with two channels that cancel when averaged to mono (correlated below "
+                                  f"{audio.CANCELLING_CORRELATION:g}: a channel with inverted polarity takes out the "
+                                  "dialogue) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the "
+                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}, or most of a small batch) "
+                                  "block it."),
 ]
 FEATURE_CHECKS = [
     dg.AssetCheckSpec(FEATURE_SHAPES, asset="featurized_shards", blocking=True,
@@ -76,35 +78,46 @@ def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
 
 
 def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
-    """Kept clips whose peak |sample| (the index's `peak`, after the mix to mono) is below NEAR_SILENT_PEAK_DBFS."""
-    index = pd.read_parquet(shard_dir / "index.parquet", columns=["id", "peak"])
+    """Kept clips whose largest excursion from their mean, after the mix to mono, is below NEAR_SILENT_PEAK_DBFS."""
+    index = _index(shard_dir, ["id", "peak", "ac_peak"])
     quiet = audio.near_silent(index)
+    level = "ac_peak" if "ac_peak" in quiet.columns else "peak"
     found = (f"peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent or all but silent, the quietest "
-             f"{_dbfs(float(quiet['peak'].iloc[0]))}) yet have transcripts") if len(quiet) else ""
+             f"{_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts") if len(quiet) else ""
     return _suspect_clips(NEAR_SILENT, quiet, len(index), found, "a muted track, or audio cut from the wrong place?",
                           max_rate, batch, {"peak_limit_dbfs": audio.NEAR_SILENT_PEAK_DBFS})
 
 
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
-    """Kept clips whose channels cancelled in the mix to mono (the index's downmix_loss_db)."""
-    index = pd.read_parquet(shard_dir / "index.parquet", columns=["id", "channels", "downmix_loss_db"])
+    """Kept clips with two channels that cancel in the mix to mono (the index's min_channel_correlation)."""
+    index = _index(shard_dir, ["id", "channels", "min_channel_correlation"])
     cancelled = audio.cancelled_by_downmix(index)
-    found = (f"lost their common sound when their channels were averaged to mono (down to "
-             f"{float(cancelled['downmix_loss_db'].iloc[0]):.1f} dB against unrelated channels): a channel with "
-             "inverted polarity cancels what the channels share, usually the dialogue") if len(cancelled) else ""
+    found = (f"have two channels that cancel when averaged to mono (correlated down to "
+             f"{float(cancelled['min_channel_correlation'].iloc[0]):.2f}): a channel with inverted polarity takes "
+             "out what the channels share, usually the dialogue") if len(cancelled) else ""
     return _suspect_clips(CANCELLING_DOWNMIX, cancelled, len(index), found,
                           "listen to each channel alone; invert the one that is out of phase",
-                          max_rate, batch, {"loss_limit_db": audio.CANCELLING_DOWNMIX_DB,
+                          max_rate, batch, {"correlation_limit": audio.CANCELLING_CORRELATION,
                                             "multichannel_clips": int((index["channels"] > 1).sum())})
+
+
+def _index(shard_dir: Path, columns: list[str]) -> pd.DataFrame:
+    """The columns of an audio shard's index that it has (shards made before 2026-11-27 lack the newer ones)."""
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(shard_dir / "index.parquet").names)
+    return pd.read_parquet(shard_dir / "index.parquet", columns=[c for c in columns if c in names])
 
 
 def _suspect_clips(check: str, suspects: pd.DataFrame, rows: int, found: str, hint: str, max_rate: float,
                    batch: str | None, metadata: dict) -> dg.AssetCheckResult:
     """Kept clips whose audio does not carry their transcript's speech: a warning that names them; an error that
-    blocks the batch when they are more than max_rate of it and at least BLOCK_MIN_CLIPS (a muted source, a decoder
-    giving zeros, a whole transfer out of phase)."""
+    blocks the batch when they are more than max_rate of it and at least BLOCK_MIN_CLIPS, or more than half of it
+    and at least 3 (a muted source, a decoder giving zeros, a whole transfer out of phase)."""
     share = len(suspects) / rows if rows else 0.0
-    blocks = share > max_rate and len(suspects) >= BLOCK_MIN_CLIPS
+    # a muted source feeding a trickle of small batches must not pass for ever as warnings: most of a small batch
+    # blocks it too (3 clips at least, so one quiet clip in a batch of two does not)
+    blocks = share > max_rate and (len(suspects) >= BLOCK_MIN_CLIPS or (share > 0.5 and len(suspects) >= 3))
     shown = [int(i) for i in suspects["id"].head(IDS_SHOWN)]
     description = None
     if len(suspects):

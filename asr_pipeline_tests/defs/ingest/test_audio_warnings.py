@@ -1,8 +1,8 @@
-"""Audio that is there but does not carry the transcript's speech: a silent or all-but-silent clip (a muted or wrong
-track in the archive), or a stereo file whose channels cancel when averaged to mono (one channel's polarity inverted:
-the dialogue goes, the ambience stays). Trained with its transcript, either teaches the model to write text it does
-not hear. The ingest keeps such rows but warns, naming them: the no_near_silent_clips and no_cancelling_downmix
-checks on resampled_dataset (warnings, not blocking checks)."""
+"""Audio that is there but does not carry the transcript's speech: a silent or all-but-silent clip (a muted track in the
+archive), or a stereo file whose channels cancel when averaged to mono (one channel's polarity inverted: the
+dialogue goes, the ambience stays). Trained with its transcript, either teaches the model to write text it does not
+hear. The no_near_silent_clips and no_cancelling_downmix checks on resampled_dataset name such rows with a warning
+and keep them, unless they are too many: then the batch is blocked."""
 
 import json
 import os
@@ -103,8 +103,8 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     assert state.state == "done"
     assert batch_failure(instance, AlertConfig(), state) is None
     materialization = instance.get_latest_materialization_event(dg.AssetKey("resampled_dataset")).asset_materialization
-    assert materialization.metadata["no_near_silent_clips_clips"].value == 2
-    assert materialization.metadata["no_cancelling_downmix_clips"].value == 1
+    assert materialization.metadata["near_silent_clips"].value == 2
+    assert materialization.metadata["cancelling_downmix_clips"].value == 1
 
     # `status` counts them over every batch
     cli.main(["status", "--json"])
@@ -112,17 +112,24 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 1)
     cli.main(["status"])
     assert "2 near-silent, 1 cancelled by the down-mix" in capsys.readouterr().out
+    # a batch made before the counts were kept: none counted, nothing fails
+    meta_file = next((pipeline_env / "storage" / "resampled_dataset").glob("*/meta.json"))
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("_clips")}))
+    cli.main(["status", "--json"])
+    resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
+    assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (0, 0)
 
     # the rows stay: all five are featurized with the 40 clips (the row without a file is quarantined)
     features = next((pipeline_env / "storage" / "featurized_shards").glob("*/index.parquet"))
     kept = set(pd.read_parquet(features, columns=["id"])["id"])
     assert len(kept) == 45 and set(ids.values()) <= kept
     audio_index = pd.read_parquet(next((pipeline_env / "storage" / "resampled_dataset").glob("*/index.parquet")))
-    losses = dict(zip(audio_index["id"], audio_index["downmix_loss_db"]))
-    # the inverted pair keeps its ambience, 23 dB under unrelated channels; the pair in phase is alike (+3 dB)
-    assert losses[ids["inverted stereo"]] == pytest.approx(-23.0, abs=1.0)
-    assert f"down to {losses[ids['inverted stereo']]:.1f} dB" in cancelled.description
-    assert losses[ids["stereo"]] == pytest.approx(3.0, abs=0.2) and losses[ids["-60 dBFS"]] == 0.0
+    correlations = dict(zip(audio_index["id"], audio_index["min_channel_correlation"]))
+    # the inverted pair: -1 but for the ambience in one channel; in phase: +1 but for it; mono: 1
+    assert correlations[ids["inverted stereo"]] < -0.95 and correlations[ids["stereo"]] > 0.95
+    assert correlations[ids["-60 dBFS"]] == 1.0
+    assert f"correlated down to {correlations[ids['inverted stereo']]:.2f}" in cancelled.description
 
 
 def test_a_warned_batch_that_fails_later_reports_its_own_failure(pipeline_env, mysql_database, korean_clips,
@@ -184,12 +191,17 @@ def test_too_many_silent_clips_block_the_batch(pipeline_env, mysql_database, kor
     assert not (pipeline_env / "storage" / "featurized_shards").exists()
 
 
-def _index(tmp_path, peaks, losses=None, channels=1):
+def _index(tmp_path, peaks, correlations=None, channels=1, level="ac_peak"):
+    """An audio shard's index with only what the audio checks read (level "peak": a shard made before ac_peak)."""
     rows = len(peaks)
-    pd.DataFrame({"id": range(1, rows + 1), "peak": peaks, "channels": channels,
-                  "downmix_loss_db": losses if losses is not None else [0.0] * rows}).to_parquet(
+    pd.DataFrame({"id": range(1, rows + 1), level: peaks, "channels": channels,
+                  "min_channel_correlation": correlations if correlations is not None else [1.0] * rows}).to_parquet(
         tmp_path / "index.parquet")
     return tmp_path
+
+
+def _severity(check, tmp_path, suspect: int, rows: int, max_rate: float = 0.2):
+    return check(_index(tmp_path, [0.0] * suspect + [0.5] * (rows - suspect)), max_rate=max_rate).severity
 
 
 def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
@@ -197,8 +209,8 @@ def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
 
     at_limit = 10 ** (audio.NEAR_SILENT_PEAK_DBFS / 20)
     assert checks.near_silent_clips(_index(tmp_path, [at_limit, 0.5]), max_rate=0.2).passed  # -50 dBFS is not below
-    at_loss_limit = _index(tmp_path, [0.5, 0.5], [audio.CANCELLING_DOWNMIX_DB, 3.0], 2)
-    assert checks.cancelling_downmix(at_loss_limit, 0.2).passed
+    at_correlation_limit = _index(tmp_path, [0.5, 0.5], [audio.CANCELLING_CORRELATION, 0.9], 2)
+    assert checks.cancelling_downmix(at_correlation_limit, 0.2).passed
 
     peaks = [0.0001 * (i + 1) for i in range(25)] + [0.5] * 975  # 25 near-silent clips of 1,000
     result = checks.near_silent_clips(_index(tmp_path, peaks), max_rate=0.2, batch="ids-1-1000")
@@ -209,16 +221,36 @@ def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
     assert "They stay in the batch" in result.description and "backfill ids-1-1000" in result.description
     assert checks.near_silent_clips(_index(tmp_path, peaks), max_rate=0.02).severity == dg.AssetCheckSeverity.ERROR
     assert checks.near_silent_clips(_index(tmp_path, []), max_rate=0.2).passed  # every row quarantined
+    # a shard made before ac_peak is judged by its peak
+    assert not checks.near_silent_clips(_index(tmp_path, [0.0, 0.5], level="peak"), max_rate=0.2).passed
 
-    # above the rate, but fewer than BLOCK_MIN_CLIPS: a small batch is warned about, not blocked
-    few = _index(tmp_path, [0.0] * (checks.BLOCK_MIN_CLIPS - 1) + [0.5])
-    assert checks.near_silent_clips(few, max_rate=0.2).severity == dg.AssetCheckSeverity.WARN
-    cancelling = _index(tmp_path, [0.5] * 40, [-40.0] * 12 + [0.0] * 28, 2)  # 30% of 40
-    assert checks.cancelling_downmix(cancelling, 0.2).severity == dg.AssetCheckSeverity.ERROR
-    assert checks.cancelling_downmix(cancelling, 0.3).severity == dg.AssetCheckSeverity.WARN  # at the rate: a warning
-    # a shard made before downmix_loss_db: nothing to name
+
+def test_a_batch_is_blocked_by_ten_suspect_clips_or_most_of_a_small_one(tmp_path):
+    warn, error = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
+    near_silent = checks.near_silent_clips
+    assert _severity(near_silent, tmp_path, checks.BLOCK_MIN_CLIPS, 30) == error  # 33%, exactly the minimum
+    assert _severity(near_silent, tmp_path, checks.BLOCK_MIN_CLIPS - 1, 30) == warn  # 30%: above the rate, too few
+    assert _severity(near_silent, tmp_path, 3, 5) == error  # most of a small batch (60%)
+    assert _severity(near_silent, tmp_path, 2, 3) == warn  # 67%, but two clips
+    assert _severity(near_silent, tmp_path, 3, 6) == warn  # half is not most
+    assert _severity(near_silent, tmp_path, 10, 50, max_rate=0.2) == warn  # 20%: at the rate, not above it
+    cancelling = _index(tmp_path, [0.5] * 40, [-0.9] * 12 + [0.5] * 28, 2)  # 30% of 40
+    assert checks.cancelling_downmix(cancelling, 0.2).severity == error
+    assert checks.cancelling_downmix(cancelling, 0.3).severity == warn
+    # a shard made before min_channel_correlation: nothing to name
     pd.DataFrame({"id": [1], "peak": [0.5], "channels": [2]}).to_parquet(tmp_path / "index.parquet")
-    assert audio.cancelled_by_downmix(pd.read_parquet(tmp_path / "index.parquet")).empty
+    assert checks.cancelling_downmix(tmp_path, 0.2).passed
+
+
+def test_the_suspect_audio_rate_is_validated(monkeypatch):
+    from asr_pipeline.core.errors import ConfigError
+    from asr_pipeline.defs.common.resources import settings_from_environment
+
+    monkeypatch.setenv("ASR_MAX_SUSPECT_AUDIO_RATE", "0.05")
+    assert settings_from_environment().max_suspect_audio_rate == 0.05
+    monkeypatch.setenv("ASR_MAX_SUSPECT_AUDIO_RATE", "1.5")
+    with pytest.raises(ConfigError, match="ASR_MAX_SUSPECT_AUDIO_RATE"):
+        settings_from_environment()
 
 
 def test_a_batch_of_audible_clips_passes(tmp_path, korean_clips):
