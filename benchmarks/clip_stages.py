@@ -5,7 +5,7 @@
 The corpus is ingest_process_benchmark.py's (featurize_benchmark.corpus: espeak-ng Korean, 16-bit WAV at 22.05 kHz,
 every tenth clip 44.1 kHz stereo FLAC; made once under --work, which defaults to that script's, and reused).
 For each clip, one thread, the stages `resample_manifest` runs per row (core/audio.py, _prepare_clip): decoding
-(libsndfile), the mix to mono, the channels' lowest correlation (min_channel_correlation), resampling to 16 kHz
+(libsndfile), the mix to mono, what a pair of channels keeps in the mix (min_pair_retention), resampling to 16 kHz
 (soxr HQ), the finite check, int16 quantization, the peaks (with and without DC), and the content hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
 --repeats passes, in milliseconds a clip (their sum adds bests from different passes: a lower bound). Then whole `resample_manifest` calls on the same rows with 1 and 2 worker
 threads (best of --repeats), which shows how much of the single-thread sum the threads overlap. Last, the mix to
@@ -33,7 +33,7 @@ from featurize_benchmark import corpus  # noqa: E402
 from asr_pipeline.core import audio  # noqa: E402
 from asr_pipeline.core.audio_shard import content_hash, to_pcm16  # noqa: E402
 
-STAGES = ("decode", "downmix", "channel_correlation", "resample_to_16k", "finite_check", "to_pcm16", "peaks",
+STAGES = ("decode", "downmix", "pair_retention", "resample_to_16k", "finite_check", "to_pcm16", "peaks",
           "content_hash")
 
 
@@ -53,15 +53,15 @@ def one_pass(paths: list[str]) -> dict[str, float]:
         lap("decode")
         mono = audio.downmix(data)
         lap("downmix")
-        audio.min_channel_correlation(data)
-        lap("channel_correlation")
+        audio.min_pair_retention(data)
+        lap("pair_retention")
         samples = audio.resample_to_16k(mono, rate)
         lap("resample_to_16k")
         np.isfinite(samples).all()
         lap("finite_check")
         pcm, scale = to_pcm16(samples)
         lap("to_pcm16")
-        float(np.abs(samples).max()), audio.ac_peak(samples)
+        float(np.abs(samples).max()), audio.ac_peak(mono)
         lap("peaks")
         content_hash(pcm, scale)
         lap("content_hash")
@@ -71,13 +71,13 @@ def one_pass(paths: list[str]) -> dict[str, float]:
 def multichannel_downmix(seconds: float = 3.5, rate: int = 48_000, repeats: int = 50) -> dict:
     """ms to average 2 and 6 channels of `seconds` at `rate` to mono: numpy's data.mean(axis=1), which the ingest
     used until 2026-11-27, against audio.downmix (the same values, a channel at a time), and what the channels'
-    lowest correlation costs (audio.min_channel_correlation), best of `repeats`."""
+    pair measure costs (audio.min_pair_retention), best of `repeats`."""
     rng = np.random.default_rng(0)
     timings = {}
     for channels in (2, 6):
         data = (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
         for name, mix in (("numpy_mean", lambda: data.mean(axis=1)), ("shipped", lambda: audio.downmix(data)),
-                          ("channel_correlation", lambda: audio.min_channel_correlation(data))):
+                          ("pair_retention", lambda: audio.min_pair_retention(data))):
             best = float("inf")
             for _ in range(repeats):
                 started = time.perf_counter()

@@ -28,6 +28,23 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
 
 
+def _suspect_audio(shard: Path) -> tuple[int, int]:
+    """(near-silent clips, clips cancelled by the down-mix) of an audio shard: the counts its meta.json keeps, or,
+    for a shard made before them, core.audio's criteria on what its index has (a peak; no channel measure)."""
+    from asr_pipeline.core.storage import read_json
+
+    meta = read_json(shard / "meta.json") if (shard / "meta.json").exists() else {}
+    if "near_silent_clips" in meta:
+        return meta["near_silent_clips"], meta.get("cancelling_downmix_clips", 0)
+    if not (shard / "index.parquet").exists():
+        return 0, 0
+    import pandas as pd
+
+    from asr_pipeline.core import audio
+
+    return len(audio.near_silent(pd.read_parquet(shard / "index.parquet", columns=["id", "peak"]))), 0
+
+
 def collect_status() -> dict:
     from asr_pipeline.core.storage import directory_bytes, read_json
 
@@ -49,10 +66,9 @@ def collect_status() -> dict:
             entry["bytes"] += directory_bytes(path)
             entry["quarantined"] += _parquet_rows(path / "quarantine.parquet")
             if name == "resampled_dataset":  # kept, but named by the audio checks (docs/ROBUSTNESS.md)
-                meta = read_json(path / "meta.json") if (path / "meta.json").exists() else {}
-                entry["near_silent"] = entry.get("near_silent", 0) + meta.get("near_silent_clips", 0)
-                entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) \
-                    + meta.get("cancelling_downmix_clips", 0)
+                quiet, cancelled = _suspect_audio(path)
+                entry["near_silent"] = entry.get("near_silent", 0) + quiet
+                entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) + cancelled
             batches.setdefault(key, {})[name] = rows
         entry["updated_at"] = max(_mtime(p) for p in dirs.values())
         assets[name] = entry

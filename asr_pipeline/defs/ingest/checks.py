@@ -31,16 +31,16 @@ RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(CLIPS_16K, asset="resampled_dataset", blocking=True,
                       description="Every kept clip is 16 kHz mono; the audio file holds the index's clips, in order."),
     dg.AssetCheckSpec(NEAR_SILENT, asset="resampled_dataset", blocking=True,
-                      description=f"Kept clips that peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with "
-                                  "a transcript) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the "
-                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}, or most of a small batch) "
-                                  "block it."),
+                      description="Kept clips whose peak, less any DC offset, is below "
+                                  f"{audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with a transcript) are named "
+                                  "as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
+                                  f"at least {BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
-                      description="Kept clips with two channels that cancel when averaged to mono (correlated below "
-                                  f"{audio.CANCELLING_CORRELATION:g}: a channel with inverted polarity takes out the "
-                                  "dialogue) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the "
-                                  f"batch's kept clips (and at least {BLOCK_MIN_CLIPS}, or most of a small batch) "
-                                  "block it."),
+                      description="Kept clips with two channels that cancel when averaged to mono (a pair keeping "
+                                  f"under {audio.CANCELLING_RETENTION:.0%} of its energy: a channel with inverted "
+                                  "polarity takes out the dialogue) are named as a warning; more than "
+                                  "ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and at least "
+                                  f"{BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
 ]
 FEATURE_CHECKS = [
     dg.AssetCheckSpec(FEATURE_SHAPES, asset="featurized_shards", blocking=True,
@@ -82,22 +82,24 @@ def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None
     index = _index(shard_dir, ["id", "peak", "ac_peak"])
     quiet = audio.near_silent(index)
     level = "ac_peak" if "ac_peak" in quiet.columns else "peak"
-    found = (f"peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent or all but silent, the quietest "
-             f"{_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts") if len(quiet) else ""
+    found = (f"peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS, less any DC offset (silent or all but silent, the "
+             f"quietest {_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts") if len(quiet) else ""
     return _suspect_clips(NEAR_SILENT, quiet, len(index), found, "a muted track, or audio cut from the wrong place?",
                           max_rate, batch, {"peak_limit_dbfs": audio.NEAR_SILENT_PEAK_DBFS})
 
 
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
-    """Kept clips with two channels that cancel in the mix to mono (the index's min_channel_correlation)."""
-    index = _index(shard_dir, ["id", "channels", "min_channel_correlation"])
+    """Kept clips with two channels that cancel in the mix to mono (the index's min_pair_retention)."""
+    index = _index(shard_dir, ["id", "channels", "min_pair_retention"])
     cancelled = audio.cancelled_by_downmix(index)
-    found = (f"have two channels that cancel when averaged to mono (correlated down to "
-             f"{float(cancelled['min_channel_correlation'].iloc[0]):.2f}): a channel with inverted polarity takes "
-             "out what the channels share, usually the dialogue") if len(cancelled) else ""
+    found = (f"have two channels that cancel when averaged to mono (a pair keeping as little as "
+             f"{float(cancelled['min_pair_retention'].iloc[0]):.0%} of its energy): a channel with inverted polarity "
+             "takes out what the channels share, usually the dialogue") if len(cancelled) else ""
     return _suspect_clips(CANCELLING_DOWNMIX, cancelled, len(index), found,
-                          "listen to each channel alone; invert the one that is out of phase",
-                          max_rate, batch, {"correlation_limit": audio.CANCELLING_CORRELATION,
+                          "listen to each channel alone: one out of phase with the others is inverted (a "
+                          "matrix-encoded Lt/Rt mix with loud surround sound measures like this too, and keeps its "
+                          "dialogue: leave that one)",
+                          max_rate, batch, {"retention_limit": audio.CANCELLING_RETENTION,
                                             "multichannel_clips": int((index["channels"] > 1).sum())})
 
 
@@ -138,7 +140,7 @@ def _suspect_clips(check: str, suspects: pd.DataFrame, rows: int, found: str, hi
 
 
 def _dbfs(peak: float) -> str:
-    return f"{20 * np.log10(peak):.1f} dBFS" if peak > 0 else "digital silence (every sample 0)"
+    return f"{20 * np.log10(peak):.1f} dBFS" if peak > 0 else "no sound at all (every sample the same)"
 
 
 def features_match_model(shard_dir: Path) -> dg.AssetCheckResult:

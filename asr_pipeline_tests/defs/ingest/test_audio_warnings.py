@@ -82,7 +82,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     metadata = {name: value.value for name, value in evaluation.metadata.items()}
     assert metadata["clips"] == 2
     assert metadata["ids"] == [ids["digital silence"], ids["-60 dBFS"]]  # quietest first; -45 dBFS is not named
-    assert "the quietest digital silence (every sample 0)" in evaluation.description
+    assert "the quietest no sound at all (every sample the same)" in evaluation.description
     batch = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest"), limit=1)[0]
     assert batch.status == dg.DagsterRunStatus.SUCCESS
     key = batch.tags["dagster/partition"]
@@ -112,24 +112,25 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 1)
     cli.main(["status"])
     assert "2 near-silent, 1 cancelled by the down-mix" in capsys.readouterr().out
-    # a batch made before the counts were kept: none counted, nothing fails
+    # a batch made before the counts were kept
     meta_file = next((pipeline_env / "storage" / "resampled_dataset").glob("*/meta.json"))
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("_clips")}))
     cli.main(["status", "--json"])
     resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
-    assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (0, 0)
+    # (from its index's peaks instead: both quiet clips; its channels were never measured)
+    assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 0)
 
     # the rows stay: all five are featurized with the 40 clips (the row without a file is quarantined)
     features = next((pipeline_env / "storage" / "featurized_shards").glob("*/index.parquet"))
     kept = set(pd.read_parquet(features, columns=["id"])["id"])
     assert len(kept) == 45 and set(ids.values()) <= kept
     audio_index = pd.read_parquet(next((pipeline_env / "storage" / "resampled_dataset").glob("*/index.parquet")))
-    correlations = dict(zip(audio_index["id"], audio_index["min_channel_correlation"]))
-    # the inverted pair: -1 but for the ambience in one channel; in phase: +1 but for it; mono: 1
-    assert correlations[ids["inverted stereo"]] < -0.95 and correlations[ids["stereo"]] > 0.95
-    assert correlations[ids["-60 dBFS"]] == 1.0
-    assert f"correlated down to {correlations[ids['inverted stereo']]:.2f}" in cancelled.description
+    retention = dict(zip(audio_index["id"], audio_index["min_pair_retention"]))
+    # the inverted pair keeps only the ambience of one channel; in phase, all and then some (alike: up to 2); mono 1
+    assert retention[ids["inverted stereo"]] < 0.05 and retention[ids["stereo"]] > 1.95
+    assert retention[ids["-60 dBFS"]] == 1.0
+    assert f"keeping as little as {retention[ids['inverted stereo']]:.0%} of its energy" in cancelled.description
 
 
 def test_a_warned_batch_that_fails_later_reports_its_own_failure(pipeline_env, mysql_database, korean_clips,
@@ -191,11 +192,11 @@ def test_too_many_silent_clips_block_the_batch(pipeline_env, mysql_database, kor
     assert not (pipeline_env / "storage" / "featurized_shards").exists()
 
 
-def _index(tmp_path, peaks, correlations=None, channels=1, level="ac_peak"):
+def _index(tmp_path, peaks, retention=None, channels=1, level="ac_peak"):
     """An audio shard's index with only what the audio checks read (level "peak": a shard made before ac_peak)."""
     rows = len(peaks)
     pd.DataFrame({"id": range(1, rows + 1), level: peaks, "channels": channels,
-                  "min_channel_correlation": correlations if correlations is not None else [1.0] * rows}).to_parquet(
+                  "min_pair_retention": retention if retention is not None else [1.0] * rows}).to_parquet(
         tmp_path / "index.parquet")
     return tmp_path
 
@@ -209,8 +210,8 @@ def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
 
     at_limit = 10 ** (audio.NEAR_SILENT_PEAK_DBFS / 20)
     assert checks.near_silent_clips(_index(tmp_path, [at_limit, 0.5]), max_rate=0.2).passed  # -50 dBFS is not below
-    at_correlation_limit = _index(tmp_path, [0.5, 0.5], [audio.CANCELLING_CORRELATION, 0.9], 2)
-    assert checks.cancelling_downmix(at_correlation_limit, 0.2).passed
+    at_retention_limit = _index(tmp_path, [0.5, 0.5], [audio.CANCELLING_RETENTION, 1.9], 2)
+    assert checks.cancelling_downmix(at_retention_limit, 0.2).passed
 
     peaks = [0.0001 * (i + 1) for i in range(25)] + [0.5] * 975  # 25 near-silent clips of 1,000
     result = checks.near_silent_clips(_index(tmp_path, peaks), max_rate=0.2, batch="ids-1-1000")
@@ -234,10 +235,10 @@ def test_a_batch_is_blocked_by_ten_suspect_clips_or_most_of_a_small_one(tmp_path
     assert _severity(near_silent, tmp_path, 2, 3) == warn  # 67%, but two clips
     assert _severity(near_silent, tmp_path, 3, 6) == warn  # half is not most
     assert _severity(near_silent, tmp_path, 10, 50, max_rate=0.2) == warn  # 20%: at the rate, not above it
-    cancelling = _index(tmp_path, [0.5] * 40, [-0.9] * 12 + [0.5] * 28, 2)  # 30% of 40
+    cancelling = _index(tmp_path, [0.5] * 40, [0.05] * 12 + [1.0] * 28, 2)  # 30% of 40
     assert checks.cancelling_downmix(cancelling, 0.2).severity == error
     assert checks.cancelling_downmix(cancelling, 0.3).severity == warn
-    # a shard made before min_channel_correlation: nothing to name
+    # a shard made before min_pair_retention: nothing to name
     pd.DataFrame({"id": [1], "peak": [0.5], "channels": [2]}).to_parquet(tmp_path / "index.parquet")
     assert checks.cancelling_downmix(tmp_path, 0.2).passed
 
