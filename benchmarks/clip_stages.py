@@ -5,7 +5,7 @@
 The corpus is ingest_process_benchmark.py's (featurize_benchmark.corpus: espeak-ng Korean, 16-bit WAV at 22.05 kHz,
 every tenth clip 44.1 kHz stereo FLAC; made once under --work, which defaults to that script's, and reused).
 For each clip, one thread, the stages `resample_manifest` runs per row (core/audio.py, _prepare_clip): decoding
-(libsndfile), the mix to mono, what a pair of channels keeps in the mix (min_pair_retention), resampling to 16 kHz
+(libsndfile), the mix to mono, what the mix to mono keeps of the channels (mix_retention), resampling to 16 kHz
 (soxr HQ), the finite check, int16 quantization, the peaks (with and without DC), and the content hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
 --repeats passes, in milliseconds a clip (their sum adds bests from different passes: a lower bound). Then whole `resample_manifest` calls on the same rows with 1 and 2 worker
 threads (best of --repeats), which shows how much of the single-thread sum the threads overlap. Last, the mix to
@@ -33,7 +33,7 @@ from featurize_benchmark import corpus  # noqa: E402
 from asr_pipeline.core import audio  # noqa: E402
 from asr_pipeline.core.audio_shard import content_hash, to_pcm16  # noqa: E402
 
-STAGES = ("decode", "downmix", "pair_retention", "resample_to_16k", "finite_check", "to_pcm16", "peaks",
+STAGES = ("decode", "downmix", "mix_retention", "resample_to_16k", "finite_check", "to_pcm16", "peaks",
           "content_hash")
 
 
@@ -53,8 +53,8 @@ def one_pass(paths: list[str]) -> dict[str, float]:
         lap("decode")
         mono = audio.downmix(data)
         lap("downmix")
-        audio.min_pair_retention(data)
-        lap("pair_retention")
+        audio.mix_retention(data)
+        lap("mix_retention")
         samples = audio.resample_to_16k(mono, rate)
         lap("resample_to_16k")
         np.isfinite(samples).all()
@@ -71,13 +71,13 @@ def one_pass(paths: list[str]) -> dict[str, float]:
 def multichannel_downmix(seconds: float = 3.5, rate: int = 48_000, repeats: int = 50) -> dict:
     """ms to average 2 and 6 channels of `seconds` at `rate` to mono: numpy's data.mean(axis=1), which the ingest
     used until 2026-11-27, against audio.downmix (the same values, a channel at a time), and what the channels'
-    pair measure costs (audio.min_pair_retention), best of `repeats`."""
+    measure of what the mix keeps costs (audio.mix_retention), best of `repeats`."""
     rng = np.random.default_rng(0)
     timings = {}
     for channels in (2, 6):
         data = (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
         for name, mix in (("numpy_mean", lambda: data.mean(axis=1)), ("shipped", lambda: audio.downmix(data)),
-                          ("pair_retention", lambda: audio.min_pair_retention(data))):
+                          ("mix_retention", lambda: audio.mix_retention(data))):
             best = float("inf")
             for _ in range(repeats):
                 started = time.perf_counter()

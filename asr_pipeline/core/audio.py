@@ -168,14 +168,14 @@ def resample_to_16k(mono: np.ndarray, rate: int) -> np.ndarray:
 #   this. Broadcast speech peaks tens of dB higher (a whispered scene still near -35 dBFS); below it is a muted
 #   track or audio cut from the wrong place.
 NEAR_SILENT_PEAK_DBFS = -50.0
-# - cancelled by the down-mix: a pair of channels keeps less than this share of its energy when summed
-#   (min_pair_retention). Unrelated channels keep all of it (1), alike ones more (up to 2); a channel with inverted
+# - cancelled by the down-mix: the mix, or a pair of channels, keeps less than this share of its energy
+#   (mix_retention). Unrelated channels keep all of it (1), alike ones more (up to 2); a channel with inverted
 #   polarity against another at the same level keeps nothing, at 60% of its level 12%, and still 20% with a bed of
 #   unrelated sound 6 dB under the dialogue in each. A faint inverted crosstalk on an almost silent channel keeps
 #   nearly all (the mix loses nothing that matters); matrix-encoded Lt/Rt stereo goes below this only where its
 #   surround content is more than 6 dB louder than the dialogue (where 2 / (1 + 10^(6/10)) = 0.4).
 CANCELLING_RETENTION = 0.4
-PAIR_FRAMES = 16_000  # frames min_pair_retention looks at (every n-th of a longer clip)
+MIX_BLOCKS, MIX_BLOCK_FRAMES = 16, 1_000  # what mix_retention looks at: 16 blocks of 1,000 frames at most
 def near_silent(index: pd.DataFrame) -> pd.DataFrame:
     """The rows of an audio shard's index whose clip is near-silent, quietest first (by `ac_peak`; shards made
     before it by `peak`)."""
@@ -185,55 +185,50 @@ def near_silent(index: pd.DataFrame) -> pd.DataFrame:
 
 def cancelled_by_downmix(index: pd.DataFrame) -> pd.DataFrame:
     """The rows whose channels cancel in the mix to mono, most cancelled first (none in shards made before
-    min_pair_retention)."""
-    if "min_pair_retention" not in index.columns:
+    mix_retention)."""
+    if "mix_retention" not in index.columns:
         return index.iloc[0:0]
-    return index[index["min_pair_retention"] < CANCELLING_RETENTION].sort_values(["min_pair_retention", "id"])
+    return index[index["mix_retention"] < CANCELLING_RETENTION].sort_values(["mix_retention", "id"])
 
 
-def min_pair_retention(data: np.ndarray) -> float:
-    """Over every pair of channels, the least share of the pair's energy that summing the two keeps, means removed
-    (a DC offset is not sound): (v_i + v_j + 2 c_ij) / (v_i + v_j), with v the channels' energies and c their
-    covariance. 1 for unrelated channels (and for mono, fewer than two channels with sound, or silence), up to 2 for
-    alike ones, 0 for a channel inverted against another at the same level. Unlike a correlation it weighs each
-    channel by its level: an inverted pair of equal channels scores 0, faint inverted crosstalk beside a loud channel
-    about 1. What a low-scoring pair shares, usually the dialogue, is gone from the mono mix while the rest (music,
-    ambience) stays, so the clip is not silent."""
+def mix_retention(data: np.ndarray) -> float:
+    """How much of the channels' sound their mix to mono keeps, at its worst: per pair of channels the share of the
+    pair's energy their sum keeps, (v_i + v_j + 2 c_ij) / (v_i + v_j), and for all channels together the mix's
+    energy against unrelated channels', 1'C1 / trace(C), means removed (a DC offset is not sound); the lowest of
+    these, per block, over MIX_BLOCKS short blocks spread over the clip, and of those the lower quartile of the
+    blocks with sound (so a clip cancelled for a third of its length is found, and one odd block is not enough).
+    1 for unrelated channels (and for mono, fewer than two channels with sound, or silence), more for alike ones,
+    0 for a channel inverted against another at the same level. It weighs the channels by their level: faint
+    inverted crosstalk beside a loud channel scores about 1. What cancels, usually the dialogue, is gone from the
+    mono mix while the rest (music, ambience) stays, so the clip is not silent."""
     if data.ndim != 2 or data.shape[1] < 2 or len(data) < 2:
         return 1.0
-    if not np.issubdtype(data.dtype, np.floating):
-        data = data.astype(np.float32)
-    # about 16,000 frames, evenly spread, estimate the covariances closely enough for a limit of 0.4, at a tenth of
-    # the cost for 3.5 s of 48 kHz audio
-    data = np.ascontiguousarray(data[::max(1, len(data) // PAIR_FRAMES)])
-    covariance = _covariance(data)
-    if not np.isfinite(covariance).all():  # float samples so large their products overflow float32
-        covariance = _covariance(data.astype(np.float64))
-        if not np.isfinite(covariance).all():
-            return 1.0  # non-finite or overflowing samples: the clip is rejected as non-finite right after
-    power = np.diag(covariance)
-    live = np.flatnonzero(power > len(data) * 1e-12)  # an rms above 1e-6 (-120 dBFS): a channel with sound
-    if len(live) < 2:
-        return 1.0
-    pairs = power[live][:, None] + power[live][None, :]
-    retention = 1 + 2 * covariance[np.ix_(live, live)] / pairs
-    return float(np.clip(retention[np.triu_indices(len(live), 1)].min(), 0.0, 2.0))
+    blocks = np.stack(_blocks(data)).astype(np.float64)  # [blocks, frames, channels]
+    centered = blocks - blocks.mean(axis=1, keepdims=True)
+    covariance = centered.transpose(0, 2, 1) @ centered  # [blocks, channels, channels]
+    if not np.isfinite(covariance).all():
+        return 1.0  # non-finite samples: the clip is rejected as non-finite right after
+    power = np.diagonal(covariance, axis1=1, axis2=2)  # [blocks, channels]
+    live = power > blocks.shape[1] * 1e-12  # an rms above 1e-6 (-120 dBFS): a channel with sound
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pair = 1 + 2 * covariance / (power[:, :, None] + power[:, None, :])
+        whole = covariance.sum(axis=(1, 2)) / power.sum(axis=1)
+    counted = live[:, :, None] & live[:, None, :] & ~np.eye(data.shape[1], dtype=bool)  # pairs of channels with sound
+    scores = np.minimum(np.where(counted, pair, np.inf).min(axis=(1, 2)),
+                        np.where(live.sum(axis=1) >= 2, whole, np.inf))
+    energy = power.sum(axis=1)
+    loud = (energy > 0) & (energy >= 0.01 * energy.max())
+    scores = np.where(np.isinf(scores), 1.0, np.clip(scores, 0.0, 2.0))  # inf: fewer than two channels with sound
+    return float(np.percentile(scores[loud], 25)) if loud.any() else 1.0
 
 
-def _covariance(data: np.ndarray) -> np.ndarray:
-    """The channels' sums of products about their means (channels x channels, float64), means removed after the
-    products (BLAS on the samples as they are: centring a copy first cost 4 ms for 3.5 s of 48 kHz stereo). Where a
-    DC offset dominates a channel, float32 products are too coarse for that subtraction: then in float64, centred."""
+def _blocks(data: np.ndarray) -> list[np.ndarray]:
+    """MIX_BLOCKS contiguous blocks of at most MIX_BLOCK_FRAMES, evenly spread (the whole clip when it is short):
+    contiguous, so no stride can fall in step with a tone."""
     frames = len(data)
-    with np.errstate(over="ignore", invalid="ignore"):
-        gram = (data.T @ data).astype(np.float64)
-        sums = (np.ones(frames, data.dtype) @ data).astype(np.float64)  # BLAS too (numpy's column sums: 5x slower)
-        covariance = gram - np.outer(sums, sums) / frames
-        if np.isfinite(covariance).all() and (np.diag(covariance) < 1e-3 * np.diag(gram)).any():
-            wide = data.astype(np.float64)
-            centered = wide - wide.mean(axis=0)
-            covariance = centered.T @ centered
-    return covariance
+    length = min(MIX_BLOCK_FRAMES, max(2, frames // MIX_BLOCKS))
+    starts = np.linspace(0, frames - length, num=min(MIX_BLOCKS, max(1, frames // length))).astype(int)
+    return [data[start:start + length] for start in starts]
 
 
 def ac_peak(samples: np.ndarray) -> float:
@@ -291,7 +286,7 @@ def resample_manifest(
                 index.append(
                     {**row._asdict(), "num_samples": len(pcm), "duration": duration, "source_rate": rate,
                      "channels": channels, "peak": peak, "scale": scale, "audio_sha256": content_hash,
-                     "min_pair_retention": retention, "ac_peak": excursion}
+                     "mix_retention": retention, "ac_peak": excursion}
                 )
                 if len(pending) == RECORD_BATCH_CLIPS or pending_samples >= RECORD_BATCH_SAMPLES:
                     writer.write_batch(record_batch(pending, schema))
@@ -301,7 +296,7 @@ def resample_manifest(
             writer.write_batch(record_batch(pending, schema))
     index_frame = pd.DataFrame(index, columns=[*manifest.columns, "num_samples", "duration", "source_rate",
                                                "channels", "peak", "scale", "audio_sha256",
-                                               "min_pair_retention", "ac_peak"])
+                                               "mix_retention", "ac_peak"])
     index_frame.to_parquet(out_dir / "index.parquet", index=False)
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
     summary = {
@@ -344,7 +339,7 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
             raise AudioError(roots.reason())
     data, rate, channels = decode(path, max_seconds=limits.max_seconds)
     mono = downmix(data)
-    retention = min_pair_retention(data)
+    retention = mix_retention(data)
     samples = resample_to_16k(mono, rate)
     if not np.isfinite(samples).all():  # finite but huge float samples overflow when the channels are averaged
         raise AudioError("audio holds NaN or infinite samples after mixing to mono")
@@ -355,7 +350,8 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
         raise AudioError(f"audio longer than {limits.max_seconds} s ({duration:.2f} s)")
     pcm, scale = to_pcm16(samples)
     peak = float(np.abs(samples).max())
-    # ac_peak of the mix before resampling: soxr rings at a clip's edges, so a constant (a dead source with a DC
-    # offset) at 48 kHz would come out with an excursion near -30 dBFS
+    # ac_peak: the lower of the mix's before and after resampling. Before: soxr rings at the edges of a constant, so a
+    # dead source with a DC offset at 48 kHz would come out near -30 dBFS. After: what resampling removes (a 19 kHz
+    # pilot tone of an off-air recording) is not sound the model hears.
     return (pcm, scale, peak, rate, channels, duration, content_hash(pcm, scale), round(retention, 4),
-            ac_peak(mono))
+            min(ac_peak(mono), ac_peak(samples)))

@@ -36,8 +36,8 @@ RESAMPLED_CHECKS = [
                                   "as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
                                   f"at least {BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
-                      description="Kept clips with two channels that cancel when averaged to mono (a pair keeping "
-                                  f"under {audio.CANCELLING_RETENTION:.0%} of its energy: a channel with inverted "
+                      description="Kept clips whose channels cancel when averaged to mono (the mix or a pair keeping "
+                                  f"under {audio.CANCELLING_RETENTION:.0%} of their energy: a channel with inverted "
                                   "polarity takes out the dialogue) are named as a warning; more than "
                                   "ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and at least "
                                   f"{BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
@@ -89,11 +89,11 @@ def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None
 
 
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
-    """Kept clips with two channels that cancel in the mix to mono (the index's min_pair_retention)."""
-    index = _index(shard_dir, ["id", "channels", "min_pair_retention"])
+    """Kept clips whose channels cancel in the mix to mono (the index's mix_retention)."""
+    index = _index(shard_dir, ["id", "channels", "mix_retention"])
     cancelled = audio.cancelled_by_downmix(index)
-    found = (f"have two channels that cancel when averaged to mono (a pair keeping as little as "
-             f"{float(cancelled['min_pair_retention'].iloc[0]):.0%} of its energy): a channel with inverted polarity "
+    found = (f"have channels that cancel when averaged to mono (the mix, or a pair of channels, keeping as little as "
+             f"{float(cancelled['mix_retention'].iloc[0]):.0%} of their energy): a channel with inverted polarity "
              "takes out what the channels share, usually the dialogue") if len(cancelled) else ""
     return _suspect_clips(CANCELLING_DOWNMIX, cancelled, len(index), found,
                           "listen to each channel alone: one out of phase with the others is inverted (a "

@@ -126,11 +126,11 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     kept = set(pd.read_parquet(features, columns=["id"])["id"])
     assert len(kept) == 45 and set(ids.values()) <= kept
     audio_index = pd.read_parquet(next((pipeline_env / "storage" / "resampled_dataset").glob("*/index.parquet")))
-    retention = dict(zip(audio_index["id"], audio_index["min_pair_retention"]))
+    retention = dict(zip(audio_index["id"], audio_index["mix_retention"]))
     # the inverted pair keeps only the ambience of one channel; in phase, all and then some (alike: up to 2); mono 1
     assert retention[ids["inverted stereo"]] < 0.05 and retention[ids["stereo"]] > 1.95
     assert retention[ids["-60 dBFS"]] == 1.0
-    assert f"keeping as little as {retention[ids['inverted stereo']]:.0%} of its energy" in cancelled.description
+    assert f"keeping as little as {retention[ids['inverted stereo']]:.0%} of their energy" in cancelled.description
 
 
 def test_a_warned_batch_that_fails_later_reports_its_own_failure(pipeline_env, mysql_database, korean_clips,
@@ -196,7 +196,7 @@ def _index(tmp_path, peaks, retention=None, channels=1, level="ac_peak"):
     """An audio shard's index with only what the audio checks read (level "peak": a shard made before ac_peak)."""
     rows = len(peaks)
     pd.DataFrame({"id": range(1, rows + 1), level: peaks, "channels": channels,
-                  "min_pair_retention": retention if retention is not None else [1.0] * rows}).to_parquet(
+                  "mix_retention": retention if retention is not None else [1.0] * rows}).to_parquet(
         tmp_path / "index.parquet")
     return tmp_path
 
@@ -238,7 +238,7 @@ def test_a_batch_is_blocked_by_ten_suspect_clips_or_most_of_a_small_one(tmp_path
     cancelling = _index(tmp_path, [0.5] * 40, [0.05] * 12 + [1.0] * 28, 2)  # 30% of 40
     assert checks.cancelling_downmix(cancelling, 0.2).severity == error
     assert checks.cancelling_downmix(cancelling, 0.3).severity == warn
-    # a shard made before min_pair_retention: nothing to name
+    # a shard made before mix_retention: nothing to name
     pd.DataFrame({"id": [1], "peak": [0.5], "channels": [2]}).to_parquet(tmp_path / "index.parquet")
     assert checks.cancelling_downmix(tmp_path, 0.2).passed
 
