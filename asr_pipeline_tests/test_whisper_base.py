@@ -154,14 +154,23 @@ def test_ctranslate2_int8_export_agrees_with_transformers_and_loads_in_faster_wh
     export = export_ctranslate2(whisper_base_dir, tmp_path / "ct2")
     files = {p.name for p in export.iterdir()}
     assert {"model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"} <= files
+    transformers_cer = error_rates(refs, reference_texts).cer
+    # The export's int8 weights, computed in float32: the same on every CPU. The base model is unsure on synthetic
+    # speech (CER ~0.75), so a near-tie between two tokens can go either way and one flipped word moves 12 clips' CER
+    # by a point or two; hence 3 points here. After fine-tuning the two agree exactly (benchmarks/export_benchmark.py:
+    # 100 of 100 hypotheses identical, docs/BENCHMARKS.md).
+    weights_texts = transcribe_features_ct2(load_ctranslate2(export, compute_type="float32"), processor.tokenizer,
+                                            features.__getitem__, durations, policy, emit=lambda _: None).texts
+    weights_cer = error_rates(refs, weights_texts).cer
+    assert abs(weights_cer - transformers_cer) <= 0.03, (transformers_cer, weights_cer,
+                                                         list(zip(reference_texts, weights_texts)))
+    # int8 arithmetic, as served: its kernels differ by CPU (on an Intel Xeon with VNNI, 2026-11-27: CER 0.828 against
+    # transformers' 0.763, 1 of 12 texts identical; its int8 weights in float32 0.747, 5 of 12), so only a bound that
+    # a broken export (garbage text, CER near 1) would break
     ct2_texts = transcribe_features_ct2(load_ctranslate2(export), processor.tokenizer, features.__getitem__,
                                         durations, policy, emit=lambda _: None).texts
-    transformers_cer = error_rates(refs, reference_texts).cer
     ct2_cer = error_rates(refs, ct2_texts).cer
-    # The base model is unsure on synthetic speech (CER ~0.75), so a near-tie between two tokens can go either way
-    # under int8 and one flipped word moves 12 clips' CER by a point or two; hence 3 points here. After fine-tuning
-    # the two agree exactly (benchmarks/export_benchmark.py: 100 of 100 hypotheses identical, docs/BENCHMARKS.md).
-    assert abs(ct2_cer - transformers_cer) <= 0.03, (transformers_cer, ct2_cer, list(zip(reference_texts, ct2_texts)))
+    assert abs(ct2_cer - transformers_cer) <= 0.10, (transformers_cer, ct2_cer, list(zip(reference_texts, ct2_texts)))
 
     # faster-whisper, the serving runtime, loads the export as it is and transcribes a file in Korean
     served = WhisperModel(str(export), device="cpu", compute_type="int8")
