@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from bench_common import cpu_info, cpu_tag, write_result  # noqa: E402
 from featurize_benchmark import corpus  # noqa: E402
 
-from asr_pipeline.core import audio  # noqa: E402
+from asr_pipeline.core import audio, audio_quality  # noqa: E402
 from asr_pipeline.core.audio_shard import content_hash, to_pcm16  # noqa: E402
 
 STAGES = ("decode", "downmix", "mix_retention", "resample_to_16k", "finite_check", "to_pcm16", "peaks",
@@ -53,7 +53,7 @@ def one_pass(paths: list[str]) -> dict[str, float]:
         lap("decode")
         mono = audio.downmix(data)
         lap("downmix")
-        audio.mix_retention(data)
+        audio_quality.mix_retention(data)
         lap("mix_retention")
         samples = audio.resample_to_16k(mono, rate)
         lap("resample_to_16k")
@@ -61,7 +61,7 @@ def one_pass(paths: list[str]) -> dict[str, float]:
         lap("finite_check")
         pcm, scale = to_pcm16(samples)
         lap("to_pcm16")
-        float(np.abs(samples).max()), audio.ac_peak(mono)
+        float(np.abs(samples).max()), audio_quality.ac_peak(mono)
         lap("peaks")
         content_hash(pcm, scale)
         lap("content_hash")
@@ -71,13 +71,13 @@ def one_pass(paths: list[str]) -> dict[str, float]:
 def multichannel_downmix(seconds: float = 3.5, rate: int = 48_000, repeats: int = 50) -> dict:
     """ms to average 2 and 6 channels of `seconds` at `rate` to mono: numpy's data.mean(axis=1), which the ingest
     used until 2026-11-27, against audio.downmix (the same values, a channel at a time), and what the channels'
-    measure of what the mix keeps costs (audio.mix_retention), best of `repeats`."""
+    measure of what the mix keeps costs (audio_quality.mix_retention), best of `repeats`."""
     rng = np.random.default_rng(0)
     timings = {}
     for channels in (2, 6):
         data = (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
         for name, mix in (("numpy_mean", lambda: data.mean(axis=1)), ("shipped", lambda: audio.downmix(data)),
-                          ("mix_retention", lambda: audio.mix_retention(data))):
+                          ("mix_retention", lambda: audio_quality.mix_retention(data))):
             best = float("inf")
             for _ in range(repeats):
                 started = time.perf_counter()

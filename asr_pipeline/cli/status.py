@@ -40,9 +40,9 @@ def _suspect_audio(shard: Path) -> tuple[int, int]:
         return 0, 0
     import pandas as pd
 
-    from asr_pipeline.core import audio
+    from asr_pipeline.core import audio_quality
 
-    return len(audio.near_silent(pd.read_parquet(shard / "index.parquet", columns=["id", "peak"]))), 0
+    return len(audio_quality.near_silent(pd.read_parquet(shard / "index.parquet", columns=["id", "peak"]))), 0
 
 
 def collect_status() -> dict:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import soundfile as sf
 import soxr
 
+from asr_pipeline.core.audio_quality import ac_peak, cancelled_by_downmix, mix_retention, near_silent
 from asr_pipeline.core.audio_shard import (AUDIO_FILE, QUARANTINE_COLUMNS, RECORD_BATCH_CLIPS, RECORD_BATCH_SAMPLES,
                                            SAMPLE_RATE, audio_schema, content_hash, record_batch, to_pcm16)
 from asr_pipeline.core.progress import Progress
@@ -160,81 +161,6 @@ def resample_to_16k(mono: np.ndarray, rate: int) -> np.ndarray:
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
     return mono
-
-
-# Clips whose audio does not carry their transcript's speech (defs/ingest/checks.py names them; meta.json and
-# `status` count them):
-# - near-silent: the loudest excursion from the clip's mean (a DC offset is not sound), after the mix to mono, below
-#   this. Broadcast speech peaks tens of dB higher (a whispered scene still near -35 dBFS); below it is a muted
-#   track or audio cut from the wrong place.
-NEAR_SILENT_PEAK_DBFS = -50.0
-# - cancelled by the down-mix: the mix, or a pair of channels, keeps less than this share of its energy
-#   (mix_retention). Unrelated channels keep all of it (1), alike ones more (up to 2); a channel with inverted
-#   polarity against another at the same level keeps nothing, at 60% of its level 12%, and still 20% with a bed of
-#   unrelated sound 6 dB under the dialogue in each. A faint inverted crosstalk on an almost silent channel keeps
-#   nearly all (the mix loses nothing that matters); matrix-encoded Lt/Rt stereo goes below this only where its
-#   surround content is more than 6 dB louder than the dialogue (where 2 / (1 + 10^(6/10)) = 0.4).
-CANCELLING_RETENTION = 0.4
-MIX_BLOCKS, MIX_BLOCK_FRAMES = 16, 1_000  # what mix_retention looks at: 16 blocks of 1,000 frames at most
-def near_silent(index: pd.DataFrame) -> pd.DataFrame:
-    """The rows of an audio shard's index whose clip is near-silent, quietest first (by `ac_peak`; shards made
-    before it by `peak`)."""
-    level = "ac_peak" if "ac_peak" in index.columns else "peak"
-    return index[index[level] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)].sort_values([level, "id"])
-
-
-def cancelled_by_downmix(index: pd.DataFrame) -> pd.DataFrame:
-    """The rows whose channels cancel in the mix to mono, most cancelled first (none in shards made before
-    mix_retention)."""
-    if "mix_retention" not in index.columns:
-        return index.iloc[0:0]
-    return index[index["mix_retention"] < CANCELLING_RETENTION].sort_values(["mix_retention", "id"])
-
-
-def mix_retention(data: np.ndarray) -> float:
-    """How much of the channels' sound their mix to mono keeps, at its worst: per pair of channels the share of the
-    pair's energy their sum keeps, (v_i + v_j + 2 c_ij) / (v_i + v_j), and for all channels together the mix's
-    energy against unrelated channels', 1'C1 / trace(C), means removed (a DC offset is not sound); the lowest of
-    these, per block, over MIX_BLOCKS short blocks spread over the clip, and of those the lower quartile of the
-    blocks with sound (so a clip cancelled for a third of its length is found, and one odd block is not enough).
-    1 for unrelated channels (and for mono, fewer than two channels with sound, or silence), more for alike ones,
-    0 for a channel inverted against another at the same level. It weighs the channels by their level: faint
-    inverted crosstalk beside a loud channel scores about 1. What cancels, usually the dialogue, is gone from the
-    mono mix while the rest (music, ambience) stays, so the clip is not silent."""
-    if data.ndim != 2 or data.shape[1] < 2 or len(data) < 2:
-        return 1.0
-    blocks = np.stack(_blocks(data)).astype(np.float64)  # [blocks, frames, channels]
-    centered = blocks - blocks.mean(axis=1, keepdims=True)
-    covariance = centered.transpose(0, 2, 1) @ centered  # [blocks, channels, channels]
-    if not np.isfinite(covariance).all():
-        return 1.0  # non-finite samples: the clip is rejected as non-finite right after
-    power = np.diagonal(covariance, axis1=1, axis2=2)  # [blocks, channels]
-    live = power > blocks.shape[1] * 1e-12  # an rms above 1e-6 (-120 dBFS): a channel with sound
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pair = 1 + 2 * covariance / (power[:, :, None] + power[:, None, :])
-        whole = covariance.sum(axis=(1, 2)) / power.sum(axis=1)
-    counted = live[:, :, None] & live[:, None, :] & ~np.eye(data.shape[1], dtype=bool)  # pairs of channels with sound
-    scores = np.minimum(np.where(counted, pair, np.inf).min(axis=(1, 2)),
-                        np.where(live.sum(axis=1) >= 2, whole, np.inf))
-    energy = power.sum(axis=1)
-    loud = (energy > 0) & (energy >= 0.01 * energy.max())
-    scores = np.where(np.isinf(scores), 1.0, np.clip(scores, 0.0, 2.0))  # inf: fewer than two channels with sound
-    return float(np.percentile(scores[loud], 25)) if loud.any() else 1.0
-
-
-def _blocks(data: np.ndarray) -> list[np.ndarray]:
-    """MIX_BLOCKS contiguous blocks of at most MIX_BLOCK_FRAMES, evenly spread (the whole clip when it is short):
-    contiguous, so no stride can fall in step with a tone."""
-    frames = len(data)
-    length = min(MIX_BLOCK_FRAMES, max(2, frames // MIX_BLOCKS))
-    starts = np.linspace(0, frames - length, num=min(MIX_BLOCKS, max(1, frames // length))).astype(int)
-    return [data[start:start + length] for start in starts]
-
-
-def ac_peak(samples: np.ndarray) -> float:
-    """The largest excursion from the clip's mean: its peak, less any DC offset."""
-    mean = float(samples.mean(dtype=np.float64))
-    return max(float(samples.max()) - mean, mean - float(samples.min()))
 
 
 def load_16k(path: str | Path) -> np.ndarray:

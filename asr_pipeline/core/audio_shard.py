@@ -6,7 +6,7 @@ Shard layout (a directory):
                     it memory-mapped, as AudioShard does (no copy: the int16 samples are views of the file).
   index.parquet     one row a clip: the manifest columns + num_samples, duration, source_rate, channels, peak
                     (largest |sample| after resampling), scale, audio_sha256; since 2026-11-27 also
-                    mix_retention (audio.mix_retention, of the source's channels) and ac_peak (the
+                    mix_retention (audio_quality.mix_retention, of the source's channels) and ac_peak (the
                     mix's peak less any DC offset, before resampling)
   meta.json         rows, quarantined, sample_rate, total_seconds, clips_past_full_scale, near_silent_clips,
                     cancelling_downmix_clips

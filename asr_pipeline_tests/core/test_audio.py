@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from asr_pipeline.core.audio import (CANCELLING_RETENTION, AudioError, AudioLimits, ac_peak, decode, downmix,
-                                   load_16k, mix_retention, near_silent, resample_manifest, to_16k_mono)
+from asr_pipeline.core.audio import AudioError, AudioLimits, decode, downmix, load_16k, resample_manifest, to_16k_mono
+from asr_pipeline.core.audio_quality import CANCELLING_RETENTION, ac_peak, mix_retention, near_silent
 from asr_pipeline.core.audio_shard import AudioShard
 
 

@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from asr_pipeline.core import audio
+from asr_pipeline.core import audio_quality
 from asr_pipeline.core.audio_shard import SAMPLE_RATE, AudioShard
 from asr_pipeline.core.features import FRAMES_30S, MAX_LABEL_TOKENS
 
@@ -32,12 +32,12 @@ RESAMPLED_CHECKS = [
                       description="Every kept clip is 16 kHz mono; the audio file holds the index's clips, in order."),
     dg.AssetCheckSpec(NEAR_SILENT, asset="resampled_dataset", blocking=True,
                       description="Kept clips whose peak, less any DC offset, is below "
-                                  f"{audio.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with a transcript) are named "
+                                  f"{audio_quality.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with a transcript) are named "
                                   "as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
                                   f"at least {BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
                       description="Kept clips whose channels cancel when averaged to mono (the mix or a pair keeping "
-                                  f"under {audio.CANCELLING_RETENTION:.0%} of their energy: a channel with inverted "
+                                  f"under {audio_quality.CANCELLING_RETENTION:.0%} of their energy: a channel with inverted "
                                   "polarity takes out the dialogue) are named as a warning; more than "
                                   "ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and at least "
                                   f"{BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
@@ -80,18 +80,18 @@ def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
 def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
     """Kept clips whose largest excursion from their mean, after the mix to mono, is below NEAR_SILENT_PEAK_DBFS."""
     index = _index(shard_dir, ["id", "peak", "ac_peak"])
-    quiet = audio.near_silent(index)
+    quiet = audio_quality.near_silent(index)
     level = "ac_peak" if "ac_peak" in quiet.columns else "peak"
-    found = (f"peak below {audio.NEAR_SILENT_PEAK_DBFS:g} dBFS, less any DC offset (silent or all but silent, the "
+    found = (f"peak below {audio_quality.NEAR_SILENT_PEAK_DBFS:g} dBFS, less any DC offset (silent or all but silent, the "
              f"quietest {_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts") if len(quiet) else ""
     return _suspect_clips(NEAR_SILENT, quiet, len(index), found, "a muted track, or audio cut from the wrong place?",
-                          max_rate, batch, {"peak_limit_dbfs": audio.NEAR_SILENT_PEAK_DBFS})
+                          max_rate, batch, {"peak_limit_dbfs": audio_quality.NEAR_SILENT_PEAK_DBFS})
 
 
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
     """Kept clips whose channels cancel in the mix to mono (the index's mix_retention)."""
     index = _index(shard_dir, ["id", "channels", "mix_retention"])
-    cancelled = audio.cancelled_by_downmix(index)
+    cancelled = audio_quality.cancelled_by_downmix(index)
     found = (f"have channels that cancel when averaged to mono (the mix, or a pair of channels, keeping as little as "
              f"{float(cancelled['mix_retention'].iloc[0]):.0%} of their energy): a channel with inverted polarity "
              "takes out what the channels share, usually the dialogue") if len(cancelled) else ""
@@ -99,7 +99,7 @@ def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = Non
                           "listen to each channel alone: one out of phase with the others is inverted (a "
                           "matrix-encoded Lt/Rt mix with loud surround sound measures like this too, and keeps its "
                           "dialogue: leave that one)",
-                          max_rate, batch, {"retention_limit": audio.CANCELLING_RETENTION,
+                          max_rate, batch, {"retention_limit": audio_quality.CANCELLING_RETENTION,
                                             "multichannel_clips": int((index["channels"] > 1).sum())})
 
 

@@ -206,11 +206,11 @@ def _severity(check, tmp_path, suspect: int, rows: int, max_rate: float = 0.2):
 
 
 def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
-    from asr_pipeline.core import audio
+    from asr_pipeline.core import audio_quality
 
-    at_limit = 10 ** (audio.NEAR_SILENT_PEAK_DBFS / 20)
+    at_limit = 10 ** (audio_quality.NEAR_SILENT_PEAK_DBFS / 20)
     assert checks.near_silent_clips(_index(tmp_path, [at_limit, 0.5]), max_rate=0.2).passed  # -50 dBFS is not below
-    at_retention_limit = _index(tmp_path, [0.5, 0.5], [audio.CANCELLING_RETENTION, 1.9], 2)
+    at_retention_limit = _index(tmp_path, [0.5, 0.5], [audio_quality.CANCELLING_RETENTION, 1.9], 2)
     assert checks.cancelling_downmix(at_retention_limit, 0.2).passed
 
     peaks = [0.0001 * (i + 1) for i in range(25)] + [0.5] * 975  # 25 near-silent clips of 1,000
