@@ -88,6 +88,7 @@ def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = Fal
 
         rates, _ = score_test_split(rows, decoded.texts)
         scores = {k: rates[k] for k in ("cer", "cer_normalized", "cer_normalized_ci95")}
+        scores["texts"] = decoded.texts  # what the errors are, beside the rates (the references are the corpus's)
     return {"utterances": len(rows), "seconds": round(seconds, 3), "utterances_per_s": round(len(rows) / seconds, 4),
             **scores,
             "device": device, "dtype": str(dtype).replace("torch.", ""),
@@ -97,8 +98,10 @@ def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = Fal
                                                                                   decoded.stats().items()}}
 
 def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances: int, batch: int,
-               packed_batches: tuple[int, ...], only_ours: bool, deadline: float, save) -> None:
-    """entry["training"] and entry["ratios"]: every arm trains for the same utterances; work: the shape's folder."""
+               packed_batches: tuple[tuple[int, float | None], ...], only_ours: bool, deadline: float,
+               save) -> None:
+    """entry["training"] and entry["ratios"]: every arm trains for the same utterances; work: the shape's folder;
+    packed_batches: (utterances a step, learning rate or None for the seed's 1e-5) of each extra packed arm."""
     from packing_benchmark import train_ours
 
     steps = utterances // batch
@@ -115,14 +118,16 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
     except Exception as error:
         entry["training"]["seed"] = {"error": f"{type(error).__name__}: {error}"}
     save()
-    arms = [("unpacked", False, batch), ("packed", True, batch)]
-    # GPU-sized packed steps: as many utterances a step as the batch's windows hold (--packed-batches), same lr
-    arms += [(f"packed_batch{b}", True, b) for b in packed_batches]
-    for name, packing, arm_batch in arms:
+    arms = [("unpacked", False, batch, None), ("packed", True, batch, None)]
+    # GPU-sized packed steps: as many utterances a step as the batch's windows hold (--packed-batches), at the
+    # seed's lr or the one given (fewer optimizer steps for the same utterances)
+    arms += [(f"packed_batch{b}" + (f"_lr{lr:g}" if lr else ""), True, b, lr) for b, lr in packed_batches]
+    for name, packing, arm_batch, arm_lr in arms:
         if time.time() > deadline:
             entry["training"][name] = {"skipped": "deadline"}
             continue
-        options = SimpleNamespace(utterances=utterances, batch_size=arm_batch, learning_rate=1e-5, valid=10, seed=42)
+        options = SimpleNamespace(utterances=utterances, batch_size=arm_batch, learning_rate=arm_lr or 1e-5, valid=10,
+                                  seed=42)
         try:
             seconds = time_steps()
             entry["training"][name] = train_ours(name, shard, work / "models", model_dir, options, packing,
@@ -134,7 +139,7 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
             entry["training"][name] = {"error": f"{type(error).__name__}: {error}"}
             continue
         result = entry["training"][name]
-        result["batch_size"] = arm_batch
+        result["batch_size"], result["learning_rate"] = arm_batch, arm_lr or 1e-5
         result.update(step_summary(seconds, result["utterances_seen"] / max(1, result["steps"]),
                                    result["train_runtime_s"]))
         save()

@@ -84,7 +84,7 @@ def prepare(args) -> None:
 
 def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterances: int, results: dict, save,
               deadline: float, tiny: bool = False, only_ours: bool = False,
-              packed_batches: tuple[int, ...] = (), real_base: Path | None = None) -> None:
+              packed_batches: tuple[tuple[int, float | None], ...] = (), real_base: Path | None = None) -> None:
     entry = results["shapes"].setdefault(shape, {})
     if time.time() > deadline:
         entry["skipped"] = "deadline"
@@ -132,7 +132,26 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
                           scored=True, known={"ours_bf16": entry["test_scores"].get("packed")})
 
 
+def packed_arms(text: str) -> tuple[tuple[int, float | None], ...]:
+    """--packed-batches "64,64@4e-5": (utterances a step, learning rate or None) per extra packed arm, each once."""
+    arms = set()
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        size, at, rate = item.partition("@")
+        try:
+            arm = (int(size), float(rate) if at else None)
+        except ValueError:
+            raise SystemExit(f"--packed-batches: {item!r} is not BATCH or BATCH@LR (e.g. 64 or 64@4e-5)")
+        if arm[0] < 1 or (arm[1] is not None and arm[1] <= 0):
+            raise SystemExit(f"--packed-batches: {item!r} needs a positive batch size and learning rate")
+        arms.add(arm)
+    return tuple(sorted(arms, key=lambda a: (a[0], a[1] or 0.0)))  # an arm a folder
+
+
 def run(args) -> None:
+    if args.keep_cudnn_sdpa:
+        from gpu_decode_probe import keep_cudnn_attention
+
+        keep_cudnn_attention()
     started = time.time()
     deadline = started + args.deadline_s
     data, out, work = Path(args.data).resolve(), Path(args.out), Path(args.work) / f"run_{os.getpid()}"
@@ -145,7 +164,8 @@ def run(args) -> None:
                "date": date.today().isoformat(), "environment": environment(),
                "corpus": {"clips": len(frame), **{f"{s}_clips": int((frame["split"] == s).sum())
                                                   for s in ("train", "valid", "test")}},
-               "weights": "per shape (shapes.*.weights); random unless --real-base", "shapes": {}}
+               "weights": "per shape (shapes.*.weights); random unless --real-base",
+               "cudnn_sdpa": "kept" if args.keep_cudnn_sdpa else "taken out (load_model)", "shapes": {}}
     path = out / f"gpu_{results['date']}.json"
 
     def save() -> None:
@@ -158,9 +178,7 @@ def run(args) -> None:
     if args.real_base and ("base" not in args.shapes.split(",") or not (args.real_base / "config.json").exists()):
         raise SystemExit(f"--real-base {args.real_base}: needs a model directory (gpu_weights.py join) and the base "
                          f"shape in --shapes (got {args.shapes})")
-    packed_batches = tuple(sorted({int(b) for b in args.packed_batches.split(",") if b}))  # an arm a folder
-    if any(b < 1 for b in packed_batches):
-        raise SystemExit(f"--packed-batches must be positive batch sizes, got {args.packed_batches}")
+    packed_batches = packed_arms(args.packed_batches)
     for shape in args.shapes.split(","):
         print(f"== {shape}", file=sys.stderr, flush=True)
         try:
@@ -195,11 +213,13 @@ def main() -> None:
     there.add_argument("--only-ours", action="store_true", help="train ours only (no seed, no evaluation)")
     there.add_argument("--packed-batches", default="", help="extra packed arms with these batch sizes in utterances, "
                        "e.g. 64: about 17 windows a step at 3.7 clips a window, as many inputs as an unpacked step "
-                       "of 16 (the learning rate stays 1e-5: a speed figure, not a tuned recipe)")
+                       "of 16, at the seed's lr 1e-5; 64@4e-5 at lr 4e-5 (a quarter of the optimizer steps)")
     there.add_argument("--tiny", action="store_true", help="a narrow turbo128 shape, to try this on a CPU")
     there.add_argument("--real-base", type=Path, default=None,
                        help="whisper-base with its real weights (gpu_weights.py join) for the base shape: then the "
                             "trained arms' test CER and the evaluation of the released and fine-tuned models")
+    there.add_argument("--keep-cudnn-sdpa", action="store_true",
+                       help="leave cuDNN among the attention backends (load_model takes it out), to compare")
     there.add_argument("--deadline-s", type=float, default=420.0, help="start no new stage after this many seconds")
     args = parser.parse_args()
     prepare(args) if args.command == "prepare" else run(args)

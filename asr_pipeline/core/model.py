@@ -163,11 +163,26 @@ def load_model(source: str, device: str | None = None, dtype=None):
     dtype (e.g. from inference_placement()) place and cast the loaded copy for decoding."""
     from transformers import WhisperForConditionalGeneration
 
+    avoid_cudnn_attention()
     model = WhisperForConditionalGeneration.from_pretrained(source, attn_implementation="sdpa")
     configure_generation(model)
     if device or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
+
+
+def avoid_cudnn_attention() -> None:
+    """Takes cuDNN out of PyTorch's attention backends (for this process), leaving flash, memory-efficient and math.
+    On an H100 (torch 2.11), half-precision attention goes to cuDNN first, and cuDNN builds an execution plan for
+    every new shape: 40 to 90 ms a decoder step the first time a (rows, cache length) pair is seen. Decoding meets
+    a new pair at nearly every step, and packed training a new padded label length at nearly every step. The
+    report's bf16 decoding of 32 clips took 23.6 s there on its first round and 5.2 s once the plans existed
+    (float32, which cuDNN does not take: 3.4 s); docs/BENCHMARKS.md, "cuDNN attention". A CPU is unaffected."""
+    import torch
+
+    enable = getattr(getattr(torch.backends, "cuda", None), "enable_cudnn_sdp", None)
+    if enable is not None:
+        enable(False)
 
 
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) at or above which it multiplies bfloat16 in hardware

@@ -136,6 +136,19 @@ def test_load_model_places_and_casts_the_decoding_copy(tiny_model_dir):
     assert len(out.decode([0], 0.0, 4, 1, 0)) == 1
 
 
+def test_loading_a_model_takes_cudnn_out_of_the_attention_backends(tiny_model_dir):
+    # on a GPU, cuDNN's attention builds a plan for every new shape: 40-90 ms a decoder step the first time, and
+    # decoding or packed training meets a new shape at nearly every step (docs/BENCHMARKS.md, "cuDNN attention");
+    # the flag is process-wide and the same on a CPU build, so the wiring is checked here
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        load_model(str(tiny_model_dir))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+
+
 def test_transcribe_places_the_model_and_decodes_under_the_policy(tiny_model_dir, korean_clips, capsys, monkeypatch):
     from asr_pipeline import cli
 
