@@ -28,21 +28,22 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
 
 
-def _suspect_audio(shard: Path) -> tuple[int, int]:
+def _suspect_audio(shard: Path) -> tuple[int, int | None]:
     """(near-silent clips, clips cancelled by the down-mix) of an audio shard: the counts its meta.json keeps, or,
-    for a shard made before them, core.audio's criteria on what its index has (a peak; no channel measure)."""
+    for a shard made before them, core.audio's criteria on what its index has (a peak) and None for the down-mix:
+    its channels were never measured, which is not the same as none cancelled."""
     from asr_pipeline.core.storage import read_json
 
     meta = read_json(shard / "meta.json") if (shard / "meta.json").exists() else {}
     if "near_silent_clips" in meta:
-        return meta["near_silent_clips"], meta.get("cancelling_downmix_clips", 0)
+        return meta["near_silent_clips"], meta.get("cancelling_downmix_clips")
     if not (shard / "index.parquet").exists():
-        return 0, 0
+        return 0, None
     import pandas as pd
 
     from asr_pipeline.core import audio_quality
 
-    return len(audio_quality.near_silent(pd.read_parquet(shard / "index.parquet", columns=["id", "peak"]))), 0
+    return len(audio_quality.near_silent(pd.read_parquet(shard / "index.parquet", columns=["id", "peak"]))), None
 
 
 def collect_status() -> dict:
@@ -68,7 +69,8 @@ def collect_status() -> dict:
             if name == "resampled_dataset":  # kept, but named by the audio checks (docs/ROBUSTNESS.md)
                 quiet, cancelled = _suspect_audio(path)
                 entry["near_silent"] = entry.get("near_silent", 0) + quiet
-                entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) + cancelled
+                entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) + (cancelled or 0)
+                entry["downmix_unmeasured_batches"] = entry.get("downmix_unmeasured_batches", 0) + (cancelled is None)
             batches.setdefault(key, {})[name] = rows
         entry["updated_at"] = max(_mtime(p) for p in dirs.values())
         assets[name] = entry
@@ -151,6 +153,8 @@ def cmd_status(args) -> None:
         extra += f", {entry['near_silent']} near-silent" if entry.get("near_silent") else ""
         extra += f", {entry['cancelled_by_downmix']} cancelled by the down-mix" \
             if entry.get("cancelled_by_downmix") else ""
+        extra += f", down-mix not measured in {entry['downmix_unmeasured_batches']} batches (made before the check)" \
+            if entry.get("downmix_unmeasured_batches") else ""
         print(f"  {name:22s} {entry.get('rows', '?'):>7} rows in {entry.get('partitions', 0)} batches{extra}  "
               f"{entry['bytes'] / 1e6:9.1f} MB  updated {entry['updated_at']}")
     rows = {batch["key"]: batch for batch in status["partitions"]}

@@ -110,16 +110,22 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     cli.main(["status", "--json"])
     resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 1)
+    assert resampled["downmix_unmeasured_batches"] == 0
     cli.main(["status"])
-    assert "2 near-silent, 1 cancelled by the down-mix" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 near-silent, 1 cancelled by the down-mix" in out and "not measured" not in out
     # a batch made before the counts were kept
     meta_file = next((pipeline_env / "storage" / "resampled_dataset").glob("*/meta.json"))
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("_clips")}))
     cli.main(["status", "--json"])
     resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
-    # (from its index's peaks instead: both quiet clips; its channels were never measured)
+    # (from its index's peaks instead: both quiet clips; its channels were never measured, which status says rather
+    # than reporting none cancelled)
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 0)
+    assert resampled["downmix_unmeasured_batches"] == 1
+    cli.main(["status"])
+    assert "down-mix not measured in 1 batches (made before the check)" in capsys.readouterr().out
 
     # the rows stay: all five are featurized with the 40 clips (the row without a file is quarantined)
     features = next((pipeline_env / "storage" / "featurized_shards").glob("*/index.parquet"))
