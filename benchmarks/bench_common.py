@@ -4,6 +4,7 @@ ran it, and our own featurization of a corpus."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -59,6 +60,21 @@ def seed_module(path: Path = SEED_RECIPE):
     return module
 
 
+@contextlib.contextmanager
+def notebook_attention():
+    """PyTorch's default attention backends, cuDNN's included, for the seed's calls, as the notebook runs:
+    load_model takes cuDNN out for ours, for the whole process (asr_pipeline.core.model.avoid_cudnn_attention)."""
+    import torch
+
+    cuda = torch.backends.cuda
+    before = cuda.cudnn_sdp_enabled()
+    cuda.enable_cudnn_sdp(True)
+    try:
+        yield
+    finally:
+        cuda.enable_cudnn_sdp(before)
+
+
 def seed_train(seed, features_dir: Path, out: Path, model_dir: str, steps: int, batch_size: int):
     """The seed's own train(); its Trainer is captured (the seed does not save the model) to score the result."""
     import transformers
@@ -73,7 +89,8 @@ def seed_train(seed, features_dir: Path, out: Path, model_dir: str, steps: int, 
 
     transformers.Seq2SeqTrainer = Capturing
     try:
-        result = seed.train(str(features_dir), str(out), model_dir, steps, batch_size)
+        with notebook_attention():
+            result = seed.train(str(features_dir), str(out), model_dir, steps, batch_size)
     finally:
         transformers.Seq2SeqTrainer = original
     return result, captured["trainer"].model
@@ -98,9 +115,10 @@ def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16, seed
                                     fp16=torch.cuda.is_available())
     trainer = Seq2SeqTrainer(model=model, args=args, data_collator=seed.SeedCollator(processor),
                              processing_class=processor.feature_extractor)
-    started = time.perf_counter()
-    output = trainer.predict(dataset)
-    seconds = time.perf_counter() - started
+    with notebook_attention():
+        started = time.perf_counter()
+        output = trainer.predict(dataset)
+        seconds = time.perf_counter() - started
     pad = processor.tokenizer.pad_token_id
     generated = (output.predictions != pad) & (output.predictions != -100)
     return {"utterances": len(dataset), "seconds": round(seconds, 3),
