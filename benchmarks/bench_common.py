@@ -4,7 +4,6 @@ ran it, and our own featurization of a corpus."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -60,19 +59,16 @@ def seed_module(path: Path = SEED_RECIPE):
     return module
 
 
-@contextlib.contextmanager
-def notebook_attention():
-    """PyTorch's default attention backends, cuDNN's included, for the seed's calls, as the notebook runs:
-    load_model takes cuDNN out for ours, for the whole process (asr_pipeline.core.model.avoid_cudnn_attention)."""
-    import torch
+def keep_cudnn_attention() -> None:
+    """Our training and decoding leave cuDNN among PyTorch's attention backends (ASR_CUDNN_ATTENTION=1), as before
+    they took it out (asr_pipeline.core.model.attention_without_cudnn): --keep-cudnn-sdpa, to compare. The seed
+    recipe's calls run outside our code and always keep PyTorch's defaults, cuDNN included, as the notebook does."""
+    os.environ["ASR_CUDNN_ATTENTION"] = "1"
 
-    cuda = torch.backends.cuda
-    before = cuda.cudnn_sdp_enabled()
-    cuda.enable_cudnn_sdp(True)
-    try:
-        yield
-    finally:
-        cuda.enable_cudnn_sdp(before)
+
+def attention_label(kept: bool) -> str:
+    return ("ours and the seed's: PyTorch's defaults, cuDNN included (ASR_CUDNN_ATTENTION=1)" if kept else
+            "ours: without cuDNN (attention_without_cudnn); the seed's: PyTorch's defaults, cuDNN included")
 
 
 def seed_train(seed, features_dir: Path, out: Path, model_dir: str, steps: int, batch_size: int):
@@ -89,8 +85,7 @@ def seed_train(seed, features_dir: Path, out: Path, model_dir: str, steps: int, 
 
     transformers.Seq2SeqTrainer = Capturing
     try:
-        with notebook_attention():
-            result = seed.train(str(features_dir), str(out), model_dir, steps, batch_size)
+        result = seed.train(str(features_dir), str(out), model_dir, steps, batch_size)
     finally:
         transformers.Seq2SeqTrainer = original
     return result, captured["trainer"].model
@@ -115,10 +110,9 @@ def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16, seed
                                     fp16=torch.cuda.is_available())
     trainer = Seq2SeqTrainer(model=model, args=args, data_collator=seed.SeedCollator(processor),
                              processing_class=processor.feature_extractor)
-    with notebook_attention():
-        started = time.perf_counter()
-        output = trainer.predict(dataset)
-        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    output = trainer.predict(dataset)
+    seconds = time.perf_counter() - started
     pad = processor.tokenizer.pad_token_id
     generated = (output.predictions != pad) & (output.predictions != -100)
     return {"utterances": len(dataset), "seconds": round(seconds, 3),

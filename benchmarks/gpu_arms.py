@@ -14,9 +14,16 @@ from types import SimpleNamespace
 
 from bench_common import cpu_info, random_whisper, seed_evaluate, seed_train, step_summary, time_steps
 
+SEED_LEARNING_RATE = 1e-5  # the notebook's
+
 TURBO_SHAPE = {"num_mel_bins": 128, "d_model": 1280, "encoder_layers": 32, "decoder_layers": 4,
                "encoder_attention_heads": 20, "decoder_attention_heads": 20, "encoder_ffn_dim": 5120,
                "decoder_ffn_dim": 5120}
+
+
+def packed_arm_name(batch: int, learning_rate: float | None) -> str:
+    """An extra packed arm's name, also its model folder: packed_batch64, packed_batch64_lr4e-05."""
+    return f"packed_batch{batch}" + (f"_lr{learning_rate:g}" if learning_rate else "")
 
 
 def random_model(data: Path, out: Path, shape: str, tiny: bool = False) -> str:
@@ -121,13 +128,13 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
     arms = [("unpacked", False, batch, None), ("packed", True, batch, None)]
     # GPU-sized packed steps: as many utterances a step as the batch's windows hold (--packed-batches), at the
     # seed's lr or the one given (fewer optimizer steps for the same utterances)
-    arms += [(f"packed_batch{b}" + (f"_lr{lr:g}" if lr else ""), True, b, lr) for b, lr in packed_batches]
+    arms += [(packed_arm_name(b, lr), True, b, lr) for b, lr in packed_batches]
     for name, packing, arm_batch, arm_lr in arms:
         if time.time() > deadline:
             entry["training"][name] = {"skipped": "deadline"}
             continue
-        options = SimpleNamespace(utterances=utterances, batch_size=arm_batch, learning_rate=arm_lr or 1e-5, valid=10,
-                                  seed=42)
+        options = SimpleNamespace(utterances=utterances, batch_size=arm_batch,
+                                  learning_rate=arm_lr or SEED_LEARNING_RATE, valid=10, seed=42)
         try:
             seconds = time_steps()
             entry["training"][name] = train_ours(name, shard, work / "models", model_dir, options, packing,
@@ -139,7 +146,7 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
             entry["training"][name] = {"error": f"{type(error).__name__}: {error}"}
             continue
         result = entry["training"][name]
-        result["batch_size"], result["learning_rate"] = arm_batch, arm_lr or 1e-5
+        result["batch_size"], result["learning_rate"] = arm_batch, arm_lr or SEED_LEARNING_RATE
         result.update(step_summary(seconds, result["utterances_seen"] / max(1, result["steps"]),
                                    result["train_runtime_s"]))
         save()

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -51,8 +52,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_common import MODEL_FILES, our_shard, seed_module, split_by_episode
-from gpu_arms import environment, evaluate_arms, random_model, score_trained, train_arms, warm_up
+from bench_common import MODEL_FILES, attention_label, keep_cudnn_attention, our_shard, seed_module, split_by_episode
+from gpu_arms import (SEED_LEARNING_RATE, environment, evaluate_arms, packed_arm_name, random_model, score_trained,
+                      train_arms, warm_up)
 
 
 def prepare(args) -> None:
@@ -134,23 +136,26 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
 
 def packed_arms(text: str) -> tuple[tuple[int, float | None], ...]:
     """--packed-batches "64,64@4e-5": (utterances a step, learning rate or None) per extra packed arm, each once."""
-    arms = set()
+    arms: dict[str, tuple[int, float | None]] = {}
     for item in (i.strip() for i in text.split(",") if i.strip()):
         size, at, rate = item.partition("@")
         try:
             arm = (int(size), float(rate) if at else None)
         except ValueError:
             raise SystemExit(f"--packed-batches: {item!r} is not BATCH or BATCH@LR (e.g. 64 or 64@4e-5)")
-        if arm[0] < 1 or (arm[1] is not None and arm[1] <= 0):
-            raise SystemExit(f"--packed-batches: {item!r} needs a positive batch size and learning rate")
-        arms.add(arm)
-    return tuple(sorted(arms, key=lambda a: (a[0], a[1] or 0.0)))  # an arm a folder
+        if arm[0] < 1 or (arm[1] is not None and not (math.isfinite(arm[1]) and arm[1] > 0)):
+            raise SystemExit(f"--packed-batches: {item!r} needs a positive batch size and a positive finite "
+                             "learning rate")
+        if arm[1] == SEED_LEARNING_RATE:
+            arm = (arm[0], None)  # the seed's rate is the plain arm's
+        named = arms.setdefault(packed_arm_name(*arm), arm)
+        if named != arm:
+            raise SystemExit(f"--packed-batches: {item!r} and {named} would share the arm {packed_arm_name(*arm)}")
+    return tuple(sorted(arms.values(), key=lambda a: (a[0], a[1] or 0.0)))  # an arm a folder
 
 
 def run(args) -> None:
     if args.keep_cudnn_sdpa:
-        from gpu_decode_probe import keep_cudnn_attention
-
         keep_cudnn_attention()
     started = time.time()
     deadline = started + args.deadline_s
@@ -165,7 +170,7 @@ def run(args) -> None:
                "corpus": {"clips": len(frame), **{f"{s}_clips": int((frame["split"] == s).sum())
                                                   for s in ("train", "valid", "test")}},
                "weights": "per shape (shapes.*.weights); random unless --real-base",
-               "cudnn_sdpa": "kept" if args.keep_cudnn_sdpa else "taken out (load_model)", "shapes": {}}
+               "cudnn_sdpa": attention_label(args.keep_cudnn_sdpa), "shapes": {}}
     path = out / f"gpu_{results['date']}.json"
 
     def save() -> None:
@@ -219,7 +224,7 @@ def main() -> None:
                        help="whisper-base with its real weights (gpu_weights.py join) for the base shape: then the "
                             "trained arms' test CER and the evaluation of the released and fine-tuned models")
     there.add_argument("--keep-cudnn-sdpa", action="store_true",
-                       help="leave cuDNN among the attention backends (load_model takes it out), to compare")
+                       help="leave cuDNN among the attention backends (ASR_CUDNN_ATTENTION=1), to compare")
     there.add_argument("--deadline-s", type=float, default=420.0, help="start no new stage after this many seconds")
     args = parser.parse_args()
     prepare(args) if args.command == "prepare" else run(args)

@@ -21,15 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_common import our_shard, split_by_episode
+from bench_common import attention_label, keep_cudnn_attention, our_shard, split_by_episode
 from gpu_arms import environment, random_model, warm_up
-
-
-def keep_cudnn_attention() -> None:
-    """load_model's avoid_cudnn_attention made a no-op: cuDNN stays PyTorch's first attention backend."""
-    from asr_pipeline.core import model
-
-    model.avoid_cudnn_attention = lambda: None
 
 
 def probe_round(model_dir: str, shard, dtype_name: str, clips: int, profile_path: Path | None) -> dict:
@@ -134,7 +127,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=48)
     parser.add_argument("--test", type=int, default=48)
     parser.add_argument("--keep-cudnn-sdpa", action="store_true",
-                        help="leave cuDNN among the attention backends (load_model takes it out), to compare")
+                        help="leave cuDNN among the attention backends (ASR_CUDNN_ATTENTION=1), to compare")
     args = parser.parse_args()
     if args.keep_cudnn_sdpa:
         keep_cudnn_attention()
@@ -150,7 +143,7 @@ def main() -> None:
     results = {"command": "python3 benchmarks/gpu_decode_probe.py " + " ".join(sys.argv[1:]),
                "date": date.today().isoformat(), "environment": environment(),
                "weights": "given" if args.model else "seeded random initialisation",
-               "cudnn_sdpa": "kept" if args.keep_cudnn_sdpa else "taken out (load_model)", "rounds": []}
+               "cudnn_sdpa": attention_label(args.keep_cudnn_sdpa), "rounds": []}
     path = out / f"decode_probe_{results['date']}.json"
     plan = [(name, None) for name in args.rounds.split(",") if name]
     plan += [(name, True) for name in args.profile_rounds.split(",") if name]

@@ -31,7 +31,8 @@ def _parquet_rows(path: Path) -> int:
 def _suspect_audio(shard: Path) -> tuple[int, int | None]:
     """(near-silent clips, clips cancelled by the down-mix) of an audio shard: the counts its meta.json keeps, or,
     for a shard made before them, core.audio's criteria on what its index has (a peak) and None for the down-mix:
-    its channels were never measured, which is not the same as none cancelled."""
+    the shard keeps no count of it (its channels may never have been measured), which is not the same as none
+    cancelled."""
     from asr_pipeline.core.storage import read_json
 
     meta = read_json(shard / "meta.json") if (shard / "meta.json").exists() else {}
@@ -153,8 +154,9 @@ def cmd_status(args) -> None:
         extra += f", {entry['near_silent']} near-silent" if entry.get("near_silent") else ""
         extra += f", {entry['cancelled_by_downmix']} cancelled by the down-mix" \
             if entry.get("cancelled_by_downmix") else ""
-        extra += f", down-mix not measured in {entry['downmix_unmeasured_batches']} batches (made before the check)" \
-            if entry.get("downmix_unmeasured_batches") else ""
+        uncounted = entry.get("downmix_unmeasured_batches", 0)
+        extra += f", down-mix not counted in {uncounted} batch{'es' if uncounted > 1 else ''} (made before the counts " \
+            "were kept)" if uncounted else ""
         print(f"  {name:22s} {entry.get('rows', '?'):>7} rows in {entry.get('partitions', 0)} batches{extra}  "
               f"{entry['bytes'] / 1e6:9.1f} MB  updated {entry['updated_at']}")
     rows = {batch["key"]: batch for batch in status["partitions"]}

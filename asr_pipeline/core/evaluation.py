@@ -102,7 +102,7 @@ def evaluate_on_test(
     every model in the report is decoded the same way, and the report says which.
     cache_dir ($ASR_HOME/cache): hypotheses are cached by (model content, runtime, placement, policy, sample), so an
     unchanged model is not decoded again on an unchanged sample."""
-    from asr_pipeline.core.model import inference_placement, load_processor
+    from asr_pipeline.core.model import attention_description, inference_placement, load_processor
 
     rows = FeatureRows(shards, "test")
     if len(rows) == 0:
@@ -146,6 +146,7 @@ def evaluate_on_test(
         "warning": warning,
         "normalization": policy.describe(),
         "decoding": {**decoding.describe(), "greedy_first": True, "device": device, "dtype": dtype_name,
+                     "attention": attention_description(),
                      "runtime": "transformers (step-by-step decoder with key/value cache)",
                      "budget_check": budget_check(meta, decoding)},
         "bootstrap": {"resamples": bootstrap_resamples, "level": 0.95, "unit": "utterance",

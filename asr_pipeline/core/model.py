@@ -3,6 +3,7 @@ its featurizer, and where it runs (device, bf16)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -163,7 +164,6 @@ def load_model(source: str, device: str | None = None, dtype=None):
     dtype (e.g. from inference_placement()) place and cast the loaded copy for decoding."""
     from transformers import WhisperForConditionalGeneration
 
-    avoid_cudnn_attention()
     model = WhisperForConditionalGeneration.from_pretrained(source, attn_implementation="sdpa")
     configure_generation(model)
     if device or dtype is not None:
@@ -171,18 +171,42 @@ def load_model(source: str, device: str | None = None, dtype=None):
     return model
 
 
-def avoid_cudnn_attention() -> None:
-    """Takes cuDNN out of PyTorch's attention backends (for this process), leaving flash, memory-efficient and math.
-    On an H100 (torch 2.11), half-precision attention goes to cuDNN first, and cuDNN builds an execution plan for
-    every new shape: 40 to 90 ms a decoder step the first time a (rows, cache length) pair is seen. Decoding meets
-    a new pair at nearly every step, and packed training a new padded label length at nearly every step. The
-    report's bf16 decoding of 32 clips took 23.6 s there on its first round and 5.2 s once the plans existed
-    (float32, which cuDNN does not take: 3.4 s); docs/BENCHMARKS.md, "cuDNN attention". A CPU is unaffected."""
+CUDNN_ATTENTION_VARIABLE = "ASR_CUDNN_ATTENTION"
+
+
+def cudnn_attention_allowed() -> bool:
+    """ASR_CUDNN_ATTENTION=1 lets PyTorch give attention to cuDNN while we train and decode (off by default)."""
+    value = os.environ.get(CUDNN_ATTENTION_VARIABLE, "").strip()
+    if value not in ("", "0", "1"):
+        raise ConfigError(f"{CUDNN_ATTENTION_VARIABLE} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def attention_description() -> str:
+    """What the training summary and the report record about attention."""
+    return "sdpa, cuDNN allowed (ASR_CUDNN_ATTENTION=1)" if cudnn_attention_allowed() else "sdpa without cuDNN"
+
+
+@contextlib.contextmanager
+def attention_without_cudnn():
+    """Training and decoding run in this: cuDNN is taken out of PyTorch's attention backends (flash, memory-efficient
+    and math stay) and put back as it was on exit, so nothing else in the process is changed.
+    On an H100 and an H200 (torch 2.11), half-precision attention goes to cuDNN first, and cuDNN builds an execution
+    plan for every new shape: 40 to 90 ms a decoder step the first time a (rows, cache length) pair is seen.
+    Decoding meets a new pair at nearly every step, and packed training a new padded label length at nearly every
+    step (docs/BENCHMARKS.md, "cuDNN attention"). A CPU is unaffected. ASR_CUDNN_ATTENTION=1 leaves cuDNN in."""
     import torch
 
-    enable = getattr(getattr(torch.backends, "cuda", None), "enable_cudnn_sdp", None)
-    if enable is not None:
-        enable(False)
+    flags = torch.backends.cuda
+    if cudnn_attention_allowed() or not hasattr(flags, "enable_cudnn_sdp"):
+        yield
+        return
+    before = flags.cudnn_sdp_enabled()
+    flags.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        flags.enable_cudnn_sdp(before)
 
 
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) at or above which it multiplies bfloat16 in hardware

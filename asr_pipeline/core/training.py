@@ -131,7 +131,8 @@ def train_whisper(
     import torch
     from transformers import Seq2SeqTrainingArguments
 
-    from asr_pipeline.core.model import cpu_has_native_bf16, load_model, load_processor
+    from asr_pipeline.core.model import (attention_description, attention_without_cudnn, cpu_has_native_bf16,
+                                         load_model, load_processor)
     from asr_pipeline.core.validation import choose_validation
 
     settings.validate()
@@ -251,7 +252,8 @@ def train_whisper(
                                         else f"unknown ({projection})"))
         if resume_from:
             emit(f"resuming from {resume_from} (a previous run of the same data and settings was interrupted)")
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        with attention_without_cudnn():
+            result = trainer.train(resume_from_checkpoint=resume_from)
     finally:
         if previous_logdir is None:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
@@ -297,6 +299,7 @@ def train_whisper(
         "duplicate_audio_excluded": len(duplicates),
         "projected_wall_s": round(projected_s, 1) if projected_s is not None else None,
         "precision": "bf16 autocast" if bf16 else ("fp16 autocast" if on_gpu else "fp32"),
+        "attention": attention_description(),
         "train_runtime_s": round(runtime_s, 3),
         "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),  # windows/s
         "resumed_from_step": step_of(resume_from),

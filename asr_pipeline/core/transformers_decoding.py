@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from asr_pipeline.core.decoding import SAMPLE_RATE, Candidate, DecodeResult, DecodingPolicy, guarded_decode
-from asr_pipeline.core.model import LANGUAGE, TASK
+from asr_pipeline.core.model import LANGUAGE, TASK, attention_without_cudnn
 from asr_pipeline.core.text import clean
 
 
@@ -97,6 +97,10 @@ class TransformersRuntime:
                           use_cache=True, **{self._cache_kwarg: cache}).logits.float()
 
     def decode(self, chosen, temperature, max_new_tokens, best_of, seed):
+        with attention_without_cudnn():  # a new attention shape at nearly every step (model.attention_without_cudnn)
+            return self._decode(chosen, temperature, max_new_tokens, best_of, seed)
+
+    def _decode(self, chosen, temperature, max_new_tokens, best_of, seed):
         import torch
 
         hidden, cross = self._encode(chosen)

@@ -161,3 +161,41 @@ def test_dataloader_workers_are_forked_once_not_every_epoch(shard, tiny_model_di
     train_pids = set(pids.read_text().split()) - {str(os.getpid())}
     assert summary["epochs"] >= 2.5 and summary["steps"] == 9
     assert 2 <= len(train_pids) <= 2 + 2  # two training workers, and at most two for the one validation pass
+
+
+def test_training_steps_run_without_cudnn_attention_and_the_summary_says_so(shard, tiny_model_dir, tmp_path,
+                                                                            monkeypatch):
+    # a packed run meets a new padded label length at nearly every step, and cuDNN's attention builds a plan for
+    # each (docs/BENCHMARKS.md, "cuDNN attention"): the trainer runs with it out, and puts the flag back after
+    from transformers import TrainerCallback
+
+    from asr_pipeline.core import training
+
+    monkeypatch.delenv("ASR_CUDNN_ATTENTION", raising=False)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    seen = []
+
+    class Recorder(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+
+    original = training.shard_trainer_class
+
+    def recording_trainer_class():
+        class RecordingTrainer(original()):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.add_callback(Recorder())
+
+        return RecordingTrainer
+
+    monkeypatch.setattr(training, "shard_trainer_class", recording_trainer_class)
+    try:
+        settings = TrainingSettings(learning_rate=1e-3, batch_size=4, warmup_steps=0, max_steps=2, eval_steps=2,
+                                    logging_steps=1)
+        summary = train_whisper(str(tiny_model_dir), [shard], tmp_path / "attention", settings, emit=lambda _: None)
+        assert seen == [False, False] and torch.backends.cuda.cudnn_sdp_enabled()
+        assert summary["attention"] == "sdpa without cuDNN"
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -113,7 +113,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     assert resampled["downmix_unmeasured_batches"] == 0
     cli.main(["status"])
     out = capsys.readouterr().out
-    assert "2 near-silent, 1 cancelled by the down-mix" in out and "not measured" not in out
+    assert "2 near-silent, 1 cancelled by the down-mix" in out and "not counted" not in out
     # a batch made before the counts were kept
     meta_file = next((pipeline_env / "storage" / "resampled_dataset").glob("*/meta.json"))
     meta = json.loads(meta_file.read_text())
@@ -125,7 +125,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 0)
     assert resampled["downmix_unmeasured_batches"] == 1
     cli.main(["status"])
-    assert "down-mix not measured in 1 batches (made before the check)" in capsys.readouterr().out
+    assert "down-mix not counted in 1 batch (made before the counts were kept)" in capsys.readouterr().out
 
     # the rows stay: all five are featurized with the 40 clips (the row without a file is quarantined)
     features = next((pipeline_env / "storage" / "featurized_shards").glob("*/index.parquet"))
