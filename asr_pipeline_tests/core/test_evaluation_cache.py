@@ -200,3 +200,13 @@ def test_benchmark_regressions_and_the_gate_setting(tmp_path):
     (tmp_path / "manifest.csv").write_text("audio_path,transcript\nmissing.wav,가\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="missing.wav"):
         BenchmarkSet.load("x", tmp_path)
+
+
+def test_hypotheses_decoded_with_cudnn_attention_on_a_gpu_are_cached_apart(monkeypatch):
+    monkeypatch.delenv("ASR_CUDNN_ATTENTION", raising=False)
+    # the default keeps the keys written before the setting existed: no night of decoding again after an upgrade
+    assert evaluation.cache_placement("cuda", "bfloat16") == "cuda/bfloat16"
+    assert evaluation.cache_placement("cpu", "float32") == "cpu/float32"
+    monkeypatch.setenv("ASR_CUDNN_ATTENTION", "1")
+    assert evaluation.cache_placement("cuda", "bfloat16") == "cuda/bfloat16/cudnn-attention"
+    assert evaluation.cache_placement("cpu", "float32") == "cpu/float32"  # a CPU has no cuDNN: the same hypotheses
