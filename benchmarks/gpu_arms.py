@@ -45,18 +45,24 @@ def warm_up(model_dir: str, device: str = "cuda") -> None:
 
     if device == "cuda" and not torch.cuda.is_available():
         return
+    from asr_pipeline.core.model import attention_without_cudnn
+
     model = load_model(model_dir, device=device)
     features = torch.randn(2, model.config.num_mel_bins, 3000, device=device)
     labels = torch.randint(0, 1000, (2, 20), device=device)
-    for dtype in (torch.float16, torch.bfloat16):
-        with torch.autocast(device, dtype=dtype):
-            model(input_features=features, labels=labels).loss.backward()
+    # the seed's fp16 with PyTorch's attention defaults, as the seed runs; ours in bf16 under our training's and
+    # decoding's attention (without cuDNN, unless --keep-cudnn-sdpa)
+    with torch.autocast(device, dtype=torch.float16):
+        model(input_features=features, labels=labels).loss.backward()
+    with attention_without_cudnn(), torch.autocast(device, dtype=torch.bfloat16):
+        model(input_features=features, labels=labels).loss.backward()
     model.eval()
     with torch.no_grad():  # generation too: the seed's (fp16 autocast), then in float32 and bf16 weights as ours
         with torch.autocast(device, dtype=torch.float16):
             model.generate(input_features=features, max_new_tokens=4)
-        model.generate(input_features=features, max_new_tokens=4)
-        model.to(torch.bfloat16).generate(input_features=features.to(torch.bfloat16), max_new_tokens=4)
+        with attention_without_cudnn():
+            model.generate(input_features=features, max_new_tokens=4)
+            model.to(torch.bfloat16).generate(input_features=features.to(torch.bfloat16), max_new_tokens=4)
     if device == "cuda":
         torch.cuda.synchronize()
     del model
@@ -128,7 +134,8 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
     arms = [("unpacked", False, batch, None), ("packed", True, batch, None)]
     # GPU-sized packed steps: as many utterances a step as the batch's windows hold (--packed-batches), at the
     # seed's lr or the one given (fewer optimizer steps for the same utterances)
-    arms += [(packed_arm_name(b, lr), True, b, lr) for b, lr in packed_batches]
+    arms += [(packed_arm_name(b, lr), True, b, lr) for b, lr in packed_batches
+             if (b, lr) != (batch, None)]  # that one is "packed" itself
     for name, packing, arm_batch, arm_lr in arms:
         if time.time() > deadline:
             entry["training"][name] = {"skipped": "deadline"}

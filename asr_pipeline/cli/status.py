@@ -38,8 +38,8 @@ def _suspect_audio(shard: Path) -> tuple[int, int | None]:
     meta = read_json(shard / "meta.json") if (shard / "meta.json").exists() else {}
     if "near_silent_clips" in meta:
         return meta["near_silent_clips"], meta.get("cancelling_downmix_clips")
-    if not (shard / "index.parquet").exists():
-        return 0, None
+    if not (shard / "index.parquet").exists():  # a batch folder with no clips stored (yet): nothing to count
+        return 0, 0
     import pandas as pd
 
     from asr_pipeline.core import audio_quality
@@ -71,7 +71,7 @@ def collect_status() -> dict:
                 quiet, cancelled = _suspect_audio(path)
                 entry["near_silent"] = entry.get("near_silent", 0) + quiet
                 entry["cancelled_by_downmix"] = entry.get("cancelled_by_downmix", 0) + (cancelled or 0)
-                entry["downmix_unmeasured_batches"] = entry.get("downmix_unmeasured_batches", 0) + (cancelled is None)
+                entry["downmix_uncounted_batches"] = entry.get("downmix_uncounted_batches", 0) + (cancelled is None)
             batches.setdefault(key, {})[name] = rows
         entry["updated_at"] = max(_mtime(p) for p in dirs.values())
         assets[name] = entry
@@ -154,7 +154,7 @@ def cmd_status(args) -> None:
         extra += f", {entry['near_silent']} near-silent" if entry.get("near_silent") else ""
         extra += f", {entry['cancelled_by_downmix']} cancelled by the down-mix" \
             if entry.get("cancelled_by_downmix") else ""
-        uncounted = entry.get("downmix_unmeasured_batches", 0)
+        uncounted = entry.get("downmix_uncounted_batches", 0)
         extra += f", down-mix not counted in {uncounted} batch{'es' if uncounted > 1 else ''} (made before the counts " \
             "were kept)" if uncounted else ""
         print(f"  {name:22s} {entry.get('rows', '?'):>7} rows in {entry.get('partitions', 0)} batches{extra}  "

@@ -25,6 +25,19 @@ TRANSFORMERS = "transformers/stepwise-1"
 CTRANSLATE2 = "ctranslate2-int8"
 
 
+def cache_placement(runtime: str, placement: str) -> str:
+    """The placement ("cuda/bfloat16") as the hypothesis cache keys it. Since 2026-11-27 the transformers runtime
+    decodes without cuDNN's attention (model.attention_without_cudnn), which rounds differently on a GPU from the
+    PyTorch defaults that earlier cached GPU hypotheses were decoded with: those are keyed apart, so a cached base
+    model or champion is never compared with a challenger decoded the other way. ASR_CUDNN_ATTENTION=1 decodes with
+    the defaults again, under the old key. A CPU and CTranslate2 have no cuDNN attention: their keys are unchanged."""
+    from asr_pipeline.core.model import cudnn_attention_allowed
+
+    if runtime == TRANSFORMERS and placement.startswith("cuda") and not cudnn_attention_allowed():
+        return placement + "/no-cudnn-attention"
+    return placement
+
+
 @dataclass
 class DecodeJob:
     label: str  # "test" or a benchmark set's name
@@ -55,8 +68,8 @@ class CachedDecoder:
         decode = None
         out = {}
         for job in jobs:
-            key = self.cache.key(fingerprint, runtime, self.placement, self.policy.describe(), job.fingerprint) \
-                if self.cache else None
+            key = self.cache.key(fingerprint, runtime, cache_placement(runtime, self.placement),
+                                 self.policy.describe(), job.fingerprint) if self.cache else None
             entry = self.cache.get(key) if self.cache else None
             if entry is not None and len(entry.get("texts", [])) == job.count:
                 self.emit(f"{name} on {job.label}: {job.count} hypotheses from the cache ({key}), not decoded again")

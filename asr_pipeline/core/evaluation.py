@@ -72,16 +72,6 @@ def champion_comparable(champion: dict | None, shards: Sequence[FeatureShard]) -
     return config.get("num_mel_bins") == shards[0].n_mels
 
 
-def cache_placement(device: str, dtype_name: str) -> str:
-    """Where and how the hypotheses were decoded, as the hypothesis cache keys them. cuDNN's attention
-    (ASR_CUDNN_ATTENTION=1) rounds differently on a GPU, so its hypotheses are cached apart; the default keeps the
-    key that caches were written under before the setting existed."""
-    from asr_pipeline.core.model import cudnn_attention_allowed
-
-    placement = f"{device}/{dtype_name}"
-    return placement + "/cudnn-attention" if device == "cuda" and cudnn_attention_allowed() else placement
-
-
 def evaluate_on_test(
     base_source: str,
     checkpoint_dir: str,
@@ -140,8 +130,8 @@ def evaluate_on_test(
                   for b in benchmark_sets]
     device, dtype = inference_placement(prefer_bf16)
     dtype_name = str(dtype).replace("torch.", "")
-    decoder = CachedDecoder(HypothesisCache(cache_dir) if cache_dir else None, cache_placement(device, dtype_name),
-                            decoding, emit)
+    decoder = CachedDecoder(HypothesisCache(cache_dir) if cache_dir else None, f"{device}/{dtype_name}", decoding,
+                            emit)
     models = [("base", base_source), ("finetuned", str(checkpoint_dir))]
     if champion_comparable(champion, shards):
         models.append(("champion", champion["model_path"]))

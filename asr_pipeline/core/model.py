@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -187,26 +188,40 @@ def attention_description() -> str:
     return "sdpa, cuDNN allowed (ASR_CUDNN_ATTENTION=1)" if cudnn_attention_allowed() else "sdpa without cuDNN"
 
 
+_cudnn_lock = threading.Lock()
+_cudnn_users = 0  # trainings and decodes inside attention_without_cudnn, in any thread
+_cudnn_before: bool | None = None  # the flag as the first of them found it
+
+
 @contextlib.contextmanager
 def attention_without_cudnn():
     """Training and decoding run in this: cuDNN is taken out of PyTorch's attention backends (flash, memory-efficient
-    and math stay) and put back as it was on exit, so nothing else in the process is changed.
-    On an H100 and an H200 (torch 2.11), half-precision attention goes to cuDNN first, and cuDNN builds an execution
-    plan for every new shape: 40 to 90 ms a decoder step the first time a (rows, cache length) pair is seen.
-    Decoding meets a new pair at nearly every step, and packed training a new padded label length at nearly every
-    step (docs/BENCHMARKS.md, "cuDNN attention"). A CPU is unaffected. ASR_CUDNN_ATTENTION=1 leaves cuDNN in."""
+    and math stay) and put back as it was once the last training or decode in the process leaves, in whatever
+    thread. The flag is process-wide, so while one is inside, the whole process runs attention without cuDNN.
+    Why: on an H100 with torch 2.11, half-precision attention went to cuDNN first, and cuDNN built an execution plan
+    for each new shape. The report's first bf16 decode of 32 clips averaged 39 ms a decoder step (14 to 88 ms a
+    call) against 8.5 ms when the same clips were decoded again; decoding meets a new (rows, cache length) pair at
+    nearly every step, packed training a new padded label length at nearly every step (docs/BENCHMARKS.md, "cuDNN
+    attention"). A CPU is unaffected. ASR_CUDNN_ATTENTION=1 leaves cuDNN in."""
+    global _cudnn_users, _cudnn_before
     import torch
 
     flags = torch.backends.cuda
     if cudnn_attention_allowed() or not hasattr(flags, "enable_cudnn_sdp"):
         yield
         return
-    before = flags.cudnn_sdp_enabled()
-    flags.enable_cudnn_sdp(False)
+    with _cudnn_lock:
+        if _cudnn_users == 0:
+            _cudnn_before = flags.cudnn_sdp_enabled()
+            flags.enable_cudnn_sdp(False)
+        _cudnn_users += 1
     try:
         yield
     finally:
-        flags.enable_cudnn_sdp(before)
+        with _cudnn_lock:
+            _cudnn_users -= 1
+            if _cudnn_users == 0:
+                flags.enable_cudnn_sdp(_cudnn_before)
 
 
 # oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) at or above which it multiplies bfloat16 in hardware

@@ -93,6 +93,12 @@ def projected_wall_time(steps: int, settings: TrainingSettings, device: str, bas
     if previous.get("device") != device or previous.get("base_model") != base_source:
         return None, (f"the previous training ran on {previous.get('device')} with {previous.get('base_model')}, "
                       "not comparable; the pace is measured after the first steps")
+    from asr_pipeline.core.model import attention_description
+
+    if device == "cuda" and previous.get("attention") != attention_description():
+        # before attention_without_cudnn (no "attention" recorded) a packed GPU step ran several times slower
+        return None, (f"the previous training ran with attention {previous.get('attention', 'unrecorded')!r}, not "
+                      "comparable; the pace is measured after the first steps")
     old = previous.get("settings", {})
     if old.get("packing", False) != settings.packing:  # a window costs more than a clip: paces are not comparable
         return None, (f"the previous training ran with packing {'on' if old.get('packing') else 'off'}, not "
@@ -136,6 +142,7 @@ def train_whisper(
     from asr_pipeline.core.validation import choose_validation
 
     settings.validate()
+    attention = attention_description()  # ASR_CUDNN_ATTENTION checked before any work; recorded as in force now
     exclude_ids = frozenset(int(i) for i in exclude_ids)  # e.g. rows deleted from the table since featurization
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir / "trainer"
@@ -299,7 +306,7 @@ def train_whisper(
         "duplicate_audio_excluded": len(duplicates),
         "projected_wall_s": round(projected_s, 1) if projected_s is not None else None,
         "precision": "bf16 autocast" if bf16 else ("fp16 autocast" if on_gpu else "fp32"),
-        "attention": attention_description(),
+        "attention": attention,
         "train_runtime_s": round(runtime_s, 3),
         "train_samples_per_s": round(float(result.metrics.get("train_samples_per_second", 0.0)), 4),  # windows/s
         "resumed_from_step": step_of(resume_from),

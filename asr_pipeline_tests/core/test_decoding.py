@@ -167,6 +167,43 @@ def test_cudnn_is_out_of_attention_only_inside_training_and_decoding(cudnn_flag,
         attention_description()
 
 
+def test_cudnn_stays_out_until_the_last_training_or_decode_in_any_thread_leaves(cudnn_flag, monkeypatch):
+    import threading
+
+    monkeypatch.delenv("ASR_CUDNN_ATTENTION", raising=False)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    first_in, second_in, first_out, second_may_leave = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def first():
+        with attention_without_cudnn():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second():
+        first_in.wait(5)
+        with attention_without_cudnn():
+            second_in.set()
+            first_out.wait(5)  # the first has left: the second still decodes without cuDNN
+            seen["second, after the first left"] = torch.backends.cuda.cudnn_sdp_enabled()
+            second_may_leave.wait(5)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    first_out.wait(5)
+    second_may_leave.set()
+    for thread in threads:
+        thread.join(5)
+    assert seen == {"second, after the first left": False}
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # put back when the last one left
+    with pytest.raises(RuntimeError):  # a training or decode that fails puts it back too
+        with attention_without_cudnn():
+            raise RuntimeError("out of memory")
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_every_decoder_step_runs_without_cudnn_attention(tiny_model_dir, cudnn_flag, monkeypatch):
     monkeypatch.delenv("ASR_CUDNN_ATTENTION", raising=False)
     torch.backends.cuda.enable_cudnn_sdp(True)
@@ -202,7 +239,7 @@ def test_evaluation_settings_are_validated_with_the_variable_name(monkeypatch, t
     monkeypatch.setenv("ASR_EVAL_MAX_UTTERANCES", "0")
     assert settings_from_environment().eval_max_utterances == 0
     for name, value in (("ASR_EVAL_MAX_UTTERANCES", "-1"), ("ASR_BENCHMARK_GATE", "sometimes"),
-                        ("ASR_BENCHMARK_SETS", str(tmp_path / "nowhere"))):
+                        ("ASR_BENCHMARK_SETS", str(tmp_path / "nowhere")), ("ASR_CUDNN_ATTENTION", "true")):
         monkeypatch.setenv(name, value)
         with pytest.raises(ConfigError, match=name):
             settings_from_environment()

@@ -202,11 +202,15 @@ def test_benchmark_regressions_and_the_gate_setting(tmp_path):
         BenchmarkSet.load("x", tmp_path)
 
 
-def test_hypotheses_decoded_with_cudnn_attention_on_a_gpu_are_cached_apart(monkeypatch):
+def test_gpu_hypotheses_decoded_without_cudnn_attention_are_cached_apart(monkeypatch):
+    from asr_pipeline.core.cached_decoding import CTRANSLATE2, TRANSFORMERS, cache_placement
+
     monkeypatch.delenv("ASR_CUDNN_ATTENTION", raising=False)
-    # the default keeps the keys written before the setting existed: no night of decoding again after an upgrade
-    assert evaluation.cache_placement("cuda", "bfloat16") == "cuda/bfloat16"
-    assert evaluation.cache_placement("cpu", "float32") == "cpu/float32"
-    monkeypatch.setenv("ASR_CUDNN_ATTENTION", "1")
-    assert evaluation.cache_placement("cuda", "bfloat16") == "cuda/bfloat16/cudnn-attention"
-    assert evaluation.cache_placement("cpu", "float32") == "cpu/float32"  # a CPU has no cuDNN: the same hypotheses
+    # GPU hypotheses cached before attention_without_cudnn were decoded with PyTorch's defaults (cuDNN first on an
+    # H100): the new default is keyed apart, so a cached champion is never compared with a challenger decoded the
+    # other way; a CPU and CTranslate2 have no cuDNN attention, and keep their keys
+    assert cache_placement(TRANSFORMERS, "cuda/bfloat16") == "cuda/bfloat16/no-cudnn-attention"
+    assert cache_placement(TRANSFORMERS, "cpu/float32") == "cpu/float32"
+    assert cache_placement(CTRANSLATE2, "cuda/bfloat16") == "cuda/bfloat16"
+    monkeypatch.setenv("ASR_CUDNN_ATTENTION", "1")  # the defaults again: the old key
+    assert cache_placement(TRANSFORMERS, "cuda/bfloat16") == "cuda/bfloat16"

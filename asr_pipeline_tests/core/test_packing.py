@@ -203,6 +203,12 @@ def test_packing_is_part_of_the_training_fingerprint_and_of_the_pace_projection(
     assert projected_wall_time(5, packed, "cpu", "base", previous, device_batch=3)[0] == pytest.approx(30.0)
     seconds, why = projected_wall_time(5, unpacked, "cpu", "base", previous)
     assert seconds is None and "packing on" in why
+    # on a GPU, a pace measured before cuDNN's attention was taken out (no "attention" recorded) is not this one's
+    gpu = {**previous, "device": "cuda"}
+    seconds, why = projected_wall_time(5, packed, "cuda", "base", gpu, device_batch=3)
+    assert seconds is None and "'unrecorded'" in why
+    gpu["attention"] = "sdpa without cuDNN"
+    assert projected_wall_time(5, packed, "cuda", "base", gpu, device_batch=3)[0] == pytest.approx(30.0)
 
 
 def _collated_labels(monkeypatch) -> list[list[int]]:

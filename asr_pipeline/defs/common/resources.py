@@ -11,7 +11,7 @@ from asr_pipeline.core import settings as env
 from asr_pipeline.core.champion import PROMOTION_RULES, PromotionPolicy
 from asr_pipeline.core.benchmark_sets import parse_benchmark_sets, parse_gate
 from asr_pipeline.core.database import TableSpec, TranscriptTable, masked
-from asr_pipeline.core.model import BaseModel, resolve_base_model
+from asr_pipeline.core.model import BaseModel, cudnn_attention_allowed, resolve_base_model
 from asr_pipeline.core.settings import AudioRoots, PathMap, SplitRatios
 from asr_pipeline.core.text import NormalizationPolicy
 
@@ -143,6 +143,7 @@ def settings_from_environment() -> PipelineSettings:
     ratios = env.split_ratios()
     pattern = env.group_pattern()
     policy = env.normalization_policy()
+    cudnn_attention_allowed()  # read where training and decoding start; checked here so a typo fails at load time
     return PipelineSettings(
         home=str(home),
         path_map=path_map,

@@ -110,7 +110,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     cli.main(["status", "--json"])
     resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 1)
-    assert resampled["downmix_unmeasured_batches"] == 0
+    assert resampled["downmix_uncounted_batches"] == 0
     cli.main(["status"])
     out = capsys.readouterr().out
     assert "2 near-silent, 1 cancelled by the down-mix" in out and "not counted" not in out
@@ -123,7 +123,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     # (from its index's peaks instead: both quiet clips; its channels were never measured, which status says rather
     # than reporting none cancelled)
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 0)
-    assert resampled["downmix_unmeasured_batches"] == 1
+    assert resampled["downmix_uncounted_batches"] == 1
     cli.main(["status"])
     assert "down-mix not counted in 1 batch (made before the counts were kept)" in capsys.readouterr().out
 
