@@ -207,7 +207,7 @@ def attention_without_cudnn():
     import torch
 
     flags = torch.backends.cuda
-    if cudnn_attention_allowed() or not hasattr(flags, "enable_cudnn_sdp"):
+    if cudnn_attention_allowed():
         yield
         return
     with _cudnn_lock:

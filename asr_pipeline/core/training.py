@@ -15,6 +15,7 @@ from asr_pipeline.core.storage import write_json
 from asr_pipeline.core.trainer_hooks import (checkpointing_argument, completion_marker, duration_text,
                                              last_complete_checkpoint, metrics_function, progress_callback,
                                              shard_trainer_class, step_of)
+from asr_pipeline.core.training_budget import projected_wall_time, training_steps
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator, duplicate_audio_ids
 
 # The validation measure the best checkpoint is chosen on: the one promotion decides on (champion.PROMOTION_METRIC).
@@ -49,8 +50,8 @@ class TrainingSettings:
     # the longest packed window. The encoder still sees 30 s; a shorter window holds fewer clips (less speed-up) but
     # puts more of them near the input's start, where every clip sits in service. 15 s: 3.0-3.6x the utterances a
     # second of unpacked training at about the same test CER; 30 s windows were 6.6x as fast but 4.8 points worse
-    # (docs/BENCHMARKS.md). On an H100 the gain did not hold for whisper-base (0.84x: a step of 4 windows cost what
-    # one of 16 did), 1.31x for a large-v3-turbo shape (docs/BENCHMARKS.md, "Issue 14: GPU figures")
+    # (docs/BENCHMARKS.md). On a GPU a packed step of 4 windows gains less: 1.31x for whisper-base's shape on an
+    # H200 (docs/BENCHMARKS.md, "cuDNN attention"); a larger batch_size is the setting to try there
     packing_max_seconds: float = 15.0
 
     def validate(self) -> None:
@@ -70,48 +71,6 @@ class TrainingSettings:
                              f"{self.packing_max_seconds}")
         if self.generation_max_length > 444:  # 448 target positions minus the 4-token Korean/transcribe prefix
             raise ValueError("generation_max_length must be at most 444")
-
-
-def training_steps(settings: TrainingSettings, train_items: int, world_size: int = 1,
-                   device_batch: int | None = None) -> int:
-    """The budget in optimizer steps: max_steps, or epochs over the train split. train_items: clips, or packed
-    windows; device_batch: items a device step takes (batch_size unpacked)."""
-    if settings.max_steps is not None:
-        return int(settings.max_steps)
-    per_step = (device_batch or settings.batch_size) * settings.gradient_accumulation_steps * max(1, world_size)
-    return max(1, math.ceil(settings.epochs * math.ceil(train_items / per_step)))
-
-
-def projected_wall_time(steps: int, settings: TrainingSettings, device: str, base_source: str,
-                        previous: dict | None, device_batch: int | None = None) -> tuple[float | None, str]:
-    """(seconds, how they were projected) from the previous training's measured pace, scaled to this batch size
-    (device_batch: items a device step takes, packed windows or clips; batch_size when None); None when there is
-    no comparable measurement (another device, base model or packing, or none yet)."""
-    steps_run = (previous or {}).get("steps_run", (previous or {}).get("steps"))
-    if not previous or not steps_run or not previous.get("train_runtime_s"):
-        return None, "no previous training to measure the pace from; it is measured after the first steps"
-    if previous.get("device") != device or previous.get("base_model") != base_source:
-        return None, (f"the previous training ran on {previous.get('device')} with {previous.get('base_model')}, "
-                      "not comparable; the pace is measured after the first steps")
-    from asr_pipeline.core.model import attention_description
-
-    if device == "cuda" and previous.get("attention") != attention_description():
-        # before attention_without_cudnn (no "attention" recorded) a packed GPU step ran several times slower
-        return None, (f"the previous training ran with attention {previous.get('attention', 'unrecorded')!r}, not "
-                      "comparable; the pace is measured after the first steps")
-    old = previous.get("settings", {})
-    if old.get("packing", False) != settings.packing:  # a window costs more than a clip: paces are not comparable
-        return None, (f"the previous training ran with packing {'on' if old.get('packing') else 'off'}, not "
-                      "comparable; the pace is measured after the first steps")
-    old_items = (previous.get("windows_per_step") or old.get("batch_size", settings.batch_size)) \
-        * old.get("gradient_accumulation_steps", 1)
-    per_item = previous["train_runtime_s"] / (steps_run * old_items)
-    batch = device_batch or settings.batch_size
-    per_step = per_item * batch * settings.gradient_accumulation_steps
-    unit = " windows" if settings.packing else ""
-    return per_step * steps, (f"{per_step:.3g} s/step from the previous training ({steps_run} steps in "
-                              f"{duration_text(previous['train_runtime_s'])}, validation included), scaled to batch "
-                              f"{batch}{unit}x{settings.gradient_accumulation_steps}")
 
 
 def train_whisper(

@@ -4,7 +4,6 @@ import pytest
 import soundfile as sf
 
 from asr_pipeline.core.audio import AudioError, AudioLimits, decode, downmix, load_16k, resample_manifest, to_16k_mono
-from asr_pipeline.core.audio_quality import CANCELLING_RETENTION, ac_peak, mix_retention, near_silent
 from asr_pipeline.core.audio_shard import AudioShard
 
 
@@ -216,88 +215,3 @@ def test_the_downmix_is_numpys_channel_mean_bit_for_bit(channels):
         assert np.array_equal(mono, expected, equal_nan=True)
     column = rng.standard_normal((100, 1)).astype(np.float32)
     assert np.array_equal(downmix(column), column[:, 0]) and np.array_equal(downmix(column[:, 0]), column[:, 0])
-
-
-def test_mix_retention_finds_a_channel_that_cancels_in_the_mix():
-    rng = np.random.default_rng(0)
-    dialogue, bed_left, bed_right, bed_centre = (0.1 * rng.standard_normal(48_000).astype(np.float32)
-                                                 for _ in range(4))
-    silence = np.zeros_like(dialogue)
-    surround_8db = bed_centre * np.float32(10 ** (8 / 20))
-    cases = {
-        "mono": (dialogue[:, None], 1.0),
-        "silence": (np.zeros((1000, 2), np.float32), 1.0),
-        "one frame": (np.ones((1, 2), np.float32), 1.0),
-        "one channel silent": (np.stack([dialogue, silence], 1), 1.0),
-        "5.1, dialogue in the centre alone": (np.stack([silence, silence, dialogue, silence, silence, silence], 1),
-                                              1.0),
-        "two unrelated channels": (np.stack([dialogue, bed_left], 1), 1.0),
-        "the same in both channels": (np.stack([dialogue, dialogue], 1), 2.0),
-        # faint inverted crosstalk on an almost silent channel: the mix loses nothing that matters
-        "inverted crosstalk 60 dB down": (np.stack([dialogue, -0.001 * dialogue + 0.0001 * bed_left], 1), 1.0),
-        # matrix-encoded Lt/Rt (dialogue in phase, surround in anti-phase) with surround 4 dB over the dialogue: kept
-        "Lt/Rt, surround 4 dB over the dialogue": (
-            np.stack([dialogue + 1.585 * bed_centre, dialogue - 1.585 * bed_centre], 1), 2 / (1 + 1.585 ** 2)),
-        "one channel inverted": (np.stack([dialogue, -dialogue], 1), 0.0),
-        "one channel inverted at 60% of the level": (np.stack([dialogue, -0.6 * dialogue], 1), 0.16 / 1.36),
-        # the dialogue cancels in the mix, the beds (unrelated, 6 dB under it) stay: not silent, still found
-        "inverted, a bed 6 dB under the dialogue in each": (
-            np.stack([dialogue + 0.5 * bed_left, -dialogue + 0.5 * bed_right], 1), 0.2),
-        "5.1, left and right inverted, the rest 6 dB under": (
-            np.stack([dialogue + 0.5 * bed_left, -dialogue + 0.5 * bed_right, 0.5 * bed_centre, silence,
-                      0.5 * bed_left, 0.5 * bed_right], 1), 0.2),
-        "Lt/Rt, surround 8 dB over the dialogue": (
-            np.stack([dialogue + surround_8db, dialogue - surround_8db], 1), 2 / (1 + 10 ** 0.8)),
-        # a DC offset is not sound: the same offset on an inverted pair does not hide it, opposite offsets on
-        # unrelated quiet channels do not fake it
-        "inverted, the same DC offset in both": (np.stack([dialogue + 0.1, -dialogue + 0.1], 1), 0.0),
-        "unrelated and quiet, opposite DC offsets": (np.stack([0.01 * bed_left + 0.05, 0.01 * bed_right - 0.05], 1),
-                                                     1.0),
-        # float samples whose products overflow float32 (a float WAV far past full scale, later scaled down)
-        "inverted, past float32's range when squared": (np.stack([dialogue, -dialogue], 1) * np.float32(1e20), 0.0),
-        "inverted, 16-bit integers": ((np.stack([dialogue, -dialogue], 1) * 30_000).astype(np.int16), 0.0),
-        # 5.1 whose centre and left surround are inverted against each other (not the first two channels)
-        "5.1, centre and left surround inverted": (
-            np.stack([0.3 * bed_left, 0.3 * bed_right, dialogue, silence, -dialogue, 0.3 * bed_centre], 1), 0.0),
-        # three channels against a fourth: no pair cancels on its own, the whole mix does
-        "four channels whose mix is silent": (np.stack([dialogue, dialogue, dialogue, -3 * dialogue], 1), 0.0),
-    }
-    # estimated on short blocks, and the lower quartile of them: a few hundredths low on noise-like test signals
-    for name, (data, expected) in cases.items():
-        assert mix_retention(data) == pytest.approx(expected, abs=0.05), name
-    found = {name for name, (data, _) in cases.items() if mix_retention(data) < CANCELLING_RETENTION}
-    assert found == {"one channel inverted", "one channel inverted at 60% of the level", "inverted, the same DC offset "
-                     "in both", "inverted, a bed 6 dB under the dialogue in each", "5.1, left and right inverted, the "
-                     "rest 6 dB under", "Lt/Rt, surround 8 dB over the dialogue", "inverted, past float32's range "
-                     "when squared", "inverted, 16-bit integers", "5.1, centre and left surround inverted",
-                     "four channels whose mix is silent"}
-    # inverted for the last third of the clip only (the rest in phase), a bed 3 dB under the dialogue: found
-    tail = np.concatenate([dialogue, -dialogue[:24_000]])
-    head = np.concatenate([dialogue, dialogue[:24_000]])
-    beds = 0.7 * rng.standard_normal((72_000, 2)).astype(np.float32) * dialogue.std()
-    assert mix_retention(np.stack([head, tail], 1) + beds) < CANCELLING_RETENTION
-    # a tone in step with any fixed stride (1 kHz at 48 kHz, 16.2 s), one channel inverted: found
-    tone = np.sin(2 * np.pi * 1000 * np.arange(777_600) / 48_000).astype(np.float32) * 0.3
-    assert mix_retention(np.stack([tone, -tone], 1)) < 0.05
-    nan = np.stack([dialogue, -dialogue], 1)
-    nan[0, 0] = np.nan
-    assert mix_retention(nan) == 1.0  # not measured: decode rejects such a clip
-
-
-def test_the_near_silence_level_leaves_out_a_dc_offset(tmp_path):
-    samples = np.full(16_000, 0.1, np.float32)  # a dead source with an offset: no sound, peak -20 dBFS
-    assert ac_peak(samples) == 0.0
-    samples[::100] += 0.001  # clicks at -60 dBFS over the offset
-    assert ac_peak(samples) == pytest.approx(0.001 - 0.001 / 100, abs=1e-6)
-    # measured before resampling: soxr rings at the edges of a 48 kHz constant (about -30 dBFS at 16 kHz)
-    sf.write(tmp_path / "dead.wav", np.full(48_000, 0.1, np.float32), 48_000, subtype="FLOAT")
-    # and after it: an off-air recording's 19 kHz pilot tone (-30 dBFS) alone is gone from the 16 kHz audio
-    pilot = 0.0316 * np.sin(2 * np.pi * 19_000 * np.arange(48_000) / 48_000)
-    sf.write(tmp_path / "pilot.wav", pilot.astype(np.float32), 48_000, subtype="FLOAT")
-    manifest = pd.DataFrame({"id": [1, 2], "audio_path": [str(tmp_path / "dead.wav"), str(tmp_path / "pilot.wav")],
-                             "transcript": ["대사", "대사"]})
-    (tmp_path / "shard").mkdir()
-    resample_manifest(manifest, tmp_path / "shard", emit=lambda _: None)
-    index = pd.read_parquet(tmp_path / "shard" / "index.parquet")
-    assert index["peak"].iloc[0] > 0.09 and index["ac_peak"].iloc[0] == 0.0
-    assert list(near_silent(index)["id"]) == [1, 2]

@@ -14,7 +14,7 @@ from asr_pipeline.core.model import load_processor
 from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, plan_windows, window_frames,
                                        window_frames_limit, window_labels, windows_per_step)
 from asr_pipeline.core.synth import demo_sentences
-from asr_pipeline.core.training import TrainingSettings, projected_wall_time, train_whisper, training_fingerprint
+from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator
 
 
@@ -191,24 +191,6 @@ def test_packed_frames_equal_the_concatenated_audios_log_mel_away_from_the_bound
         assert np.allclose(a[unclamped], b[unclamped], atol=1e-4)
         compared += int(unclamped.sum())
     assert compared > 0.5 * 80 * (frames.shape[0] - 8)  # most of the window was compared
-
-
-def test_packing_is_part_of_the_training_fingerprint_and_of_the_pace_projection():
-    packed, unpacked = TrainingSettings(packing=True), TrainingSettings(packing=False)
-    assert training_fingerprint("base", [{}], packed) != training_fingerprint("base", [{}], unpacked)
-    previous = {"steps_run": 10, "train_runtime_s": 40.0, "device": "cpu", "base_model": "base",
-                "windows_per_step": 2, "settings": {"batch_size": 16, "gradient_accumulation_steps": 1,
-                                                    "packing": True}}
-    # 2 s a window: 3 windows a step for 5 steps
-    assert projected_wall_time(5, packed, "cpu", "base", previous, device_batch=3)[0] == pytest.approx(30.0)
-    seconds, why = projected_wall_time(5, unpacked, "cpu", "base", previous)
-    assert seconds is None and "packing on" in why
-    # on a GPU, a pace measured before cuDNN's attention was taken out (no "attention" recorded) is not this one's
-    gpu = {**previous, "device": "cuda"}
-    seconds, why = projected_wall_time(5, packed, "cuda", "base", gpu, device_batch=3)
-    assert seconds is None and "'unrecorded'" in why
-    gpu["attention"] = "sdpa without cuDNN"
-    assert projected_wall_time(5, packed, "cuda", "base", gpu, device_batch=3)[0] == pytest.approx(30.0)
 
 
 def _collated_labels(monkeypatch) -> list[list[int]]:

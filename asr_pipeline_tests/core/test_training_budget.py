@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from asr_pipeline.core.trainer_hooks import CHECKPOINT_COMPLETE
-from asr_pipeline.core.training import TrainingSettings, train_whisper
+from asr_pipeline.core.training import TrainingSettings, train_whisper, training_fingerprint
+from asr_pipeline.core.training_budget import projected_wall_time
 from asr_pipeline_tests.core.test_training_options import shard  # noqa: F401  (the module-scoped fixture)
 
 FAST = dict(learning_rate=1e-3, batch_size=4, warmup_steps=0, logging_steps=1, max_eval_samples=2,
@@ -63,3 +64,21 @@ def test_a_resumed_training_skips_a_half_written_checkpoint_and_uses_the_previou
                             work_dir=work)
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 8 and summary["steps_run"] == 4
     assert any("ignoring checkpoint-6" in line for line in lines)
+
+
+def test_packing_is_part_of_the_training_fingerprint_and_of_the_pace_projection():
+    packed, unpacked = TrainingSettings(packing=True), TrainingSettings(packing=False)
+    assert training_fingerprint("base", [{}], packed) != training_fingerprint("base", [{}], unpacked)
+    previous = {"steps_run": 10, "train_runtime_s": 40.0, "device": "cpu", "base_model": "base",
+                "windows_per_step": 2, "settings": {"batch_size": 16, "gradient_accumulation_steps": 1,
+                                                    "packing": True}}
+    # 2 s a window: 3 windows a step for 5 steps
+    assert projected_wall_time(5, packed, "cpu", "base", previous, device_batch=3)[0] == pytest.approx(30.0)
+    seconds, why = projected_wall_time(5, unpacked, "cpu", "base", previous)
+    assert seconds is None and "packing on" in why
+    # on a GPU, a pace measured before cuDNN's attention was taken out (no "attention" recorded) is not this one's
+    gpu = {**previous, "device": "cuda"}
+    seconds, why = projected_wall_time(5, packed, "cuda", "base", gpu, device_batch=3)
+    assert seconds is None and "'unrecorded'" in why
+    gpu["attention"] = "sdpa without cuDNN"
+    assert projected_wall_time(5, packed, "cuda", "base", gpu, device_batch=3)[0] == pytest.approx(30.0)
