@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 SEED_RECIPE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_recipe.py"
@@ -117,7 +118,16 @@ def seed_evaluate(features_dir: Path, model_dir: str, batch_size: int = 16, seed
     generated = (output.predictions != pad) & (output.predictions != -100)
     return {"utterances": len(dataset), "seconds": round(seconds, 3),
             "utterances_per_s": round(len(dataset) / seconds, 4),
-            "mean_generated_tokens": round(float(generated.sum(axis=1).mean()), 1)}
+            "mean_generated_tokens": round(float(generated.sum(axis=1).mean()), 1),
+            "texts": seed_texts(output.predictions, processor.tokenizer)}
+
+
+def seed_texts(predictions: np.ndarray, tokenizer) -> list[str]:
+    """The seed's predictions as texts, in the dataset's order (the seed's CSV order), so that callers score the
+    seed as they score ours. predict pads the batches' predictions to one length with -100, which the tokenizer
+    cannot decode; the prompt (start, language, task) and end tokens are special and dropped."""
+    return tokenizer.batch_decode(np.where(predictions == -100, tokenizer.pad_token_id, predictions),
+                                  skip_special_tokens=True)
 
 
 def split_by_episode(frame: pd.DataFrame, test: int, valid: int) -> pd.DataFrame:

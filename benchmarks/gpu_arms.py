@@ -173,7 +173,7 @@ def evaluate_arms(evaluation: dict, seed, shard, model_dir: str, work: Path, dea
                   scored: bool = False, known: dict | None = None) -> None:
     """The seed's predict, then ours in bf16, in one greedy pass and in float32, on the test split (scored: with the
     report's CER, for real weights; known: arms already measured on this model, copied instead of decoded again)."""
-    for name, run in (("seed", lambda: seed_evaluate(work / "seed_test", model_dir, seed=seed)),
+    for name, run in (("seed", lambda: seed_scored(work, model_dir, seed, scored)),
                       ("ours_bf16", lambda: our_decode(model_dir, shard, prefer_bf16=True, scored=scored)),
                       ("ours_greedy_bf16", lambda: our_decode(model_dir, shard, True, greedy_only=True,
                                                               scored=scored)),
@@ -192,6 +192,25 @@ def evaluate_arms(evaluation: dict, seed, shard, model_dir: str, work: Path, dea
             evaluation[name]["speedup_vs_seed"] = round(evaluation[name]["utterances_per_s"]
                                                         / evaluation["seed"]["utterances_per_s"], 2)
         save()
+
+
+def seed_scored(work: Path, model_dir: str, seed, scored: bool) -> dict:
+    """The seed's predict on the test split; scored: its texts scored as ours are (the report's normalised CER
+    against the cleaned transcripts of seed_test.csv, the order the seed's dataset keeps)."""
+    result = seed_evaluate(work / "seed_test", model_dir, seed=seed)
+    if scored:
+        import pandas as pd
+
+        from asr_pipeline.core.evaluation import score
+        from asr_pipeline.core.settings import normalization_policy
+        from asr_pipeline.core.text import clean
+
+        references = [clean(t) for t in pd.read_csv(work / "seed_test.csv")["transcript"]]
+        rates, _ = score(references, result["texts"], normalization_policy(), resamples=1000)
+        result.update({k: rates[k] for k in ("cer", "cer_normalized", "cer_normalized_ci95")})
+    else:
+        del result["texts"]  # a random model's texts mean nothing
+    return result
 
 
 def score_trained(entry: dict, shard, models: Path, deadline: float, save) -> None:

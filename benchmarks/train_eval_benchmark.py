@@ -126,6 +126,7 @@ def evaluation_benchmark(args) -> dict:
                  "ours_fp32": our_evaluate(ours_valid, model_dir, prefer_bf16=False)}
         if cpu_has_native_bf16():
             entry["ours_bf16"] = our_evaluate(ours_valid, model_dir, prefer_bf16=True)
+        entry["seed"]["cer"] = round(error_rates(list(valid_frame["transcript"]), entry["seed"]["texts"]).cer, 4)
         for name in [k for k in entry if k.startswith("ours")]:
             entry[name]["speedup"] = round(entry[name]["utterances_per_s"] / entry["seed"]["utterances_per_s"], 2)
         results["models"][model_dir] = entry
@@ -177,6 +178,8 @@ def run_benchmark(args) -> dict:
 
     print("evaluation: seed recipe vs ours (base model, held-out clips)", file=sys.stderr)
     results["seed_eval"] = seed_evaluate(run / "seed_valid_features", args.base_model)
+    results["seed_eval"]["cer"] = round(error_rates(list(valid_frame["transcript"]), results["seed_eval"]["texts"]).cer,
+                                        4)
     results["ours_eval"] = our_evaluate(ours_valid, args.base_model)
     results["ours_eval_fp32"] = our_evaluate(ours_valid, args.base_model, prefer_bf16=False)
     for name in ("ours_eval", "ours_eval_fp32"):

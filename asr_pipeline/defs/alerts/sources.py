@@ -15,7 +15,7 @@ from dagster import DagsterEventType, DagsterRunStatus
 
 from asr_pipeline.core.storage import read_json
 from asr_pipeline.defs.ingest.batch_states import BatchState  # noqa: F401  (the type the alerts read)
-from asr_pipeline.defs.ingest.run_failures import process_death
+from asr_pipeline.defs.ingest.run_failures import process_death, stopped_the_run
 
 FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 FAILED_STEP_EVENTS = {DagsterEventType.STEP_FAILURE, DagsterEventType.ASSET_CHECK_EVALUATION}
@@ -44,8 +44,7 @@ def run_failure(instance: dg.DagsterInstance, run_id: str) -> RunFailure:
             error = error[0] if error else "(no error message)"
         elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.asset_check_evaluation_data
-            if not evaluation.passed and evaluation.blocking is not False \
-                    and evaluation.severity != dg.AssetCheckSeverity.WARN:  # a warning never stops a run
+            if stopped_the_run(evaluation):
                 checks.append({"check": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(),
                                "description": evaluation.description,
                                "metadata": {k: v.value for k, v in evaluation.metadata.items()}})

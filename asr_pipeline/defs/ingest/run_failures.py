@@ -53,12 +53,18 @@ def _whole_sentences(text: str, limit: int) -> str:
     return text[:cut + 1] if cut > 0 else text[:limit]
 
 
+def stopped_the_run(evaluation: dg.AssetCheckEvaluation) -> bool:
+    """A failed check that stops its run: blocking and not a warning (severity WARN never blocks, even from a
+    blocking check). A step records its check spec's `blocking` (True or False); an evaluation reported outside a
+    step has None, and such a one stopped no run. The batch states and the alerts both ask this."""
+    return not evaluation.passed and evaluation.blocking is True and evaluation.severity != dg.AssetCheckSeverity.WARN
+
+
 def why_it_failed(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
     """('blocked', the failed blocking check and its description) or ('failed', the step's error)."""
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
         evaluation = record.event_log_entry.dagster_event.event_specific_data
-        # a warning (severity WARN) never blocks, even from a blocking check, and never is why a run failed
-        if not evaluation.passed and evaluation.blocking and evaluation.severity != dg.AssetCheckSeverity.WARN:
+        if stopped_the_run(evaluation):
             detail = evaluation.description or ", ".join(
                 f"{k}={getattr(v, 'value', v)}" for k, v in evaluation.metadata.items()
                 if not isinstance(getattr(v, "value", None), (dict, list)))
