@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -201,15 +202,18 @@ def test_a_launched_run_killed_mid_step_is_reported_with_the_step_and_the_signal
         assert (failure.asset, failure.error) == ("featurized_shards", reason)  # the alert says the same
 
 
+def _first_checkpoint_written(work: Path) -> bool:
+    """complete: the trainer's on_save marked it (trainer_hooks.CHECKPOINT_COMPLETE)"""
+    return any((c / "asr_checkpoint_complete.json").exists() for c in work.glob("*/checkpoint-8"))
+
+
 def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, monkeypatch, tmp_path):
     assert _cli("ingest").returncode == 0
     train = ["train", "--max-steps", "24", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2"]
     work = pipeline_env / "work" / "finetuned_checkpoint"
 
-    def first_checkpoint_written():  # complete: the trainer's on_save marked it (trainer_hooks.CHECKPOINT_COMPLETE)
-        return any((c / "asr_checkpoint_complete.json").exists() for c in work.glob("*/checkpoint-8"))
-
-    assert _kill_when(train, first_checkpoint_written, timeout=600), "training finished before it could be killed"
+    assert _kill_when(train, lambda: _first_checkpoint_written(work), timeout=600), \
+        "training finished before it could be killed"
     assert not (pipeline_env / "storage" / "finetuned_checkpoint").exists()
     resumed = _cli(*train)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -236,3 +240,30 @@ def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, mon
     assert a.keys() == b.keys()
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert worst < 1e-4, worst
+
+
+def test_a_killed_trainings_checkpoints_go_once_no_training_can_resume_them(pipeline_env):
+    """Killed last night, then the next training has another fingerprint (here other settings; nightly, new
+    batches): the killed one's checkpoints, which only its own fingerprint could resume, are removed when the next
+    training starts, instead of filling the disk one killed night at a time (core/work_dirs.py)."""
+    assert _cli("ingest").returncode == 0
+    work = pipeline_env / "work" / "finetuned_checkpoint"
+    killed_run = ["train", "--max-steps", "24", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2"]
+    assert _kill_when(killed_run, lambda: _first_checkpoint_written(work), timeout=600), \
+        "training finished before it could be killed"
+    [killed] = [p for p in work.iterdir() if p.is_dir()]
+    assert (killed / "asr_work_owner.json").is_file()
+    night = time.time() - 8 * 3600  # killed last night: past the grace a just-gone owner gets
+    for folder, _, files in os.walk(killed):
+        for item in [folder, *(os.path.join(folder, f) for f in files)]:
+            os.utime(item, (night, night))
+
+    next_run = _cli("train", "--max-steps", "8", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2")
+
+    assert next_run.returncode == 0, next_run.stderr[-3000:]
+    assert not killed.exists() and not any(work.iterdir())
+    log = next_run.stdout + next_run.stderr
+    assert f"removed the work directory {killed.name} of an abandoned training" in log
+    assert "is gone" in log
+    summary = json.loads((pipeline_env / "storage/finetuned_checkpoint/training_summary.json").read_text())
+    assert summary["resumed_from_step"] is None and summary["steps"] == 8

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from asr_pipeline.core import training
+from asr_pipeline.core import training, work_dirs
 from asr_pipeline.core.storage import read_json, write_json
 from asr_pipeline.defs.common.io_managers import stage
 from asr_pipeline.defs.common.resources import PipelineSettings, TranscriptDatabase
@@ -75,6 +75,9 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
         base_source, [s.meta for s in shards] + ([{"excluded_ids": sorted(inputs.exclude_ids)}] if inputs.exclude_ids else []),
         train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
+    work_dirs.claim(work_dir)
+    # a training killed before new batches landed left checkpoints that only its own fingerprint can resume
+    work_dirs.remove_abandoned(work_dir.parent, keep=work_dir, emit=context.log.info)
     try:
         if launch.kind == "torchrun":
             shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
