@@ -65,6 +65,9 @@ def cmd_champion(args) -> None:
             if "retired_at" in entry:
                 print(f"{entry['retired_at']}\tretired\t{entry['model_path']}")
                 continue
+            if "removed_at" in entry:
+                print(f"{entry['removed_at']}\tcopy removed ({entry.get('reason', '')})\t{entry['model_path']}")
+                continue
             print(f"{entry['promoted_at']}\tCER {entry['test_cer']:.4f}\tnormalised {entry['test_cer_normalized']:.4f}"
                   f"\t{entry['model_path']}")
         if not history:

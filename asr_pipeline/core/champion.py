@@ -3,7 +3,8 @@
     <ASR_HOME>/champion/
       champion.json        the pointer: {model_path, ctranslate2_path, test_cer, promoted_at, ...}
       history.jsonl        one line per promotion, oldest first
-      models/<stamp>/      a copy of each promoted checkpoint (model/) and its CTranslate2 export (ctranslate2/)
+      models/<stamp>/      a copy of each promoted checkpoint (model/) and its CTranslate2 export (ctranslate2/),
+                           for the latest ASR_CHAMPION_KEEP promotions (prune_models)
 
 A checkpoint is copied, not linked, because finetuned_checkpoint is rewritten by the next training.
 The pointer is replaced atomically (write a temporary file, rename it), so a reader sees the old champion or the
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from asr_pipeline.core.storage import publish, staging_dir, write_json
+from asr_pipeline.core.storage import publish, staging_dir, unpublish, write_json
 
 # The CER a promotion is decided on: normalised (docs/NORMALISATION.md), so a policy-level difference such as
 # "0.1%" vs "영 점 일 프로" neither wins nor loses a promotion.
@@ -41,6 +43,47 @@ def promotion_history(home: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def promotions(history: list[dict]) -> list[dict]:
+    """The history's promotions, oldest first (it also records retirements and removed copies)."""
+    return [entry for entry in history if "promoted_at" in entry and entry.get("model_path")]
+
+
+UNPOINTED_GRACE_S = 600.0  # a copy no promotion names yet may be one being promoted right now
+
+
+def prune_models(home: Path, keep: int, emit=print) -> list[Path]:
+    """Remove the copies in champion/models/ of all but the `keep` latest promotions (0: keep every one), and the
+    copies no promotion names (a promotion killed between its copy and its pointer) once UNPOINTED_GRACE_S old.
+    The champion's own copy is always kept, however old. Each removal is appended to the history, so the
+    promotion lines that name a removed copy say so. Nightly retraining that promotes once a week keeps 50 copies
+    a year otherwise: 18 GB for whisper-base with its int8 export, about 200 GB for large-v3-turbo."""
+    root = champion_dir(home) / "models"
+    if keep <= 0 or not root.is_dir():
+        return []
+    promoted = [Path(entry["model_path"]).parent.name for entry in promotions(promotion_history(home))]
+    wanted = set(list(dict.fromkeys(reversed(promoted)))[:keep])
+    pointer = current_champion(home)
+    if pointer:
+        wanted.add(Path(pointer["model_path"]).parent.name)
+    removed = []
+    for copy in sorted(root.iterdir()):
+        if copy.name.startswith(".") or copy.name in wanted:  # dot names: publish()'s staging and versions
+            continue
+        if copy.name not in promoted and time.time() - copy.lstat().st_mtime < UNPOINTED_GRACE_S:
+            continue
+        latest = f"the latest {keep} promotions" if keep > 1 else "the latest promotion"
+        reason = (f"older than {latest} (ASR_CHAMPION_KEEP={keep})" if copy.name in promoted
+                  else "no promotion points at it (a promotion was cut short)")
+        unpublish(copy)
+        entry = {"removed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "model_path": str(copy / "model"), "reason": reason}
+        with open(champion_dir(home) / "history.jsonl", "a", encoding="utf-8") as history:
+            history.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        emit(f"removed the champion copy {copy.name}: {reason}")
+        removed.append(copy)
+    return removed
 
 
 def retire_champion(home: Path, reason: str) -> dict | None:

@@ -124,6 +124,18 @@ def publish(staged: Path, final: Path) -> Path:
     return final
 
 
+def unpublish(final: Path) -> None:
+    """Remove a published path and the version directory behind it (a plain directory published by an older
+    version of this code, too). A reader that already opened its files keeps them until it closes them."""
+    target = _link_target(final)
+    if target is not None:
+        os.unlink(final)
+        shutil.rmtree(final.parent / target, ignore_errors=True)
+    else:
+        shutil.rmtree(final, ignore_errors=True)
+    _sync_directory(final.parent)
+
+
 def sync_tree(root: Path) -> None:
     """fsync every file and directory under root. A killed process loses nothing the OS has (its page cache
     survives); a power cut or kernel crash loses what is not on disk, and renames can reach the disk before data."""

@@ -68,3 +68,78 @@ def test_a_champion_that_takes_other_features_is_not_compared(tmp_path):
     assert champion_comparable(pointer, [SimpleNamespace(n_mels=128)])
     assert not champion_comparable({"model_path": str(tmp_path / "gone")}, [SimpleNamespace(n_mels=128)])
     assert not champion_comparable(None, [SimpleNamespace(n_mels=128)])
+
+
+def test_only_the_latest_promotions_keep_their_copies(tmp_path, capsys, monkeypatch):
+    """ASR_CHAMPION_KEEP=2 after four promotions: the two older copies (link and version directory) are removed,
+    the history still lists four promotions and records each removal, which `champion --history` prints."""
+    from argparse import Namespace
+    from pathlib import Path
+
+    from asr_pipeline.cli.models import cmd_champion
+    from asr_pipeline.core.champion import promotions, prune_models
+
+    home = tmp_path / "home"
+    pointers = [promote(home, _checkpoint(tmp_path / f"ckpt{i}", str(i)), None, _report(0.5 - i / 10),
+                        run_id=f"run{i:05d}-x") for i in range(4)]
+    models = home / "champion" / "models"
+    assert prune_models(home, keep=0) == []  # 0: every copy stays
+    messages = []
+
+    removed = prune_models(home, keep=2, emit=messages.append)
+
+    assert sorted(removed) == sorted(Path(p["model_path"]).parent for p in pointers[:2])
+    assert [Path(p["model_path"]).exists() for p in pointers] == [False, False, True, True]
+    assert len([v for v in models.iterdir() if v.name.startswith(".")]) == 2  # only the kept copies' versions
+    assert len(messages) == 2 and all("older than the latest 2 promotions" in m for m in messages)
+    history = promotion_history(home)
+    assert len(promotions(history)) == 4 and [e["model_path"] for e in history if "removed_at" in e] == \
+        [p["model_path"] for p in pointers[:2]]
+    assert prune_models(home, keep=2) == []  # nothing more to remove
+    monkeypatch.setenv("ASR_HOME", str(home))
+    cmd_champion(Namespace(retire=False, history=True, json=False))
+    assert capsys.readouterr().out.count("copy removed (older than the latest 2 promotions") == 2
+
+
+def test_the_champion_keeps_its_copy_and_an_unpointed_copy_goes_after_a_grace(tmp_path):
+    """After a retire and a new promotion, keep=1 removes the retired one; a copy no promotion names (a promotion
+    killed between its copy and its pointer) stays while it may be one being promoted, and goes after that."""
+    import os
+    import time
+    from pathlib import Path
+
+    from asr_pipeline.core.champion import UNPOINTED_GRACE_S, prune_models, retire_champion
+    from asr_pipeline.core.storage import publish, staging_dir
+
+    home = tmp_path / "home"
+    first = promote(home, _checkpoint(tmp_path / "ckpt1", "one"), None, _report(0.4), run_id="aaaaaaaa-1")
+    retire_champion(home, "base model changed")
+    second = promote(home, _checkpoint(tmp_path / "ckpt2", "two"), None, _report(0.3), run_id="bbbbbbbb-2")
+    unpointed = home / "champion" / "models" / "20260101T000000-cccccccc"
+    staged = staging_dir(unpointed)
+    (staged / "model").mkdir()
+    publish(staged, unpointed)
+
+    assert prune_models(home, keep=1) == [Path(first["model_path"]).parent]
+    assert Path(second["model_path"]).exists() and unpointed.exists()
+    old = time.time() - UNPOINTED_GRACE_S - 60
+    os.utime(unpointed, (old, old), follow_symlinks=False)
+    assert prune_models(home, keep=1) == [unpointed]
+    assert not unpointed.exists() and Path(second["model_path"]).exists()
+    assert "no promotion points at it" in promotion_history(home)[-1]["reason"]
+
+
+def test_champion_keep_must_be_a_whole_number(tmp_path, monkeypatch):
+    import pytest
+
+    from asr_pipeline.core.errors import ConfigError
+    from asr_pipeline.defs.common.resources import settings_from_environment
+
+    monkeypatch.setenv("ASR_HOME", str(tmp_path))
+    assert settings_from_environment().champion_keep == 5
+    monkeypatch.setenv("ASR_CHAMPION_KEEP", "0")
+    assert settings_from_environment().champion_keep == 0
+    for value in ("-1", "all", "2.5"):
+        monkeypatch.setenv("ASR_CHAMPION_KEEP", value)
+        with pytest.raises(ConfigError, match="ASR_CHAMPION_KEEP"):
+            settings_from_environment()

@@ -241,6 +241,7 @@ def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipelin
     (base / "generation_config.json").write_text(original)
     # now make the champion in service worse than any new checkpoint
     babble(Path(first["model_path"]))
+    monkeypatch.setenv("ASR_CHAMPION_KEEP", "1")  # the promotion below removes the first champion's copy
 
     cli.main(run)
     report = json.loads((pipeline_env / "storage" / "evaluation_report" / "report.json").read_text())
@@ -252,7 +253,9 @@ def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipelin
     assert second["test_cer"] == pytest.approx(report["finetuned"]["cer"])
     capsys.readouterr()
     cli.main(["champion", "--history", "--json"])
-    assert [h["model_path"] for h in json.loads(capsys.readouterr().out)] == [first["model_path"],
-                                                                             second["model_path"]]
+    history = json.loads(capsys.readouterr().out)
+    assert [h["model_path"] for h in history] == [first["model_path"], second["model_path"], first["model_path"]]
+    assert history[-1]["reason"] == "older than the latest promotion (ASR_CHAMPION_KEEP=1)"
+    assert not Path(first["model_path"]).exists() and Path(second["model_path"]).is_dir()
     cli.main(["transcribe", korean_clips[0]["audio_path"]])
     assert f"using the champion {second['model_path']}" in capsys.readouterr().err

@@ -108,6 +108,8 @@ class PipelineSettings(dg.ConfigurableResource):
                                 "entries separated by os.pathsep; each folder holds manifest.csv (audio_path,transcript)")
     benchmark_gate: str = Field(default="block", description="ASR_BENCHMARK_GATE: block | warn, when the challenger "
                                 "is worse than the champion on a benchmark set by more than ASR_PROMOTION_MARGIN")
+    champion_keep: int = Field(default=5, description="ASR_CHAMPION_KEEP: promoted models whose copies stay in "
+                               "ASR_HOME/champion/models (the latest promotions; the champion's always); 0: every one")
 
     def parsed_path_map(self) -> PathMap:
         return PathMap.parse(self.path_map)
@@ -175,6 +177,8 @@ def settings_from_environment() -> PipelineSettings:
                                         "a whole number >= 0 (0: the whole test split)"),
         benchmark_sets=_benchmark_sets_env(),
         benchmark_gate=parse_gate(os.environ.get("ASR_BENCHMARK_GATE")),
+        champion_keep=_number_env("ASR_CHAMPION_KEEP", 5, int, lambda v: v >= 0,
+                                  "a whole number of promoted models to keep, 0 or more (0: keep every one)"),
     )
 
 

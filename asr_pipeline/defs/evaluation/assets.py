@@ -122,7 +122,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
           "ASR_HOME/champion when evaluation_report's promotion decision says so (the challenger beats the champion, "
           "or the base model when there is none, under ASR_PROMOTION_RULE, without hallucinating more; "
           "docs/EVALUATION.md). Otherwise the step succeeds and materializes nothing. champion.json points at it; "
-          "history.jsonl keeps every promotion.")
+          "history.jsonl keeps every promotion; the copies of all but the latest ASR_CHAMPION_KEEP promotions are "
+          "removed.")
 def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, settings: PipelineSettings):
     report = read_json(evaluation_report / "report.json")
     decision = report.get("promotion") or {}
@@ -138,6 +139,7 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
     pointer = champion.promote(settings.home_dir(), evaluated,
                                export if export.exists() else None, report, run_id=context.run.run_id)
     context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
+    removed = champion.prune_models(settings.home_dir(), settings.champion_keep, emit=context.log.info)
     out = stage(context, storage_dir(settings))
     write_json(out / "champion.json", pointer)
     yield dg.Output(out, metadata={
@@ -145,7 +147,8 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
         "ctranslate2_path": dg.MetadataValue.path(pointer["ctranslate2_path"] or ""),
         "test_cer": pointer["test_cer"], "test_cer_normalized": pointer["test_cer_normalized"],
         "promoted_at": pointer["promoted_at"], "previous_model_path": pointer["previous_model_path"] or "(none)",
-        "promotions": len(champion.promotion_history(settings.home_dir())),
+        "promotions": len(champion.promotions(champion.promotion_history(settings.home_dir()))),
+        "copies_removed": len(removed),
     })
 
 
