@@ -99,9 +99,33 @@ def collect_status() -> dict:
                                    "finetuned_cer": report["finetuned"]["cer"], "warning": report.get("warning")}
     else:
         status["latest_report"] = None
+    status.update(collect_kept_files(defs.resources["settings"]))
     from asr_pipeline.defs.alerts.sensors import alerts_status
     status.update(alerts_status(instance))  # "freshness" and "alerting" (destinations masked)
     return status
+
+
+def collect_kept_files(settings) -> dict:
+    """What grows besides the assets: the promoted models' copies (ASR_CHAMPION_KEEP of them stay) and the training
+    work directories (a finished training removes its own; an abandoned one goes when the next training starts)."""
+    from asr_pipeline.core import work_dirs
+    from asr_pipeline.core.champion import champion_dir
+    from asr_pipeline.core.storage import directory_bytes
+
+    def size(path: Path) -> int:
+        try:
+            return directory_bytes(path)
+        except OSError:  # a training or a promotion changed it while it was counted
+            return 0
+
+    models = champion_dir(settings.home_dir()) / "models"
+    copies = [p for p in sorted(models.iterdir()) if not p.name.startswith(".")] if models.is_dir() else []
+    work = settings.home_dir() / "work" / "finetuned_checkpoint"
+    dirs = [p for p in sorted(work.iterdir()) if p.is_dir()] if work.is_dir() else []
+    return {"champion_copies": {"count": len(copies), "bytes": sum(size(p) for p in copies),
+                                "keep": settings.champion_keep},
+            "training_work": {"directories": len(dirs), "bytes": sum(size(p) for p in dirs),
+                              "abandoned": [p.name for p in dirs if work_dirs.abandoned(p)]}}
 
 
 def collect_batch_states(defs, instance) -> dict:
@@ -170,6 +194,13 @@ def cmd_status(args) -> None:
               f"{status['batch_states_error']})")
     print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
     print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
+    copies, work = status["champion_copies"], status["training_work"]
+    keep = f"the latest {copies['keep']} promotions kept" if copies["keep"] else "every promotion kept"
+    print(f"champion copies: {copies['count']} ({copies['bytes'] / 1e9:.2f} GB; {keep}, ASR_CHAMPION_KEEP)")
+    if work["directories"]:
+        abandoned = len(work["abandoned"])
+        print(f"training work directories: {work['directories']} ({work['bytes'] / 1e9:.2f} GB)"
+              + (f", {abandoned} abandoned (removed when the next training starts)" if abandoned else ""))
     for name, check in status["freshness"].items():
         print(f"freshness {name} ({check['asset']}): " + ("ok" if check["passed"] else check["description"]))
     report = status["latest_report"]

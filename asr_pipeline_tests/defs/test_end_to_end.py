@@ -257,5 +257,8 @@ def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipelin
     assert [h["model_path"] for h in history] == [first["model_path"], second["model_path"], first["model_path"]]
     assert history[-1]["reason"] == "older than the latest promotion (ASR_CHAMPION_KEEP=1)"
     assert not Path(first["model_path"]).exists() and Path(second["model_path"]).is_dir()
+    cli.main(["status", "--json"])
+    copies = json.loads(capsys.readouterr().out)["champion_copies"]
+    assert copies["count"] == 1 and copies["keep"] == 1 and copies["bytes"] > 0
     cli.main(["transcribe", korean_clips[0]["audio_path"]])
     assert f"using the champion {second['model_path']}" in capsys.readouterr().err

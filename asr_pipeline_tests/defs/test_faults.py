@@ -257,6 +257,10 @@ def test_a_killed_trainings_checkpoints_go_once_no_training_can_resume_them(pipe
     for folder, _, files in os.walk(killed):
         for item in [folder, *(os.path.join(folder, f) for f in files)]:
             os.utime(item, (night, night))
+    status = _cli("status", "--json")
+    assert status.returncode == 0, status.stderr[-3000:]
+    work_status = json.loads(status.stdout)["training_work"]
+    assert work_status["abandoned"] == [killed.name] and work_status["bytes"] > 0  # what `status` says meanwhile
 
     next_run = _cli("train", "--max-steps", "8", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2")
 
