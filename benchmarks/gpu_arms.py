@@ -205,9 +205,14 @@ def seed_scored(work: Path, model_dir: str, seed, scored: bool) -> dict:
         from asr_pipeline.core.settings import normalization_policy
         from asr_pipeline.core.text import clean
 
-        references = [clean(t) for t in pd.read_csv(work / "seed_test.csv")["transcript"]]
-        rates, _ = score(references, result["texts"], normalization_policy(), resamples=1000)
-        result.update({k: rates[k] for k in ("cer", "cer_normalized", "cer_normalized_ci95")})
+        references = [clean(str(t)) for t in pd.read_csv(work / "seed_test.csv", keep_default_na=False)["transcript"]]
+        try:  # a scoring failure must not lose the seed's timing, which every speedup_vs_seed divides by
+            if len(references) != len(result["texts"]):
+                raise ValueError(f"{len(result['texts'])} texts for {len(references)} references")
+            rates, _ = score(references, result["texts"], normalization_policy(), resamples=1000)
+            result.update({k: rates[k] for k in ("cer", "cer_normalized", "cer_normalized_ci95")})
+        except Exception as error:
+            result["scoring_error"] = f"{type(error).__name__}: {error}"
     else:
         del result["texts"]  # a random model's texts mean nothing
     return result

@@ -118,14 +118,18 @@ def collect_kept_files(settings) -> dict:
         except OSError:  # a training or a promotion changed it while it was counted
             return 0
 
-    models = champion_dir(settings.home_dir()) / "models"
-    copies = [p for p in sorted(models.iterdir()) if not p.name.startswith(".")] if models.is_dir() else []
-    work = settings.home_dir() / "work" / "finetuned_checkpoint"
-    dirs = [p for p in sorted(work.iterdir()) if p.is_dir()] if work.is_dir() else []
+    def listing(folder: Path) -> list[Path]:
+        try:
+            return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        except OSError:  # not readable by this user: counted as empty rather than failing the whole status
+            return []
+
+    copies = [p for p in listing(champion_dir(settings.home_dir()) / "models") if not p.name.startswith(".")]
+    dirs = listing(settings.home_dir() / "work" / "finetuned_checkpoint")
     return {"champion_copies": {"count": len(copies), "bytes": sum(size(p) for p in copies),
                                 "keep": settings.champion_keep},
             "training_work": {"directories": len(dirs), "bytes": sum(size(p) for p in dirs),
-                              "abandoned": [p.name for p in dirs if work_dirs.abandoned(p)]}}
+                              "unused": [p.name for p in dirs if work_dirs.abandoned(p)]}}
 
 
 def collect_batch_states(defs, instance) -> dict:
@@ -195,12 +199,14 @@ def cmd_status(args) -> None:
     print(f"quarantined rows: {status['quarantined']} (asr-pipeline quarantine lists them)")
     print(f"latest checkpoint: {status['latest_checkpoint'] or '(none)'}")
     copies, work = status["champion_copies"], status["training_work"]
-    keep = f"the latest {copies['keep']} promotions kept" if copies["keep"] else "every promotion kept"
+    keep = f"each promotion removes those beyond the latest {copies['keep']}" if copies["keep"] \
+        else "every one kept"
     print(f"champion copies: {copies['count']} ({copies['bytes'] / 1e9:.2f} GB; {keep}, ASR_CHAMPION_KEEP)")
     if work["directories"]:
-        abandoned = len(work["abandoned"])
+        unused = len(work["unused"])
         print(f"training work directories: {work['directories']} ({work['bytes'] / 1e9:.2f} GB)"
-              + (f", {abandoned} abandoned (removed when the next training starts)" if abandoned else ""))
+              + (f", {unused} of killed trainings (a rerun on the same data and settings resumes one; the next "
+                 "training on other data removes them)" if unused else ""))
     for name, check in status["freshness"].items():
         print(f"freshness {name} ({check['asset']}): " + ("ok" if check["passed"] else check["description"]))
     report = status["latest_report"]

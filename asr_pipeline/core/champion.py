@@ -14,6 +14,7 @@ new one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -54,33 +55,50 @@ UNPOINTED_GRACE_S = 600.0  # a copy no promotion names yet may be one being prom
 
 
 def prune_models(home: Path, keep: int, emit=print) -> list[Path]:
-    """Remove the copies in champion/models/ of all but the `keep` latest promotions (0: keep every one), and the
-    copies no promotion names (a promotion killed between its copy and its pointer) once UNPOINTED_GRACE_S old.
-    The champion's own copy is always kept, however old. Each removal is appended to the history, so the
-    promotion lines that name a removed copy say so. Nightly retraining that promotes once a week keeps 50 copies
-    a year otherwise: 18 GB for whisper-base with its int8 export, about 200 GB for large-v3-turbo."""
+    """Remove the copies in champion/models/ of all but the `keep` latest promotions (0: keep every one). Always kept:
+    the champion's copy and the one it replaced (an evaluation that started before this promotion may still be
+    decoding it). A copy no promotion names goes too, once UNPOINTED_GRACE_S old, but only if it is newer than the
+    latest promotion the history records (a promotion killed between its copy and its pointer); with no history,
+    nothing is removed. Each removal is recorded as a line of its own in the history. A copy that cannot be removed
+    is reported and left. Nightly retraining that promotes once a week would otherwise keep 50 copies a year: 18 GB
+    for whisper-base with its int8 export, about 200 GB for large-v3-turbo."""
     root = champion_dir(home) / "models"
-    if keep <= 0 or not root.is_dir():
+    history = promotion_history(home)
+    promoted = [Path(entry["model_path"]).parent.name for entry in promotions(history)]
+    if keep <= 0 or not root.is_dir() or not promoted:
         return []
-    promoted = [Path(entry["model_path"]).parent.name for entry in promotions(promotion_history(home))]
     wanted = set(list(dict.fromkeys(reversed(promoted)))[:keep])
     pointer = current_champion(home)
     if pointer:
-        wanted.add(Path(pointer["model_path"]).parent.name)
+        wanted |= {Path(path).parent.name for path in (pointer["model_path"], pointer.get("previous_model_path"))
+                   if path}
+    latest_stamp = max(name[:15] for name in promoted)  # %Y%m%dT%H%M%S
     removed = []
     for copy in sorted(root.iterdir()):
         if copy.name.startswith(".") or copy.name in wanted:  # dot names: publish()'s staging and versions
             continue
-        if copy.name not in promoted and time.time() - copy.lstat().st_mtime < UNPOINTED_GRACE_S:
-            continue
+        if copy.name not in promoted:
+            try:
+                recent = time.time() - copy.lstat().st_mtime < UNPOINTED_GRACE_S
+            except OSError:
+                continue
+            if recent or copy.name[:15] <= latest_stamp:  # older ones: a history line may have been lost; kept
+                continue
         latest = f"the latest {keep} promotions" if keep > 1 else "the latest promotion"
         reason = (f"older than {latest} (ASR_CHAMPION_KEEP={keep})" if copy.name in promoted
                   else "no promotion points at it (a promotion was cut short)")
-        unpublish(copy)
+        try:
+            unpublish(copy)
+        except OSError as error:
+            emit(f"could not remove the champion copy {copy} ({reason}): {error}")
+            continue
+        if os.path.lexists(copy):
+            emit(f"could not remove the champion copy {copy} ({reason}); remove it by hand")
+            continue
         entry = {"removed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "model_path": str(copy / "model"), "reason": reason}
-        with open(champion_dir(home) / "history.jsonl", "a", encoding="utf-8") as history:
-            history.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        with open(champion_dir(home) / "history.jsonl", "a", encoding="utf-8") as lines:
+            lines.write(json.dumps(entry, ensure_ascii=False) + "\n")
         emit(f"removed the champion copy {copy.name}: {reason}")
         removed.append(copy)
     return removed

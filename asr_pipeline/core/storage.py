@@ -126,13 +126,18 @@ def publish(staged: Path, final: Path) -> Path:
 
 def unpublish(final: Path) -> None:
     """Remove a published path and the version directory behind it (a plain directory published by an older
-    version of this code, too). A reader that already opened its files keeps them until it closes them."""
-    target = _link_target(final)
-    if target is not None:
+    version of this code, too): the version first, so a kill in between leaves a dangling link, which the next
+    call removes, rather than a hidden version nothing names. A link that publish() did not make (its target is not
+    a sibling `.{name}.v-*`) is removed alone. A reader that already opened its files keeps them until it closes
+    them; raises OSError when something could not be removed."""
+    if os.path.islink(final):
+        target = os.readlink(final)
+        if os.path.dirname(target) == "" and target.startswith(f".{final.name}.v-") \
+                and os.path.lexists(final.parent / target):
+            shutil.rmtree(final.parent / target)
         os.unlink(final)
-        shutil.rmtree(final.parent / target, ignore_errors=True)
-    else:
-        shutil.rmtree(final, ignore_errors=True)
+    elif final.exists():
+        shutil.rmtree(final)
     _sync_directory(final.parent)
 
 

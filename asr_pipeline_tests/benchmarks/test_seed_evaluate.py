@@ -30,8 +30,8 @@ def test_predictions_padded_with_minus_100_decode_to_the_texts_alone(tiny_model_
 
 @pytest.fixture(scope="module")
 def seed_features(korean_clips, tiny_model_dir, tmp_path_factory):
-    if not bench_common.SEED_RECIPE.is_file():
-        pytest.fail(f"the seed recipe is not at {bench_common.SEED_RECIPE} (../shared/reference beside the checkout)")
+    if not bench_common.SEED_RECIPE.is_file():  # ../shared beside the checkout, as for whisper-base: CI has it
+        pytest.skip(f"the seed recipe is not at {bench_common.SEED_RECIPE} (../shared/reference beside the checkout)")
     work = tmp_path_factory.mktemp("seed_eval")
     frame = pd.DataFrame([{"audio_path": c["audio_path"], "transcript": c["transcript"]} for c in korean_clips[:3]])
     frame.to_csv(work / "seed_test.csv", index=False)
@@ -40,6 +40,7 @@ def seed_features(korean_clips, tiny_model_dir, tmp_path_factory):
     return work, seed
 
 
+@pytest.mark.whisper_base  # needs ../shared, like the whisper-base tests: a skip fails where those are required
 def test_the_seed_texts_are_what_its_model_generates_for_each_clip(seed_features, tiny_model_dir):
     """Through Seq2SeqTrainer.predict in batches of 2: one text a clip, the prompt's special tokens not in it, each
     what the same model generates for that clip on its own (a random tiny model babbles to the 225-token limit)."""

@@ -1,6 +1,7 @@
 """Champion and challenger: the decision rule, the pointer, the copy and the history."""
 
 import json
+from pathlib import Path
 
 from asr_pipeline.core.champion import current_champion, promote, promotion_history
 
@@ -34,7 +35,6 @@ def test_promotion_copies_the_checkpoint_moves_the_pointer_and_keeps_history(tmp
     assert (tmp_path / "home/champion/models" / second["ctranslate2_path"].split("/models/")[1] / "model.bin").exists()
     # the champion survives the training directory being rewritten
     (tmp_path / "ckpt2" / "model.safetensors").write_bytes(b"next training")
-    from pathlib import Path
     assert (Path(second["model_path"]) / "model.safetensors").read_bytes() == b"weights two"
     assert not (Path(second["model_path"]) / "tensorboard").exists()
     assert [h["test_cer"] for h in promotion_history(home)] == [0.4, 0.3]
@@ -51,13 +51,12 @@ def test_retiring_lets_the_next_challenger_in_and_keeps_the_record(tmp_path):
     assert current_champion(home) is None and entry["model_path"] == first["model_path"]
     assert list((home / "champion").glob("champion.retired-*.json"))
     assert promotion_history(home)[-1]["reason"] == "base model changed"
-    from pathlib import Path
+
     assert Path(first["model_path"]).exists()
 
 
 def test_a_champion_that_takes_other_features_is_not_compared(tmp_path):
     from types import SimpleNamespace
-
     from asr_pipeline.core.evaluation import champion_comparable
 
     model = tmp_path / "model"
@@ -74,8 +73,6 @@ def test_only_the_latest_promotions_keep_their_copies(tmp_path, capsys, monkeypa
     """ASR_CHAMPION_KEEP=2 after four promotions: the two older copies (link and version directory) are removed,
     the history still lists four promotions and records each removal, which `champion --history` prints."""
     from argparse import Namespace
-    from pathlib import Path
-
     from asr_pipeline.cli.models import cmd_champion
     from asr_pipeline.core.champion import promotions, prune_models
 
@@ -101,37 +98,79 @@ def test_only_the_latest_promotions_keep_their_copies(tmp_path, capsys, monkeypa
     assert capsys.readouterr().out.count("copy removed (older than the latest 2 promotions") == 2
 
 
-def test_the_champion_keeps_its_copy_and_an_unpointed_copy_goes_after_a_grace(tmp_path):
-    """After a retire and a new promotion, keep=1 removes the retired one; a copy no promotion names (a promotion
-    killed between its copy and its pointer) stays while it may be one being promoted, and goes after that."""
+def test_the_champion_and_the_one_it_replaced_keep_their_copies(tmp_path):
+    """keep=1: the champion's copy stays even when it is not the latest promotion (put back by hand), and so does the
+    copy of the champion it replaced, which an evaluation that started before the promotion may still be decoding."""
+    from asr_pipeline.core.champion import prune_models
+
+    home = tmp_path / "home"
+    a, b = (promote(home, _checkpoint(tmp_path / f"ckpt{n}", n), None, _report(0.4), run_id=f"{n * 8}-x")
+            for n in "ab")
+    assert prune_models(home, keep=1) == []  # b is the latest, a the one b replaced
+    c = promote(home, _checkpoint(tmp_path / "ckptc", "c"), None, _report(0.3), run_id="cccccccc-x")
+    assert prune_models(home, keep=1) == [Path(a["model_path"]).parent]
+    (home / "champion" / "champion.json").write_text(json.dumps({**b, "previous_model_path": None}))  # put back
+    assert prune_models(home, keep=1) == []  # b: the champion; c: the latest promotion
+    assert Path(b["model_path"]).is_dir() and Path(c["model_path"]).is_dir()
+
+
+def test_a_copy_no_promotion_names_goes_only_when_it_is_newer_than_the_history(tmp_path):
+    """A promotion killed between its copy and its pointer leaves a copy newer than every recorded promotion: kept
+    while it may be one being promoted, removed after. An older unnamed copy may have lost its history line (or the
+    history is gone): kept."""
     import os
     import time
-    from pathlib import Path
-
-    from asr_pipeline.core.champion import UNPOINTED_GRACE_S, prune_models, retire_champion
+    from asr_pipeline.core.champion import UNPOINTED_GRACE_S, prune_models
     from asr_pipeline.core.storage import publish, staging_dir
 
     home = tmp_path / "home"
-    first = promote(home, _checkpoint(tmp_path / "ckpt1", "one"), None, _report(0.4), run_id="aaaaaaaa-1")
-    retire_champion(home, "base model changed")
-    second = promote(home, _checkpoint(tmp_path / "ckpt2", "two"), None, _report(0.3), run_id="bbbbbbbb-2")
-    unpointed = home / "champion" / "models" / "20260101T000000-cccccccc"
-    staged = staging_dir(unpointed)
-    (staged / "model").mkdir()
-    publish(staged, unpointed)
+    models = home / "champion" / "models"
 
-    assert prune_models(home, keep=1) == [Path(first["model_path"]).parent]
-    assert Path(second["model_path"]).exists() and unpointed.exists()
-    old = time.time() - UNPOINTED_GRACE_S - 60
-    os.utime(unpointed, (old, old), follow_symlinks=False)
-    assert prune_models(home, keep=1) == [unpointed]
-    assert not unpointed.exists() and Path(second["model_path"]).exists()
+    def copy(name: str, age_s: float) -> Path:
+        staged = staging_dir(models / name)
+        (staged / "model").mkdir()
+        publish(staged, models / name)
+        old = time.time() - age_s
+        os.utime(models / name, (old, old), follow_symlinks=False)
+        return models / name
+
+    old_unnamed = copy("20260101T000000-aaaaaaaa", 2 * UNPOINTED_GRACE_S)
+    assert prune_models(home, keep=1) == []  # no history at all: nothing is removed
+    promote(home, _checkpoint(tmp_path / "ckpt", "x"), None, _report(0.4), run_id="bbbbbbbb-x")
+    cut_short = copy("29990101T000000-cccccccc", 60)
+    assert prune_models(home, keep=1) == []  # cut_short may be a promotion in progress
+    os.utime(cut_short, (time.time() - 2 * UNPOINTED_GRACE_S,) * 2, follow_symlinks=False)
+    assert prune_models(home, keep=1) == [cut_short]
+    assert old_unnamed.is_dir() and not os.path.lexists(cut_short)
     assert "no promotion points at it" in promotion_history(home)[-1]["reason"]
+    assert not [v for v in models.iterdir() if v.name.startswith(".29990101")]  # its version went with it
+
+
+def test_unpublish_removes_only_what_publish_made(tmp_path):
+    """A link publish() did not make is removed alone (its target is not ours); a link left dangling by a kill
+    between removing the version and the link is removed by the next call."""
+    import os
+    from asr_pipeline.core.storage import publish, staging_dir, unpublish
+
+    outside = tmp_path / "archive" / "B"
+    outside.mkdir(parents=True)
+    sibling = tmp_path / "models" / "B"
+    sibling.mkdir(parents=True)
+    os.symlink(outside, tmp_path / "models" / "A")
+    unpublish(tmp_path / "models" / "A")
+    assert not os.path.lexists(tmp_path / "models" / "A") and outside.is_dir() and sibling.is_dir()
+
+    final = tmp_path / "models" / "C"
+    publish(staging_dir(final), final)
+    version = tmp_path / "models" / os.readlink(final)
+    import shutil
+    shutil.rmtree(version)  # killed after the version went, before the link did
+    unpublish(final)
+    assert not os.path.lexists(final)
 
 
 def test_champion_keep_must_be_a_whole_number(tmp_path, monkeypatch):
     import pytest
-
     from asr_pipeline.core.errors import ConfigError
     from asr_pipeline.defs.common.resources import settings_from_environment
 

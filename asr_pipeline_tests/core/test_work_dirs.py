@@ -1,5 +1,5 @@
-"""core/work_dirs.py: a training's work directory is claimed by its process, and the directories no live training
-can resume are removed (a killed training's checkpoints, once new data gave the next training another fingerprint).
+"""core/work_dirs.py: a training's work directory is claimed by its process, and the directories no training will
+use are removed (a killed training's checkpoints, once the data changed so that no rerun can resume them).
 Real processes: a child that has exited is a gone owner; this test process is a live one."""
 
 import json
@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
+import pytest
 
 from asr_pipeline.core import work_dirs
+
+HOUR = 3600.0
+DATA, OTHER_DATA = "current-data", "last-weeks-data"
 
 
 def _work_dir(root: Path, name: str, owner: dict | None, age_s: float) -> Path:
@@ -22,78 +25,107 @@ def _work_dir(root: Path, name: str, owner: dict | None, age_s: float) -> Path:
     (path / "checkpoint-8" / "optimizer.pt").write_bytes(b"\0" * 4096)
     if owner is not None:
         (path / work_dirs.OWNER).write_text(json.dumps(owner))
+    _age(path, age_s)
+    return path
+
+
+def _age(path: Path, age_s: float) -> None:
     then = time.time() - age_s
     for folder, _, files in os.walk(path):
         for item in [folder, *(os.path.join(folder, f) for f in files)]:
             os.utime(item, (then, then))
-    return path
 
 
-def _exited_process() -> dict:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = psutil.Process(child.pid).create_time()
+def _exited_process(data: str = OTHER_DATA) -> dict:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    record = work_dirs.identity(child.pid)
     child.wait()
-    return {"host": socket.gethostname(), "pid": child.pid, "pid_started": started}
+    return {**record, "data": data}
 
 
-def _this_process() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time()}
+def _this_process(data: str = OTHER_DATA) -> dict:
+    return {**work_dirs.identity(), "data": data}
 
 
-def test_only_directories_no_live_training_can_use_are_removed(tmp_path):
-    hour = 3600.0
-    current = tmp_path / "current-fingerprint"
-    work_dirs.claim(current)
-    dead = _exited_process()
+def test_only_directories_no_training_will_use_are_removed(tmp_path):
     directories = {
-        "killed_last_night": (_exited_process(), 20 * hour, True),       # its process is gone: removed
-        "killed_a_minute_ago": (dead, 60.0, False),                      # gone, but in the grace period
-        "training_now": (_this_process(), 30 * hour, False),             # a live owner keeps it, however quiet
-        "reused_pid": ({**_this_process(), "pid_started": 1.0}, 2 * hour, True),  # the pid now names another process
-        "other_host_quiet": ({"host": "gpu-node-7", "pid": 1, "pid_started": 1.0}, 25 * hour, True),
-        "other_host_recent": ({"host": "gpu-node-7", "pid": 1, "pid_started": 1.0}, 2 * hour, False),
-        "no_owner_old": (None, 48 * hour, True),                         # made before owner records existed
-        "no_owner_recent": (None, 1 * hour, False),
+        # name: (owner, age, removed?)
+        "killed_last_night": (_exited_process(), 20 * HOUR, True),          # gone, other data: removed
+        "killed_last_night_same_data": (_exited_process(DATA), 20 * HOUR, False),  # a rerun may resume it
+        "killed_last_month_same_data": (_exited_process(DATA), 30 * 24 * HOUR, True),
+        "killed_a_minute_ago": (_exited_process(), 60.0, False),            # gone, but in the grace period
+        "training_now": (_this_process(), 30 * HOUR, False),                # a live owner keeps it, however quiet
+        "reused_pid": ({**_this_process(), "start_ticks": -1, "pid_started": 1.0}, 2 * HOUR, True),
+        "other_host_quiet": ({"host": "gpu-node-7", "pid": 1, "data": OTHER_DATA}, 25 * HOUR, True),
+        "other_host_recent": ({"host": "gpu-node-7", "pid": 1, "data": OTHER_DATA}, 2 * HOUR, False),
+        "no_owner_old": (None, 48 * HOUR, True),                            # made before owner records existed
+        "no_owner_recent": (None, 1 * HOUR, False),
     }
     for name, (owner, age, _) in directories.items():
         _work_dir(tmp_path, name, owner, age)
     (tmp_path / "killed_last_night.job.json").write_text("{}")  # a killed torchrun's job file goes with its folder
     (tmp_path / "notes.txt").write_text("not a work directory")
-    _work_dir(tmp_path, "current-fingerprint-copy", dead, 20 * hour)
+    _work_dir(tmp_path, "this_training", _exited_process(), 20 * HOUR)
     messages = []
 
-    removed = work_dirs.remove_abandoned(tmp_path, keep=tmp_path / "current-fingerprint-copy", emit=messages.append)
+    removed = work_dirs.remove_abandoned(tmp_path, keep=tmp_path / "this_training", data=DATA, emit=messages.append)
 
-    expected = sorted(tmp_path / name for name, (_, _, gone) in directories.items() if gone)
-    assert sorted(removed) == expected
+    assert sorted(removed) == sorted(tmp_path / name for name, (_, _, gone) in directories.items() if gone)
     for name, (_, _, gone) in directories.items():
         assert (tmp_path / name).exists() is not gone, name
-    assert current.is_dir() and (tmp_path / "current-fingerprint-copy").is_dir()  # live owner; the one kept
+    assert (tmp_path / "this_training").is_dir()  # the one this training resumes, whoever claimed it before
     assert not (tmp_path / "killed_last_night.job.json").exists() and (tmp_path / "notes.txt").exists()
-    assert len(messages) == 4 and all("GiB" in m and "abandoned training" in m for m in messages)
+    assert len(messages) == len(removed) and all("GiB" in m and "abandoned training" in m for m in messages)
     assert any("pid" in m and "is gone" in m for m in messages)
     assert any("no owner record" in m for m in messages) and any("host gpu-node-7" in m for m in messages)
 
 
-def test_a_claim_records_this_process_and_a_resume_claims_again(tmp_path):
+def test_another_container_or_a_reboot_on_this_host_name(tmp_path):
+    """A container with the same host name has its own process ids: its directory is judged by idleness, as another
+    host's. After a reboot of this machine every owner of before is gone."""
+    other_container = {**_this_process(), "pid_namespace": -1}
+    quiet = _work_dir(tmp_path, "other_container_quiet", other_container, 2 * HOUR)
+    assert work_dirs.abandoned(quiet) is None  # its live pid means nothing here, and 2 h is not idle enough
+    _age(quiet, 25 * HOUR)
+    assert "changed for 25 h" in work_dirs.abandoned(quiet)
+    before_reboot = _work_dir(tmp_path, "before_reboot", {**_this_process(), "boot_id": "another-boot"}, HOUR)
+    assert "reboot" in work_dirs.abandoned(before_reboot)
+
+
+def test_a_claim_records_this_process_and_a_heartbeat_keeps_a_quiet_training(tmp_path):
     work = tmp_path / "fingerprint"
-    work_dirs.claim(work)
+    work_dirs.claim(work, DATA)
     owner = json.loads((work / work_dirs.OWNER).read_text())
-    assert (owner["host"], owner["pid"]) == (socket.gethostname(), os.getpid())
+    assert (owner["host"], owner["pid"], owner["data"]) == (socket.gethostname(), os.getpid(), DATA)
     assert work_dirs.abandoned(work) is None
-    (work / work_dirs.OWNER).write_text(json.dumps({**_exited_process()}))
-    old = time.time() - 3600
-    os.utime(work / work_dirs.OWNER, (old, old))
-    os.utime(work, (old, old))
+    (work / work_dirs.OWNER).write_text(json.dumps(_exited_process()))  # the training was killed an hour ago
+    _age(work, HOUR)
     assert "is gone" in work_dirs.abandoned(work)
-    work_dirs.claim(work)  # the rerun of the same training takes it over
+    work_dirs.touch(work)  # a heartbeat (or any write) within the grace keeps it
+    assert work_dirs.abandoned(work) is None
+    work_dirs.claim(work, DATA)  # the rerun of the same training takes it over
+    _age(work, HOUR)
     assert work_dirs.abandoned(work) is None
 
 
-def test_an_unreadable_owner_record_counts_as_none(tmp_path):
-    work = _work_dir(tmp_path, "torn", None, 30 * 3600.0)
-    (work / work_dirs.OWNER).write_text('{"host": "')  # written by hand, or by a tool that is not write_json
-    old = time.time() - 30 * 3600.0
-    for item in (work / work_dirs.OWNER, work):
-        os.utime(item, (old, old))
-    assert "no owner record" in work_dirs.abandoned(work)
+def test_the_trainer_heartbeat_touches_the_owner_record_while_it_steps(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from asr_pipeline.core.trainer_hooks import heartbeat_callback
+
+    work = tmp_path / "fingerprint"
+    work_dirs.claim(work, DATA)
+    _age(work, HOUR)
+    callback = heartbeat_callback(work)
+    callback.on_step_end(None, SimpleNamespace(is_world_process_zero=False), None)  # other ranks do not write
+    assert time.time() - (work / work_dirs.OWNER).stat().st_mtime > HOUR - 60
+    callback.on_prediction_step(None, SimpleNamespace(is_world_process_zero=True), None)  # validation counts
+    assert time.time() - (work / work_dirs.OWNER).stat().st_mtime < 60
+
+
+@pytest.mark.parametrize("content", ['{"host": "', "[1, 2]", ""])
+def test_an_unreadable_owner_record_counts_as_none(tmp_path, content):
+    work = _work_dir(tmp_path, "torn", None, 30 * HOUR)
+    (work / work_dirs.OWNER).write_text(content)  # written by hand, or by a tool that is not write_json
+    _age(work, 30 * HOUR)
+    assert "no owner record" in work_dirs.abandoned(work, data=DATA)

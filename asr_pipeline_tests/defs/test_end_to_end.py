@@ -1,6 +1,7 @@
 """The whole graph, materialized for real: MariaDB rows with NAS-style paths -> evaluation report, on a tiny Whisper."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_pipeline import cli
 from asr_pipeline.core.features import FeatureShard
+from asr_pipeline.core.storage import publish, staging_dir
 
 pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 
@@ -241,7 +243,16 @@ def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipelin
     (base / "generation_config.json").write_text(original)
     # now make the champion in service worse than any new checkpoint
     babble(Path(first["model_path"]))
-    monkeypatch.setenv("ASR_CHAMPION_KEEP", "1")  # the promotion below removes the first champion's copy
+    # a champion of last year, promoted and replaced long ago: with ASR_CHAMPION_KEEP=1 the promotion below removes
+    # its copy, and keeps the champion it replaces (an evaluation may still be decoding it)
+    ancient = pipeline_env / "champion" / "models" / "20251101T020000-0123abcd"
+    staged = staging_dir(ancient)
+    shutil.copytree(Path(first["model_path"]), staged / "model")
+    publish(staged, ancient)
+    history_file = pipeline_env / "champion" / "history.jsonl"
+    history_file.write_text(json.dumps({**first, "model_path": str(ancient / "model"),
+                                        "promoted_at": "2025-11-01T02:00:00+00:00"}) + "\n" + history_file.read_text())
+    monkeypatch.setenv("ASR_CHAMPION_KEEP", "1")
 
     cli.main(run)
     report = json.loads((pipeline_env / "storage" / "evaluation_report" / "report.json").read_text())
@@ -254,11 +265,12 @@ def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipelin
     capsys.readouterr()
     cli.main(["champion", "--history", "--json"])
     history = json.loads(capsys.readouterr().out)
-    assert [h["model_path"] for h in history] == [first["model_path"], second["model_path"], first["model_path"]]
+    assert [h["model_path"] for h in history] == [str(ancient / "model"), first["model_path"], second["model_path"],
+                                                  str(ancient / "model")]
     assert history[-1]["reason"] == "older than the latest promotion (ASR_CHAMPION_KEEP=1)"
-    assert not Path(first["model_path"]).exists() and Path(second["model_path"]).is_dir()
+    assert not os.path.lexists(ancient) and Path(first["model_path"]).is_dir() and Path(second["model_path"]).is_dir()
     cli.main(["status", "--json"])
     copies = json.loads(capsys.readouterr().out)["champion_copies"]
-    assert copies["count"] == 1 and copies["keep"] == 1 and copies["bytes"] > 0
+    assert copies["count"] == 2 and copies["keep"] == 1 and copies["bytes"] > 0
     cli.main(["transcribe", korean_clips[0]["audio_path"]])
     assert f"using the champion {second['model_path']}" in capsys.readouterr().err

@@ -242,17 +242,19 @@ def test_kill_during_training_resumes_from_the_last_checkpoint(pipeline_env, mon
     assert worst < 1e-4, worst
 
 
-def test_a_killed_trainings_checkpoints_go_once_no_training_can_resume_them(pipeline_env):
-    """Killed last night, then the next training has another fingerprint (here other settings; nightly, new
-    batches): the killed one's checkpoints, which only its own fingerprint could resume, are removed when the next
-    training starts, instead of filling the disk one killed night at a time (core/work_dirs.py)."""
+def test_a_killed_trainings_checkpoints_stay_for_its_data_and_go_once_new_data_landed(pipeline_env, mysql_database,
+                                                                                       korean_clips):
+    """Killed last night: a training of other settings on the same data keeps its checkpoints (a rerun with the
+    night's settings resumes them); once new batches landed, the next training removes them, since no rerun can
+    resume them any more (core/work_dirs.py), instead of keeping gigabytes for every killed night."""
     assert _cli("ingest").returncode == 0
     work = pipeline_env / "work" / "finetuned_checkpoint"
-    killed_run = ["train", "--max-steps", "24", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2"]
-    assert _kill_when(killed_run, lambda: _first_checkpoint_written(work), timeout=600), \
+    short = ["--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2"]
+    assert _kill_when(["train", "--max-steps", "24", *short], lambda: _first_checkpoint_written(work), timeout=600), \
         "training finished before it could be killed"
     [killed] = [p for p in work.iterdir() if p.is_dir()]
-    assert (killed / "asr_work_owner.json").is_file()
+    owner = json.loads((killed / "asr_work_owner.json").read_text())
+    assert owner["host"] == socket.gethostname() and owner["data"]
     night = time.time() - 8 * 3600  # killed last night: past the grace a just-gone owner gets
     for folder, _, files in os.walk(killed):
         for item in [folder, *(os.path.join(folder, f) for f in files)]:
@@ -260,14 +262,26 @@ def test_a_killed_trainings_checkpoints_go_once_no_training_can_resume_them(pipe
     status = _cli("status", "--json")
     assert status.returncode == 0, status.stderr[-3000:]
     work_status = json.loads(status.stdout)["training_work"]
-    assert work_status["abandoned"] == [killed.name] and work_status["bytes"] > 0  # what `status` says meanwhile
+    assert work_status["unused"] == [killed.name] and work_status["bytes"] > 0  # what `status` says meanwhile
 
-    next_run = _cli("train", "--max-steps", "8", "--batch-size", "4", "--eval-steps", "8", "--warmup-steps", "2")
+    same_data = _cli("train", "--max-steps", "8", *short)  # an operator's quick run: other settings, same data
+    assert same_data.returncode == 0, same_data.stderr[-3000:]
+    assert killed.is_dir() and [p for p in work.iterdir() if p.is_dir()] == [killed]
+    assert "removed the work directory" not in same_data.stdout + same_data.stderr
 
-    assert next_run.returncode == 0, next_run.stderr[-3000:]
+    engine = sa.create_engine(mysql_database)  # new rows: the next batch
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                     [{"p": "/cul_m01/archive/" + Path(c["audio_path"]).name, "t": c["transcript"]}
+                      for c in korean_clips[:10]])
+    engine.dispose()
+    assert _cli("ingest").returncode == 0
+    new_data = _cli("train", "--max-steps", "8", *short)
+
+    assert new_data.returncode == 0, new_data.stderr[-3000:]
     assert not killed.exists() and not any(work.iterdir())
-    log = next_run.stdout + next_run.stderr
+    log = new_data.stdout + new_data.stderr
     assert f"removed the work directory {killed.name} of an abandoned training" in log
-    assert "is gone" in log
+    assert "is gone" in log and "its data is not this training's" in log
     summary = json.loads((pipeline_env / "storage/finetuned_checkpoint/training_summary.json").read_text())
     assert summary["resumed_from_step"] is None and summary["steps"] == 8

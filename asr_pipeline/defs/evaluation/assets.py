@@ -139,7 +139,12 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
     pointer = champion.promote(settings.home_dir(), evaluated,
                                export if export.exists() else None, report, run_id=context.run.run_id)
     context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
-    removed = champion.prune_models(settings.home_dir(), settings.champion_keep, emit=context.log.info)
+    try:  # the promotion is done: tidying the older copies never fails it
+        removed = champion.prune_models(settings.home_dir(), settings.champion_keep, emit=context.log.info)
+    except Exception as error:  # noqa: BLE001
+        context.log.warning(f"older champion copies were not removed ({type(error).__name__}: {error}); the next "
+                            "promotion tries again")
+        removed = []
     out = stage(context, storage_dir(settings))
     write_json(out / "champion.json", pointer)
     yield dg.Output(out, metadata={

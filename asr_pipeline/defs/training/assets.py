@@ -71,13 +71,13 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     out = stage(context, storage_dir(settings))
     launch = launcher.resolve(config.launcher, config.nproc_per_node)
     # Same features + settings -> same work directory, so a killed training resumes from its last checkpoint.
-    fingerprint = training.training_fingerprint(
-        base_source, [s.meta for s in shards] + ([{"excluded_ids": sorted(inputs.exclude_ids)}] if inputs.exclude_ids else []),
-        train_settings)
+    metas = [s.meta for s in shards] + ([{"excluded_ids": sorted(inputs.exclude_ids)}] if inputs.exclude_ids else [])
+    fingerprint = training.training_fingerprint(base_source, metas, train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
-    work_dirs.claim(work_dir)
-    # a training killed before new batches landed left checkpoints that only its own fingerprint can resume
-    work_dirs.remove_abandoned(work_dir.parent, keep=work_dir, emit=context.log.info)
+    data = work_dirs.data_fingerprint(base_source, metas)
+    work_dirs.claim(work_dir, data)
+    # a training killed before new batches landed left checkpoints no rerun can resume: they go now
+    work_dirs.remove_abandoned(work_dir.parent, keep=work_dir, data=data, emit=context.log.info)
     try:
         if launch.kind == "torchrun":
             shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
