@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from asr_pipeline.core.storage import publish, staging_dir, unpublish, write_json
+from asr_pipeline.core.storage import publish, remove_stale_staging, staging_dir, unpublish, write_json
 
 # The CER a promotion is decided on: normalised (docs/NORMALISATION.md), so a policy-level difference such as
 # "0.1%" vs "영 점 일 프로" neither wins nor loses a promotion.
@@ -40,58 +40,67 @@ def current_champion(home: Path) -> dict | None:
 
 
 def promotion_history(home: Path) -> list[dict]:
+    """history.jsonl's entries, oldest first. A line that is not a JSON object (cut short by a kill during an
+    append, or edited by hand) is left out, not fatal: the history is a record, and the pointer is the truth."""
     path = champion_dir(home) / "history.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line) if line.strip() else None
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
 
 
 def promotions(history: list[dict]) -> list[dict]:
     """The history's promotions, oldest first (it also records retirements and removed copies)."""
-    return [entry for entry in history if "promoted_at" in entry and entry.get("model_path")]
+    return [entry for entry in history if "promoted_at" in entry and isinstance(entry.get("model_path"), str)]
 
 
-UNPOINTED_GRACE_S = 600.0  # a copy no promotion names yet may be one being promoted right now
+# what promote() names a copy: its time stamp and the run's first 8 characters; anything else in models/ was put
+# there by a person and is never removed
+COPY_NAME = re.compile(r"^\d{8}T\d{6}(-[0-9A-Za-z_-]{1,8})?$")
 
 
 def prune_models(home: Path, keep: int, emit=print) -> list[Path]:
     """Remove the copies in champion/models/ of all but the `keep` latest promotions (0: keep every one). Always kept:
     the champion's copy and the one it replaced (an evaluation that started before this promotion may still be
-    decoding it). A copy no promotion names goes too, once UNPOINTED_GRACE_S old, but only if it is newer than the
-    latest promotion the history records (a promotion killed between its copy and its pointer); with no history,
-    nothing is removed. Each removal is recorded as a line of its own in the history. A copy that cannot be removed
-    is reported and left. Nightly retraining that promotes once a week would otherwise keep 50 copies a year: 18 GB
-    for whisper-base with its int8 export, about 200 GB for large-v3-turbo."""
+    decoding it), copies no promotion in the history names (a promotion killed between its copy and its pointer,
+    or a lost history line: nothing says they are unwanted), and anything not named as promote() names copies.
+    With no history, nothing is removed. Each removal is recorded as a line of its own in the history; a copy that
+    cannot be removed is reported and left. Also removes what killed promotions left half-copied (hidden staging
+    and version folders whose process is gone; storage.remove_stale_staging). Nightly retraining that promotes once
+    a week would otherwise keep 50 copies a year: 18 GB for whisper-base with its int8 export, about 200 GB for
+    large-v3-turbo."""
     root = champion_dir(home) / "models"
-    history = promotion_history(home)
-    promoted = [Path(entry["model_path"]).parent.name for entry in promotions(history)]
-    if keep <= 0 or not root.is_dir() or not promoted:
+    if not root.is_dir():
+        return []
+    for name in {entry.name[1:].split(".", 1)[0] for entry in root.iterdir() if entry.name.startswith(".")}:
+        remove_stale_staging(root / name)  # a promotion killed while copying gigabytes
+    promoted = [Path(entry["model_path"]).parent.name for entry in promotions(promotion_history(home))]
+    if keep <= 0 or not promoted:
         return []
     wanted = set(list(dict.fromkeys(reversed(promoted)))[:keep])
     pointer = current_champion(home)
     if pointer:
-        wanted |= {Path(path).parent.name for path in (pointer["model_path"], pointer.get("previous_model_path"))
-                   if path}
-    latest_stamp = max(name[:15] for name in promoted)  # %Y%m%dT%H%M%S
+        wanted |= {Path(path).parent.name for path in (pointer.get("model_path"), pointer.get("previous_model_path"))
+                   if isinstance(path, str)}
     removed = []
     for copy in sorted(root.iterdir()):
-        if copy.name.startswith(".") or copy.name in wanted:  # dot names: publish()'s staging and versions
+        if copy.name in wanted or copy.name not in promoted or not COPY_NAME.match(copy.name):
             continue
-        if copy.name not in promoted:
-            try:
-                recent = time.time() - copy.lstat().st_mtime < UNPOINTED_GRACE_S
-            except OSError:
-                continue
-            if recent or copy.name[:15] <= latest_stamp:  # older ones: a history line may have been lost; kept
-                continue
         latest = f"the latest {keep} promotions" if keep > 1 else "the latest promotion"
-        reason = (f"older than {latest} (ASR_CHAMPION_KEEP={keep})" if copy.name in promoted
-                  else "no promotion points at it (a promotion was cut short)")
+        reason = f"older than {latest} (ASR_CHAMPION_KEEP={keep})"
         try:
             unpublish(copy)
         except OSError as error:
-            emit(f"could not remove the champion copy {copy} ({reason}): {error}")
-            continue
+            if os.path.lexists(copy):
+                emit(f"could not remove the champion copy {copy} ({reason}): {error}")
+                continue
         if os.path.lexists(copy):
             emit(f"could not remove the champion copy {copy} ({reason}); remove it by hand")
             continue

@@ -103,30 +103,6 @@ def progress_callback(emit: Callable[[str], None]):
     return EmitLogs()
 
 
-def heartbeat_callback(work_dir: Path):
-    """Touches the work directory's owner record (core/work_dirs.py) at least every HEARTBEAT_S while the training
-    steps or validates, so another training's sweep never takes a live one's directory for abandoned."""
-    from transformers import TrainerCallback
-
-    from asr_pipeline.core.work_dirs import HEARTBEAT_S, touch
-
-    class Heartbeat(TrainerCallback):
-        last = 0.0
-
-        def beat(self, state):
-            if state.is_world_process_zero and time.monotonic() - self.last >= HEARTBEAT_S:
-                touch(work_dir)
-                self.last = time.monotonic()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.beat(state)
-
-        def on_prediction_step(self, args, state, control, **kwargs):
-            self.beat(state)
-
-    return Heartbeat()
-
-
 def completion_marker():
     from transformers import TrainerCallback
 

@@ -13,8 +13,8 @@ from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.packing import PackedWindows, window_frames_limit, windows_per_step
 from asr_pipeline.core.storage import write_json
 from asr_pipeline.core.trainer_hooks import (checkpointing_argument, completion_marker, duration_text,
-                                             heartbeat_callback, last_complete_checkpoint, metrics_function,
-                                             progress_callback, shard_trainer_class, step_of)
+                                             last_complete_checkpoint, metrics_function, progress_callback,
+                                             shard_trainer_class, step_of)
 from asr_pipeline.core.training_budget import projected_wall_time, training_steps
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator, duplicate_audio_ids
 
@@ -208,7 +208,7 @@ def train_whisper(
             data_collator=SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
             processing_class=processor.feature_extractor,
             compute_metrics=metrics_function(processor.tokenizer, policy) if evaluate else None,
-            callbacks=[progress_callback(emit), completion_marker(), heartbeat_callback(work_dir)],
+            callbacks=[progress_callback(emit), completion_marker()],
         )
         budget = f"{settings.epochs:g} epochs = " if settings.max_steps is None else ""
         emit(f"fine-tuning {base_source} on {len(train_rows)} clips ({len(valid_rows)} for validation, "

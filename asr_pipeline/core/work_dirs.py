@@ -7,8 +7,9 @@ its rerun, which resumes it when it has the same fingerprint (base model, featur
 changed (nightly: new batches landed), no rerun can have that fingerprint again, and without a sweep every training
 killed before new data arrived would keep its gigabytes for good.
 
-The owner record (OWNER) says which process trains in a directory, on which machine and on what data; the training
-touches it while it runs (trainer_hooks.heartbeat_callback), so a live training's directory never looks idle.
+The owner record (OWNER) says which process trains in a directory, on which machine and on what data; while the
+training runs (`with claimed(...)`), a thread of the owning process touches it every HEARTBEAT_S, from the model's
+loading to the last save, so a live training's directory does not look idle.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import psutil
 
 from asr_pipeline.core.storage import directory_bytes, read_json, write_json
 
 OWNER = "asr_work_owner.json"  # the process training in this directory: identity() and the data it trains on
-HEARTBEAT_S = 60.0  # a live training touches its owner record at least this often (at each step or validation batch)
-# a directory whose owner is on this machine and gone is left this long after its last change all the same: it
-# covers a heartbeat missed while one long step runs
+HEARTBEAT_S = 60.0  # how often the owning process touches its owner record while it trains (claimed())
+# a directory whose owner process is gone is left this long after its last change all the same: the training's
+# subprocesses (torchrun's ranks) may still be writing for a moment
 DEAD_OWNER_GRACE_S = 600.0
 # a directory this machine cannot check (another host's or container's, or one without an owner record) is left
 # until nothing in it changed for this long
@@ -68,6 +71,26 @@ def claim(work_dir: Path, data: str) -> None:
     write_json(work_dir / OWNER, {**identity(), "data": data, "claimed_at": time.time()})
 
 
+@contextmanager
+def claimed(work_dir: Path, data: str, every_s: float | None = None) -> Iterator[None]:
+    """claim(), then touch the owner record every HEARTBEAT_S (every_s) until the block ends: a training that
+    loads a large model, runs one long step or validates for an hour still shows it is alive."""
+    claim(work_dir, data)
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S if every_s is None else every_s):
+            touch(work_dir)
+
+    thread = threading.Thread(target=beat, name="work-dir-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def abandoned(work_dir: Path, data: str | None = None, now: float | None = None) -> str | None:
     """Why no training will use work_dir, or None while one is or may. `data`: the data of the training asking (its
     rerun could resume a directory of the same data); None: any directory no live training uses counts."""
@@ -78,8 +101,11 @@ def abandoned(work_dir: Path, data: str | None = None, now: float | None = None)
         owner = owner if isinstance(owner, dict) else None
     except (OSError, ValueError):
         owner = None
-    idle = now - _newest_mtime(work_dir)
-    table = _same_process_table(owner)
+    newest = _newest_mtime(work_dir)
+    if newest is None:
+        return None  # nothing in it could be read: not this process's to judge
+    idle = now - newest
+    table = _same_process_table(owner, newest)
     if table == "same":
         if _alive(owner) or idle <= DEAD_OWNER_GRACE_S:
             return None
@@ -93,8 +119,12 @@ def abandoned(work_dir: Path, data: str | None = None, now: float | None = None)
             return None
         whose = f"of host {owner['host']}" if owner and owner.get("host") else "with no owner record"
         why = f"nothing in it changed for {idle / 3600:.0f} h ({whose})"
-    if data is not None and owner is not None and owner.get("data") == data and idle <= RESUMABLE_KEEP_S:
-        return None  # the same data: a rerun with the same settings resumes it
+    if data is not None and owner is not None and owner.get("data") == data:
+        if idle <= RESUMABLE_KEEP_S:
+            return None  # the same data: a rerun with the same settings resumes it
+        return f"{why}; it is of this training's data but unchanged for {idle / 86400:.0f} days"
+    if data is not None:
+        return f"{why}; it is of other data than this training's, so no rerun can resume it"
     return why
 
 
@@ -128,19 +158,22 @@ def remove_abandoned(root: Path, keep: Path, data: str | None = None,
         (candidate.parent / f"{candidate.name}.job.json").unlink(missing_ok=True)  # torchrun's job (launcher)
         removed.append(candidate)
         emit(f"removed the work directory {candidate.name} of an abandoned training ({size / 2**30:.2f} GiB): "
-             f"{reason}, and its data is not this training's")
+             f"{reason}")
     return removed
 
 
-def _same_process_table(owner: dict | None) -> str:
-    """'same': the owner's pid can be checked here; 'rebooted': this machine, booted since; 'other': not here."""
+def _same_process_table(owner: dict | None, newest: float) -> str:
+    """'same': the owner's pid can be checked here; 'rebooted': this machine, booted since the directory last
+    changed; 'other': not here (another host, or a machine or container with the same host name)."""
     if not owner or owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
         return "other"
     mine = identity()
+    if owner.get("boot_id", mine.get("boot_id")) != mine.get("boot_id"):
+        # another boot id: this machine rebooted, or another machine with the same host name (its host pid
+        # namespace has the same inode as ours). Only a directory untouched since our boot is surely ours
+        return "rebooted" if newest < psutil.boot_time() else "other"
     if owner.get("pid_namespace", mine.get("pid_namespace")) != mine.get("pid_namespace"):
         return "other"  # another container with the same host name: its process ids are not ours
-    if owner.get("boot_id", mine.get("boot_id")) != mine.get("boot_id"):
-        return "rebooted"
     return "same"
 
 
@@ -160,19 +193,21 @@ def _alive(owner: dict) -> bool:
 
 
 def touch(work_dir: Path) -> None:
-    """The heartbeat: a live training's owner record changes at least every HEARTBEAT_S."""
+    """The heartbeat (claimed()): the owner record of a live training changes every HEARTBEAT_S."""
     try:
         os.utime(Path(work_dir) / OWNER)
     except OSError:
         pass
 
 
-def _newest_mtime(path: Path) -> float:
-    newest = 0.0
+def _newest_mtime(path: Path) -> float | None:
+    """The latest change of anything in path, or None when nothing in it could be read."""
+    newest = None
     for folder, _, files in os.walk(path):
         for name in [folder, *(os.path.join(folder, f) for f in files)]:
             try:
-                newest = max(newest, os.stat(name).st_mtime)
+                changed = os.stat(name).st_mtime
             except OSError:
                 continue
+            newest = changed if newest is None else max(newest, changed)
     return newest

@@ -80,47 +80,57 @@ def test_only_directories_no_training_will_use_are_removed(tmp_path):
     assert any("no owner record" in m for m in messages) and any("host gpu-node-7" in m for m in messages)
 
 
-def test_another_container_or_a_reboot_on_this_host_name(tmp_path):
-    """A container with the same host name has its own process ids: its directory is judged by idleness, as another
-    host's. After a reboot of this machine every owner of before is gone."""
+def test_another_container_or_machine_with_this_host_name_and_a_reboot(tmp_path):
+    """A container with the same host name has its own process ids, and another machine with it has another boot
+    id: their directories are judged by idleness, as another host's. A directory of this machine untouched since it
+    rebooted had its owner end with the boot."""
+    import psutil
+
     other_container = {**_this_process(), "pid_namespace": -1}
-    quiet = _work_dir(tmp_path, "other_container_quiet", other_container, 2 * HOUR)
-    assert work_dirs.abandoned(quiet) is None  # its live pid means nothing here, and 2 h is not idle enough
+    quiet = _work_dir(tmp_path, "other_container", other_container, 2 * HOUR)
+    assert work_dirs.abandoned(quiet) is None  # its live-looking pid means nothing here, and 2 h is not idle enough
     _age(quiet, 25 * HOUR)
     assert "changed for 25 h" in work_dirs.abandoned(quiet)
-    before_reboot = _work_dir(tmp_path, "before_reboot", {**_this_process(), "boot_id": "another-boot"}, HOUR)
+    other_boot = {**_this_process(), "boot_id": "another-boot"}
+    since_boot = time.time() - psutil.boot_time()
+    other_machine = _work_dir(tmp_path, "other_machine", other_boot, min(since_boot / 2, HOUR))  # changed since
+    assert work_dirs.abandoned(other_machine) is None  # since our boot: not ours to judge before 24 h
+    before_reboot = _work_dir(tmp_path, "before_reboot", other_boot, since_boot + 11 * 60)
     assert "reboot" in work_dirs.abandoned(before_reboot)
 
 
-def test_a_claim_records_this_process_and_a_heartbeat_keeps_a_quiet_training(tmp_path):
+@pytest.mark.parametrize("owner, data, limit_s", [
+    ("gone", OTHER_DATA, work_dirs.DEAD_OWNER_GRACE_S),   # this machine, the owner gone: 10 minutes
+    ("elsewhere", OTHER_DATA, work_dirs.IDLE_LIMIT_S),    # another host: 24 hours
+    ("gone", DATA, work_dirs.RESUMABLE_KEEP_S),           # the same data: 7 days, wherever it was
+    ("elsewhere", DATA, work_dirs.RESUMABLE_KEEP_S),
+])
+def test_each_limit_holds_on_both_sides(tmp_path, owner, data, limit_s):
+    record = _exited_process(data) if owner == "gone" else {"host": "gpu-node-7", "pid": 1, "data": data}
+    work = _work_dir(tmp_path, "work", record, limit_s - 60)
+    assert work_dirs.abandoned(work, data=DATA) is None
+    _age(work, limit_s + 60)
+    assert work_dirs.abandoned(work, data=DATA) is not None
+
+
+def test_a_claim_records_this_process_and_its_heartbeat_keeps_a_quiet_training(tmp_path):
+    import threading
+
     work = tmp_path / "fingerprint"
-    work_dirs.claim(work, DATA)
-    owner = json.loads((work / work_dirs.OWNER).read_text())
-    assert (owner["host"], owner["pid"], owner["data"]) == (socket.gethostname(), os.getpid(), DATA)
-    assert work_dirs.abandoned(work) is None
+    with work_dirs.claimed(work, DATA, every_s=0.05):
+        owner = json.loads((work / work_dirs.OWNER).read_text())
+        assert (owner["host"], owner["pid"], owner["data"]) == (socket.gethostname(), os.getpid(), DATA)
+        _age(work, HOUR)  # a long step, a long validation: the training itself writes nothing
+        time.sleep(0.3)
+        assert time.time() - (work / work_dirs.OWNER).stat().st_mtime < 5  # the heartbeat touched it
+        assert work_dirs.abandoned(work) is None
+    assert "work-dir-heartbeat" not in [t.name for t in threading.enumerate()]  # it ends with the training
     (work / work_dirs.OWNER).write_text(json.dumps(_exited_process()))  # the training was killed an hour ago
     _age(work, HOUR)
     assert "is gone" in work_dirs.abandoned(work)
-    work_dirs.touch(work)  # a heartbeat (or any write) within the grace keeps it
-    assert work_dirs.abandoned(work) is None
     work_dirs.claim(work, DATA)  # the rerun of the same training takes it over
     _age(work, HOUR)
     assert work_dirs.abandoned(work) is None
-
-
-def test_the_trainer_heartbeat_touches_the_owner_record_while_it_steps(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from asr_pipeline.core.trainer_hooks import heartbeat_callback
-
-    work = tmp_path / "fingerprint"
-    work_dirs.claim(work, DATA)
-    _age(work, HOUR)
-    callback = heartbeat_callback(work)
-    callback.on_step_end(None, SimpleNamespace(is_world_process_zero=False), None)  # other ranks do not write
-    assert time.time() - (work / work_dirs.OWNER).stat().st_mtime > HOUR - 60
-    callback.on_prediction_step(None, SimpleNamespace(is_world_process_zero=True), None)  # validation counts
-    assert time.time() - (work / work_dirs.OWNER).stat().st_mtime < 60
 
 
 @pytest.mark.parametrize("content", ['{"host": "', "[1, 2]", ""])

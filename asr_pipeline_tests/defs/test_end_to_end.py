@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_pipeline import cli
+from asr_pipeline.core import champion as champion_core
 from asr_pipeline.core.features import FeatureShard
 from asr_pipeline.core.storage import publish, staging_dir
 
@@ -235,7 +236,14 @@ def test_a_better_challenger_replaces_the_champion_and_the_history_grows(pipelin
     cli.main(["train", *run[1:]])
     # no champion yet: the incumbent is the base model the checkpoint started from, here spoiled after training
     original = babble(base)
-    cli._run("asr_evaluate")
+
+    def tidying_fails(*args, **kwargs):  # removing older copies comes after the promotion and never undoes it
+        raise PermissionError("models/ is read-only here")
+
+    real_prune = champion_core.prune_models
+    monkeypatch.setattr(champion_core, "prune_models", tidying_fails)
+    cli._run("asr_evaluate")  # raises SystemExit if any step failed
+    monkeypatch.setattr(champion_core, "prune_models", real_prune)
     report = json.loads((pipeline_env / "storage" / "evaluation_report" / "report.json").read_text())
     assert report["promotion"]["promote"] and report["promotion"]["incumbent"] == "base", report["promotion"]
     assert report["base"]["hallucination"]["cer_above_1"] == 1.0  # the babbling model's hallucinations counted

@@ -282,6 +282,6 @@ def test_a_killed_trainings_checkpoints_stay_for_its_data_and_go_once_new_data_l
     assert not killed.exists() and not any(work.iterdir())
     log = new_data.stdout + new_data.stderr
     assert f"removed the work directory {killed.name} of an abandoned training" in log
-    assert "is gone" in log and "its data is not this training's" in log
+    assert "is gone" in log and "it is of other data than this training's, so no rerun can resume it" in log
     summary = json.loads((pipeline_env / "storage/finetuned_checkpoint/training_summary.json").read_text())
     assert summary["resumed_from_step"] is None and summary["steps"] == 8

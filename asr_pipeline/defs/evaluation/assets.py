@@ -141,10 +141,11 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
     context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
     try:  # the promotion is done: tidying the older copies never fails it
         removed = champion.prune_models(settings.home_dir(), settings.champion_keep, emit=context.log.info)
+        promotions = len(champion.promotions(champion.promotion_history(settings.home_dir())))
     except Exception as error:  # noqa: BLE001
         context.log.warning(f"older champion copies were not removed ({type(error).__name__}: {error}); the next "
                             "promotion tries again")
-        removed = []
+        removed, promotions = [], None
     out = stage(context, storage_dir(settings))
     write_json(out / "champion.json", pointer)
     yield dg.Output(out, metadata={
@@ -152,7 +153,7 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
         "ctranslate2_path": dg.MetadataValue.path(pointer["ctranslate2_path"] or ""),
         "test_cer": pointer["test_cer"], "test_cer_normalized": pointer["test_cer_normalized"],
         "promoted_at": pointer["promoted_at"], "previous_model_path": pointer["previous_model_path"] or "(none)",
-        "promotions": len(champion.promotions(champion.promotion_history(settings.home_dir()))),
+        **({"promotions": promotions} if promotions is not None else {}),
         "copies_removed": len(removed),
     })
 

@@ -75,24 +75,24 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: TrainingConf
     fingerprint = training.training_fingerprint(base_source, metas, train_settings)
     work_dir = Path(settings.home) / "work" / "finetuned_checkpoint" / fingerprint
     data = work_dirs.data_fingerprint(base_source, metas)
-    work_dirs.claim(work_dir, data)
-    # a training killed before new batches landed left checkpoints no rerun can resume: they go now
-    work_dirs.remove_abandoned(work_dir.parent, keep=work_dir, data=data, emit=context.log.info)
-    try:
-        if launch.kind == "torchrun":
-            shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
-            summary = launcher.train_with_torchrun(context, launch, base_source, shard_dirs, out, work_dir,
-                                                   train_settings, exclude_ids=inputs.exclude_ids)
-        else:
-            summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
-                                             work_dir=work_dir, exclude_ids=inputs.exclude_ids,
-                                             previous_summary=_previous_summary(settings))
-    except Exception:
-        # a training that diverged (NaN loss) stops before its checkpoint is published; record the failed check
-        # too, so the UI shows why evaluation never ran
-        if (out / "training_log.json").exists() and not (result := checks.training_loss_finite(out)).passed:
-            yield result
-        raise
+    with work_dirs.claimed(work_dir, data):  # this process trains there; its heartbeat shows it is alive
+        # a training killed before new batches landed left checkpoints no rerun can resume: they go now
+        work_dirs.remove_abandoned(work_dir.parent, keep=work_dir, data=data, emit=context.log.info)
+        try:
+            if launch.kind == "torchrun":
+                shard_dirs = [featurized_shards[key] for key in sorted(featurized_shards)]
+                summary = launcher.train_with_torchrun(context, launch, base_source, shard_dirs, out, work_dir,
+                                                       train_settings, exclude_ids=inputs.exclude_ids)
+            else:
+                summary = training.train_whisper(base_source, shards, out, train_settings, emit=context.log.info,
+                                                 work_dir=work_dir, exclude_ids=inputs.exclude_ids,
+                                                 previous_summary=_previous_summary(settings))
+        except Exception:
+            # a training that diverged (NaN loss) stops before its checkpoint is published; record the failed
+            # check too, so the UI shows why evaluation never ran
+            if (out / "training_log.json").exists() and not (result := checks.training_loss_finite(out)).passed:
+                yield result
+            raise
     summary["launcher"] = launch.describe()
     if summary.get("validation_warning"):  # no valid split: a held-out slice of train (or nothing) chose the model
         context.log.warning(summary["validation_warning"])
