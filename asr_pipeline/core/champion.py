@@ -89,20 +89,19 @@ def prune_models(home: Path, keep: int, emit=print) -> list[Path]:
     if pointer:
         wanted |= {Path(path).parent.name for path in (pointer.get("model_path"), pointer.get("previous_model_path"))
                    if isinstance(path, str)}
+    reason = f"older than {f'the latest {keep} promotions' if keep > 1 else 'the latest promotion'} " \
+             f"(ASR_CHAMPION_KEEP={keep})"
     removed = []
     for copy in sorted(root.iterdir()):
         if copy.name in wanted or copy.name not in promoted or not COPY_NAME.match(copy.name):
             continue
-        latest = f"the latest {keep} promotions" if keep > 1 else "the latest promotion"
-        reason = f"older than {latest} (ASR_CHAMPION_KEEP={keep})"
         try:
             unpublish(copy)
-        except OSError as error:
-            if os.path.lexists(copy):
-                emit(f"could not remove the champion copy {copy} ({reason}): {error}")
-                continue
+            error = ""
+        except OSError as failure:  # judged below: only a copy still there counts as not removed
+            error = f": {failure}"
         if os.path.lexists(copy):
-            emit(f"could not remove the champion copy {copy} ({reason}); remove it by hand")
+            emit(f"could not remove the champion copy {copy} ({reason}){error}; remove it by hand")
             continue
         entry = {"removed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "model_path": str(copy / "model"), "reason": reason}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -133,8 +134,6 @@ def remove_abandoned(root: Path, keep: Path, data: str | None = None,
     """Remove root's work directories other than `keep` (this training's own) that no training will use (see
     abandoned; `data` is this training's data_fingerprint); returns them. Each removal is reported with its size and
     reason; one that fails (permissions, a file in use elsewhere) is reported and left."""
-    import shutil
-
     removed = []
     try:
         candidates = sorted(p for p in Path(root).iterdir() if p.is_dir())
