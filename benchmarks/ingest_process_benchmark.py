@@ -147,6 +147,49 @@ def run_seed(env_base: dict, seed_recipe: Path, manifest_csv: Path, base_model: 
     return {"seconds": result["seconds"], "rows": inner["rows"], "featurize_loop_s": inner["seconds"]}
 
 
+def paired_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a paired benchmark (startup_gc_benchmark.py, event_log_benchmark.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-model", default="/work/cache/whisper-base")
+    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--mysql", default=DEFAULT_MYSQL)
+    parser.add_argument("--work", default="/tmp/asr_featurize_benchmark", help="corpus cache and scratch space")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    return parser
+
+
+def paired_ingest_runs(args, arms: tuple[str, str], prepare, run) -> dict[str, list[dict]]:
+    """`asr-pipeline ingest` of the corpus in pairs, one run of each arm, the arm going first alternating.
+
+    prepare(env_base, scratch) runs once, with the corpus in a scratch MariaDB database; its result goes to every
+    run(arm, env_base, url, corpus_dir, work, prepared), which returns the run's record (at least "seconds")."""
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    frame = corpus(work, args.clips)
+    corpus_dir = work / f"corpus_{args.clips}"
+    env_base = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    url, server = _database(args.mysql)
+    engine = sa.create_engine(url)
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    scratch = Path(tempfile.mkdtemp(prefix="paired_bench_", dir=work))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
+                         [{"p": r.audio_path, "t": r.transcript} for r in frame.itertuples()])
+        prepared = prepare(env_base, scratch)
+        for pair in range(args.pairs):
+            for arm in (arms if pair % 2 == 0 else arms[::-1]):  # neither always goes first
+                runs[arm].append(run(arm, env_base, url, corpus_dir, work, prepared))
+                print(f"pair {pair + 1}/{args.pairs} {arm}: {runs[arm][-1]}", file=sys.stderr)
+    finally:
+        engine.dispose()
+        _drop(server, url)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return runs
+
+
 def launched_batch_runs(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,
                         template: Path, repeats: int) -> dict:
     """One registered 1,000-row batch run again and again as the daemon runs a launched run (`asr-pipeline

@@ -11,25 +11,20 @@ all. Prints one JSON object (per pair wall seconds, medians, the paired differen
 it to benchmarks/results/startup_gc_<date>_cpu-<kind>.json.
 """
 
-import argparse
 import json
 import os
 import platform
 import shutil
 import statistics
 import sys
-import tempfile
 from datetime import date
 from pathlib import Path
-
-import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench_common import cpu_info, cpu_tag, write_result  # noqa: E402
-from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is this script's directory)
-from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
-from ingest_process_benchmark import dagster_instance_template, our_home, timed_process  # noqa: E402
+from ingest_process_benchmark import (dagster_instance_template, our_home, paired_arguments,  # noqa: E402
+                                     paired_ingest_runs, timed_process)
 
 # run as `python -c WRAPPER ingest`: the console script's main(), with the collector's time written to stderr at exit
 WRAPPER = """
@@ -61,10 +56,11 @@ parser.main()
 """
 
 
-def one_run(arm: str, env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,
-            template: Path) -> dict:
+def one_run(arm: str, env_base: dict, url: str, corpus_dir: Path, work: Path, prepared: tuple) -> dict:
+    base_model, template = prepared
     home, env = our_home(env_base, url, base_model, corpus_dir, work, f"gc_{arm}_", template)
-    result = timed_process([sys.executable, "-c", WRAPPER, "ingest"], {**env, "STARTUP_GC_ARM": arm}, REPO)
+    flag = "unpaused" if arm == "unpaused" else "paused"
+    result = timed_process([sys.executable, "-c", WRAPPER, "ingest"], {**env, "STARTUP_GC_ARM": flag}, REPO)
     gc_line = next(line for _, line in result["lines"] if line.startswith("GC_SECONDS "))
     spent = json.loads(gc_line.removeprefix("GC_SECONDS "))
     meta = json.loads(next((home / "storage" / "featurized_shards").glob("*/meta.json")).read_text())
@@ -74,40 +70,10 @@ def one_run(arm: str, env_base: dict, url: str, base_model: str, corpus_dir: Pat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-model", default="/work/cache/whisper-base")
-    parser.add_argument("--clips", type=int, default=1000)
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--mysql", default=DEFAULT_MYSQL)
-    parser.add_argument("--work", default="/tmp/asr_featurize_benchmark", help="corpus cache and scratch space")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    args = parser.parse_args()
-
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    frame = corpus(work, args.clips)
-    corpus_dir = work / f"corpus_{args.clips}"
-    env_base = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    url, server = _database(args.mysql)
-    engine = sa.create_engine(url)
-    runs: dict[str, list[dict]] = {"paused (shipped)": [], "unpaused": []}
-    scratch = work / "gc_bench_unused"
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO training_datas (raw_data, transcript) VALUES (:p, :t)"),
-                         [{"p": r.audio_path, "t": r.transcript} for r in frame.itertuples()])
-        scratch = Path(tempfile.mkdtemp(prefix="gc_bench_", dir=work))
-        template = dagster_instance_template(env_base, scratch)
-        for pair in range(args.pairs):
-            for name in (list(runs) if pair % 2 == 0 else list(runs)[::-1]):  # neither always goes first
-                arm = "unpaused" if name == "unpaused" else "paused"
-                runs[name].append(one_run(arm, env_base, url, args.base_model, corpus_dir, work, template))
-                print(f"pair {pair + 1}/{args.pairs} {name}: {runs[name][-1]}", file=sys.stderr)
-    finally:
-        engine.dispose()
-        _drop(server, url)
-        shutil.rmtree(scratch, ignore_errors=True)
+    args = paired_arguments(__doc__).parse_args()
+    runs = paired_ingest_runs(args, ("paused (shipped)", "unpaused"),
+                              lambda env_base, scratch: (args.base_model, dagster_instance_template(env_base, scratch)),
+                              one_run)
 
     def median(name: str, key: str) -> float:
         return round(statistics.median(r[key] for r in runs[name]), 3)

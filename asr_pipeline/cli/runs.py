@@ -16,6 +16,12 @@ INSTANCE_CONFIG = """\
 # written by asr-pipeline; `make ui` (dagster dev) uses this instance too
 telemetry:
   enabled: false
+event_log_storage:            # Dagster's SQLite event log, its files kept open between writes (0.3 s an ingest)
+  module: asr_pipeline.defs.common.event_log
+  class: PooledSqliteEventLogStorage
+  config:
+    dagster_home:
+      env: DAGSTER_HOME
 run_retries:
   enabled: true
   max_retries: 2              # a sensor-launched ingest run killed or failed part way is retried
@@ -29,6 +35,26 @@ concurrency:
         value: ingest
         limit: 2              # ingest batches run in parallel, at most two at once
 """
+
+
+# What earlier versions wrote, rewritten to INSTANCE_CONFIG when found unchanged (same storage files: nothing moves).
+EARLIER_INSTANCE_CONFIGS = ("""\
+# written by asr-pipeline; `make ui` (dagster dev) uses this instance too
+telemetry:
+  enabled: false
+run_retries:
+  enabled: true
+  max_retries: 2              # a sensor-launched ingest run killed or failed part way is retried
+concurrency:
+  pools:
+    default_limit: 1          # pool asr_training: one training or evaluation at a time
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: asr/stage
+        value: ingest
+        limit: 2              # ingest batches run in parallel, at most two at once
+""",)
 
 
 _startup_gc_paused = False
@@ -59,6 +85,16 @@ def end_startup_gc_pause() -> None:
         gc.enable()
 
 
+def write_instance_config(config: Path) -> None:
+    """Writes INSTANCE_CONFIG where there is no dagster.yaml, or where one an earlier version wrote is unchanged;
+    a file someone wrote or edited is left as it is."""
+    if config.exists() and config.read_text() not in EARLIER_INSTANCE_CONFIGS:
+        return
+    partial = config.with_name(f".{config.name}.{os.getpid()}")
+    partial.write_text(INSTANCE_CONFIG)
+    os.replace(partial, config)  # a process reading it meanwhile sees the old file or the new one, never half
+
+
 def _instance():
     from dagster import DagsterInstance
 
@@ -66,9 +102,7 @@ def _instance():
         os.environ["DAGSTER_HOME"] = str(env.asr_home() / "dagster")
     home = Path(os.environ["DAGSTER_HOME"]).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(INSTANCE_CONFIG)
+    write_instance_config(home / "dagster.yaml")
     instance = DagsterInstance.get()
     end_startup_gc_pause()
     return instance
