@@ -6,7 +6,8 @@ The corpus is ingest_process_benchmark.py's (featurize_benchmark.corpus: espeak-
 every tenth clip 44.1 kHz stereo FLAC; made once under --work, which defaults to that script's, and reused).
 For each clip, one thread, the stages `resample_manifest` runs per row (core/audio.py, _prepare_clip): decoding
 (libsndfile), the mix to mono, what the mix to mono keeps of the channels (mix_retention), resampling to 16 kHz
-(soxr HQ), the finite check, int16 quantization, the peaks (with and without DC), and the content hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
+(soxr HQ), the finite check, int16 quantization, the peaks (with and without DC), how long the clip has sound
+(sound_seconds), and the content hash (sha256: fast where the CPU has the SHA extensions, `sha_ni` in its flags, slow where it does not). Best of
 --repeats passes, in milliseconds a clip (their sum adds bests from different passes: a lower bound). Then whole `resample_manifest` calls on the same rows with 1 and 2 worker
 threads (best of --repeats), which shows how much of the single-thread sum the threads overlap. Last, the mix to
 mono of synthetic 2- and 6-channel clips (3.5 s at 48 kHz): numpy's mean over the channel axis against audio.downmix.
@@ -34,7 +35,7 @@ from asr_pipeline.core import audio, audio_quality  # noqa: E402
 from asr_pipeline.core.audio_shard import content_hash, to_pcm16  # noqa: E402
 
 STAGES = ("decode", "downmix", "mix_retention", "resample_to_16k", "finite_check", "to_pcm16", "peaks",
-          "content_hash")
+          "sound_seconds", "content_hash")
 
 
 def one_pass(paths: list[str]) -> dict[str, float]:
@@ -63,6 +64,8 @@ def one_pass(paths: list[str]) -> dict[str, float]:
         lap("to_pcm16")
         float(np.abs(samples).max()), audio_quality.ac_peak(mono)
         lap("peaks")
+        audio_quality.sound_seconds(samples, audio.SAMPLE_RATE)
+        lap("sound_seconds")
         content_hash(pcm, scale)
         lap("content_hash")
     return spent

@@ -16,7 +16,8 @@ import pyarrow as pa
 import soundfile as sf
 import soxr
 
-from asr_pipeline.core.audio_quality import ac_peak, cancelled_by_downmix, mix_retention, near_silent
+from asr_pipeline.core.audio_quality import (ac_peak, cancelled_by_downmix, mix_retention, near_silent,
+                                             sound_seconds)
 from asr_pipeline.core.audio_shard import (AUDIO_FILE, QUARANTINE_COLUMNS, RECORD_BATCH_CLIPS, RECORD_BATCH_SAMPLES,
                                            SAMPLE_RATE, audio_schema, content_hash, record_batch, to_pcm16)
 from asr_pipeline.core.progress import Progress
@@ -206,13 +207,13 @@ def resample_manifest(
             if isinstance(prepared, AudioError):
                 quarantine.append({"id": row.id, "audio_path": row.audio_path, "reason": str(prepared)})
             else:
-                pcm, scale, peak, rate, channels, duration, content_hash, retention, excursion = prepared
+                pcm, scale, peak, rate, channels, duration, content_hash, retention, excursion, sound = prepared
                 pending.append((int(row.id), pcm, scale))
                 pending_samples += len(pcm)
                 index.append(
                     {**row._asdict(), "num_samples": len(pcm), "duration": duration, "source_rate": rate,
                      "channels": channels, "peak": peak, "scale": scale, "audio_sha256": content_hash,
-                     "mix_retention": retention, "ac_peak": excursion}
+                     "mix_retention": retention, "ac_peak": excursion, "sound_seconds": sound}
                 )
                 if len(pending) == RECORD_BATCH_CLIPS or pending_samples >= RECORD_BATCH_SAMPLES:
                     writer.write_batch(record_batch(pending, schema))
@@ -222,7 +223,7 @@ def resample_manifest(
             writer.write_batch(record_batch(pending, schema))
     index_frame = pd.DataFrame(index, columns=[*manifest.columns, "num_samples", "duration", "source_rate",
                                                "channels", "peak", "scale", "audio_sha256",
-                                               "mix_retention", "ac_peak"])
+                                               "mix_retention", "ac_peak", "sound_seconds"])
     index_frame.to_parquet(out_dir / "index.parquet", index=False)
     pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
     summary = {
@@ -252,8 +253,8 @@ def _default_workers() -> int:
 
 def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     """(int16 16 kHz samples, their scale, peak |sample|, source rate, channels, duration, content hash, the
-    least share of its energy a pair of channels keeps in the mix, the mix's peak less any DC offset) for a manifest
-    row, or AudioError with the reason."""
+    least share of its energy a pair of channels keeps in the mix, the mix's peak less any DC offset, how long the
+    mix has sound) for a manifest row, or AudioError with the reason."""
     if not row.transcript:
         raise AudioError("empty transcript")
     path = row.audio_path
@@ -279,5 +280,6 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     # ac_peak: the lower of the mix's before and after resampling. Before: soxr rings at the edges of a constant, so a
     # dead source with a DC offset at 48 kHz would come out near -30 dBFS. After: what resampling removes (a 19 kHz
     # pilot tone of an off-air recording) is not sound the model hears.
+    # sound_seconds: of the 16 kHz mix, what the model hears (a pilot tone resampling removes is not sound)
     return (pcm, scale, peak, rate, channels, duration, content_hash(pcm, scale), round(retention, 4),
-            min(ac_peak(mono), ac_peak(samples)))
+            min(ac_peak(mono), ac_peak(samples)), sound_seconds(samples, SAMPLE_RATE))

@@ -1,5 +1,5 @@
-"""How much of a decoded clip is sound its transcript could come from: its level less any DC offset (ac_peak) and what
-its mix to mono keeps of its channels (mix_retention), and which rows of an audio shard's index fall short
+"""How much of a decoded clip is sound its transcript could come from: its level less any DC offset (ac_peak), how long
+it has sound (sound_seconds) and what its mix to mono keeps of its channels (mix_retention), and which rows of an audio shard's index fall short
 (near_silent, cancelled_by_downmix). audio.resample_manifest records the measures; defs/ingest/checks.py names the
 rows, meta.json and `asr-pipeline status` count them (docs/ROBUSTNESS.md)."""
 
@@ -14,6 +14,12 @@ import pandas as pd
 #   this. Broadcast speech peaks tens of dB higher (a whispered scene still near -35 dBFS); below it is a muted
 #   track or audio cut from the wrong place.
 NEAR_SILENT_PEAK_DBFS = -50.0
+#   A peak alone cannot see a muted track with a click in it (an edit point, a dropout, a mic bump), so a clip is
+#   also near-silent when its sound lasts under NEAR_SILENT_SOUND_SECONDS: its 20 ms windows that swing as far as a
+#   wave peaking at that level, added up (sound_seconds). A click and its resampling ring fill one or two
+#   windows; the shortest answer ("네") is sound for 0.2 s or more, a whisper's syllables too.
+NEAR_SILENT_SOUND_SECONDS = 0.1
+SOUND_WINDOW_SECONDS = 0.02
 # - cancelled by the down-mix: the mix, or a pair of channels, keeps less than this share of its energy
 #   (mix_retention). Unrelated channels keep all of it (1), alike ones more (up to 2); a channel with inverted
 #   polarity against another at the same level keeps nothing, at 60% of its level 12%, and still 20% with a bed of
@@ -25,10 +31,13 @@ MIX_BLOCKS, MIX_BLOCK_FRAMES = 16, 1_000  # what mix_retention looks at: 16 bloc
 
 
 def near_silent(index: pd.DataFrame) -> pd.DataFrame:
-    """The rows of an audio shard's index whose clip is near-silent, quietest first (by `ac_peak`; shards made
-    before it by `peak`)."""
+    """The rows of an audio shard's index whose clip is near-silent: too faint (`ac_peak`; shards made before it
+    `peak`) or sound for too short a time (`sound_seconds`, in shards made since 2026-11-27), quietest first."""
     level = "ac_peak" if "ac_peak" in index.columns else "peak"
-    return index[index[level] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)].sort_values([level, "id"])
+    quiet = index[level] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)
+    if "sound_seconds" in index.columns:
+        quiet |= index["sound_seconds"] < NEAR_SILENT_SOUND_SECONDS
+    return index[quiet].sort_values([level, "id"])
 
 
 def cancelled_by_downmix(index: pd.DataFrame) -> pd.DataFrame:
@@ -77,6 +86,21 @@ def _blocks(data: np.ndarray) -> list[np.ndarray]:
     length = min(MIX_BLOCK_FRAMES, max(2, frames // MIX_BLOCKS))
     starts = np.linspace(0, frames - length, num=min(MIX_BLOCKS, max(1, frames // length))).astype(int)
     return [data[start:start + length] for start in starts]
+
+
+def sound_seconds(samples: np.ndarray, rate: int) -> float:
+    """How long the clip has sound: the SOUND_WINDOW_SECONDS windows (the last one shorter) whose swing, highest
+    sample less lowest (a DC offset does not swing), reaches that of a wave peaking at NEAR_SILENT_PEAK_DBFS, added
+    up in seconds."""
+    window = max(1, round(rate * SOUND_WINDOW_SECONDS))
+    whole = len(samples) // window * window
+    swing = 2 * 10 ** (NEAR_SILENT_PEAK_DBFS / 20)
+    blocks = samples[:whole].reshape(-1, window)
+    loud = int((blocks.max(axis=1) - blocks.min(axis=1) >= swing).sum()) * window
+    tail = samples[whole:]
+    if len(tail) and float(tail.max()) - float(tail.min()) >= swing:
+        loud += len(tail)
+    return round(loud / rate, 3)
 
 
 def ac_peak(samples: np.ndarray) -> float:

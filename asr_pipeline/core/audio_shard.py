@@ -7,7 +7,8 @@ Shard layout (a directory):
   index.parquet     one row a clip: the manifest columns + num_samples, duration, source_rate, channels, peak
                     (largest |sample| after resampling), scale, audio_sha256; since 2026-11-27 also
                     mix_retention (audio_quality.mix_retention, of the source's channels) and ac_peak (the
-                    mix's peak less any DC offset, before resampling)
+                    mix's peak less any DC offset, before resampling), and later that day sound_seconds
+                    (audio_quality.sound_seconds: how long the 16 kHz mix has sound)
   meta.json         rows, quarantined, sample_rate, total_seconds, clips_past_full_scale, near_silent_clips,
                     cancelling_downmix_clips
   quarantine.parquet  rows left out, with the reason (missing file, undecodable, too short/long, empty transcript)

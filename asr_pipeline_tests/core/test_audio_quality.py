@@ -1,4 +1,5 @@
-"""core/audio_quality.py: how much of a clip is sound (ac_peak) and what its mix to mono keeps (mix_retention)."""
+"""core/audio_quality.py: how much of a clip is sound (ac_peak), for how long (sound_seconds) and what its mix to mono
+keeps (mix_retention)."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +7,9 @@ import pytest
 import soundfile as sf
 
 from asr_pipeline.core.audio import resample_manifest
-from asr_pipeline.core.audio_quality import CANCELLING_RETENTION, ac_peak, mix_retention, near_silent
+from asr_pipeline.core.audio_quality import (CANCELLING_RETENTION, NEAR_SILENT_SOUND_SECONDS, ac_peak, mix_retention,
+                                             near_silent, sound_seconds)
+from asr_pipeline.core.synth import speak_korean
 
 
 def test_mix_retention_finds_a_channel_that_cancels_in_the_mix():
@@ -92,3 +95,44 @@ def test_the_near_silence_level_leaves_out_a_dc_offset(tmp_path):
     index = pd.read_parquet(tmp_path / "shard" / "index.parquet")
     assert index["peak"].iloc[0] > 0.09 and index["ac_peak"].iloc[0] == 0.0
     assert list(near_silent(index)["id"]) == [1, 2]
+
+
+def test_a_click_in_silence_is_near_silent_and_the_shortest_answer_is_not(tmp_path):
+    """A muted track with a click (an edit point, a mic bump) peaks like speech; how long it has sound tells them
+    apart. Real files through the ingest's decoding and resampling: the click at 48 kHz rings after resampling."""
+    rate = 48_000
+    click = np.zeros(3 * rate, np.float32)
+    click[rate] = 0.8
+    bumps = np.zeros(3 * rate, np.float32)
+    for at in (0.5, 1.5):  # two bumps of 1 ms, far apart (a third would pass: each swings for two windows)
+        bumps[int(at * rate): int(at * rate) + 48] = 0.5
+    word, word_rate = speak_korean("네")  # the shortest answer a caption holds
+    whisper = np.concatenate([np.zeros(word_rate, np.float32), word, np.zeros(word_rate, np.float32)])
+    whisper *= 10 ** (-40 / 20) / np.abs(whisper).max()  # a whispered "네" in a second of silence each side
+    sf.write(tmp_path / "click.wav", click, rate, subtype="FLOAT")
+    sf.write(tmp_path / "bumps.wav", bumps, rate, subtype="FLOAT")
+    sf.write(tmp_path / "whisper.wav", whisper, word_rate, subtype="PCM_16")
+    manifest = pd.DataFrame({"id": [1, 2, 3], "audio_path": [str(tmp_path / f) for f in
+                                                             ("click.wav", "bumps.wav", "whisper.wav")],
+                             "transcript": ["네", "네", "네"]})
+    (tmp_path / "shard").mkdir()
+    summary = resample_manifest(manifest, tmp_path / "shard", emit=lambda _: None)
+    index = pd.read_parquet(tmp_path / "shard" / "index.parquet")
+    by_id = index.set_index("id")
+    assert by_id.loc[1, "ac_peak"] > 0.1 and by_id.loc[1, "sound_seconds"] <= 0.04  # -12 dBFS, for a moment
+    assert by_id.loc[2, "sound_seconds"] <= 0.08
+    assert by_id.loc[3, "sound_seconds"] >= 2 * NEAR_SILENT_SOUND_SECONDS  # quiet (-40 dBFS), but speech: 0.2 s
+    assert list(near_silent(index)["id"]) == [1, 2] and summary["near_silent_clips"] == 2
+
+
+def test_sound_seconds_adds_up_the_windows_that_swing():
+    rate = 16_000
+    tone = 0.01 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)  # -40 dBFS for 1 s
+    silence = np.zeros(rate, np.float32)
+    assert sound_seconds(np.concatenate([silence, tone, silence]), rate) == pytest.approx(1.0, abs=0.02)
+    assert sound_seconds(tone * 10 ** (-12 / 20), rate) == 0.0  # -52 dBFS: below the level
+    assert sound_seconds(np.full(rate, 0.3, np.float32), rate) == 0.0  # a DC offset does not swing
+    assert sound_seconds(tone[:100], rate) == pytest.approx(100 / rate, abs=1e-3)  # a clip shorter than a window
+    assert sound_seconds(np.zeros(0, np.float32), rate) == 0.0
+    old_shard = pd.DataFrame({"id": [1, 2], "peak": [0.5, 0.001]})  # made before sound_seconds: peaks only
+    assert list(near_silent(old_shard)["id"]) == [2]

@@ -32,8 +32,9 @@ RESAMPLED_CHECKS = [
                       description="Every kept clip is 16 kHz mono; the audio file holds the index's clips, in order."),
     dg.AssetCheckSpec(NEAR_SILENT, asset="resampled_dataset", blocking=True,
                       description="Kept clips whose peak, less any DC offset, is below "
-                                  f"{audio_quality.NEAR_SILENT_PEAK_DBFS:g} dBFS (silent, yet with a transcript) are named "
-                                  "as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
+                                  f"{audio_quality.NEAR_SILENT_PEAK_DBFS:g} dBFS, or reaches it for under "
+                                  f"{audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s (silent, or a click in silence, yet "
+                                  "with a transcript) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
                                   f"at least {BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
                       description="Kept clips whose channels cancel when averaged to mono (the mix or a pair keeping "
@@ -78,14 +79,28 @@ def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
 
 
 def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
-    """Kept clips whose largest excursion from their mean, after the mix to mono, is below NEAR_SILENT_PEAK_DBFS."""
-    index = _index(shard_dir, ["id", "peak", "ac_peak"])
+    """Kept clips whose largest excursion from their mean, after the mix to mono, is below NEAR_SILENT_PEAK_DBFS,
+    or reaches it for less than NEAR_SILENT_SOUND_SECONDS (audio_quality.near_silent)."""
+    index = _index(shard_dir, ["id", "peak", "ac_peak", "sound_seconds"])
     quiet = audio_quality.near_silent(index)
     level = "ac_peak" if "ac_peak" in quiet.columns else "peak"
-    found = (f"peak below {audio_quality.NEAR_SILENT_PEAK_DBFS:g} dBFS, less any DC offset (silent or all but silent, the "
-             f"quietest {_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts") if len(quiet) else ""
+    limit = audio_quality.NEAR_SILENT_PEAK_DBFS
+    found = ""
+    if len(quiet) and "sound_seconds" in quiet.columns:
+        loud = 10 ** (limit / 20)
+        first = quiet.iloc[0]
+        quietest = _dbfs(float(first[level])) + (f" for {float(first['sound_seconds']):g} s"
+                                                  if first[level] >= loud else "")
+        found = (f"have no sound to speak of, yet have transcripts: a peak below {limit:g} dBFS, less any DC offset, "
+                 f"or one reached for under {audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s in all "
+                 f"({int((quiet[level] >= loud).sum())} of them: a click or a bump in silence); the quietest: "
+                 f"{quietest}")
+    elif len(quiet):
+        found = (f"peak below {limit:g} dBFS, less any DC offset (silent or all but silent, the "
+                 f"quietest {_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts")
     return _suspect_clips(NEAR_SILENT, quiet, len(index), found, "a muted track, or audio cut from the wrong place?",
-                          max_rate, batch, {"peak_limit_dbfs": audio_quality.NEAR_SILENT_PEAK_DBFS})
+                          max_rate, batch, {"peak_limit_dbfs": limit,
+                                            "sound_limit_seconds": audio_quality.NEAR_SILENT_SOUND_SECONDS})
 
 
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:

@@ -32,6 +32,15 @@ def _scaled_copy(source: str, target, peak_dbfs: float | None):
     return str(target)
 
 
+def _click_copy(source: str, target):
+    """The clip's length of digital silence with one full-scale click in it: a muted track with an edit point."""
+    info = sf.info(source)
+    samples = np.zeros(info.frames, np.float32)
+    samples[info.frames // 2] = 1.0
+    sf.write(str(target), samples, info.samplerate, subtype="PCM_16")
+    return str(target)
+
+
 def _stereo_copy(source: str, target, invert: bool):
     """The clip in both channels of a float WAV, the second inverted if `invert`, with ambience (noise at a tenth of
     the speech's level) in the first channel only."""
@@ -63,6 +72,7 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     files = {"digital silence": _scaled_copy(source, quiet_dir / "silent.wav", None),
              "-60 dBFS": _scaled_copy(source, quiet_dir / "minus60.wav", -60.0),
              "-45 dBFS": _scaled_copy(source, quiet_dir / "minus45.wav", -45.0),  # quiet, but speech: not named
+             "a click": _click_copy(source, quiet_dir / "click.wav"),  # peaks at 0 dBFS, for a moment
              "inverted stereo": _stereo_copy(source, quiet_dir / "inverted.wav", invert=True),
              "stereo": _stereo_copy(source, quiet_dir / "stereo.wav", invert=False)}
     engine = sa.create_engine(mysql_database)
@@ -80,13 +90,15 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     evaluation = _check_evaluation(instance, checks.NEAR_SILENT)
     assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
     metadata = {name: value.value for name, value in evaluation.metadata.items()}
-    assert metadata["clips"] == 2
-    assert metadata["ids"] == [ids["digital silence"], ids["-60 dBFS"]]  # quietest first; -45 dBFS is not named
-    assert "the quietest no sound at all (every sample the same)" in evaluation.description
+    assert metadata["clips"] == 3
+    # quietest first; -45 dBFS is not named; the click peaks at full scale but has sound for one or two 20 ms windows
+    assert metadata["ids"] == [ids["digital silence"], ids["-60 dBFS"], ids["a click"]]
+    assert "the quietest: no sound at all (every sample the same)" in evaluation.description
+    assert "(1 of them: a click or a bump in silence)" in evaluation.description
     batch = instance.get_runs(filters=dg.RunsFilter(job_name="asr_ingest"), limit=1)[0]
     assert batch.status == dg.DagsterRunStatus.SUCCESS
     key = batch.tags["dagster/partition"]
-    assert f"ids {ids['digital silence']}, {ids['-60 dBFS']};" in evaluation.description
+    assert f"ids {ids['digital silence']}, {ids['-60 dBFS']}, {ids['a click']};" in evaluation.description
     assert f"asr-pipeline backfill {key}" in evaluation.description and "They stay in the batch" in evaluation.description
 
     cancelled = _check_evaluation(instance, checks.CANCELLING_DOWNMIX)
@@ -103,34 +115,34 @@ def test_silent_and_cancelling_clips_are_kept_and_named_by_warnings(pipeline_env
     assert state.state == "done"
     assert batch_failure(instance, AlertConfig(), state) is None
     materialization = instance.get_latest_materialization_event(dg.AssetKey("resampled_dataset")).asset_materialization
-    assert materialization.metadata["near_silent_clips"].value == 2
+    assert materialization.metadata["near_silent_clips"].value == 3
     assert materialization.metadata["cancelling_downmix_clips"].value == 1
 
     # `status` counts them over every batch
     cli.main(["status", "--json"])
     resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
-    assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 1)
+    assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (3, 1)
     assert resampled["downmix_uncounted_batches"] == 0
     cli.main(["status"])
     out = capsys.readouterr().out
-    assert "2 near-silent, 1 cancelled by the down-mix" in out and "not counted" not in out
+    assert "3 near-silent, 1 cancelled by the down-mix" in out and "not counted" not in out
     # a batch made before the counts were kept
     meta_file = next((pipeline_env / "storage" / "resampled_dataset").glob("*/meta.json"))
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("_clips")}))
     cli.main(["status", "--json"])
     resampled = json.loads(capsys.readouterr().out)["assets"]["resampled_dataset"]
-    # (from its index's peaks instead: both quiet clips; its channels were never measured, which status says rather
-    # than reporting none cancelled)
+    # (from its index's peaks instead: the two quiet clips, not the click; its channels were never measured, which
+    # status says rather than reporting none cancelled)
     assert (resampled["near_silent"], resampled["cancelled_by_downmix"]) == (2, 0)
     assert resampled["downmix_uncounted_batches"] == 1
     cli.main(["status"])
     assert "down-mix not counted in 1 batch (made before the counts were kept)" in capsys.readouterr().out
 
-    # the rows stay: all five are featurized with the 40 clips (the row without a file is quarantined)
+    # the rows stay: all six are featurized with the 40 clips (the row without a file is quarantined)
     features = next((pipeline_env / "storage" / "featurized_shards").glob("*/index.parquet"))
     kept = set(pd.read_parquet(features, columns=["id"])["id"])
-    assert len(kept) == 45 and set(ids.values()) <= kept
+    assert len(kept) == 46 and set(ids.values()) <= kept
     audio_index = pd.read_parquet(next((pipeline_env / "storage" / "resampled_dataset").glob("*/index.parquet")))
     retention = dict(zip(audio_index["id"], audio_index["mix_retention"]))
     # the inverted pair keeps only the ambience of one channel; in phase, all and then some (alike: up to 2); mono 1
@@ -230,6 +242,21 @@ def test_the_limits_are_exclusive_and_twenty_ids_are_named(tmp_path):
     assert checks.near_silent_clips(_index(tmp_path, []), max_rate=0.2).passed  # every row quarantined
     # a shard made before ac_peak is judged by its peak
     assert not checks.near_silent_clips(_index(tmp_path, [0.0, 0.5], level="peak"), max_rate=0.2).passed
+
+
+def test_a_click_in_silence_is_named_by_how_long_it_has_sound(tmp_path):
+    from asr_pipeline.core import audio_quality
+
+    limit = audio_quality.NEAR_SILENT_SOUND_SECONDS
+    pd.DataFrame({"id": [1, 2, 3, 4], "peak": [0.5, 0.5, 0.5, 0.0], "ac_peak": [0.5, 0.5, 0.5, 0.0],
+                  "sound_seconds": [0.02, limit, 3.1, 0.0]}).to_parquet(tmp_path / "index.parquet")
+    result = checks.near_silent_clips(tmp_path, max_rate=0.6)
+    assert result.metadata["ids"].value == [4, 1]  # quietest first; exactly the limit is not under it
+    assert result.metadata["sound_limit_seconds"].value == limit
+    assert "or one reached for under 0.1 s in all (1 of them: a click or a bump in silence)" in result.description
+    pd.DataFrame({"id": [1], "peak": [0.5], "ac_peak": [0.5], "sound_seconds": [0.04]}).to_parquet(
+        tmp_path / "index.parquet")
+    assert "the quietest: -6.0 dBFS for 0.04 s" in checks.near_silent_clips(tmp_path, max_rate=0.2).description
 
 
 def test_a_batch_is_blocked_by_ten_suspect_clips_or_most_of_a_small_one(tmp_path):
