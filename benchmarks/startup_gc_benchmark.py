@@ -58,8 +58,8 @@ parser.main()
 
 def one_run(arm: str, env_base: dict, url: str, corpus_dir: Path, work: Path, prepared: tuple) -> dict:
     base_model, template = prepared
-    home, env = our_home(env_base, url, base_model, corpus_dir, work, f"gc_{arm}_", template)
     flag = "unpaused" if arm == "unpaused" else "paused"
+    home, env = our_home(env_base, url, base_model, corpus_dir, work, f"gc_{flag}_", template)
     result = timed_process([sys.executable, "-c", WRAPPER, "ingest"], {**env, "STARTUP_GC_ARM": flag}, REPO)
     gc_line = next(line for _, line in result["lines"] if line.startswith("GC_SECONDS "))
     spent = json.loads(gc_line.removeprefix("GC_SECONDS "))

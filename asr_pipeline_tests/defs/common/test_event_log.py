@@ -1,25 +1,44 @@
 """defs/common/event_log.py: the instance's SQLite event log with its databases kept open. Real instances written
-by the CLI's dagster.yaml, real runs, another process writing to the same instance, Dagster's own class reading the
-same files."""
+by the CLI's dagster.yaml, real runs, other processes writing to and watched from the same instance (one killed,
+one forked), Dagster's own class reading the same files."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import os
+import re
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from asr_pipeline.cli import runs
 from asr_pipeline.defs.common import event_log
 from asr_pipeline.defs.common.event_log import PooledSqliteEventLogStorage
 
+REPO = Path(__file__).resolve().parents[3]
+
 
 @dg.asset
 def counted(context) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"run": context.run.run_id})
+
+
+@dg.asset
+def slow(context) -> None:
+    """Takes its time, logs half way through: a run the UI would be watching. (The pause before the log line keeps
+    it clear of the run's first writes, which made its database.)"""
+    seconds = float(os.environ.get("SLOW_ASSET_SECONDS", "0"))
+    time.sleep(seconds / 10)
+    context.log.info("halfway there")
+    time.sleep(seconds)
 
 
 def _instance(home: Path, monkeypatch) -> dg.DagsterInstance:
@@ -31,11 +50,42 @@ def _materialize(instance, times: int = 1) -> list[str]:
     return [dg.materialize([counted], instance=instance).run_id for _ in range(times)]
 
 
-def test_the_cli_instance_keeps_its_event_log_open_in_dagsters_own_files(tmp_path, monkeypatch):
+def _in_another_process(home: Path, code: str, **popen) -> subprocess.Popen:
+    """`code` in a new Python process on the instance at home (this test module importable as `tests`)."""
+    prelude = ("import os, signal, sys, dagster as dg; from asr_pipeline.cli import runs;"
+               "import asr_pipeline_tests.defs.common.test_event_log as tests; instance = runs._instance();")
+    return subprocess.Popen([sys.executable, "-c", prelude + code], cwd=REPO, text=True,
+                            env={**os.environ, "DAGSTER_HOME": str(home), **popen.pop("env", {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def _earlier_configs() -> list[str]:
+    """The dagster.yaml files earlier versions wrote: before the event log entry, and with its first comment."""
+    before = re.sub(r"event_log_storage:.*?env: DAGSTER_HOME\n", "", runs.INSTANCE_CONFIG, flags=re.S)
+    first_comment = runs.INSTANCE_CONFIG.replace(
+        "its files kept open (0.36 s of an ingest process)", "its files kept open between writes (0.3 s an ingest)")
+    return [before, first_comment]
+
+
+def test_the_cli_instance_opens_each_database_once_in_dagsters_own_files(tmp_path, monkeypatch):
     instance = _instance(tmp_path / "dagster", monkeypatch)
     storage = instance.event_log_storage
     assert isinstance(storage, PooledSqliteEventLogStorage)
+    connects = []
+    sqlite_connect = sqlite3.dbapi2.connect  # what SQLAlchemy's pysqlite dialect calls
+
+    def counted_connect(database, *args, **kwargs):
+        if f"{os.sep}history{os.sep}runs{os.sep}" in str(database):  # the event log's, not the run storage's
+            connects.append(database)
+        return sqlite_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", counted_connect)
     run_ids = _materialize(instance, event_log.OPEN_DATABASES + 3)
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", sqlite_connect)
+    events = sum(len(instance.all_logs(run_id)) for run_id in run_ids)
+    # Dagster's class connects for every event and more; here: each run's new database (made and stamped: three
+    # connections) and the index once
+    assert events > 10 * len(run_ids) and len(run_ids) <= len(connects) <= 3 * len(run_ids) + 2, (len(connects), events)
     assert len(storage._engines) == event_log.OPEN_DATABASES  # the oldest runs' databases were closed
     runs_dir = tmp_path / "dagster" / "history" / "runs"
     assert {path.stem for path in runs_dir.glob("*.db")} == {*run_ids, "index"}
@@ -43,26 +93,49 @@ def test_the_cli_instance_keeps_its_event_log_open_in_dagsters_own_files(tmp_pat
     assert not storage._engines and not list(runs_dir.glob("*-wal"))  # closed: the logs folded into the files
 
     # back to Dagster's own class (the entry deleted from dagster.yaml): it reads every event from the same files
-    (tmp_path / "dagster" / "dagster.yaml").write_text(runs.EARLIER_INSTANCE_CONFIGS[0] + "# edited\n")
+    (tmp_path / "dagster" / "dagster.yaml").write_text(_earlier_configs()[0] + "# edited\n")
     plain = dg.DagsterInstance.from_config(str(tmp_path / "dagster"))
-    assert type(plain.event_log_storage).__name__ == "SqliteEventLogStorage"
-    latest = plain.get_latest_materialization_event(dg.AssetKey("counted"))
-    assert latest.run_id == run_ids[-1]
+    assert type(plain.event_log_storage) is SqliteEventLogStorage
+    assert plain.get_latest_materialization_event(dg.AssetKey("counted")).run_id == run_ids[-1]
     assert all(plain.get_run_by_id(run_id).is_success for run_id in run_ids)
-    assert len(plain.all_logs(run_ids[0])) == len(instance.all_logs(run_ids[0])) > 5
+    assert sum(len(plain.all_logs(run_id)) for run_id in run_ids) == events
+
+
+def test_a_run_written_by_another_process_is_watched_live(tmp_path, monkeypatch):
+    """The UI's live log (instance.watch_event_logs) of a run another process executes, while it runs."""
+    instance = _instance(tmp_path / "dagster", monkeypatch)
+    _materialize(instance)  # this process holds the index open, as a webserver does
+    run_id = "0f0f0f0f-1111-2222-3333-444444444444"
+    seen = []
+    arrived = threading.Event()
+
+    def on_event(entry, cursor):
+        seen.append(entry)
+        if entry.user_message == "halfway there":
+            arrived.set()
+
+    instance.watch_event_logs(run_id, None, on_event)
+    worker = _in_another_process(
+        tmp_path / "dagster", f"dg.Definitions(assets=[tests.slow]).resolve_implicit_global_asset_job_def()"
+                              f".execute_in_process(instance=instance, run_id='{run_id}')",
+        env={"SLOW_ASSET_SECONDS": "20"})
+    try:
+        assert arrived.wait(15), (worker.poll(), [e.user_message for e in seen])
+        assert worker.poll() is None  # seen while the run still runs
+    finally:
+        worker.kill()
+        worker.communicate()
+        instance.end_watch_event_logs(run_id, on_event)
+        instance.dispose()
 
 
 def test_writes_of_another_process_and_of_other_threads_are_seen(tmp_path, monkeypatch):
     instance = _instance(tmp_path / "dagster", monkeypatch)
     _materialize(instance)  # this process now holds the index open
-    other = subprocess.run(
-        [sys.executable, "-c", "import dagster as dg; from asr_pipeline.cli import runs;"
-         "from asr_pipeline_tests.defs.common.test_event_log import counted;"
-         "print(dg.materialize([counted], instance=runs._instance()).run_id)"],
-        env={**__import__("os").environ, "DAGSTER_HOME": str(tmp_path / "dagster")},
-        cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, timeout=120)
-    assert other.returncode == 0, other.stderr[-2000:]
-    assert instance.get_latest_materialization_event(dg.AssetKey("counted")).run_id == other.stdout.split()[-1]
+    other = _in_another_process(tmp_path / "dagster", "print(dg.materialize([tests.counted], instance=instance).run_id)")
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err[-2000:]
+    assert instance.get_latest_materialization_event(dg.AssetKey("counted")).run_id == out.split()[-1]
 
     # one connection a database, shared by threads in turn
     def report(thread: int) -> None:
@@ -79,57 +152,91 @@ def test_writes_of_another_process_and_of_other_threads_are_seen(tmp_path, monke
         n * 100 + i for n in range(3) for i in range(20))
 
 
-def test_what_a_killed_process_wrote_is_kept(tmp_path, monkeypatch):
-    """Killed with its databases open (no close, no checkpoint): its commits are in the write-ahead logs left
-    beside the files, which the next process to open them reads."""
-    killed = subprocess.run(
-        [sys.executable, "-c", "import os, signal, dagster as dg; from asr_pipeline.cli import runs;"
-         "from asr_pipeline_tests.defs.common.test_event_log import counted;"
-         "print(dg.materialize([counted], instance=runs._instance()).run_id, flush=True);"
-         "os.kill(os.getpid(), signal.SIGKILL)"],
-        env={**__import__("os").environ, "DAGSTER_HOME": str(tmp_path / "dagster")},
-        cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, timeout=120)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    assert list((tmp_path / "dagster" / "history" / "runs").glob("*.db-wal"))  # it did die with them open
-    instance = _instance(tmp_path / "dagster", monkeypatch)
-    run_id = killed.stdout.split()[-1]
-    assert instance.get_run_by_id(run_id).is_success
-    assert instance.get_latest_materialization_event(dg.AssetKey("counted")).run_id == run_id
-    assert "PIPELINE_SUCCESS" in [e.dagster_event.event_type_value for e in instance.all_logs(run_id) if e.dagster_event]
+def test_a_process_that_exits_leaves_no_write_ahead_logs_and_a_killed_one_loses_nothing(tmp_path):
+    home = tmp_path / "dagster"
+    runs_dir = home / "history" / "runs"
+    exited = _in_another_process(home, "print(dg.materialize([tests.counted], instance=instance).run_id)")
+    out, err = exited.communicate(timeout=120)
+    assert exited.returncode == 0, err[-2000:]
+    assert not list(runs_dir.glob("*.db-wal")) and not list(runs_dir.glob("*.db-shm"))
+
+    # killed with its databases open (no close, no checkpoint): its commits are in the write-ahead logs left beside
+    # the files, which the next process to open them reads
+    killed = _in_another_process(home, "print(dg.materialize([tests.counted], instance=instance).run_id, flush=True);"
+                                       "os.kill(os.getpid(), signal.SIGKILL)")
+    out, err = killed.communicate(timeout=120)
+    assert killed.returncode == -9, err[-2000:]
+    assert list(runs_dir.glob("*.db-wal"))  # it did die with them open
+    reader = _in_another_process(home, "r = instance.get_latest_materialization_event(dg.AssetKey('counted'));"
+                                       "logs = instance.all_logs(r.run_id);"
+                                       "print(r.run_id, instance.get_run_by_id(r.run_id).is_success,"
+                                       "'PIPELINE_SUCCESS' in [e.dagster_event.event_type_value for e in logs"
+                                       " if e.dagster_event])")
+    seen, err = reader.communicate(timeout=120)
+    assert seen.split() == [out.split()[-1], "True", "True"], err[-2000:]
 
 
-def test_wipe_and_a_forked_child_do_not_use_stale_connections(tmp_path, monkeypatch):
+def test_wipe_closes_before_it_deletes_and_a_forked_child_keeps_off_its_parents_connections(tmp_path,
+                                                                                           monkeypatch):
     instance = _instance(tmp_path / "dagster", monkeypatch)
     storage = instance.event_log_storage
-    _materialize(instance, 2)
-    storage.wipe()  # deletes the runs' files: their connections were closed first
-    assert instance.get_latest_materialization_event(dg.AssetKey("counted")) is None
     (run_id,) = _materialize(instance)
+    run = instance.get_run_by_id(run_id)
+    storage.wipe()  # deletes the runs' files: their connections were closed first
+    assert list(storage._engines) == ["index"]  # the runs' databases closed (the index reopened by the wipe)
+    assert instance.get_latest_materialization_event(dg.AssetKey("counted")) is None
+    instance.report_engine_event("written after the wipe", run)  # the same run's database, made again
+    fresh = _in_another_process(tmp_path / "dagster",
+                                f"print([e.message for e in instance.all_logs('{run_id}')])")
+    out, err = fresh.communicate(timeout=120)
+    assert "written after the wipe" in out, err[-2000:]
+
+    (run_id,) = _materialize(instance)
+    pid = os.fork()
+    if pid == 0:  # the child: its own connections, and it closes only those
+        code = 1
+        try:
+            instance.report_runless_asset_event(dg.AssetMaterialization("forked"))
+            storage.close_databases()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    instance.report_runless_asset_event(dg.AssetMaterialization("parent"))  # the parent's connections still work
+    assert instance.get_latest_materialization_event(dg.AssetKey("forked")) is not None
     assert instance.get_latest_materialization_event(dg.AssetKey("counted")).run_id == run_id
 
-    connections = [engine.pool for engine in storage._engines.values()]
-    storage._engines_pid = -1  # as in a child forked from this process
-    (later,) = _materialize(instance)
-    assert instance.get_latest_materialization_event(dg.AssetKey("counted")).run_id == later
-    assert all(pool not in [engine.pool for engine in storage._engines.values()] for pool in connections)
+
+def test_an_instance_is_never_split_over_two_directories(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    _instance(elsewhere, monkeypatch)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(runs.INSTANCE_CONFIG)
+    with pytest.raises(dg.DagsterInvariantViolationError, match="set DAGSTER_HOME to"):
+        dg.DagsterInstance.from_config(str(home))  # DAGSTER_HOME still names `elsewhere`
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert isinstance(dg.DagsterInstance.from_config(str(home)).event_log_storage, PooledSqliteEventLogStorage)
 
 
 def test_a_dagster_yaml_an_earlier_version_wrote_is_brought_up_to_date_and_an_edited_one_left(tmp_path):
-    written = tmp_path / "written" / "dagster.yaml"
-    written.parent.mkdir()
-    written.write_text(runs.EARLIER_INSTANCE_CONFIGS[0])
-    runs.write_instance_config(written)
-    assert written.read_text() == runs.INSTANCE_CONFIG
+    for number, earlier in enumerate(_earlier_configs()):
+        written = tmp_path / f"written{number}" / "dagster.yaml"
+        written.parent.mkdir()
+        written.write_text(earlier)
+        runs.write_instance_config(written)
+        assert written.read_text() == runs.INSTANCE_CONFIG
 
     edited = tmp_path / "edited" / "dagster.yaml"
     edited.parent.mkdir()
-    edited.write_text(runs.EARLIER_INSTANCE_CONFIGS[0] + "run_monitoring:\n  enabled: true\n")
+    edited.write_text(_earlier_configs()[0] + "run_monitoring:\n  enabled: true\n")
     runs.write_instance_config(edited)
     assert "PooledSqliteEventLogStorage" not in edited.read_text()
     assert not list(tmp_path.rglob(".dagster.yaml.*"))
 
 
-@pytest.mark.parametrize("config", [runs.INSTANCE_CONFIG, *runs.EARLIER_INSTANCE_CONFIGS])
+@pytest.mark.parametrize("config", [runs.INSTANCE_CONFIG, *_earlier_configs()])
 def test_an_instance_written_by_any_version_opens(tmp_path, monkeypatch, config):
     home = tmp_path / "dagster"
     home.mkdir()
@@ -138,3 +245,13 @@ def test_an_instance_written_by_any_version_opens(tmp_path, monkeypatch, config)
     (run_id,) = _materialize(instance)
     assert instance.get_run_by_id(run_id).is_success
     assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+
+
+def test_dagsters_methods_this_class_restates_are_the_ones_it_was_written_against():
+    """_connect and wipe restate Dagster 1.13's (watch, end_watch and dispose replace its file watcher). When a Dagster
+    upgrade changes one, read the new one and bring PooledSqliteEventLogStorage in line before updating the hash."""
+    restated = {"_connect": "b8435f2665689760", "wipe": "de02c63676e7d477", "watch": "a223e2f9cf3abda9",
+                "end_watch": "dd45a3cadaad5f75", "dispose": "df16dafbfa8427c1"}
+    now = {name: hashlib.sha256(inspect.getsource(getattr(SqliteEventLogStorage, name)).encode()).hexdigest()[:16]
+           for name in restated}
+    assert now == restated
