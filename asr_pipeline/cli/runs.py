@@ -89,7 +89,9 @@ def _instance():
 
     if not os.environ.get("DAGSTER_HOME"):  # unset or empty (an empty one would put the instance in the cwd)
         os.environ["DAGSTER_HOME"] = str(env.asr_home() / "dagster")
-    home = Path(os.environ["DAGSTER_HOME"]).resolve()
+    home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve()
+    # as Dagster reads it (a "~" from an env file expanded), for the instance's dagster.yaml and the processes it starts
+    os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     write_instance_config(home / "dagster.yaml")
     instance = DagsterInstance.get()

@@ -30,7 +30,7 @@ def _parquet_rows(path: Path) -> int:
 
 def _suspect_audio(shard: Path) -> tuple[int, int | None]:
     """(near-silent clips, clips cancelled by the down-mix) of an audio shard: the counts its meta.json keeps, or,
-    for a shard made before them, core.audio's criteria on what its index has (a peak) and None for the down-mix:
+    for a shard made before them, core.audio_quality's criteria on what its index has and None for the down-mix:
     the shard keeps no count of it (its channels may never have been measured), which is not the same as none
     cancelled."""
     from asr_pipeline.core.storage import read_json
@@ -40,11 +40,9 @@ def _suspect_audio(shard: Path) -> tuple[int, int | None]:
         return meta["near_silent_clips"], meta.get("cancelling_downmix_clips")
     if not (shard / "index.parquet").exists():  # a batch folder with no clips stored (yet): nothing to count
         return 0, 0
-    import pandas as pd
-
     from asr_pipeline.core import audio_quality
 
-    return len(audio_quality.near_silent(pd.read_parquet(shard / "index.parquet", columns=["id", "peak"]))), None
+    return len(audio_quality.near_silent(audio_quality.read_index(shard, audio_quality.NEAR_SILENT_COLUMNS))), None
 
 
 def collect_status() -> dict:

@@ -14,10 +14,11 @@ import pandas as pd
 #   this. Broadcast speech peaks tens of dB higher (a whispered scene still near -35 dBFS); below it is a muted
 #   track or audio cut from the wrong place.
 NEAR_SILENT_PEAK_DBFS = -50.0
-#   A peak alone cannot see a muted track with a click in it (an edit point, a dropout, a mic bump), so a clip is
-#   also near-silent when its sound lasts under NEAR_SILENT_SOUND_SECONDS: its 20 ms windows that swing as far as a
-#   wave peaking at that level, added up (sound_seconds). A click and its resampling ring fill one or two
-#   windows; the shortest answer ("네") is sound for 0.2 s or more, a whisper's syllables too.
+#   A peak alone cannot see a muted track with a click in it (an edit point, a digital dropout), so a clip is also
+#   near-silent when its sound lasts under NEAR_SILENT_SOUND_SECONDS: its 20 ms windows that swing as far as a wave
+#   peaking at that level, added up (sound_seconds). A sharp click rings into one or two windows at 16 kHz; espeak's
+#   "네" scaled to -40 dBFS keeps 0.2 s. What lasts longer passes: a decaying mic thump (0.14-0.26 s), a click in an
+#   8 kHz MP3 (0.14 s), three clicks.
 NEAR_SILENT_SOUND_SECONDS = 0.1
 SOUND_WINDOW_SECONDS = 0.02
 # - cancelled by the down-mix: the mix, or a pair of channels, keeps less than this share of its energy
@@ -30,14 +31,30 @@ CANCELLING_RETENTION = 0.4
 MIX_BLOCKS, MIX_BLOCK_FRAMES = 16, 1_000  # what mix_retention looks at: 16 blocks of 1,000 frames at most
 
 
+NEAR_SILENT_COLUMNS = ["id", "peak", "ac_peak", "sound_seconds", "duration"]  # what near_silent reads
+
+
 def near_silent(index: pd.DataFrame) -> pd.DataFrame:
     """The rows of an audio shard's index whose clip is near-silent: too faint (`ac_peak`; shards made before it
-    `peak`) or sound for too short a time (`sound_seconds`, in shards made since 2026-11-27), quietest first."""
+    `peak`) or sound for too short a time (`sound_seconds`, in shards made since 2026-11-27: under
+    NEAR_SILENT_SOUND_SECONDS, or under half of a clip shorter than twice that), quietest first."""
     level = "ac_peak" if "ac_peak" in index.columns else "peak"
     quiet = index[level] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)
     if "sound_seconds" in index.columns:
-        quiet |= index["sound_seconds"] < NEAR_SILENT_SOUND_SECONDS
+        needed = NEAR_SILENT_SOUND_SECONDS
+        if "duration" in index.columns:  # a clip cut to a single short word may be little more than the word
+            needed = np.minimum(needed, index["duration"].to_numpy() / 2)
+        quiet |= index["sound_seconds"] < needed
     return index[quiet].sort_values([level, "id"])
+
+
+def read_index(shard_dir, columns: list[str]) -> pd.DataFrame:
+    """The columns of an audio shard's index that it has (shards made before 2026-11-27 lack the newer ones)."""
+    import pyarrow.parquet as pq
+
+    path = f"{shard_dir}/index.parquet"
+    names = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in columns if c in names])
 
 
 def cancelled_by_downmix(index: pd.DataFrame) -> pd.DataFrame:

@@ -4,21 +4,25 @@ the same files, the same schema), with each database's connection kept open betw
 Dagster's SqliteEventLogStorage builds a new SQLAlchemy engine and opens the SQLite file again for every read and
 write, and the close of each folds SQLite's write-ahead log back into the file: 274 connections in one
 `asr-pipeline ingest`, 0.36 s of a 4.4 s process on a 2-core machine (paired, docs/BENCHMARKS.md, issue 14). Here each
-database keeps one engine whose pool holds its connection open; Dagster's lock still serialises every use.
+database keeps one engine whose pool holds its connection open; Dagster's lock still serialises every use. A
+process keeps at most OPEN_DATABASES run databases open (a UI or daemon holds them, and their -wal files stay, for as
+long as it runs) and closes them at exit.
 
 Kept open, the files do not change on each write (the writes sit in the -wal file until a checkpoint), so the UI's
-live view of a run cannot wait for the file to change, as Dagster's watchdog does: it polls the run's events, as
-Dagster's MySQL and Postgres storages do (SqlPollingEventWatcher).
+live view of a run cannot wait for the file to change, as Dagster's watchdog does: each viewer polls the run's
+events after its own cursor every WATCH_POLL_SECONDS (as Dagster's MySQL storage polls).
 
 The instance's dagster.yaml (asr_pipeline/cli/runs.py writes it) names this class with `dagster_home: {env:
-DAGSTER_HOME}`; an instance opened from another directory than $DAGSTER_HOME is refused, never split over two. Dagster's
-class reads the same files: deleting the event_log_storage entry goes back to it (and is what a checkout of an
-earlier version, which lacks this module, needs)."""
+DAGSTER_HOME}`, so every process that opens the instance needs DAGSTER_HOME; one whose runs are elsewhere than
+$DAGSTER_HOME is refused, never split over two directories. Dagster's class reads the same files: deleting the
+event_log_storage entry goes back to it (and is what a checkout of an earlier version, which lacks this module,
+needs)."""
 
 from __future__ import annotations
 
 import atexit
 import glob
+import logging
 import os
 import threading
 import weakref
@@ -29,20 +33,22 @@ from typing import Iterator
 from dagster._config import Field, StringSource
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.storage.event_log.base import EventLogCursor
-from dagster._core.storage.event_log.polling_event_watcher import SqlPollingEventWatcher
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, make_url
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 OPEN_DATABASES = 8  # a webserver reads many runs' databases: the least recently used ones are closed past this
+WATCH_POLL_SECONDS = 0.5  # how often a viewer of a run's live log reads its new events
+WATCH_BATCH = 1_000  # events read at a time (a long training run's log is read in pieces, the first at once)
 _STORAGES: weakref.WeakSet = weakref.WeakSet()  # closed at exit (a code server makes an instance per sensor tick)
+log = logging.getLogger(__name__)
 
 
 def event_log_directory(dagster_home: str) -> str:
     """Where Dagster's default SQLite storage keeps the event log of the instance at dagster_home."""
-    return os.path.join(os.path.abspath(dagster_home), "history", "runs", "")
+    return os.path.join(os.path.abspath(os.path.expanduser(dagster_home)), "history", "runs", "")
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -50,9 +56,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data=None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()  # before Dagster's __init__: it connects
-        self._engines_pid = os.getpid()
-        self._event_watcher: SqlPollingEventWatcher | None = None
+        self._watches: dict = {}  # (run id, callback) -> its _RunWatch
         self._watcher_lock = threading.Lock()
+        self._home_checked = False
         super().__init__(base_dir, inst_data=inst_data)
         _STORAGES.add(self)
 
@@ -65,28 +71,39 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def from_config_value(cls, inst_data, config_value):
         return cls(event_log_directory(config_value["dagster_home"]), inst_data=inst_data)
 
-    def register_instance(self, instance) -> None:
-        super().register_instance(instance)
-        expected = event_log_directory(instance.root_directory)
-        if os.path.realpath(self._base_dir) != os.path.realpath(expected):
-            raise DagsterInvariantViolationError(
-                f"The Dagster instance at {instance.root_directory} would keep its event log in {self._base_dir} "
-                "(its dagster.yaml's event_log_storage takes the directory from $DAGSTER_HOME): set DAGSTER_HOME to "
-                f"{instance.root_directory} to open it.")
+    def _check_home(self) -> None:
+        """Once the instance is open (at the first use after it registered): its runs and this event log must be in
+        the same instance directory. Called with the lock held."""
+        weak = getattr(self, "_instance_weakref", None)
+        instance = weak() if weak is not None else None
+        if instance is None:
+            return  # Dagster's __init__ (no instance yet) or one gone
+        runs_url = getattr(getattr(instance, "_run_storage", None), "_conn_string", "")
+        if runs_url.startswith("sqlite"):  # (runs kept in another database: nothing to compare)
+            home = os.path.dirname(os.path.dirname(make_url(runs_url).database))  # <home>/history/runs.db
+            if os.path.realpath(self._base_dir) != os.path.realpath(event_log_directory(home)):
+                raise DagsterInvariantViolationError(  # on every use: nothing is read or written elsewhere
+                    f"The Dagster instance at {home} would keep its event log in {self._base_dir} (its dagster.yaml's "
+                    f"event_log_storage takes the directory from $DAGSTER_HOME): set DAGSTER_HOME to {home} to open "
+                    "it.")
+        self._home_checked = True
 
     # -- connections --------------------------------------------------------------------------------------------
 
-    def _forget_inherited(self) -> None:
-        """In a forked child: the parent's connections are not its to use or close. Called with the lock held."""
-        if self._engines_pid != os.getpid():
-            for engine in self._engines.values():
-                engine.dispose(close=False)
-            self._engines.clear()
-            self._engines_pid = os.getpid()
+    def _forget_after_fork(self) -> None:
+        """In a forked child (os.register_at_fork): the parent's connections are not its to use, its locks may have
+        been held by a parent thread at the fork, and the parent's watcher threads do not exist here."""
+        self._db_lock = threading.Lock()
+        self._watcher_lock = threading.Lock()
+        for engine in self._engines.values():
+            engine.dispose(close=False)  # drops them without closing the parent's
+        self._engines.clear()
+        self._watches = {}
 
     def _engine(self, shard: str) -> Engine:
         """The shard's engine, made on first use; called with self._db_lock held."""
-        self._forget_inherited()
+        if not self._home_checked:
+            self._check_home()
         engine = self._engines.get(shard)
         if engine is None:
             # one connection kept, used by one thread at a time (the lock), so any thread may take it from the
@@ -114,7 +131,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def _close_all(self) -> None:
         """Called with the lock held. SQLite folds each write-ahead log into its file when the last connection closes,
         as it did after every use with Dagster's class."""
-        self._forget_inherited()
         while self._engines:
             self._engines.popitem()[1].dispose()
 
@@ -140,30 +156,75 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     # -- watching a run (the UI's live log) -------------------------------------------------------------------
 
     def watch(self, run_id: str, cursor: str | None, callback) -> None:
-        if cursor and EventLogCursor.parse(cursor).is_offset_cursor():
-            raise DagsterInvariantViolationError("Cannot watch a run's events from an offset cursor")
+        watch = _RunWatch(self, run_id, cursor, callback)
         with self._watcher_lock:
-            if self._event_watcher is None:
-                self._event_watcher = SqlPollingEventWatcher(self)
-            watcher = self._event_watcher
-        watcher.watch_run(run_id, cursor, callback)
+            earlier = self._watches.pop((run_id, callback), None)
+            self._watches[(run_id, callback)] = watch
+        if earlier is not None:
+            earlier.stopped.set()
+        watch.start()
 
     def end_watch(self, run_id: str, handler) -> None:
         with self._watcher_lock:
-            watcher = self._event_watcher
-        if watcher is not None:
-            watcher.unwatch_run(run_id, handler)
+            watch = self._watches.pop((run_id, handler), None)
+        if watch is not None:
+            watch.stopped.set()  # not joined: end_watch may come from the callback, on the watch's own thread
 
     def dispose(self) -> None:
         with self._watcher_lock:
-            watcher, self._event_watcher = self._event_watcher, None
-        if watcher is not None:
-            watcher.close()
+            watches, self._watches = list(self._watches.values()), {}
+        for watch in watches:
+            watch.stopped.set()
+        for watch in watches:
+            if watch is not threading.current_thread():
+                watch.join(timeout=10)
         super().dispose()
         self.close_databases()
+
+
+class _RunWatch(threading.Thread):
+    """One viewer of one run: reads the run's events after the viewer's own cursor every WATCH_POLL_SECONDS and
+    hands them over in order. A viewer that comes later than another gets its own history, from its own cursor."""
+
+    def __init__(self, storage: PooledSqliteEventLogStorage, run_id: str, cursor: str | None, callback):
+        super().__init__(name=f"asr-watch-{run_id}", daemon=True)
+        self.storage, self.run_id, self.cursor, self.callback = storage, run_id, cursor, callback
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            more = False
+            try:
+                page = self.storage.get_records_for_run(self.run_id, cursor=self.cursor, limit=WATCH_BATCH)
+                more = page.has_more
+                for record in page.records:
+                    if self.stopped.is_set():
+                        return
+                    self.cursor = EventLogCursor.from_storage_id(record.storage_id).to_string()
+                    self._hand_over(record)
+                if not page.records:
+                    self.cursor = page.cursor
+            except Exception:  # a locked database, a run whose log cannot be read: say so and try again
+                log.exception("reading the events of run %s for a viewer failed; trying again", self.run_id)
+            if not more:
+                self.stopped.wait(WATCH_POLL_SECONDS)
+
+    def _hand_over(self, record) -> None:
+        try:
+            self.callback(record.event_log_entry, self.cursor)
+        except Exception:  # the viewer's own failure (a closed connection): it must not stop the others' events
+            log.exception("a viewer of run %s failed on an event", self.run_id)
+
+
+def _forget_after_fork_in_child() -> None:
+    for storage in list(_STORAGES):
+        storage._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork_in_child)
 
 
 @atexit.register
 def _close_at_exit() -> None:
     for storage in list(_STORAGES):
-        storage.close_databases()
+        storage.dispose()  # its viewers first, so none opens a database again after the close

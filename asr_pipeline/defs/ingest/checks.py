@@ -33,7 +33,7 @@ RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(NEAR_SILENT, asset="resampled_dataset", blocking=True,
                       description="Kept clips whose peak, less any DC offset, is below "
                                   f"{audio_quality.NEAR_SILENT_PEAK_DBFS:g} dBFS, or reaches it for under "
-                                  f"{audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s (silent, or a click in silence, yet "
+                                  f"{audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s in all (silent, or a click in silence, yet "
                                   "with a transcript) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
                                   f"at least {BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
@@ -81,7 +81,7 @@ def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
 def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
     """Kept clips whose largest excursion from their mean, after the mix to mono, is below NEAR_SILENT_PEAK_DBFS,
     or reaches it for less than NEAR_SILENT_SOUND_SECONDS (audio_quality.near_silent)."""
-    index = _index(shard_dir, ["id", "peak", "ac_peak", "sound_seconds"])
+    index = audio_quality.read_index(shard_dir, audio_quality.NEAR_SILENT_COLUMNS)
     quiet = audio_quality.near_silent(index)
     level = "ac_peak" if "ac_peak" in quiet.columns else "peak"
     limit = audio_quality.NEAR_SILENT_PEAK_DBFS
@@ -93,7 +93,8 @@ def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None
                                                   if first[level] >= loud else "")
         found = (f"have no sound to speak of, yet have transcripts: a peak below {limit:g} dBFS, less any DC offset, "
                  f"or one reached for under {audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s in all "
-                 f"({int((quiet[level] >= loud).sum())} of them: a click or a bump in silence); the quietest: "
+                 f"({int((quiet[level] >= loud).sum())} of them loud only for a moment: a click in silence?); the "
+                 "quietest: "
                  f"{quietest}")
     elif len(quiet):
         found = (f"peak below {limit:g} dBFS, less any DC offset (silent or all but silent, the "
@@ -105,7 +106,7 @@ def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None
 
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
     """Kept clips whose channels cancel in the mix to mono (the index's mix_retention)."""
-    index = _index(shard_dir, ["id", "channels", "mix_retention"])
+    index = audio_quality.read_index(shard_dir, ["id", "channels", "mix_retention"])
     cancelled = audio_quality.cancelled_by_downmix(index)
     found = (f"have channels that cancel when averaged to mono (the mix, or a pair of channels, keeping as little as "
              f"{float(cancelled['mix_retention'].iloc[0]):.0%} of their energy): a channel with inverted polarity "
@@ -116,14 +117,6 @@ def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = Non
                           "dialogue: leave that one)",
                           max_rate, batch, {"retention_limit": audio_quality.CANCELLING_RETENTION,
                                             "multichannel_clips": int((index["channels"] > 1).sum())})
-
-
-def _index(shard_dir: Path, columns: list[str]) -> pd.DataFrame:
-    """The columns of an audio shard's index that it has (shards made before 2026-11-27 lack the newer ones)."""
-    import pyarrow.parquet as pq
-
-    names = set(pq.read_schema(shard_dir / "index.parquet").names)
-    return pd.read_parquet(shard_dir / "index.parquet", columns=[c for c in columns if c in names])
 
 
 def _suspect_clips(check: str, suspects: pd.DataFrame, rows: int, found: str, hint: str, max_rate: float,

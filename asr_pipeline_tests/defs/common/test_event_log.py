@@ -129,6 +129,47 @@ def test_a_run_written_by_another_process_is_watched_live(tmp_path, monkeypatch)
         instance.dispose()
 
 
+def test_each_viewer_gets_the_events_after_its_own_cursor_and_a_failing_one_stops_nobody(tmp_path, monkeypatch):
+    instance = _instance(tmp_path / "dagster", monkeypatch)
+    (run_id,) = _materialize(instance)
+    records = instance.get_records_for_run(run_id).records
+    middle = len(records) // 2
+    after_middle = [r.storage_id for r in records[middle + 1:]]
+    got = {"first": [], "later": [], "failing": []}
+    done = threading.Event()
+
+    def viewer(name):
+        def on_event(entry, cursor):
+            got[name].append(int(cursor.split(":")[-1]) if ":" in cursor else cursor)
+            if name == "failing":
+                raise RuntimeError("the viewer's browser went away")
+            if name == "later" and len(got["later"]) == len(after_middle):
+                done.set()
+        return on_event
+
+    viewers = {name: viewer(name) for name in got}
+    instance.watch_event_logs(run_id, None, viewers["first"])
+    instance.watch_event_logs(run_id, None, viewers["failing"])
+    time.sleep(1)  # the first viewers have read the whole run
+    from dagster._core.storage.event_log.base import EventLogCursor
+
+    instance.watch_event_logs(run_id, EventLogCursor.from_storage_id(records[middle].storage_id).to_string(),
+                              viewers["later"])
+    assert done.wait(10), got
+    assert len(got["first"]) == len(got["failing"]) == len(records)  # the failing one got every event regardless
+    assert len(got["later"]) == len(after_middle)
+    storage = instance.event_log_storage
+    watches = list(storage._watches.values())
+    for name, callback in viewers.items():
+        instance.end_watch_event_logs(run_id, callback)
+    for watch in watches:
+        watch.join(5)
+    assert not storage._watches and not any(watch.is_alive() for watch in watches)
+    instance.watch_event_logs(run_id, None, viewers["first"])
+    instance.dispose()  # stops the viewers it has
+    assert not [t for t in threading.enumerate() if t.name.startswith("asr-watch-")]
+
+
 def test_writes_of_another_process_and_of_other_threads_are_seen(tmp_path, monkeypatch):
     instance = _instance(tmp_path / "dagster", monkeypatch)
     _materialize(instance)  # this process now holds the index open
@@ -192,13 +233,15 @@ def test_wipe_closes_before_it_deletes_and_a_forked_child_keeps_off_its_parents_
     assert "written after the wipe" in out, err[-2000:]
 
     (run_id,) = _materialize(instance)
+    for engine in storage._engines.values():
+        engine.made_by_parent = True
     pid = os.fork()
     if pid == 0:  # the child: its own connections, and it closes only those
         code = 1
         try:
             instance.report_runless_asset_event(dg.AssetMaterialization("forked"))
+            code = 2 if any(getattr(e, "made_by_parent", False) for e in storage._engines.values()) else 0
             storage.close_databases()
-            code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -214,10 +257,29 @@ def test_an_instance_is_never_split_over_two_directories(tmp_path, monkeypatch):
     home = tmp_path / "dagster"
     home.mkdir()
     (home / "dagster.yaml").write_text(runs.INSTANCE_CONFIG)
-    with pytest.raises(dg.DagsterInvariantViolationError, match="set DAGSTER_HOME to"):
-        dg.DagsterInstance.from_config(str(home))  # DAGSTER_HOME still names `elsewhere`
+    split = dg.DagsterInstance.from_config(str(home))  # DAGSTER_HOME still names `elsewhere`
+    for _ in range(2):  # refused on every use, not only the first
+        with pytest.raises(dg.DagsterInvariantViolationError, match=f"set DAGSTER_HOME to {home}"):
+            _materialize(split)
+    assert not list((elsewhere / "history" / "runs").glob("*-*.db"))  # no run's events went there
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    assert isinstance(dg.DagsterInstance.from_config(str(home)).event_log_storage, PooledSqliteEventLogStorage)
+    (run_id,) = _materialize(dg.DagsterInstance.from_config(str(home)))
+    assert (home / "history" / "runs" / f"{run_id}.db").exists()
+
+    # a "~" left unexpanded (an env file, a systemd unit): the same instance, in the home directory
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("DAGSTER_HOME", "~/dagster")
+    (run_id,) = _materialize(runs._instance())
+    assert (tmp_path / "user" / "dagster" / "history" / "runs" / f"{run_id}.db").exists()
+    assert os.environ["DAGSTER_HOME"] == str((tmp_path / "user" / "dagster").resolve())
+
+    # artifacts kept elsewhere by an edited dagster.yaml: the runs and the event log still share the instance
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "dagster.yaml").write_text(runs.INSTANCE_CONFIG + "local_artifact_storage:\n  module: dagster.core.storage.root"
+                                         f"\n  class: LocalArtifactStorage\n  config:\n    base_dir: {tmp_path / 'art'}\n")
+    (run_id,) = _materialize(_instance(edited, monkeypatch))
+    assert (edited / "history" / "runs" / f"{run_id}.db").exists()
 
 
 def test_a_dagster_yaml_an_earlier_version_wrote_is_brought_up_to_date_and_an_edited_one_left(tmp_path):
