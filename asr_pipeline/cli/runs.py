@@ -89,9 +89,10 @@ def _instance():
 
     if not os.environ.get("DAGSTER_HOME"):  # unset or empty (an empty one would put the instance in the cwd)
         os.environ["DAGSTER_HOME"] = str(env.asr_home() / "dagster")
-    home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve()
-    # as Dagster reads it (a "~" from an env file expanded), for the instance's dagster.yaml and the processes it starts
-    os.environ["DAGSTER_HOME"] = str(home)
+    expanded = os.path.expanduser(os.environ["DAGSTER_HOME"])
+    if expanded != os.environ["DAGSTER_HOME"]:  # a "~" an env file left: as Dagster reads it, for this process,
+        os.environ["DAGSTER_HOME"] = expanded  # the dagster.yaml's event log and the processes it starts
+    home = Path(expanded).resolve()
     home.mkdir(parents=True, exist_ok=True)
     write_instance_config(home / "dagster.yaml")
     instance = DagsterInstance.get()

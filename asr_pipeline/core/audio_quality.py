@@ -43,7 +43,7 @@ def near_silent(index: pd.DataFrame) -> pd.DataFrame:
     if "sound_seconds" in index.columns:
         needed = NEAR_SILENT_SOUND_SECONDS
         if "duration" in index.columns:  # a clip cut to a single short word may be little more than the word
-            needed = np.minimum(needed, index["duration"].to_numpy() / 2)
+            needed = np.fmin(needed, index["duration"].to_numpy() / 2)  # (a missing duration: 0.1 s)
         quiet |= index["sound_seconds"] < needed
     return index[quiet].sort_values([level, "id"])
 

@@ -10,7 +10,8 @@ long as it runs) and closes them at exit.
 
 Kept open, the files do not change on each write (the writes sit in the -wal file until a checkpoint), so the UI's
 live view of a run cannot wait for the file to change, as Dagster's watchdog does: each viewer polls the run's
-events after its own cursor every WATCH_POLL_SECONDS (as Dagster's MySQL storage polls).
+events after its own cursor every WATCH_POLL_SECONDS, less often (up to WATCH_QUIET_POLL_SECONDS) while nothing
+comes, as Dagster's MySQL storage polls.
 
 The instance's dagster.yaml (asr_pipeline/cli/runs.py writes it) names this class with `dagster_home: {env:
 DAGSTER_HOME}`, so every process that opens the instance needs DAGSTER_HOME; one whose runs are elsewhere than
@@ -35,12 +36,14 @@ from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.storage.event_log.base import EventLogCursor
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 OPEN_DATABASES = 8  # a webserver reads many runs' databases: the least recently used ones are closed past this
-WATCH_POLL_SECONDS = 0.5  # how often a viewer of a run's live log reads its new events
+WATCH_POLL_SECONDS = 0.5  # how often a viewer of a run's live log reads its new events, and after a quiet spell
+WATCH_QUIET_POLL_SECONDS = 4.0  # at most this seldom (a finished run left open in a browser tab)
+SQLITE_URL = "sqlite:///"
 WATCH_BATCH = 1_000  # events read at a time (a long training run's log is read in pieces, the first at once)
 _STORAGES: weakref.WeakSet = weakref.WeakSet()  # closed at exit (a code server makes an instance per sensor tick)
 log = logging.getLogger(__name__)
@@ -71,6 +74,22 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def from_config_value(cls, inst_data, config_value):
         return cls(event_log_directory(config_value["dagster_home"]), inst_data=inst_data)
 
+    def register_instance(self, instance) -> None:
+        """Refuses, as it opens, an instance loaded from another directory than $DAGSTER_HOME (its dagster.yaml in
+        its root directory). With its artifacts moved elsewhere by the dagster.yaml, the root says nothing: the first
+        use checks the run storage's directory (_check_home)."""
+        super().register_instance(instance)
+        root = instance.root_directory
+        if os.path.exists(os.path.join(root, "dagster.yaml")):
+            self._refuse_unless_home(root)
+            self._home_checked = True
+
+    def _refuse_unless_home(self, home: str) -> None:
+        if os.path.realpath(self._base_dir) != os.path.realpath(event_log_directory(home)):
+            raise DagsterInvariantViolationError(  # on every use: nothing is read or written elsewhere
+                f"The Dagster instance at {home} would keep its event log in {self._base_dir} (its dagster.yaml's "
+                f"event_log_storage takes the directory from $DAGSTER_HOME): set DAGSTER_HOME to {home} to open it.")
+
     def _check_home(self) -> None:
         """Once the instance is open (at the first use after it registered): its runs and this event log must be in
         the same instance directory. Called with the lock held."""
@@ -78,14 +97,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         instance = weak() if weak is not None else None
         if instance is None:
             return  # Dagster's __init__ (no instance yet) or one gone
-        runs_url = getattr(getattr(instance, "_run_storage", None), "_conn_string", "")
-        if runs_url.startswith("sqlite"):  # (runs kept in another database: nothing to compare)
-            home = os.path.dirname(os.path.dirname(make_url(runs_url).database))  # <home>/history/runs.db
-            if os.path.realpath(self._base_dir) != os.path.realpath(event_log_directory(home)):
-                raise DagsterInvariantViolationError(  # on every use: nothing is read or written elsewhere
-                    f"The Dagster instance at {home} would keep its event log in {self._base_dir} (its dagster.yaml's "
-                    f"event_log_storage takes the directory from $DAGSTER_HOME): set DAGSTER_HOME to {home} to open "
-                    "it.")
+        run_storage = getattr(instance, "_run_storage", None)
+        if run_storage is None:
+            return  # the instance is still being made: the next use checks
+        runs_url = getattr(run_storage, "_conn_string", "")
+        if runs_url.startswith(SQLITE_URL):  # (runs kept in another database: nothing to compare)
+            # <home>/history/runs.db, as Dagster wrote it (create_db_conn_string: the path as is, not URL-quoted)
+            runs_db = "/" + runs_url[len(SQLITE_URL):].lstrip("/")
+            self._refuse_unless_home(os.path.dirname(os.path.dirname(runs_db)))
         self._home_checked = True
 
     # -- connections --------------------------------------------------------------------------------------------
@@ -192,6 +211,7 @@ class _RunWatch(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        wait = WATCH_POLL_SECONDS
         while not self.stopped.is_set():
             more = False
             try:
@@ -204,10 +224,12 @@ class _RunWatch(threading.Thread):
                     self._hand_over(record)
                 if not page.records:
                     self.cursor = page.cursor
+                # quiet: poll less and less often, up to WATCH_QUIET_POLL_SECONDS; new events: at once again
+                wait = WATCH_POLL_SECONDS if page.records else min(2 * wait, WATCH_QUIET_POLL_SECONDS)
             except Exception:  # a locked database, a run whose log cannot be read: say so and try again
                 log.exception("reading the events of run %s for a viewer failed; trying again", self.run_id)
             if not more:
-                self.stopped.wait(WATCH_POLL_SECONDS)
+                self.stopped.wait(wait)
 
     def _hand_over(self, record) -> None:
         try:

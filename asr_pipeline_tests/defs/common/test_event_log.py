@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.event_log.base import EventLogCursor
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from asr_pipeline.cli import runs
@@ -140,7 +141,7 @@ def test_each_viewer_gets_the_events_after_its_own_cursor_and_a_failing_one_stop
 
     def viewer(name):
         def on_event(entry, cursor):
-            got[name].append(int(cursor.split(":")[-1]) if ":" in cursor else cursor)
+            got[name].append(EventLogCursor.parse(cursor).storage_id())
             if name == "failing":
                 raise RuntimeError("the viewer's browser went away")
             if name == "later" and len(got["later"]) == len(after_middle):
@@ -151,13 +152,12 @@ def test_each_viewer_gets_the_events_after_its_own_cursor_and_a_failing_one_stop
     instance.watch_event_logs(run_id, None, viewers["first"])
     instance.watch_event_logs(run_id, None, viewers["failing"])
     time.sleep(1)  # the first viewers have read the whole run
-    from dagster._core.storage.event_log.base import EventLogCursor
-
     instance.watch_event_logs(run_id, EventLogCursor.from_storage_id(records[middle].storage_id).to_string(),
                               viewers["later"])
     assert done.wait(10), got
-    assert len(got["first"]) == len(got["failing"]) == len(records)  # the failing one got every event regardless
-    assert len(got["later"]) == len(after_middle)
+    # each in order, from its own cursor; the failing one got every event regardless
+    assert got["first"] == got["failing"] == [r.storage_id for r in records]
+    assert got["later"] == after_middle
     storage = instance.event_log_storage
     watches = list(storage._watches.values())
     for name, callback in viewers.items():
@@ -257,9 +257,17 @@ def test_an_instance_is_never_split_over_two_directories(tmp_path, monkeypatch):
     home = tmp_path / "dagster"
     home.mkdir()
     (home / "dagster.yaml").write_text(runs.INSTANCE_CONFIG)
-    split = dg.DagsterInstance.from_config(str(home))  # DAGSTER_HOME still names `elsewhere`
-    for _ in range(2):  # refused on every use, not only the first
-        with pytest.raises(dg.DagsterInvariantViolationError, match=f"set DAGSTER_HOME to {home}"):
+    with pytest.raises(dg.DagsterInvariantViolationError, match=f"set DAGSTER_HOME to {home}"):
+        dg.DagsterInstance.from_config(str(home))  # DAGSTER_HOME still names `elsewhere`: refused as it opens
+    assert not list((elsewhere / "history" / "runs").glob("*-*.db"))
+    # its artifacts moved by an edited dagster.yaml, the instance's directory cannot be told as it opens: refused at
+    # its first use, and every one after
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "dagster.yaml").write_text(runs.INSTANCE_CONFIG + _artifacts_in(tmp_path / "moved_art"))
+    split = dg.DagsterInstance.from_config(str(moved))
+    for _ in range(2):
+        with pytest.raises(dg.DagsterInvariantViolationError, match=f"set DAGSTER_HOME to {moved}"):
             _materialize(split)
     assert not list((elsewhere / "history" / "runs").glob("*-*.db"))  # no run's events went there
     monkeypatch.setenv("DAGSTER_HOME", str(home))
@@ -271,15 +279,19 @@ def test_an_instance_is_never_split_over_two_directories(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", "~/dagster")
     (run_id,) = _materialize(runs._instance())
     assert (tmp_path / "user" / "dagster" / "history" / "runs" / f"{run_id}.db").exists()
-    assert os.environ["DAGSTER_HOME"] == str((tmp_path / "user" / "dagster").resolve())
+    assert os.environ["DAGSTER_HOME"] == str(tmp_path / "user" / "dagster")
 
     # artifacts kept elsewhere by an edited dagster.yaml: the runs and the event log still share the instance
     edited = tmp_path / "edited"
     edited.mkdir()
-    (edited / "dagster.yaml").write_text(runs.INSTANCE_CONFIG + "local_artifact_storage:\n  module: dagster.core.storage.root"
-                                         f"\n  class: LocalArtifactStorage\n  config:\n    base_dir: {tmp_path / 'art'}\n")
+    (edited / "dagster.yaml").write_text(runs.INSTANCE_CONFIG + _artifacts_in(tmp_path / "art"))
     (run_id,) = _materialize(_instance(edited, monkeypatch))
     assert (edited / "history" / "runs" / f"{run_id}.db").exists()
+
+
+def _artifacts_in(directory: Path) -> str:
+    return ("local_artifact_storage:\n  module: dagster.core.storage.root\n  class: LocalArtifactStorage\n"
+            f"  config:\n    base_dir: {directory}\n")
 
 
 def test_a_dagster_yaml_an_earlier_version_wrote_is_brought_up_to_date_and_an_edited_one_left(tmp_path):
