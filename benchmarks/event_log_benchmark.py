@@ -12,21 +12,16 @@ benchmarks/results/event_log_<date>_cpu-<kind>.json.
 """
 
 import json
-import os
-import platform
 import re
 import shutil
-import statistics
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench_common import cpu_info, cpu_tag, write_result  # noqa: E402
 from ingest_process_benchmark import (cli_command, dagster_instance_template, our_home, paired_arguments,  # noqa: E402
-                                     paired_ingest_runs, timed_process)
+                                     paired_ingest_runs, timed_process, write_paired_result)
 
 ARMS = ("kept open (shipped)", "Dagster's SqliteEventLogStorage")
 
@@ -66,18 +61,7 @@ def main() -> None:
         return args.base_model, {ARMS[0]: shipped, ARMS[1]: dagsters_own(shipped, scratch)}
 
     runs = paired_ingest_runs(args, ARMS, templates, one_run)
-    paired = [round(plain["seconds"] - kept["seconds"], 3) for kept, plain in zip(runs[ARMS[0]], runs[ARMS[1]])]
-    result = {
-        "clips": args.clips, "pairs": args.pairs,
-        "median_seconds": {arm: round(statistics.median(r["seconds"] for r in runs[arm]), 3) for arm in ARMS},
-        "paired_saving_seconds": paired, "median_paired_saving_seconds": round(statistics.median(paired), 3),
-        "pairs_faster_kept_open": sum(d > 0 for d in paired),
-        "runs": runs, "cpu": cpu_info(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "date": date.today().isoformat(),
-        "command": "python benchmarks/event_log_benchmark.py " + " ".join(sys.argv[1:]),
-    }
-    write_result(result, args.out, f"event_log_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
-
+    write_paired_result(args, runs, "event_log", "pairs_faster_kept_open")
 
 if __name__ == "__main__":
     main()

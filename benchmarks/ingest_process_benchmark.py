@@ -190,6 +190,27 @@ def paired_ingest_runs(args, arms: tuple[str, str], prepare, run) -> dict[str, l
     return runs
 
 
+def write_paired_result(args, runs: dict[str, list[dict]], name: str, faster_key: str,
+                        medians_of: tuple[str, ...] = ()) -> None:
+    """Writes benchmarks/results/<name>_<date>_cpu-<kind>.json for paired_ingest_runs' runs: each arm's median
+    seconds (and of each key in medians_of, as median_<key>), the second arm's seconds less the first's in each pair
+    (the saving of the first, shipped arm), how many pairs the first was faster in (faster_key), the CPU."""
+    first, second = runs
+    paired = [round(b["seconds"] - a["seconds"], 3) for a, b in zip(runs[first], runs[second])]
+
+    def medians(key: str) -> dict:
+        return {arm: round(statistics.median(r[key] for r in runs[arm]), 3) for arm in runs}
+
+    result = {"clips": args.clips, "pairs": args.pairs, "median_seconds": medians("seconds"),
+              **{f"median_{key}": medians(key) for key in medians_of},
+              "paired_saving_seconds": paired, "median_paired_saving_seconds": round(statistics.median(paired), 3),
+              faster_key: sum(d > 0 for d in paired),
+              "runs": runs, "cpu": _cpu(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+              "date": date.today().isoformat(),
+              "command": f"python benchmarks/{name}_benchmark.py " + " ".join(sys.argv[1:])}
+    write_result(result, args.out, f"{name}_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
+
+
 def launched_batch_runs(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,
                         template: Path, repeats: int) -> dict:
     """One registered 1,000-row batch run again and again as the daemon runs a launched run (`asr-pipeline

@@ -12,19 +12,14 @@ it to benchmarks/results/startup_gc_<date>_cpu-<kind>.json.
 """
 
 import json
-import os
-import platform
 import shutil
-import statistics
 import sys
-from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench_common import cpu_info, cpu_tag, write_result  # noqa: E402
 from ingest_process_benchmark import (dagster_instance_template, our_home, paired_arguments,  # noqa: E402
-                                     paired_ingest_runs, timed_process)
+                                     paired_ingest_runs, timed_process, write_paired_result)
 
 # run as `python -c WRAPPER ingest`: the console script's main(), with the collector's time written to stderr at exit
 WRAPPER = """
@@ -75,23 +70,8 @@ def main() -> None:
                               lambda env_base, scratch: (args.base_model, dagster_instance_template(env_base, scratch)),
                               one_run)
 
-    def median(name: str, key: str) -> float:
-        return round(statistics.median(r[key] for r in runs[name]), 3)
-
-    paired = [round(u["seconds"] - p["seconds"], 3) for p, u in zip(runs["paused (shipped)"], runs["unpaused"])]
-    result = {
-        "clips": args.clips, "pairs": args.pairs,
-        "median_seconds": {name: median(name, "seconds") for name in runs},
-        "median_gc_seconds": {name: median(name, "gc_seconds") for name in runs},
-        "median_gc_seconds_before_instance": {name: median(name, "gc_seconds_before_instance") for name in runs},
-        "paired_saving_seconds": paired, "median_paired_saving_seconds": round(statistics.median(paired), 3),
-        "pairs_faster_paused": sum(d > 0 for d in paired),
-        "runs": runs, "cpu": cpu_info(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "date": date.today().isoformat(),
-        "command": "python benchmarks/startup_gc_benchmark.py " + " ".join(sys.argv[1:]),
-    }
-    write_result(result, args.out, f"startup_gc_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
-
+    write_paired_result(args, runs, "startup_gc", "pairs_faster_paused",
+                        medians_of=("gc_seconds", "gc_seconds_before_instance"))
 
 if __name__ == "__main__":
     main()

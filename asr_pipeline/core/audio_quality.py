@@ -1,9 +1,11 @@
 """How much of a decoded clip is sound its transcript could come from: its level less any DC offset (ac_peak), how long
-it has sound (sound_seconds) and what its mix to mono keeps of its channels (mix_retention), and which rows of an audio shard's index fall short
-(near_silent, cancelled_by_downmix). audio.resample_manifest records the measures; defs/ingest/checks.py names the
+it has sound (sound_seconds) and what its mix to mono keeps of its channels (mix_retention), and which rows of an
+audio shard's index fall short (near_silent, cancelled_by_downmix). audio.resample_manifest records the measures; defs/ingest/checks.py names the
 rows, meta.json and `asr-pipeline status` count them (docs/ROBUSTNESS.md)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ import pandas as pd
 #   this. Broadcast speech peaks tens of dB higher (a whispered scene still near -35 dBFS); below it is a muted
 #   track or audio cut from the wrong place.
 NEAR_SILENT_PEAK_DBFS = -50.0
+NEAR_SILENT_PEAK = 10 ** (NEAR_SILENT_PEAK_DBFS / 20)  # as a sample value
 #   A peak alone cannot see a muted track with a click in it (an edit point, a digital dropout), so a clip is also
 #   near-silent when its sound lasts under NEAR_SILENT_SOUND_SECONDS: its 20 ms windows that swing as far as a wave
 #   peaking at that level, added up (sound_seconds). A sharp click rings into one or two windows at 16 kHz; espeak's
@@ -39,7 +42,7 @@ def near_silent(index: pd.DataFrame) -> pd.DataFrame:
     `peak`) or sound for too short a time (`sound_seconds`, in shards made since 2026-11-27: under
     NEAR_SILENT_SOUND_SECONDS, or under half of a clip shorter than twice that), quietest first."""
     level = "ac_peak" if "ac_peak" in index.columns else "peak"
-    quiet = index[level] < 10 ** (NEAR_SILENT_PEAK_DBFS / 20)
+    quiet = index[level] < NEAR_SILENT_PEAK
     if "sound_seconds" in index.columns:
         needed = NEAR_SILENT_SOUND_SECONDS
         if "duration" in index.columns:  # a clip cut to a single short word may be little more than the word
@@ -52,7 +55,7 @@ def read_index(shard_dir, columns: list[str]) -> pd.DataFrame:
     """The columns of an audio shard's index that it has (shards made before 2026-11-27 lack the newer ones)."""
     import pyarrow.parquet as pq
 
-    path = f"{shard_dir}/index.parquet"
+    path = Path(shard_dir) / "index.parquet"
     names = set(pq.read_schema(path).names)
     return pd.read_parquet(path, columns=[c for c in columns if c in names])
 
@@ -111,7 +114,7 @@ def sound_seconds(samples: np.ndarray, rate: int) -> float:
     up in seconds."""
     window = max(1, round(rate * SOUND_WINDOW_SECONDS))
     whole = len(samples) // window * window
-    swing = 2 * 10 ** (NEAR_SILENT_PEAK_DBFS / 20)
+    swing = 2 * NEAR_SILENT_PEAK
     blocks = samples[:whole].reshape(-1, window)
     loud = int((blocks.max(axis=1) - blocks.min(axis=1) >= swing).sum()) * window
     tail = samples[whole:]

@@ -43,8 +43,8 @@ from sqlalchemy.pool import QueuePool
 OPEN_DATABASES = 8  # a webserver reads many runs' databases: the least recently used ones are closed past this
 WATCH_POLL_SECONDS = 0.5  # how often a viewer of a run's live log reads its new events, and after a quiet spell
 WATCH_QUIET_POLL_SECONDS = 4.0  # at most this seldom (a finished run left open in a browser tab)
-SQLITE_URL = "sqlite:///"
 WATCH_BATCH = 1_000  # events read at a time (a long training run's log is read in pieces, the first at once)
+SQLITE_URL = "sqlite:///"  # how Dagster's SQLite run storage names its database (create_db_conn_string)
 _STORAGES: weakref.WeakSet = weakref.WeakSet()  # closed at exit (a code server makes an instance per sensor tick)
 log = logging.getLogger(__name__)
 

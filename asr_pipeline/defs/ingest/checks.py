@@ -33,8 +33,9 @@ RESAMPLED_CHECKS = [
     dg.AssetCheckSpec(NEAR_SILENT, asset="resampled_dataset", blocking=True,
                       description="Kept clips whose peak, less any DC offset, is below "
                                   f"{audio_quality.NEAR_SILENT_PEAK_DBFS:g} dBFS, or reaches it for under "
-                                  f"{audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s in all (silent, or a click in silence, yet "
-                                  "with a transcript) are named as a warning; more than ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
+                                  f"{audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s in all (silent, or a click in "
+                                  "silence, yet with a transcript) are named as a warning; more than "
+                                  "ASR_MAX_SUSPECT_AUDIO_RATE of the batch's kept clips (and "
                                   f"at least {BLOCK_MIN_CLIPS}, or most of a small batch) block it."),
     dg.AssetCheckSpec(CANCELLING_DOWNMIX, asset="resampled_dataset", blocking=True,
                       description="Kept clips whose channels cancel when averaged to mono (the mix or a pair keeping "
@@ -87,15 +88,14 @@ def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None
     limit = audio_quality.NEAR_SILENT_PEAK_DBFS
     found = ""
     if len(quiet) and "sound_seconds" in quiet.columns:
-        loud = 10 ** (limit / 20)
+        loud = audio_quality.NEAR_SILENT_PEAK
         first = quiet.iloc[0]
         quietest = _dbfs(float(first[level])) + (f" for {float(first['sound_seconds']):g} s"
                                                   if first[level] >= loud else "")
         found = (f"have no sound to speak of, yet have transcripts: a peak below {limit:g} dBFS, less any DC offset, "
                  f"or one reached for under {audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s in all "
                  f"({int((quiet[level] >= loud).sum())} of them loud only for a moment: a click in silence?); the "
-                 "quietest: "
-                 f"{quietest}")
+                 f"quietest: {quietest}")
     elif len(quiet):
         found = (f"peak below {limit:g} dBFS, less any DC offset (silent or all but silent, the "
                  f"quietest {_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts")
