@@ -103,27 +103,15 @@ def _instance():
 def _reap_dead_runs(instance) -> None:
     """Runs this CLI started on this host whose process is gone (kill -9, power cut) stay 'started' forever and keep
     their concurrency slot, which would block every later training. Mark them failed and free their slots."""
-    import socket
+    from asr_pipeline.defs.common.dead_runs import reap_dead_cli_runs
 
-    from dagster import DagsterRunStatus, RunsFilter
-
-    from asr_pipeline.core.storage import process_alive
-
-    runs = instance.get_runs(filters=RunsFilter(
-        statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
-        tags={"asr/launcher": "cli", "asr/host": socket.gethostname()}))
-    for run in runs:
-        pid = int(run.tags.get("asr/pid", "0") or 0)
-        if pid and not process_alive(pid):
-            instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it is gone")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            print(f"marked run {run.run_id} failed: its process {pid} is gone", file=sys.stderr)
+    reap_dead_cli_runs(instance, lambda line: print(line, file=sys.stderr))
 
 
 def _run_tags() -> dict[str, str]:
-    import socket
+    from asr_pipeline.defs.common.dead_runs import cli_run_tags
 
-    return {"asr/launcher": "cli", "asr/host": socket.gethostname(), "asr/pid": str(os.getpid())}
+    return cli_run_tags(os.getpid())
 
 
 def _definitions():

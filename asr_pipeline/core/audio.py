@@ -261,7 +261,10 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     if not path:
         raise AudioError("no audio path")
     if roots is not None:
-        path = roots.resolve(row.audio_path)
+        try:
+            path = roots.resolve(row.audio_path)
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symbolic-link loop: this row, not the batch
+            raise AudioError(f"unresolvable audio path ({type(exc).__name__}: {str(exc)[:100]})") from None
         if path is None:
             raise AudioError(roots.reason())
     data, rate, channels = decode(path, max_seconds=limits.max_seconds)

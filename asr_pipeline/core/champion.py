@@ -56,6 +56,21 @@ def promotion_history(home: Path) -> list[dict]:
     return entries
 
 
+def append_history(home: Path, entry: dict) -> None:
+    """One line at the end of history.jsonl. A last line cut short by a kill (no newline) is ended first, so this
+    entry is a line of its own and not glued to the torn one (both would be lost to promotion_history)."""
+    path = champion_dir(home) / "history.jsonl"
+    with open(path, "ab") as history:
+        torn = history.tell() > 0 and _last_byte(path) != b"\n"
+        history.write((b"\n" if torn else b"") + (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as existing:
+        existing.seek(-1, os.SEEK_END)
+        return existing.read(1)
+
+
 def promotions(history: list[dict]) -> list[dict]:
     """The history's promotions, oldest first (it also records retirements and removed copies)."""
     return [entry for entry in history if "promoted_at" in entry and isinstance(entry.get("model_path"), str)]
@@ -105,8 +120,7 @@ def prune_models(home: Path, keep: int, emit=print) -> list[Path]:
             continue
         entry = {"removed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "model_path": str(copy / "model"), "reason": reason}
-        with open(champion_dir(home) / "history.jsonl", "a", encoding="utf-8") as lines:
-            lines.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        append_history(home, entry)
         emit(f"removed the champion copy {copy.name}: {reason}")
         removed.append(copy)
     return removed
@@ -123,8 +137,7 @@ def retire_champion(home: Path, reason: str) -> dict | None:
     stamp = datetime.now(timezone.utc)
     (root / "champion.json").rename(root / f"champion.retired-{stamp.strftime('%Y%m%dT%H%M%S')}.json")
     entry = {"retired_at": stamp.isoformat(timespec="seconds"), "model_path": pointer["model_path"], "reason": reason}
-    with open(root / "history.jsonl", "a", encoding="utf-8") as history:
-        history.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    append_history(home, entry)
     return entry
 
 
@@ -256,8 +269,8 @@ def promote(home: Path, checkpoint_dir: Path, ctranslate2_dir: Path | None, repo
         "report_path": report.get("json_path"),
         "previous_model_path": previous["model_path"] if previous else None,
         "decision": report.get("promotion"),
+        "split": report.get("split"),  # the split it was trained and tested on (evaluation.champion_unavailable)
     }
     write_json(root / "champion.json", pointer)
-    with open(root / "history.jsonl", "a", encoding="utf-8") as history:
-        history.write(json.dumps(pointer, ensure_ascii=False) + "\n")
+    append_history(home, pointer)
     return pointer

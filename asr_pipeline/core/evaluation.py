@@ -64,12 +64,44 @@ def training_curves(checkpoint_dir: Path) -> dict:
     return curves
 
 
-def champion_comparable(champion: dict | None, shards: Sequence[FeatureShard]) -> bool:
-    """The champion can be decoded on these features: its files exist and it takes as many mel bins."""
-    if not champion or not (Path(champion["model_path"]) / "config.json").exists():
-        return False
+SPLIT_SETTINGS = ("ASR_SPLIT_RATIOS", "ASR_GROUP_PATTERN")  # what decides each row's split (manifest.assign_split)
+
+
+def split_settings(shards: Sequence[FeatureShard]) -> dict | None:
+    """The split settings every shard was made with (their meta.json's version_inputs), or None where they differ
+    or a shard does not say (made by an older version)."""
+    found = {json.dumps({k: (getattr(s, "meta", None) or {}).get("version_inputs", {}).get(k) for k in SPLIT_SETTINGS},
+                        sort_keys=True) for s in shards}
+    if len(found) != 1:
+        return None
+    settings = json.loads(found.pop())
+    return settings if all(settings.values()) else None
+
+
+def champion_unavailable(champion: dict | None, shards: Sequence[FeatureShard]) -> str | None:
+    """Why the champion cannot be scored fairly on these features, or None when it can (or there is none): its
+    files are gone, it takes other mel bins, or it was trained on another split, so rows that are test rows now
+    were its training rows (ASR_SPLIT_RATIOS or ASR_GROUP_PATTERN changed since its promotion)."""
+    if not champion:
+        return None
+    if not (Path(champion["model_path"]) / "config.json").exists():
+        return f"the champion's files at {champion['model_path']} are missing"
     config = json.loads((Path(champion["model_path"]) / "config.json").read_text())
-    return config.get("num_mel_bins") == shards[0].n_mels
+    if config.get("num_mel_bins") != shards[0].n_mels:
+        return (f"the champion takes {config.get('num_mel_bins')} mel bins and these features have "
+                f"{shards[0].n_mels} (a different base model?)")
+    trained_on, now = champion.get("split"), split_settings(shards)
+    if trained_on and now and trained_on != now:  # (a champion promoted before splits were recorded: not known)
+        changed = ", ".join(f"{k} {trained_on.get(k)!r} -> {now[k]!r}" for k in SPLIT_SETTINGS
+                            if trained_on.get(k) != now[k])
+        return (f"the champion was trained on another split ({changed}): some of today's test rows were its "
+                "training rows, so its scores would flatter it")
+    return None
+
+
+def champion_comparable(champion: dict | None, shards: Sequence[FeatureShard]) -> bool:
+    """The champion can be decoded and scored fairly on these features (champion_unavailable says why not)."""
+    return bool(champion) and champion_unavailable(champion, shards) is None
 
 
 def evaluate_on_test(
@@ -143,6 +175,8 @@ def evaluate_on_test(
         "base_model": base_source,
         "finetuned_model": str(checkpoint_dir),
         "champion_model": champion["model_path"] if champion else None,
+        "champion_unavailable": champion_unavailable(champion, shards),
+        "split": split_settings(shards),  # the promoted champion's pointer keeps it (champion_unavailable)
         "warning": warning,
         "normalization": policy.describe(),
         "decoding": {**decoding.describe(), "greedy_first": True, "device": device, "dtype": dtype_name,

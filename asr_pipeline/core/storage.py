@@ -4,7 +4,8 @@ An asset directory `final` is a symbolic link to a version directory beside it (
 renames the staged directory to a new version and swaps the link with one os.replace, which is atomic: at every
 instant `final` is the complete old version or the complete new one, never missing and never a mix. Readers that
 open several files of one directory resolve the link once (`resolved()`), so they read one version throughout.
-A replaced version is deleted by a later publish once it has been out of use for REPLACED_GRACE_S, so a reader
+A replaced version is deleted by a later publish into the same directory (of any path there: a batch republished
+once by a backfill may never be published again) once it has been out of use for REPLACED_GRACE_S, so a reader
 that resolved the link just before the swap can still open its files (open files and memory maps outlive deletion).
 A run killed half way leaves only a `*.tmp-*` or an unlinked `.v-*` directory, removed the same way.
 Where symbolic links cannot be made (Windows without the privilege), publishing falls back to two renames.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -37,27 +39,53 @@ def staging_dir(final: Path) -> Path:
     return path
 
 
+# what publishing leaves beside a published path NAME, exactly as staging_dir, publish and _publish_by_renames name
+# it: .NAME.tmp-PID-ID8 (staging), .NAME.v-PID-ID12 and .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the
+# two-rename fallback), .NAME.link-ID12 (a link not yet swapped in)
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)-[0-9a-f]{8}"
+                       r"|(?P<v>v)-(?:\d+|replaced)-[0-9a-f]{12}|(?P<old>old)-[0-9a-f]{8}|(?P<link>link)-[0-9a-f]{12})$")
+
+
 def remove_stale_staging(final: Path) -> list[Path]:
-    """Delete staging and version directories of `final` left by processes that no longer run."""
-    removed = []
-    for candidate in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = candidate.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+    """Delete staging and version directories of `final` left by processes that no longer run, and versions it
+    replaced more than REPLACED_GRACE_S ago."""
+    return _remove_leftovers(final.parent, {final.name})
+
+
+def remove_stale_leftovers(directory: Path) -> list[Path]:
+    """remove_stale_staging for every path published in `directory`: each batch's replaced versions, also those
+    of batches never published again (a backfill republishes a batch once; its old version would stay for good).
+    For directories the pipeline owns (the asset storage), not one a user named, where a file of theirs could look
+    like a leftover."""
+    return _remove_leftovers(directory, None)
+
+
+def _remove_leftovers(directory: Path, names: set[str] | None) -> list[Path]:
+    removed, targets = [], {}
+    try:
+        entries = [entry.name for entry in os.scandir(directory) if entry.name.startswith(".")]
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _LEFTOVER.match(entry)
+        if match is None or (names is not None and match["name"] not in names):
+            continue
+        candidate, name = directory / entry, match["name"]
+        if match["kind"]:
+            stale = not process_alive(int(match["pid"]))
+        elif match["v"]:  # replaced (touched when it was) or never linked, and unused for the grace period
+            if name not in targets:
+                targets[name] = _link_target(directory / name)
+            stale = entry != targets[name] and _age(candidate) > REPLACED_GRACE_S
+        elif match["old"]:  # the two-rename fallback died half way
+            stale = (directory / name).exists()
+        else:  # killed between making the link and the swap
+            if os.path.islink(candidate) and _link_age(candidate) > REPLACED_GRACE_S:
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+            continue
+        if stale:
             shutil.rmtree(candidate, ignore_errors=True)
-            removed.append(candidate)
-    current = _link_target(final)
-    for candidate in final.parent.glob(f".{final.name}.v-*"):
-        # replaced (touched when it was) or never linked, and unused for the grace period
-        if candidate.name != current and _age(candidate) > REPLACED_GRACE_S:
-            shutil.rmtree(candidate, ignore_errors=True)
-            removed.append(candidate)
-    for candidate in final.parent.glob(f".{final.name}.old-*"):  # the two-rename fallback died half way
-        if final.exists():
-            shutil.rmtree(candidate, ignore_errors=True)
-            removed.append(candidate)
-    for candidate in final.parent.glob(f".{final.name}.link-*"):  # killed between making the link and the swap
-        if os.path.islink(candidate) and _link_age(candidate) > REPLACED_GRACE_S:
-            candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
 
@@ -97,8 +125,10 @@ def resolved(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def publish(staged: Path, final: Path) -> Path:
-    """Make `staged` the content of `final` in one atomic step, then remove the version it replaced."""
+def publish(staged: Path, final: Path, sweep_directory: bool = False) -> Path:
+    """Make `staged` the content of `final` in one atomic step, then remove the version it replaced.
+    sweep_directory: also what other paths of final's directory left (remove_stale_leftovers; the IO manager's
+    asset directories)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     version = final.parent / f".{final.name}.v-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     sync_tree(staged)  # on disk before the link points at it: a power cut cannot publish empty files
@@ -120,7 +150,10 @@ def publish(staged: Path, final: Path) -> Path:
         except OSError:
             pass
     _sync_directory(final.parent)  # the swap itself survives a power cut
-    remove_stale_staging(final)
+    if sweep_directory:
+        remove_stale_leftovers(final.parent)
+    else:
+        remove_stale_staging(final)
     return final
 
 

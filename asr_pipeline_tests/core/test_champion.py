@@ -69,6 +69,36 @@ def test_a_champion_that_takes_other_features_is_not_compared(tmp_path):
     assert not champion_comparable(None, [SimpleNamespace(n_mels=128)])
 
 
+def test_a_champion_trained_on_another_split_is_not_compared_and_the_reason_says_so(tmp_path):
+    """After ASR_GROUP_PATTERN or ASR_SPLIT_RATIOS changed (and a backfill), rows of today's test split were the
+    champion's training rows: scoring it there would flatter it against a challenger trained on the new split."""
+    from types import SimpleNamespace
+    from asr_pipeline.core.evaluation import champion_comparable, champion_unavailable, split_settings
+
+    def shard(ratios, pattern=r"^(?P<group>[^\W_]+_\d{12,})_\d+$"):
+        inputs = {"ASR_SPLIT_RATIOS": ratios, "ASR_GROUP_PATTERN": pattern, "ASR_BASE_MODEL": "/m"}
+        return SimpleNamespace(n_mels=80, meta={"version_inputs": inputs})
+
+    old, new = [shard("0.800000/0.100000/0.100000")] * 2, [shard("0.700000/0.050000/0.250000")] * 2
+    model = _checkpoint(tmp_path / "ckpt", "x")
+    (model / "config.json").write_text(json.dumps({"num_mel_bins": 80}))
+    report = {**_report(0.3), "split": split_settings(old)}
+    pointer = promote(tmp_path / "home", model, None, report, run_id="aaaaaaaa-1")
+    assert pointer["split"] == {"ASR_SPLIT_RATIOS": "0.800000/0.100000/0.100000",
+                                "ASR_GROUP_PATTERN": r"^(?P<group>[^\W_]+_\d{12,})_\d+$"}
+    assert champion_comparable(pointer, old) and champion_unavailable(pointer, old) is None
+    why = champion_unavailable(pointer, new)
+    assert not champion_comparable(pointer, new)
+    assert "trained on another split" in why and "0.800000/0.100000/0.100000' -> '0.700000/0.050000/0.250000" in why
+    assert "ASR_GROUP_PATTERN" not in why  # only what changed is named
+    assert "ASR_GROUP_PATTERN" in champion_unavailable(pointer, [shard("0.800000/0.100000/0.100000", "(?P<group>x)")])
+    # unknown on either side (a champion promoted before splits were recorded, shards made by an older version or
+    # with mixed settings): compared, as before
+    assert champion_comparable({**pointer, "split": None}, new)
+    assert split_settings([old[0], new[0]]) is None and champion_comparable(pointer, [old[0], new[0]])
+    assert split_settings([SimpleNamespace(n_mels=80)]) is None
+
+
 def test_only_the_latest_promotions_keep_their_copies(tmp_path, capsys, monkeypatch):
     """ASR_CHAMPION_KEEP=2 after four promotions: the two older copies (link and version directory) are removed,
     the history still lists four promotions and records each removal, which `champion --history` prints."""
@@ -166,6 +196,30 @@ def test_a_damaged_history_line_is_left_out_not_fatal(tmp_path):
         history.write('"promoted_at in a string"\n7\n{"promoted_at": "x", "model_path": 7}\n{"promoted_at": "2026-')
     assert len(promotions(promotion_history(home))) == 3
     assert prune_models(home, keep=1) == [Path(pointers[0]["model_path"]).parent]
+
+
+def test_an_entry_after_a_torn_line_is_a_line_of_its_own(tmp_path):
+    """A kill during an append leaves a line without its newline: the next entries (a promotion, a removal, a
+    retirement) must not be glued to it, or they would be lost with it (and their copies kept for good)."""
+    from asr_pipeline.core.champion import promotions, prune_models, retire_champion
+
+    home = tmp_path / "home"
+    first = promote(home, _checkpoint(tmp_path / "ckpt0", "0"), None, _report(0.4), run_id="00000000-x")
+    history = home / "champion" / "history.jsonl"
+    history.write_bytes(history.read_bytes() + b'{"promoted_at": "2026-11-2')  # the next promotion's line, cut
+    second = promote(home, _checkpoint(tmp_path / "ckpt1", "1"), None, _report(0.3), run_id="11111111-x")
+    assert [p["model_path"] for p in promotions(promotion_history(home))] == [first["model_path"],
+                                                                                second["model_path"]]
+    history.write_bytes(history.read_bytes() + b'{"removed_at')
+    third = promote(home, _checkpoint(tmp_path / "ckpt2", "2"), None, _report(0.2), run_id="22222222-x")
+    assert prune_models(home, keep=1) == [Path(first["model_path"]).parent]
+    history.write_bytes(history.read_bytes() + b'{"x')
+    retire_champion(home, "base model changed")
+    entries = promotion_history(home)
+    assert [e.get("reason") for e in entries if "removed_at" in e or "retired_at" in e] == [
+        entries[-2]["reason"], "base model changed"]
+    assert len(promotions(entries)) == 3 and third["model_path"] == promotions(entries)[-1]["model_path"]
+    assert history.read_bytes().endswith(b"\n") and b"\n\n" not in history.read_bytes()
 
 
 def test_unpublish_removes_only_what_publish_made(tmp_path):

@@ -107,6 +107,50 @@ def test_replaced_and_orphaned_versions_are_removed_after_the_grace_period_never
     assert _complete_version(final) == 2
 
 
+def _age_everything(directory: Path) -> None:
+    stale = time.time() - storage.REPLACED_GRACE_S - 1
+    for path in directory.iterdir():
+        os.utime(path, (stale, stale), follow_symlinks=False)
+
+
+def test_a_batch_republished_once_loses_its_old_version_at_the_next_publish_of_any_batch(tmp_path):
+    """A backfill republishes each batch once: the old versions go when any later batch of the asset is published
+    (the IO manager's sweep), not only at the next publish of the same batch, which may never come."""
+    directory = tmp_path / "resampled_dataset"
+    keys = [f"ids-{n * 10 + 1:010d}-{n * 10 + 10:010d}" for n in range(3)]
+    for version in (1, 2):  # the ingest, then the backfill
+        for key in keys:
+            publish(_stage(directory / key, version), directory / key, sweep_directory=True)
+    assert len(list(directory.glob(".*.v-*"))) == 6  # within the grace period: the old ones kept for readers
+    _age_everything(directory)
+    new = directory / "ids-0000000031-0000000040"
+    publish(_stage(new, 1), new, sweep_directory=True)
+    kept = sorted(p.name for p in directory.iterdir())
+    assert kept == sorted([*keys, new.name, *(os.readlink(directory / k) for k in [*keys, new.name])])
+    assert [_complete_version(directory / key) for key in keys] == [2, 2, 2]
+
+
+def test_without_the_sweep_and_in_any_case_other_files_of_the_directory_are_left_alone(tmp_path):
+    """A directory a user named (an export's parent) is swept for the published path only; names that only look
+    like leftovers (not the exact forms publishing makes) are never touched."""
+    directory = tmp_path / "models"
+    first, second = directory / "whisper-ct2", directory / "whisper-ct2-b"
+    publish(_stage(first, 1), first)
+    publish(_stage(first, 2), first)
+    lookalikes = [directory / ".notes.old-2020", directory / ".cache.v-1-abc", directory / ".x.tmp-1",
+                  directory / ".whisper-ct2.v-12-NOTHEX000000", directory / "plain.v-1-0123456789ab"]
+    for path in lookalikes:
+        path.mkdir()
+    _age_everything(directory)
+    publish(_stage(second, 1), second)  # no sweep: first's replaced version stays
+    assert len(list(directory.glob(".whisper-ct2.v-*"))) == 3  # its two versions and the lookalike
+    publish(_stage(second, 2), second, sweep_directory=True)
+    assert all(path.is_dir() for path in lookalikes)
+    assert sorted(p.name for p in directory.glob(".whisper-ct2.v-*")) == sorted(
+        [os.readlink(first), ".whisper-ct2.v-12-NOTHEX000000"])
+    assert _complete_version(first) == 2 and _complete_version(second) == 2
+
+
 def test_a_link_left_by_a_publish_killed_before_its_swap_is_removed_after_the_grace_period(tmp_path):
     final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
     publish(_stage(final, 1), final)

@@ -44,6 +44,25 @@ def test_paths_escaping_the_roots_are_quarantined_not_opened(tmp_path):
     assert all("outside the allowed audio roots" in r and "ASR_AUDIO_ROOTS" in r for r in reasons.values())
 
 
+def test_a_nul_byte_or_a_symbolic_link_loop_in_a_path_quarantines_that_row_not_the_batch(tmp_path):
+    """Path.resolve raises ValueError on a NUL byte and RuntimeError on a link loop (Python 3.11): one such row
+    must not fail the resampling of its whole batch (which would be retried for ever)."""
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    _tone(nas / "good.wav")
+    os.symlink(nas / "b.wav", nas / "a.wav")
+    os.symlink(nas / "a.wav", nas / "b.wav")
+    rows = [{"id": 1, "audio_path": "/cul_m01/good.wav", "transcript": "좋다"},
+            {"id": 2, "audio_path": "/cul_m01/bad\x00name.wav", "transcript": "널 문자"},
+            {"id": 3, "audio_path": "/cul_m01/a.wav", "transcript": "고리"}]
+    for roots in (AudioRoots.from_settings("", PathMap.parse(f"/cul_m01/={nas}/"), tmp_path / "home"), None):
+        shard, reasons = _resample(rows, roots, tmp_path)
+        assert shard.index["id"].tolist() == [1] and set(reasons) == {2, 3}
+        if roots is not None:
+            assert "unresolvable audio path (ValueError" in reasons[2]
+            assert "unresolvable audio path (RuntimeError" in reasons[3] or "(OSError" in reasons[3]
+
+
 def test_explicit_roots_replace_the_defaults(tmp_path):
     nas = tmp_path / "nas"
     nas.mkdir()

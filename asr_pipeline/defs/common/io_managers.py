@@ -30,7 +30,9 @@ class AssetDirectoryIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Path) -> None:
         if not isinstance(obj, Path) or not obj.is_dir():
             raise TypeError(f"{context.asset_key.to_user_string()} must return its staged directory, got {obj!r}")
-        final = publish(obj, self.asset_path(context))
+        # the whole asset directory swept: a batch republished once (a backfill) leaves its old version to be
+        # removed by the next publish of any batch
+        final = publish(obj, self.asset_path(context), sweep_directory=True)
         context.add_output_metadata({"path": dg.MetadataValue.path(str(final)),
                                      "bytes_on_disk": directory_bytes(final)})
 

@@ -161,9 +161,10 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
 def _promotion_decision(report: dict, incumbent: dict | None, settings: PipelineSettings) -> dict:
     unavailable = None
     if incumbent and "champion" not in report:
-        unavailable = (f"the champion at {incumbent['model_path']} is missing or takes other features (a different "
-                       "base model?), so it cannot be compared on this test split; restore it, or retire it with "
-                       "`asr-pipeline champion --retire` to let the next challenger in")
+        why = report.get("champion_unavailable") or (f"the champion at {incumbent['model_path']} is missing or "
+                                                     "takes other features (a different base model?)")
+        unavailable = (f"{why}, so it cannot be compared on this test split; restore it (or the settings), or "
+                       "retire it with `asr-pipeline champion --retire` to let the next challenger in")
     # fixed benchmark sets (ASR_BENCHMARK_SETS): worse than the champion on any by more than the margin
     regressed = evaluation.benchmark_regressions(report, settings.promotion_margin) if report.get("benchmarks") else []
     return champion.decide_promotion(report, settings.promotion_policy(), unavailable, regressed)

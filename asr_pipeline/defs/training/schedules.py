@@ -1,9 +1,16 @@
 """nightly_retraining: retrain and evaluate when, and only when, some featurized batch changed since the last
-checkpoint's training *started*.
+checkpoint's training *started*; evaluate again a checkpoint whose evaluation or promotion failed; nothing while a
+training or evaluation is queued or running.
 
 finetuned_checkpoint records, before it opens any shard, the storage id of every featurized_shards partition it reads
 (metadata `featurized_read`). A batch materialized while a training runs has a newer storage id than the one read, so
 the next night's tick retrains, although the checkpoint itself is newer than that batch.
+
+A training that outlasts a night (an epochs budget at archive scale, a run waiting for the asr_training pool) must
+not have a second one queued behind it every night: the tick skips while one is active, and the first tick after it
+ends decides. A checkpoint whose evaluation_report failed (the benchmark sets' share unmounted, a full disk), or
+whose champion_model step failed after the report, is evaluated again by the next tick (the evaluate job's assets
+only), up to MAX_EVALUATION_ATTEMPTS failed tries; otherwise it would stay unevaluated until new data came.
 """
 
 import os
@@ -11,9 +18,16 @@ import os
 import dagster as dg
 
 from asr_pipeline.core.errors import ConfigError
+from asr_pipeline.defs.common.dead_runs import reap_dead_cli_runs
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 
 RETRAIN_JOB = "asr_retrain"
+TRAINING_JOBS = (RETRAIN_JOB, "asr_train", "asr_evaluate")  # a tick waits while one of these is queued or running
+ACTIVE = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+          dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+EVALUATION_ASSETS = (dg.AssetKey("evaluation_report"), dg.AssetKey("champion_model"))
+EVALUATES_TAG = "asr/evaluates_checkpoint"  # a re-evaluation's run: the storage id of the checkpoint it evaluates
+MAX_EVALUATION_ATTEMPTS = 3
 DEFAULT_CRON = "0 2 * * *"
 DEFAULT_TIMEZONE = "Asia/Seoul"
 FEATURIZED = dg.AssetKey("featurized_shards")
@@ -71,6 +85,54 @@ def changed_since_last_checkpoint(instance: dg.DagsterInstance) -> tuple[bool, s
     return False, "no featurized_shards batch changed since the last checkpoint (as read when its training started)"
 
 
+def active_training(instance: dg.DagsterInstance) -> str | None:
+    """Why a tick must wait: a training or evaluation run queued or in progress (its id and status), else None."""
+    for record in instance.get_run_records(dg.RunsFilter(statuses=list(ACTIVE))):
+        if record.dagster_run.job_name in TRAINING_JOBS:
+            run = record.dagster_run
+            return (f"{run.job_name} run {run.run_id} is {run.status.value.lower()}; the first tick after it ends "
+                    "decides whether to train again")
+    return None
+
+
+def unevaluated_checkpoint(instance: dg.DagsterInstance) -> tuple[int, list[dg.AssetKey], str] | None:
+    """(the latest checkpoint's storage id, the assets to run, why) when it was not evaluated and decided on: no
+    evaluation_report since it, or the run that made the report failed in champion_model. None otherwise."""
+    checkpoints = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=CHECKPOINT), limit=1).records
+    if not checkpoints:
+        return None
+    checkpoint = checkpoints[0]
+    reports = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EVALUATION_ASSETS[0]), limit=1).records
+    made_by = f"the checkpoint of run {checkpoint.run_id or '(none)'}"
+    if not reports or reports[0].storage_id < checkpoint.storage_id:
+        return checkpoint.storage_id, list(EVALUATION_ASSETS), f"{made_by} has no evaluation_report"
+    run = instance.get_run_by_id(reports[0].run_id) if reports[0].run_id else None
+    if run is not None and run.status == dg.DagsterRunStatus.FAILURE:
+        failed = {event.step_key for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)}
+        if "champion_model" in failed:
+            return (checkpoint.storage_id, [EVALUATION_ASSETS[1]],
+                    f"{made_by} was evaluated in run {run.run_id}, whose champion_model step failed")
+    return None
+
+
+def evaluation_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason | None:
+    """The run that evaluates an unevaluated checkpoint again, a skip once it failed MAX_EVALUATION_ATTEMPTS times,
+    or None when the latest checkpoint was evaluated."""
+    pending = unevaluated_checkpoint(instance)
+    if pending is None:
+        return None
+    storage_id, assets, why = pending
+    failed = instance.get_runs_count(dg.RunsFilter(tags={EVALUATES_TAG: str(storage_id)},
+                                                   statuses=[dg.DagsterRunStatus.FAILURE,
+                                                             dg.DagsterRunStatus.CANCELED]))
+    if failed >= MAX_EVALUATION_ATTEMPTS:
+        return dg.SkipReason(f"{why}, and evaluating it again failed {failed} times (runs tagged {EVALUATES_TAG}="
+                             f"{storage_id}): fix the cause and run `asr-pipeline evaluate`")
+    return dg.RunRequest(asset_selection=assets,
+                         tags={"asr/stage": "retrain", "asr/reason": f"{why}: evaluating it again",
+                               EVALUATES_TAG: str(storage_id)})
+
+
 def nightly_budget() -> dict:
     """The nightly training's budget (ASR_RETRAIN_MAX_STEPS or ASR_RETRAIN_EPOCHS) as finetuned_checkpoint config;
     empty: the config's default (4000 steps). Steps keep the nightly cost flat however large the archive grows."""
@@ -97,9 +159,13 @@ def build_nightly_retraining() -> dg.ScheduleDefinition:
     budget = nightly_budget()
 
     def evaluate(context: dg.ScheduleEvaluationContext):
+        reap_dead_cli_runs(context.instance, context.log.warning)  # a killed CLI training is not "running"
+        busy = active_training(context.instance)
+        if busy:
+            return dg.SkipReason(busy)
         changed, reason = changed_since_last_checkpoint(context.instance)
         if not changed:
-            return dg.SkipReason(reason)
+            return evaluation_request(context.instance) or dg.SkipReason(reason)
         return dg.RunRequest(tags={"asr/stage": "retrain", "asr/reason": reason},
                              run_config={"ops": {"finetuned_checkpoint": {"config": budget}}} if budget else None)
 
