@@ -41,7 +41,8 @@ class Outgoing:
 
 
 class AlertLedger:
-    def __init__(self, data: dict | None = None):
+    def __init__(self, data: dict | None = None, path: Path | None = None):
+        self.path = path  # where save() writes it (locked_ledger's file)
         data = data or {}
         self.open: dict[str, dict] = data.get("open", {})
         self.outbox: list[dict] = data.get("outbox", [])
@@ -80,6 +81,12 @@ class AlertLedger:
         else:
             self.open[outgoing.key]["sent"][channel] = now
 
+    def save(self) -> None:
+        """Written at once (atomically), after each delivery: a tick killed half way through its sends (the
+        daemon restarted, the 60 s sensor timeout) must not send again what it already delivered."""
+        if self.path is not None:
+            write_json(self.path, self.to_json())
+
     def settle(self) -> None:
         """Drop outbox messages that reached every channel (call after a round of deliveries)."""
         self.outbox = [m for m in self.outbox if m["channels"]][-MAX_OUTBOX:]
@@ -90,6 +97,6 @@ def locked_ledger(path: Path, timeout_s: float = 60.0) -> Iterator[AlertLedger]:
     """The ledger at `path`, written back (atomically) when the block ends without an exception."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_suffix(".lock"), timeout_s):
-        ledger = AlertLedger(json.loads(path.read_text(encoding="utf-8")) if path.exists() else None)
+        ledger = AlertLedger(json.loads(path.read_text(encoding="utf-8")) if path.exists() else None, path)
         yield ledger
-        write_json(path, ledger.to_json())
+        ledger.save()

@@ -20,6 +20,7 @@ from asr_pipeline.core.audio_quality import (ac_peak, cancelled_by_downmix, mix_
                                              sound_seconds)
 from asr_pipeline.core.audio_shard import (AUDIO_FILE, QUARANTINE_COLUMNS, RECORD_BATCH_CLIPS, RECORD_BATCH_SAMPLES,
                                            SAMPLE_RATE, audio_schema, content_hash, record_batch, to_pcm16)
+from asr_pipeline.core.manifest import is_blank_transcript
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.settings import AudioRoots
 from asr_pipeline.core.storage import write_json
@@ -255,7 +256,7 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     """(int16 16 kHz samples, their scale, peak |sample|, source rate, channels, duration, content hash, the
     least share of its energy a pair of channels keeps in the mix, the mix's peak less any DC offset, how long the
     mix has sound) for a manifest row, or AudioError with the reason."""
-    if not row.transcript:
+    if not row.transcript or is_blank_transcript(row.transcript):
         raise AudioError("empty transcript")
     path = row.audio_path
     if not path:

@@ -31,7 +31,15 @@ RETRY_BACKOFF_S = 3600.0  # the first wait: a NAS back after an hour's outage is
 MAX_RETRY_BACKOFF_S = 86400.0  # the longest wait: a batch broken for good costs one attempt a day, not 24
 
 
+MAX_ROW_ID = 9_999_999_999  # ten digits: keys sort in id order and parse_batch_key reads them
+
+
 def batch_key(first_id: int, last_id: int) -> str:
+    """Refuses ids past MAX_ROW_ID (a BIGINT key of timestamp-shaped ids): a wider key registered once would make
+    every later tick fail to parse it."""
+    if not 0 <= first_id <= last_id <= MAX_ROW_ID:
+        raise ValueError(f"row ids {first_id}..{last_id} cannot be an ingest batch: ids must be between 0 and "
+                         f"{MAX_ROW_ID:,} (ten digits), the first not above the last")
     return f"ids-{first_id:010d}-{last_id:010d}"
 
 

@@ -126,6 +126,17 @@ def prune_models(home: Path, keep: int, emit=print) -> list[Path]:
     return removed
 
 
+def promoted_from(home: Path, report: dict) -> dict | None:
+    """The champion's pointer when this very report (its checkpoint and creation time) promoted it: a promotion
+    tried again after a step failed past it must not copy the same model again (each copy would push a real
+    earlier champion out of ASR_CHAMPION_KEEP)."""
+    pointer = current_champion(home)
+    if pointer and report.get("created_at") and pointer.get("report_created_at") == report["created_at"] \
+            and pointer.get("source_checkpoint") == report.get("finetuned_model"):
+        return pointer
+    return None
+
+
 def retire_champion(home: Path, reason: str) -> dict | None:
     """Move the pointer aside (kept as champion.retired-<stamp>.json, and in the history), so the next evaluated
     checkpoint is compared with the base model alone. For a champion that can no longer be compared (base model
@@ -270,6 +281,7 @@ def promote(home: Path, checkpoint_dir: Path, ctranslate2_dir: Path | None, repo
         "previous_model_path": previous["model_path"] if previous else None,
         "decision": report.get("promotion"),
         "split": report.get("split"),  # the split it was trained and tested on (evaluation.champion_unavailable)
+        "report_created_at": report.get("created_at"),  # with source_checkpoint: which report promoted it
     }
     write_json(root / "champion.json", pointer)
     append_history(home, pointer)

@@ -73,23 +73,43 @@ def stable_sample(ids: Sequence[int], groups: Sequence[str], max_utterances: int
 
 
 class SampleMemory:
-    """The last sample's ids, per (max_utterances, per_episode), in $ASR_HOME/cache/test_sample.json."""
+    """The last sample's ids, per (max_utterances, per_episode), in $ASR_HOME/cache/test_sample.json: one entry
+    per size, so an evaluation of the whole split or of another size (from the UI) does not make the nightly one
+    draw a new sample (its base and champion hypotheses would all be decoded again). At most KEPT sizes."""
+
+    KEPT = 8
 
     def __init__(self, cache_dir: Path | None):
         self.path = Path(cache_dir) / "test_sample.json" if cache_dir else None
 
-    def previous(self, max_utterances: int | None, per_episode: int) -> list[int]:
+    @staticmethod
+    def _key(max_utterances: int | None, per_episode: int) -> str:
+        return f"{max_utterances}/{per_episode}"
+
+    def _samples(self) -> dict:
         if self.path is None or not self.path.exists():
-            return []
+            return {}
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8"))
         except ValueError:
-            return []
-        same = saved.get("max_utterances") == max_utterances and saved.get("per_episode") == per_episode
-        return [int(i) for i in saved.get("ids", [])] if same else []
+            return {}
+        if not isinstance(saved, dict):
+            return {}
+        if "samples" in saved and isinstance(saved["samples"], dict):
+            return saved["samples"]
+        if "ids" in saved:  # the file of an earlier version: one sample
+            return {self._key(saved.get("max_utterances"), saved.get("per_episode")): saved.get("ids", [])}
+        return {}
+
+    def previous(self, max_utterances: int | None, per_episode: int) -> list[int]:
+        ids = self._samples().get(self._key(max_utterances, per_episode), [])
+        return [int(i) for i in ids] if isinstance(ids, list) else []
 
     def remember(self, ids: Sequence[int], max_utterances: int | None, per_episode: int) -> None:
         if self.path is None:
             return
-        write_json(self.path, {"max_utterances": max_utterances, "per_episode": per_episode,
-                                       "ids": [int(i) for i in ids]})
+        samples = self._samples()
+        key = self._key(max_utterances, per_episode)
+        samples.pop(key, None)  # re-inserted last: the least recently remembered sizes go first
+        samples[key] = [int(i) for i in ids]
+        write_json(self.path, {"samples": dict(list(samples.items())[-self.KEPT:])})

@@ -33,9 +33,13 @@ def _sino_below_10000(n: int) -> str:
 
 
 def sino_korean(n: int) -> str:
-    """12345 -> 만이천삼백사십오 (Sino-Korean reading, grouped by 10^4 as Korean is)."""
+    """12345 -> 만이천삼백사십오 (Sino-Korean reading, grouped by 10^4 as Korean is). From 10^20 on (past 경's
+    groups: 해 and above are not said on air) digit by digit, as a long account or serial number is read; a
+    decoder looping on digits writes such runs."""
     if n == 0:
         return "영"
+    if n >= LARGE_UNITS[0][0] * 10_000:
+        return " ".join(SINO_DIGITS[int(digit)] for digit in str(n))
     out = []
     for value, unit in LARGE_UNITS:
         group, n = divmod(n, value)

@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from asr_pipeline.core.settings import DEFAULT_GROUP_PATTERN, PathMap, SplitRatios
+from asr_pipeline.core.text import clean
 
 MANIFEST_COLUMNS = ["id", "source_path", "audio_path", "transcript", "group", "split"]
 SPLITS = ("train", "valid", "test")
@@ -56,10 +57,15 @@ def fallback_group_share(frame: pd.DataFrame) -> float:
 
 
 def clean_transcript(text: object) -> str:
-    """NFC (NAS exports mix NFD Hangul jamo with precomposed syllables) and single spaces."""
-    if text is None:
-        return ""
-    return " ".join(unicodedata.normalize("NFC", str(text)).split())
+    """NFC (NAS exports mix NFD Hangul jamo with precomposed syllables) and single spaces: text.clean, the one
+    clean-up evaluation references go through too."""
+    return clean("" if text is None else str(text))
+
+
+def is_blank_transcript(text: str) -> bool:
+    """Nothing visible: only spaces, control and format characters (a caption of a lone zero-width space is as
+    empty as a blank one, and is quarantined as such)."""
+    return all(unicodedata.category(ch)[0] in "CZ" for ch in text)
 
 
 def build_manifest(

@@ -26,6 +26,10 @@ from pathlib import Path
 import psutil
 
 REPLACED_GRACE_S = 600.0
+# versions of the other paths of a directory a publish sweeps (a batch a backfill republished once): a day, so that
+# a training reading a replaced version from another machine (NFS, where a deleted file is gone for other clients
+# even while open) has finished with it (the deployment's run monitoring stops a run after 12 h)
+OTHER_PATHS_GRACE_S = 86400.0
 
 def staging_dir(final: Path) -> Path:
     """A fresh sibling of `final` to write into; publish() moves it into place.
@@ -49,38 +53,48 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)-[0-9a-f]
 def remove_stale_staging(final: Path) -> list[Path]:
     """Delete staging and version directories of `final` left by processes that no longer run, and versions it
     replaced more than REPLACED_GRACE_S ago."""
-    return _remove_leftovers(final.parent, {final.name})
+    return _remove_leftovers(final.parent, final.name)
 
 
-def remove_stale_leftovers(directory: Path) -> list[Path]:
-    """remove_stale_staging for every path published in `directory`: each batch's replaced versions, also those
-    of batches never published again (a backfill republishes a batch once; its old version would stay for good).
-    For directories the pipeline owns (the asset storage), not one a user named, where a file of theirs could look
-    like a leftover."""
-    return _remove_leftovers(directory, None)
+def remove_stale_leftovers(directory: Path, name: str) -> list[Path]:
+    """remove_stale_staging for `name`, and for every other path published in `directory` the versions replaced
+    more than OTHER_PATHS_GRACE_S ago and links never swapped in: a backfill republishes each batch once, and
+    its old version would otherwise stay for good. Not other paths' staging directories: their writer may run on
+    another host (a pod per step), where its PID means nothing here. For directories the pipeline owns (the asset
+    storage), not one a user named, where a file of theirs could look like a leftover."""
+    return _remove_leftovers(directory, name, sweep=True)
 
 
-def _remove_leftovers(directory: Path, names: set[str] | None) -> list[Path]:
-    removed, targets = [], {}
+def _remove_leftovers(directory: Path, name: str, sweep: bool = False) -> list[Path]:
+    removed = []
     try:
-        entries = [entry.name for entry in os.scandir(directory) if entry.name.startswith(".")]
+        entries = [entry.name for entry in os.scandir(directory)]
     except FileNotFoundError:
         return removed
-    for entry in entries:
-        match = _LEFTOVER.match(entry)
-        if match is None or (names is not None and match["name"] not in names):
-            continue
-        candidate, name = directory / entry, match["name"]
-        if match["kind"]:
-            stale = not process_alive(int(match["pid"]))
-        elif match["v"]:  # replaced (touched when it was) or never linked, and unused for the grace period
-            if name not in targets:
-                targets[name] = _link_target(directory / name)
-            stale = entry != targets[name] and _age(candidate) > REPLACED_GRACE_S
-        elif match["old"]:  # the two-rename fallback died half way
-            stale = (directory / name).exists()
+    published = {entry for entry in entries if not entry.startswith(".")}
+    prefix = "." if sweep else f".{name}."
+    found = [(entry, match) for entry in entries if entry.startswith(prefix)
+             for match in [_LEFTOVER.match(entry)] if match is not None and (sweep or match["name"] == name)]
+    versions: dict[str, int] = {}
+    for _, match in found:
+        if match["v"]:
+            versions[match["name"]] = versions.get(match["name"], 0) + 1
+    for entry, match in found:
+        candidate, of, own = directory / entry, match["name"], match["name"] == name
+        grace = REPLACED_GRACE_S if own else OTHER_PATHS_GRACE_S
+        if match["kind"] or match["old"]:
+            if not own:  # staging of other paths: only their own publisher (or its rerun) judges it
+                continue
+            # staging whose process is gone; the two-rename fallback died half way
+            stale = not process_alive(int(match["pid"])) if match["kind"] else (directory / of).exists()
+        elif match["v"]:
+            # replaced (touched when it was) or never linked, and unused for the grace period. A path's one version
+            # behind its link is its current one: no readlink for it (10,000 batches make 10,000 of them)
+            if versions[of] == 1 and of in published and not own:
+                continue
+            stale = _age(candidate) > grace and entry != _link_target(directory / of)
         else:  # killed between making the link and the swap
-            if os.path.islink(candidate) and _link_age(candidate) > REPLACED_GRACE_S:
+            if os.path.islink(candidate) and _link_age(candidate) > grace:
                 candidate.unlink(missing_ok=True)
                 removed.append(candidate)
             continue
@@ -127,8 +141,8 @@ def resolved(path: Path) -> Path:
 
 def publish(staged: Path, final: Path, sweep_directory: bool = False) -> Path:
     """Make `staged` the content of `final` in one atomic step, then remove the version it replaced.
-    sweep_directory: also what other paths of final's directory left (remove_stale_leftovers; the IO manager's
-    asset directories)."""
+    sweep_directory: also the versions other paths of final's directory replaced a day ago (remove_stale_leftovers;
+    the IO manager's asset directories)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     version = final.parent / f".{final.name}.v-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     sync_tree(staged)  # on disk before the link points at it: a power cut cannot publish empty files
@@ -151,7 +165,7 @@ def publish(staged: Path, final: Path, sweep_directory: bool = False) -> Path:
             pass
     _sync_directory(final.parent)  # the swap itself survives a power cut
     if sweep_directory:
-        remove_stale_leftovers(final.parent)
+        remove_stale_leftovers(final.parent, final.name)
     else:
         remove_stale_staging(final)
     return final
@@ -207,8 +221,10 @@ def _replace_directory_with_link(link: Path, final: Path) -> None:
         at_fdcwd, rename_exchange = -100, 2
         if libc.renameat2(at_fdcwd, os.fsencode(link), at_fdcwd, os.fsencode(final), rename_exchange) == 0:
             replaced = final.parent / f".{final.name}.v-replaced-{uuid.uuid4().hex[:12]}"
-            os.rename(link, replaced)  # `link` names the old directory now: a replaced version like any other,
-            os.utime(replaced)  # deleted after the grace period
+            # `link` names the old directory now: a replaced version like any other, deleted after the grace
+            # period, which starts before it gets a version's name (another publisher's sweep may look at once)
+            os.utime(link)
+            os.rename(link, replaced)
             return
     old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(final, old)

@@ -48,7 +48,7 @@ class NormalizationPolicy:
     def words(self, text: str) -> str:
         """The policy with word boundaries kept (for WER)."""
         # numbers first: "1,500" and "0.1%" must be read before their punctuation goes
-        text = NUMBER_POLICIES[self.numbers](clean(text))
+        text = NUMBER_POLICIES[self.numbers](clean(without_format_characters(text)))
         if self.punctuation == "strip":
             text = "".join(" " if _is_mark(ch) else ch for ch in text)
         return clean(text)
@@ -74,8 +74,15 @@ DEFAULT_POLICY = NormalizationPolicy()
 
 
 def clean(text: str) -> str:
-    """NFC and single spaces: the form references and hypotheses are stored and scored in."""
+    """NFC and single spaces: the form references and hypotheses are stored and scored in (the label clean-up,
+    manifest.clean_transcript, is this function)."""
     return " ".join(unicodedata.normalize("NFC", text or "").split())
+
+
+def without_format_characters(text: str) -> str:
+    """Without Unicode format characters (Cf: zero-width space U+200B, joiners, the byte-order mark U+FEFF): invisible
+    in a caption, never written by the model, and inside "1\u200b500" they would split a number."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
 
 
 def normalize_for_cer(text: str, policy: NormalizationPolicy = DEFAULT_POLICY) -> str:

@@ -40,3 +40,13 @@ def test_due_when_the_wait_is_over():
     assert retry_due(FREE_RETRIES, 0.0, now=HOUR) is None
     assert retry_due(FREE_RETRIES, 0.0, now=HOUR - 1) == HOUR
     assert retry_due(FREE_RETRIES, None, now=0.0) is None  # no failure time recorded: at once
+
+
+def test_a_batch_key_is_ten_digit_ids_or_refused():
+    import pytest
+
+    from asr_pipeline.core.batches import MAX_ROW_ID, batch_key, parse_batch_key
+
+    assert parse_batch_key(batch_key(1, MAX_ROW_ID)) == (1, MAX_ROW_ID)
+    with pytest.raises(ValueError, match="ten digits"):
+        batch_key(MAX_ROW_ID, MAX_ROW_ID + 1)  # would register a key no later tick could parse

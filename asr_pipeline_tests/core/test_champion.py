@@ -92,6 +92,10 @@ def test_a_champion_trained_on_another_split_is_not_compared_and_the_reason_says
     assert "trained on another split" in why and "0.800000/0.100000/0.100000' -> '0.700000/0.050000/0.250000" in why
     assert "ASR_GROUP_PATTERN" not in why  # only what changed is named
     assert "ASR_GROUP_PATTERN" in champion_unavailable(pointer, [shard("0.800000/0.100000/0.100000", "(?P<group>x)")])
+    # a smaller test share only moves test rows into train or valid: nothing the champion trained on is tested
+    assert champion_comparable(pointer, [shard("0.850000/0.100000/0.050000")])
+    assert champion_comparable(pointer, [shard("0.800000/0.150000/0.050000")])
+    assert not champion_comparable(pointer, [shard("0.850000/0.000000/0.150000")])  # more test, from valid too
     # unknown on either side (a champion promoted before splits were recorded, shards made by an older version or
     # with mixed settings): compared, as before
     assert champion_comparable({**pointer, "split": None}, new)
@@ -220,6 +224,20 @@ def test_an_entry_after_a_torn_line_is_a_line_of_its_own(tmp_path):
         entries[-2]["reason"], "base model changed"]
     assert len(promotions(entries)) == 3 and third["model_path"] == promotions(entries)[-1]["model_path"]
     assert history.read_bytes().endswith(b"\n") and b"\n\n" not in history.read_bytes()
+
+
+def test_the_report_that_promoted_the_champion_is_known_and_a_retry_does_not_copy_it_again(tmp_path):
+    """champion_model retried after a failure past the promotion (the pointer had moved) finds it done."""
+    from asr_pipeline.core.champion import promoted_from
+
+    home, checkpoint = tmp_path / "home", _checkpoint(tmp_path / "ckpt", "x")
+    report = {**_report(0.3), "created_at": "2026-11-27T02:40:00+00:00", "finetuned_model": str(checkpoint)}
+    assert promoted_from(home, report) is None
+    pointer = promote(home, checkpoint, None, report, run_id="aaaaaaaa-1")
+    assert promoted_from(home, report) == pointer
+    assert promoted_from(home, {**report, "created_at": "2026-11-28T02:40:00+00:00"}) is None  # a later report
+    assert promoted_from(home, {**report, "finetuned_model": "/other"}) is None
+    assert promoted_from(home, {**report, "created_at": None}) is None
 
 
 def test_unpublish_removes_only_what_publish_made(tmp_path):

@@ -107,26 +107,38 @@ def test_replaced_and_orphaned_versions_are_removed_after_the_grace_period_never
     assert _complete_version(final) == 2
 
 
-def _age_everything(directory: Path) -> None:
-    stale = time.time() - storage.REPLACED_GRACE_S - 1
+def _age_everything(directory: Path, seconds: float | None = None) -> None:
+    stale = time.time() - (storage.REPLACED_GRACE_S + 1 if seconds is None else seconds)
     for path in directory.iterdir():
         os.utime(path, (stale, stale), follow_symlinks=False)
 
 
 def test_a_batch_republished_once_loses_its_old_version_at_the_next_publish_of_any_batch(tmp_path):
     """A backfill republishes each batch once: the old versions go when any later batch of the asset is published
-    (the IO manager's sweep), not only at the next publish of the same batch, which may never come."""
+    a day on (the IO manager's sweep), not only at the next publish of the same batch, which may never come. A day,
+    not 10 minutes: a training on another machine may still read them (NFS)."""
     directory = tmp_path / "resampled_dataset"
     keys = [f"ids-{n * 10 + 1:010d}-{n * 10 + 10:010d}" for n in range(3)]
     for version in (1, 2):  # the ingest, then the backfill
         for key in keys:
             publish(_stage(directory / key, version), directory / key, sweep_directory=True)
     assert len(list(directory.glob(".*.v-*"))) == 6  # within the grace period: the old ones kept for readers
-    _age_everything(directory)
     new = directory / "ids-0000000031-0000000040"
+    _age_everything(directory, storage.OTHER_PATHS_GRACE_S - 60)
     publish(_stage(new, 1), new, sweep_directory=True)
+    assert len(list(directory.glob(".*.v-*"))) == 7  # less than a day: still kept
+    # and what other paths' writers are doing is theirs: a staging directory whose PID is unknown here (a pod on
+    # another host) and a never-linked fresh version are left
+    foreign = directory / f".{keys[0]}.tmp-99999999-0123abcd"
+    foreign.mkdir()
+    orphan = directory / ".ids-0000000041-0000000050.v-99999999-0123456789ab"  # a first publish killed, long ago
+    orphan.mkdir()
+    _age_everything(directory, storage.OTHER_PATHS_GRACE_S + 1)
+    newest = directory / "ids-0000000051-0000000060"
+    publish(_stage(newest, 1), newest, sweep_directory=True)
     kept = sorted(p.name for p in directory.iterdir())
-    assert kept == sorted([*keys, new.name, *(os.readlink(directory / k) for k in [*keys, new.name])])
+    published = [*keys, new.name, newest.name]
+    assert kept == sorted([*published, *(os.readlink(directory / k) for k in published), foreign.name])
     assert [_complete_version(directory / key) for key in keys] == [2, 2, 2]
 
 
@@ -141,7 +153,7 @@ def test_without_the_sweep_and_in_any_case_other_files_of_the_directory_are_left
                   directory / ".whisper-ct2.v-12-NOTHEX000000", directory / "plain.v-1-0123456789ab"]
     for path in lookalikes:
         path.mkdir()
-    _age_everything(directory)
+    _age_everything(directory, storage.OTHER_PATHS_GRACE_S + 1)
     publish(_stage(second, 1), second)  # no sweep: first's replaced version stays
     assert len(list(directory.glob(".whisper-ct2.v-*"))) == 3  # its two versions and the lookalike
     publish(_stage(second, 2), second, sweep_directory=True)

@@ -214,3 +214,25 @@ def test_gpu_hypotheses_decoded_without_cudnn_attention_are_cached_apart(monkeyp
     assert cache_placement(CTRANSLATE2, "cuda/bfloat16") == "cuda/bfloat16"
     monkeypatch.setenv("ASR_CUDNN_ATTENTION", "1")  # the defaults again: the old key
     assert cache_placement(TRANSFORMERS, "cuda/bfloat16") == "cuda/bfloat16"
+
+
+def test_the_sample_of_each_size_is_remembered_apart_and_an_earlier_file_is_read(tmp_path):
+    """A whole-split evaluation (or one of another size, from the UI) must not make the nightly one draw a new
+    sample: its base and champion hypotheses would all be decoded again (hours on a CPU)."""
+    import json
+
+    from asr_pipeline.core.eval_sample import SampleMemory
+
+    memory = SampleMemory(tmp_path)
+    memory.remember([3, 1, 2], 2000, 20)
+    memory.remember(list(range(100)), None, 20)  # the whole split once
+    assert memory.previous(2000, 20) == [3, 1, 2] and memory.previous(None, 20) == list(range(100))
+    assert memory.previous(2000, 5) == []
+    for size in range(SampleMemory.KEPT + 2):  # bounded: the least recently remembered sizes go
+        memory.remember([size], size + 1, 1)
+    assert memory.previous(2000, 20) == [] and memory.previous(SampleMemory.KEPT + 2, 1) == [SampleMemory.KEPT + 1]
+    (tmp_path / "test_sample.json").write_text(json.dumps({"max_utterances": 2000, "per_episode": 20,
+                                                           "ids": [7, 8]}))  # written by an earlier version
+    assert SampleMemory(tmp_path).previous(2000, 20) == [7, 8]
+    (tmp_path / "test_sample.json").write_text("[1, 2]")
+    assert SampleMemory(tmp_path).previous(2000, 20) == []

@@ -63,6 +63,18 @@ def test_a_nul_byte_or_a_symbolic_link_loop_in_a_path_quarantines_that_row_not_t
             assert "unresolvable audio path (RuntimeError" in reasons[3] or "(OSError" in reasons[3]
 
 
+def test_a_transcript_of_invisible_characters_only_is_empty(tmp_path):
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        _tone(nas / name)
+    rows = [{"id": 1, "audio_path": "/cul_m01/a.wav", "transcript": "\u200b \ufeff"},
+            {"id": 2, "audio_path": "/cul_m01/b.wav", "transcript": "\u200b가"},
+            {"id": 3, "audio_path": "/cul_m01/c.wav", "transcript": "\t\u200d"}]
+    shard, reasons = _resample(rows, None, tmp_path)
+    assert shard.index["id"].tolist() == [2] and reasons == {1: "empty transcript", 3: "empty transcript"}
+
+
 def test_explicit_roots_replace_the_defaults(tmp_path):
     nas = tmp_path / "nas"
     nas.mkdir()

@@ -54,6 +54,27 @@ def test_sino_korean_readings_parse_back_to_the_number(n):
     assert numbers_to_digits(sino_korean(n)) == str(n)
 
 
+def test_numbers_past_kyeong_are_read_digit_by_digit_and_never_break_scoring():
+    """Past 10^20 (경's groups) a number is read digit by digit; a decoder looping on digits ("2020202020...")
+    writes such runs, and scoring them once crashed the whole evaluation and the training's validation."""
+    assert sino_korean(10**20 - 1).startswith("구천구백구십구경")
+    assert sino_korean(10**20) == "일 " + " ".join(["영"] * 20)
+    loop = "2020" * 12
+    for text in (loop, "1,000,000,000,000,000,000,000", f"{loop}년 {loop}.5%"):
+        for numbers in ("korean", "digits", "keep"):
+            rates = error_rates(["이천이십 년"], [text], NormalizationPolicy(numbers=numbers))
+            assert 0 < rates.cer_normalized < 100
+    assert " ".join(numbers_to_korean("3" * 21).split()) == " ".join(["삼"] * 21)
+
+
+def test_invisible_format_characters_count_for_nothing_in_the_normalised_scores():
+    """A caption exported with zero-width spaces or a byte-order mark: characters the model never writes."""
+    ref, hyp = "\ufeff금리를 1\u200b500원 \u200b올렸다", "금리를 천오백 원 올렸다"
+    rates = error_rates([ref], [hyp])
+    assert rates.cer_normalized == 0.0 and rates.wer_normalized == 0.0
+    assert rates.cer > 0  # the raw CER compares the texts as written
+
+
 def test_readings_become_digits_but_ordinary_words_stay_words():
     assert numbers_to_digits("금리는 영 점 일 퍼센트 올랐다") == "금리는 0.1% 올랐다"
     assert numbers_to_digits("삼백 명이 왔다") == "300 명이 왔다"

@@ -154,8 +154,6 @@ def test_schedule_skips_without_new_data_and_fires_with_it(env):
     fired = evaluate()
     assert fired.run_requests and f"batch {key} changed" in fired.run_requests[0].tags["asr/reason"]
     daemon.instance.report_runless_asset_event(dg.AssetMaterialization("finetuned_checkpoint"))
-    assert "has no evaluation_report" in evaluate().run_requests[0].tags["asr/reason"]  # (test_nightly_schedule)
-    daemon.instance.report_runless_asset_event(dg.AssetMaterialization("evaluation_report"))
     assert "no featurized_shards batch changed since the last checkpoint" in evaluate().skip_message
     daemon.instance.report_runless_asset_event(dg.AssetMaterialization("featurized_shards", partition=key))
     assert evaluate().run_requests

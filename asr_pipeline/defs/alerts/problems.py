@@ -2,7 +2,8 @@
 events, so a problem stays one problem however many runs or ticks repeat it, and it clears when the state does.
 
 Kinds (README, "Daily life"): check_failed and run_failed (per batch, or per asset for training/evaluation),
-pending_too_long (per batch), training_lag, decision_lag, rejected_hallucination, rejected_benchmark:<set>.
+pending_too_long (per batch), training_lag, decision_lag, rejected_hallucination, rejected_benchmark:<set>,
+rejected_incomparable_champion.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ SUSPECT_AUDIO_CHECKS = (NEAR_SILENT, CANCELLING_DOWNMIX)  # blocked by the audio
 PREFIX = "[asr_pipeline]"
 # ...and the UI's own materializations (__ASSET_JOB) of the unpartitioned assets; batch runs are alerted per batch
 TRAINING_JOBS = ("asr_retrain", "asr_train", "asr_evaluate", "__ASSET_JOB")
+TRAINING_ASSETS = ("finetuned_checkpoint", "evaluation_report", "champion_model")
+JOB_ASSETS = {"asr_retrain": TRAINING_ASSETS, "asr_train": ("finetuned_checkpoint",),
+              "asr_evaluate": ("evaluation_report", "champion_model")}
+RUNS_PER_JOB = 20  # unpartitioned finished runs read a job
+PAGE, MAX_PAGES = 100, 20  # batch runs paged past to find them
 
 
 def _link(config: AlertConfig, run_id: str | None) -> str:
@@ -64,23 +70,54 @@ def batch_failure(instance: dg.DagsterInstance, config: AlertConfig, state: sour
         f"Fix: read the run's error, then `asr-pipeline backfill {state.key}`.{_link(config, run_id)}"), recovery)
 
 
+def _unpartitioned_runs(instance: dg.DagsterInstance, job: str) -> list[dg.RunRecord]:
+    """The job's latest finished runs that are not a batch's (up to RUNS_PER_JOB), newest first, paging past batch
+    runs (the UI's ingest backfills are __ASSET_JOB runs too, and may be thousands)."""
+    found, cursor = [], None
+    for _ in range(MAX_PAGES):
+        page = instance.get_run_records(dg.RunsFilter(job_name=job, statuses=list(sources.FINISHED)),
+                                        limit=PAGE, cursor=cursor)
+        found += [r for r in page if "dagster/partition" not in r.dagster_run.tags]
+        if len(page) < PAGE or len(found) >= RUNS_PER_JOB:
+            break
+        cursor = page[-1].dagster_run.run_id
+    return found[:RUNS_PER_JOB]
+
+
+def _covers(run: dg.DagsterRun) -> set[str]:
+    """The training and evaluation assets a run materializes when it succeeds."""
+    if run.asset_selection is not None:
+        return {key.to_user_string() for key in run.asset_selection} & set(TRAINING_ASSETS)
+    return set(JOB_ASSETS.get(run.job_name, TRAINING_ASSETS))
+
+
 def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list[Problem]:
-    """The latest finished training/evaluation runs that failed for a reason other than "not promoted"."""
+    """Training and evaluation runs that failed (for a reason other than "not promoted") at an asset no later run
+    has made since: one problem per asset, open until a later run that covers it succeeds, whichever job that is
+    (a one-off `asr_train` that failed is cleared by the next nightly asr_retrain)."""
+    runs = sorted((r for job in TRAINING_JOBS for r in _unpartitioned_runs(instance, job)),
+                  key=lambda r: (r.end_time or 0.0, r.create_timestamp.timestamp()), reverse=True)
     problems: dict[str, Problem] = {}
-    for job in TRAINING_JOBS:
-        records = instance.get_run_records(dg.RunsFilter(job_name=job, statuses=list(sources.FINISHED)), limit=20)
-        latest = next((r.dagster_run for r in records if "dagster/partition" not in r.dagster_run.tags), None)
-        if latest is None or latest.status == dg.DagsterRunStatus.SUCCESS:
-            continue
-        # a challenger that is not promoted leaves its run green (challenger_beats_champion is a non-blocking
-        # warning), so it never gets here; rejections are their own alert
-        failure = sources.run_failure(instance, latest.run_id)
-        problem = Problem("run_failed", failure.asset, "", (
-            f"{PREFIX} {job} failed at {failure.asset}: {failure.error}\nNo new model until it runs again. "
-            f"Fix: read the run's error, then `asr-pipeline run` (or wait for nightly_retraining)."
-            f"{_link(config, failure.run_id)}"),
-            f"{PREFIX} {failure.asset} runs again: the latest {job} run succeeded.")
-        problems.setdefault(problem.key, problem)
+    settled: set[str] = set()
+    for record in runs:  # newest first: a run settles its assets for every older run
+        run = record.dagster_run
+        covered = _covers(run)
+        if run.status != dg.DagsterRunStatus.SUCCESS:
+            # a challenger that is not promoted leaves its run green (challenger_beats_champion is a non-blocking
+            # warning), so it never gets here; rejections are their own alert
+            failure = sources.run_failure(instance, run.run_id)
+            # a run that died before any step failed (failure.asset is its job) waits for all that it would make
+            failed = {failure.asset} if failure.asset in TRAINING_ASSETS else covered
+            if not failed <= settled:
+                problem = Problem("run_failed", failure.asset, "", (
+                    f"{PREFIX} {run.job_name} failed at {failure.asset}: {failure.error}\nNo new model until it runs "
+                    f"again. Fix: read the run's error, then `asr-pipeline run` (or wait for nightly_retraining)."
+                    f"{_link(config, failure.run_id)}"),
+                    f"{PREFIX} {failure.asset} recovered: a later run that makes {', '.join(sorted(failed))} "
+                    "succeeded.")
+                problems.setdefault(problem.key, problem)
+            settled |= failed
+        settled |= covered
     return list(problems.values())
 
 
@@ -96,12 +133,22 @@ def _difference(decision: dict) -> str:
 
 
 def rejections(home: Path) -> list[Problem]:
-    """The latest challenger, rejected for hallucination or a benchmark regression (the gate's `blocked_by`)."""
+    """The latest challenger, rejected for hallucination or a benchmark regression, or not compared because the
+    champion cannot be (the gate's `blocked_by`): every later challenger is blocked the same way until someone
+    restores or retires the champion, while a decision is still made every night (decision_lag stays quiet)."""
     decision = sources.latest_decision(home)
     if not decision or decision.get("promote"):
         return []
     problems = []
     for blocker in decision["blocked_by"]:
+        if blocker == "incomparable_champion":
+            problems.append(Problem("rejected_incomparable_champion", "champion_model", "", (
+                f"{PREFIX} challenger not compared (report {decision.get('created_at')}): the champion cannot be "
+                f"scored on today's test split.\n{decision.get('reason', '')}\nNo challenger is promoted until "
+                "then. Fix: restore the champion's files (or the settings that changed), or `asr-pipeline champion "
+                "--retire` to compare the next challenger with the base model."),
+                f"{PREFIX} the champion can be compared again (the latest report is not blocked by it)."))
+            continue
         if blocker != "hallucination" and not blocker.startswith("benchmark:"):
             continue
         what = "hallucinates" if blocker == "hallucination" else f"regresses on benchmark {blocker.split(':', 1)[1]}"

@@ -93,6 +93,8 @@ def send_due(ledger: AlertLedger, due: list[Outgoing], config: AlertConfig, now:
                 emit(f"alert not delivered, retried next tick: {exc}\n{outgoing.text}")
                 continue
             ledger.delivered(outgoing, channel, now)
+            if channel != LOG:
+                ledger.save()
             sent += 1
     ledger.settle()
     return sent, failed

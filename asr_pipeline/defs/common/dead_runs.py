@@ -23,7 +23,8 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]
     """Mark failed the runs the CLI started on this host whose process is gone; returns their ids. A run from
     another host is left: its process cannot be checked from here."""
     runs = instance.get_runs(filters=dg.RunsFilter(
-        statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+        # NOT_STARTED too: a command killed between making its run and starting it
+        statuses=[dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
         tags={"asr/launcher": "cli", "asr/host": socket.gethostname()}))
     reaped = []
     for run in runs:

@@ -131,6 +131,11 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
         # Not promoting is the report's answer, not an error: the step succeeds and materializes nothing.
         context.log.info(f"nothing to promote, the champion stays: {decision.get('reason', 'no decision recorded')}")
         return
+    already = champion.promoted_from(settings.home_dir(), report)
+    if already is not None:  # a retry after a failure past the promotion (the pointer had moved)
+        context.log.info(f"this report's checkpoint is the champion already ({already['model_path']}, promoted "
+                         f"{already['promoted_at']}): nothing to copy again")
+        return
     evaluated = Path(report["finetuned_model"])
     if not (evaluated / "config.json").exists():
         raise FileNotFoundError(f"the checkpoint this report evaluated is gone ({evaluated}): a newer training replaced "

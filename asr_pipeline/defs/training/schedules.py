@@ -19,6 +19,7 @@ import dagster as dg
 
 from asr_pipeline.core.errors import ConfigError
 from asr_pipeline.defs.common.dead_runs import reap_dead_cli_runs
+from asr_pipeline.defs.evaluation.checks import BEATS_CHAMPION
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 
 RETRAIN_JOB = "asr_retrain"
@@ -26,6 +27,8 @@ TRAINING_JOBS = (RETRAIN_JOB, "asr_train", "asr_evaluate")  # a tick waits while
 ACTIVE = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 EVALUATION_ASSETS = (dg.AssetKey("evaluation_report"), dg.AssetKey("champion_model"))
+TRAINING_ASSETS = {dg.AssetKey("finetuned_checkpoint"), *EVALUATION_ASSETS}
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # Dagster's job for the UI's "Materialize" and asset backfills
 EVALUATES_TAG = "asr/evaluates_checkpoint"  # a re-evaluation's run: the storage id of the checkpoint it evaluates
 MAX_EVALUATION_ATTEMPTS = 3
 DEFAULT_CRON = "0 2 * * *"
@@ -86,24 +89,40 @@ def changed_since_last_checkpoint(instance: dg.DagsterInstance) -> tuple[bool, s
 
 
 def active_training(instance: dg.DagsterInstance) -> str | None:
-    """Why a tick must wait: a training or evaluation run queued or in progress (its id and status), else None."""
-    for record in instance.get_run_records(dg.RunsFilter(statuses=list(ACTIVE))):
-        if record.dagster_run.job_name in TRAINING_JOBS:
+    """Why a tick must wait: a training or evaluation run queued or in progress (its id, status, and for a run of
+    an `asr-pipeline` command its host and process), else None. The UI's "Materialize" and asset backfills run as
+    Dagster's implicit asset job: they count when they select a training or evaluation asset."""
+    for job_name in (*TRAINING_JOBS, IMPLICIT_ASSET_JOB):
+        for record in instance.get_run_records(dg.RunsFilter(job_name=job_name, statuses=list(ACTIVE)),
+                                               limit=None if job_name == IMPLICIT_ASSET_JOB else 1):
             run = record.dagster_run
-            return (f"{run.job_name} run {run.run_id} is {run.status.value.lower()}; the first tick after it ends "
-                    "decides whether to train again")
+            if job_name == IMPLICIT_ASSET_JOB and not (run.asset_selection or set()) & TRAINING_ASSETS:
+                continue  # an ingest backfill from the UI
+            where = (f" by `asr-pipeline` on {run.tags['asr/host']} (pid {run.tags.get('asr/pid')}; if that process "
+                     "is gone, run any asr-pipeline command there, or terminate the run in the UI)"
+                     if run.tags.get("asr/launcher") == "cli" else "")
+            return (f"{run.job_name} run {run.run_id} is {run.status.value.lower()}{where}; the first tick after it "
+                    "ends decides whether to train again")
     return None
 
 
 def unevaluated_checkpoint(instance: dg.DagsterInstance) -> tuple[int, list[dg.AssetKey], str] | None:
-    """(the latest checkpoint's storage id, the assets to run, why) when it was not evaluated and decided on: no
-    evaluation_report since it, or the run that made the report failed in champion_model. None otherwise."""
+    """(the latest checkpoint's storage id, the assets to run, why) when it was made by an asr_retrain run (which
+    meant to evaluate it; `asr_train` and the UI's checkpoint-only runs do not) and not evaluated and decided on: no
+    evaluation_report since it, or the run that made the report failed in champion_model. None otherwise, and once
+    a run evaluating it again succeeded."""
     checkpoints = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=CHECKPOINT), limit=1).records
-    if not checkpoints:
+    if not checkpoints or not checkpoints[0].run_id:
         return None
     checkpoint = checkpoints[0]
+    trained_by = instance.get_run_by_id(checkpoint.run_id)
+    if trained_by is None or trained_by.job_name != RETRAIN_JOB:
+        return None
+    if instance.get_runs_count(dg.RunsFilter(tags={EVALUATES_TAG: str(checkpoint.storage_id)},
+                                             statuses=[dg.DagsterRunStatus.SUCCESS])):
+        return None  # evaluated again, and decided on (a promotion retry makes no new report)
     reports = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EVALUATION_ASSETS[0]), limit=1).records
-    made_by = f"the checkpoint of run {checkpoint.run_id or '(none)'}"
+    made_by = f"the checkpoint of run {checkpoint.run_id}"
     if not reports or reports[0].storage_id < checkpoint.storage_id:
         return checkpoint.storage_id, list(EVALUATION_ASSETS), f"{made_by} has no evaluation_report"
     run = instance.get_run_by_id(reports[0].run_id) if reports[0].run_id else None
@@ -117,7 +136,8 @@ def unevaluated_checkpoint(instance: dg.DagsterInstance) -> tuple[int, list[dg.A
 
 def evaluation_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason | None:
     """The run that evaluates an unevaluated checkpoint again, a skip once it failed MAX_EVALUATION_ATTEMPTS times,
-    or None when the latest checkpoint was evaluated."""
+    or None when the latest checkpoint was evaluated. The run's checks are the job's own (the promotion decision),
+    never the freshness checks the alerts sensor evaluates."""
     pending = unevaluated_checkpoint(instance)
     if pending is None:
         return None
@@ -128,7 +148,8 @@ def evaluation_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipR
     if failed >= MAX_EVALUATION_ATTEMPTS:
         return dg.SkipReason(f"{why}, and evaluating it again failed {failed} times (runs tagged {EVALUATES_TAG}="
                              f"{storage_id}): fix the cause and run `asr-pipeline evaluate`")
-    return dg.RunRequest(asset_selection=assets,
+    checks = [dg.AssetCheckKey(EVALUATION_ASSETS[0], BEATS_CHAMPION)] if EVALUATION_ASSETS[0] in assets else []
+    return dg.RunRequest(asset_selection=assets, asset_check_keys=checks,
                          tags={"asr/stage": "retrain", "asr/reason": f"{why}: evaluating it again",
                                EVALUATES_TAG: str(storage_id)})
 

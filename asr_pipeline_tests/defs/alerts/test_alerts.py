@@ -255,6 +255,91 @@ def test_a_challenger_rejected_for_hallucination_or_a_benchmark_alerts_until_a_r
         "[asr_pipeline] the latest challenger is no longer rejected for hallucination."]
 
 
+def test_a_champion_that_cannot_be_compared_alerts_until_a_report_is_no_longer_blocked_by_it(
+        incoming, webhook, monkeypatch):
+    """incomparable_champion blocks every challenger until someone restores or retires the champion, while a
+    decision is still made every night (so decision_lag stays quiet): it must be an alert of its own."""
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    daemon = AlertDaemon()
+    report = Path(daemon.defs.resources["settings"].home) / "storage" / "evaluation_report" / "report.json"
+    report.parent.mkdir(parents=True)
+    why = "the champion takes 128 mel bins and these features have 80 (a different base model?), so it cannot be"
+    promotion = {"promote": False, "reason": f"{why} compared", "blocked_by": ["incomparable_champion"]}
+    report.write_text(json.dumps({"created_at": "2026-11-26T02:10:00+00:00", "promotion": promotion}))
+    daemon.tick()
+    daemon.tick()
+    [alert] = webhook.texts
+    assert alert.startswith("[asr_pipeline] challenger not compared (report 2026-11-26T02:10:00+00:00)")
+    assert why in alert and "asr-pipeline champion --retire" in alert
+    report.write_text(json.dumps({"created_at": "2026-11-27T02:10:00+00:00",
+                                  "promotion": {**promotion, "blocked_by": ["not_better"]}}))
+    daemon.tick()
+    assert webhook.texts[1:] == [
+        "[asr_pipeline] the champion can be compared again (the latest report is not blocked by it)."]
+
+
+def _finished_run(daemon, job_name, status, assets=None, **tags) -> dg.DagsterRun:
+    run = dg.DagsterRun(job_name=job_name, run_id=str(__import__("uuid").uuid4()), status=status, tags=tags,
+                        asset_selection=frozenset(dg.AssetKey(a) for a in assets) if assets else None)
+    daemon.instance.add_run(run)
+    return run
+
+
+def test_a_training_failure_clears_when_a_later_run_of_any_job_makes_the_asset(incoming, webhook, monkeypatch):
+    """A one-off job that failed (the UI's checkpoint-only training) is not alerted for ever once the nightly
+    asr_retrain has made the same asset; a failure stays open past any number of ingest runs of the same job."""
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    daemon = AlertDaemon()
+    failed = _finished_run(daemon, "asr_train", dg.DagsterRunStatus.FAILURE)
+    ui_failure = _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.FAILURE, assets=["evaluation_report"])
+    for _ in range(25):  # the UI's ingest backfill: batch runs of the same implicit job
+        _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.SUCCESS, **{"dagster/partition": KEY})
+    daemon.tick()
+    assert sorted(t.splitlines()[0].split(":")[0] for t in webhook.texts) == [
+        "[asr_pipeline] __ASSET_JOB failed at __ASSET_JOB", "[asr_pipeline] asr_train failed at asr_train"]
+    assert any(ui_failure.run_id in t for t in webhook.texts) and any(failed.run_id in t for t in webhook.texts)
+    # the nightly training then succeeds: every training asset is made again, both problems clear
+    _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.SUCCESS)
+    daemon.tick()
+    assert sorted(webhook.texts[2:]) == [
+        "[asr_pipeline] __ASSET_JOB recovered: a later run that makes evaluation_report succeeded.",
+        "[asr_pipeline] asr_train recovered: a later run that makes finetuned_checkpoint succeeded."]
+    # a newer failure at an asset supersedes an older one there: one problem, the newest run's
+    _finished_run(daemon, "asr_train", dg.DagsterRunStatus.FAILURE)
+    newest = _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.FAILURE)
+    daemon.tick()
+    assert len(webhook.texts) == 5 and newest.run_id in webhook.texts[4], webhook.texts
+    assert webhook.texts[4].startswith("[asr_pipeline] asr_retrain failed at asr_retrain")
+
+
+def test_a_tick_killed_between_two_sends_does_not_send_the_first_again(incoming, webhook, monkeypatch):
+    """The ledger is written after each delivery: a daemon restarted (or a sensor timed out) half way through a
+    tick's messages neither repeats what it sent nor forgets what it did not."""
+    from asr_pipeline.defs.alerts import sensors
+
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    daemon = AlertDaemon()
+    for job in ("asr_train", "asr_evaluate"):  # two problems, two messages in one tick
+        _finished_run(daemon, job, dg.DagsterRunStatus.FAILURE)
+    real_deliver, calls = sensors.deliver, []
+
+    def killed_at_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise SystemExit("killed")
+        return real_deliver(*args, **kwargs)
+
+    monkeypatch.setattr(sensors, "deliver", killed_at_the_second)
+    with pytest.raises(SystemExit):
+        daemon.tick()
+    monkeypatch.setattr(sensors, "deliver", real_deliver)
+    assert len(webhook.texts) == 1
+    daemon.tick()
+    assert len(webhook.texts) == 2 and webhook.texts[0] != webhook.texts[1]
+    daemon.tick()
+    assert len(webhook.texts) == 2
+
+
 def test_the_alert_sensor_runs_by_default_and_the_checks_do_not_join_the_jobs(incoming):
     defs = cli._definitions()
     assert defs.resolve_sensor_def("asr_alerts").default_status == dg.DefaultSensorStatus.RUNNING

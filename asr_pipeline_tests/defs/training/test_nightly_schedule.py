@@ -48,28 +48,41 @@ def _run(daemon, status, job_name="asr_retrain", tags=None) -> DagsterRun:
     return run
 
 
-def _checkpoint(daemon):
-    """finetuned_checkpoint as a training that read every batch leaves it."""
-    read = featurized_storage_ids(daemon.instance)
-    daemon.instance.report_runless_asset_event(dg.AssetMaterialization(
-        "finetuned_checkpoint", metadata={FEATURIZED_READ: dg.MetadataValue.json(read)}))
+def _materialize(daemon, asset: str, run: DagsterRun, metadata=None) -> None:
+    daemon.instance.report_dagster_event(DagsterEvent(
+        event_type_value=dg.DagsterEventType.ASSET_MATERIALIZATION.value, job_name=run.job_name, step_key=asset,
+        event_specific_data=StepMaterializationData(dg.AssetMaterialization(asset, metadata=metadata))), run.run_id)
+
+
+def _checkpoint(daemon, job_name="asr_retrain") -> DagsterRun:
+    """finetuned_checkpoint as a training that read every batch leaves it, made by a run of job_name."""
+    run = _run(daemon, dg.DagsterRunStatus.FAILURE, job_name=job_name)  # (its evaluation failed, say)
+    _materialize(daemon, "finetuned_checkpoint", run,
+                 {FEATURIZED_READ: dg.MetadataValue.json(featurized_storage_ids(daemon.instance))})
+    return run
 
 
 def _report_in_run(daemon, run: DagsterRun, failed_step: str | None = None) -> None:
     """evaluation_report materialized by `run`, and a step of it failed afterwards (failed_step)."""
-    daemon.instance.report_dagster_event(DagsterEvent(
-        event_type_value=dg.DagsterEventType.ASSET_MATERIALIZATION.value, job_name=run.job_name,
-        step_key="evaluation_report",
-        event_specific_data=StepMaterializationData(dg.AssetMaterialization("evaluation_report"))), run.run_id)
+    _materialize(daemon, "evaluation_report", run)
     if failed_step:
         daemon.instance.report_dagster_event(DagsterEvent(
             event_type_value=dg.DagsterEventType.STEP_FAILURE.value, job_name=run.job_name, step_key=failed_step,
             event_specific_data=StepFailureData(error=None, user_failure_data=None)), run.run_id)
 
 
+def _nodes(daemon, request) -> set[str]:
+    """What the daemon would run for the request: the job's subset of those assets and checks."""
+    job = daemon.defs.resolve_job_def("asr_retrain")
+    subset = job.get_subset(asset_selection=set(request.asset_selection),
+                            asset_check_selection=set(request.asset_check_keys))
+    return {node.name for node in subset.graph.node_dict.values()}
+
+
 def test_no_second_retrain_is_queued_while_one_is_queued_or_running(daemon):
     assert _tick(daemon).run_requests  # night 1: new data, a retrain is requested
-    for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+    for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+                   dg.DagsterRunStatus.CANCELING):
         run = _run(daemon, status)
         skipped = _tick(daemon)  # night 2: the first still waits for its pool slot, or trains
         assert not skipped.run_requests and run.run_id in skipped.skip_message
@@ -80,14 +93,27 @@ def test_no_second_retrain_is_queued_while_one_is_queued_or_running(daemon):
     assert _tick(daemon).run_requests
 
 
+def test_a_training_from_the_ui_holds_it_back_and_an_ingest_backfill_from_the_ui_does_not(daemon):
+    ingest = DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                        asset_selection=frozenset({dg.AssetKey("featurized_shards")}))
+    daemon.instance.add_run(ingest)
+    assert _tick(daemon).run_requests
+    training = DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                          asset_selection=frozenset({dg.AssetKey("finetuned_checkpoint")}))
+    daemon.instance.add_run(training)
+    assert training.run_id in _tick(daemon).skip_message
+
+
 def test_a_killed_cli_training_does_not_hold_the_nightly_training_back(daemon):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    killed = _run(daemon, dg.DagsterRunStatus.STARTED, job_name="asr_train", tags=cli_run_tags(gone.pid))
+    killed = [_run(daemon, status, job_name="asr_train", tags=cli_run_tags(gone.pid))
+              for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED)]
     alive = _run(daemon, dg.DagsterRunStatus.STARTED, job_name="asr_train", tags=cli_run_tags(os.getpid()))
     skipped = _tick(daemon)
-    assert alive.run_id in skipped.skip_message  # a CLI run whose process lives is running
-    assert daemon.instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert alive.run_id in skipped.skip_message  # a CLI run whose process lives is running; where, it says
+    assert f"by `asr-pipeline` on {cli_run_tags(0)['asr/host']} (pid {os.getpid()}" in skipped.skip_message
+    assert all(daemon.instance.get_run_by_id(r.run_id).status == dg.DagsterRunStatus.FAILURE for r in killed)
     daemon.instance.report_run_failed(daemon.instance.get_run_by_id(alive.run_id))
     assert _tick(daemon).run_requests
 
@@ -99,10 +125,10 @@ def test_a_checkpoint_whose_evaluation_failed_is_evaluated_again_a_bounded_numbe
         assert request.asset_selection == [dg.AssetKey("evaluation_report"), dg.AssetKey("champion_model")]
         assert "has no evaluation_report: evaluating it again" in request.tags["asr/reason"]
         assert request.tags[EVALUATES_TAG].isdigit()  # the checkpoint's storage id: its tries are counted
-        # the request names assets of the job: the daemon can build that run (checks of those assets with it)
-        subset = daemon.defs.resolve_job_def("asr_retrain").get_subset(asset_selection=set(request.asset_selection))
-        assert {node.name for node in subset.graph.node_dict.values()} >= {"evaluation_report", "champion_model"}
-        assert "finetuned_checkpoint" not in {node.name for node in subset.graph.node_dict.values()}
+        # exactly what asr_retrain runs of those assets: the promotion decision, not the alerts' freshness checks
+        assert _nodes(daemon, request) == {"evaluation_report", "champion_model"}
+        assert request.asset_check_keys == [dg.AssetCheckKey(dg.AssetKey("evaluation_report"),
+                                                             "challenger_beats_champion")]
         _run(daemon, dg.DagsterRunStatus.FAILURE, tags=request.tags)  # the share is still unmounted
     given_up = _tick(daemon)
     assert not given_up.run_requests
@@ -113,15 +139,35 @@ def test_a_checkpoint_whose_evaluation_failed_is_evaluated_again_a_bounded_numbe
     assert "no featurized_shards batch changed" in _tick(daemon).skip_message
 
 
-def test_a_promotion_that_failed_after_the_report_is_tried_again_alone(daemon):
+def test_a_promotion_that_failed_after_the_report_is_tried_again_alone_until_it_succeeds(daemon):
     _checkpoint(daemon)
     _report_in_run(daemon, _run(daemon, dg.DagsterRunStatus.FAILURE), failed_step="champion_model")
     request = _tick(daemon).run_requests[0]
-    assert request.asset_selection == [dg.AssetKey("champion_model")]
+    assert request.asset_selection == [dg.AssetKey("champion_model")] and request.asset_check_keys == []
+    assert _nodes(daemon, request) == {"champion_model"}
     assert "whose champion_model step failed" in request.tags["asr/reason"]
-    # a run that failed in a check of the report (not in the promotion) is not evaluated again and again
-    _report_in_run(daemon, _run(daemon, dg.DagsterRunStatus.FAILURE), failed_step="evaluation_report_check")
+    # the retry succeeds: it makes no new report, and is not requested again night after night
+    _run(daemon, dg.DagsterRunStatus.SUCCESS, tags=request.tags)
     assert "no featurized_shards batch changed" in _tick(daemon).skip_message
-    # and new data still wins over a pending evaluation: the next training is evaluated anyway
+
+
+def test_a_failed_evaluation_step_is_not_a_promotion_to_retry_and_new_data_wins(daemon):
+    _checkpoint(daemon)
+    # the report was written, then the evaluation step itself failed (a blocking check of its own, say)
+    _report_in_run(daemon, _run(daemon, dg.DagsterRunStatus.FAILURE), failed_step="evaluation_report")
+    assert "no featurized_shards batch changed" in _tick(daemon).skip_message
     daemon.instance.report_runless_asset_event(dg.AssetMaterialization("featurized_shards", partition=KEY))
-    assert _tick(daemon).run_requests[0].asset_selection is None
+    assert _tick(daemon).run_requests[0].asset_selection is None  # a whole retrain, evaluated anyway
+
+
+@pytest.mark.parametrize("made_by", ["asr_train", None])
+def test_a_checkpoint_nobody_meant_to_evaluate_is_left_alone(daemon, made_by):
+    """`asr_train` ("fine-tune only"; `asr-pipeline train` runs asr_retrain) and a checkpoint reported without a run
+    were not meant to be evaluated: the schedule does not evaluate (and maybe promote) them behind the user's back."""
+    if made_by:
+        _checkpoint(daemon, job_name=made_by)
+    else:
+        daemon.instance.report_runless_asset_event(dg.AssetMaterialization(
+            "finetuned_checkpoint",
+            metadata={FEATURIZED_READ: dg.MetadataValue.json(featurized_storage_ids(daemon.instance))}))
+    assert "no featurized_shards batch changed" in _tick(daemon).skip_message
