@@ -105,7 +105,7 @@ def cut_new_batches(table: TranscriptTable, high_water: int, batch_rows: int, ma
     O(pending rows), not O(table)."""
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
-    newest = table.max_id_after(high_water)
+    newest = table.max_id_after(high_water, upto=MAX_ROW_ID)  # rows past it are never cut (README, "Daily life")
     if newest is None:
         return NewBatches([], high_water, None, 0)
     seen_before = pending_since is not None and pending_upto > high_water  # rows seen by an earlier tick still wait
@@ -115,6 +115,8 @@ def cut_new_batches(table: TranscriptTable, high_water: int, batch_rows: int, ma
     while after < newest:
         start = after + 1 if after > 0 else table.first_id_after(0)
         end = table.nth_id_after(after, batch_rows)
+        if end is not None and end > newest:  # the batch would reach past MAX_ROW_ID: what is below is a remainder
+            end = None
         if end is None:
             if not cut_remainder:
                 break

@@ -158,9 +158,11 @@ class TranscriptTable:
         value = self._scalar(f"planning batches of {self.spec.table}", nth)
         return None if value is None else int(value)
 
-    def max_id_after(self, after_id: int) -> int | None:
+    def max_id_after(self, after_id: int, upto: int | None = None) -> int | None:
         id_col = self.spec.table_clause().c[self.spec.id_column]
         query = sa.select(sa.func.max(id_col)).where(id_col > sa.bindparam("after", after_id))
+        if upto is not None:
+            query = query.where(id_col <= sa.bindparam("upto", upto))
         value = self._scalar(f"looking for new rows in {self.spec.table}", query)
         return None if value is None else int(value)
 

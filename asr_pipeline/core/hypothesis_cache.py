@@ -10,13 +10,17 @@ since last night: their hypotheses on an unchanged sample come from here, and on
   duration (it sets the token budget), computed by the caller.
 - the key also holds the runtime (transformers or CTranslate2), the device/dtype and the decoding policy.
 Entries are JSON files written atomically (a temporary file, then os.replace), so a killed run leaves either
-the old entry, the new one, or none.
+the old entry, the new one, or none. An entry not used for UNUSED_DAYS is removed when another is written (each
+night writes one to three: a year of them would be hundreds of megabytes), and a remembered file digest whose file
+is gone is forgotten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 from asr_pipeline.core.storage import write_json
@@ -24,6 +28,7 @@ from asr_pipeline.core.storage import write_json
 # files whose bytes decide what a model outputs; anything else in a checkpoint (training logs, TensorBoard) does not
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 IGNORED_FILES = {"training_log.json", "training_summary.json", "trainer_state.json", "export.json"}
+UNUSED_DAYS = 30  # a model not decoded on the sample for a month (a champion long replaced) is not coming back
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:
@@ -70,7 +75,8 @@ class HypothesisCache:
             return {}
 
     def _save_digests(self, known: dict) -> None:
-        write_json(self._digests_path, known, indent=None)
+        # files gone (checkpoints replaced every night, copies pruned) are forgotten: the file stays small
+        write_json(self._digests_path, {path: d for path, d in known.items() if os.path.exists(path)}, indent=None)
 
     @staticmethod
     def key(model_fingerprint: str, runtime: str, placement: str, policy: dict, sample_fingerprint: str) -> str:
@@ -81,13 +87,33 @@ class HypothesisCache:
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> dict | None:
+        path = self.hypotheses / f"{key}.json"
         try:
-            return json.loads((self.hypotheses / f"{key}.json").read_text(encoding="utf-8"))
+            entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # absent, or unreadable: decode again
+        try:
+            os.utime(path)  # used: its month starts again
+        except OSError:
+            pass
+        return entry
 
     def put(self, key: str, entry: dict) -> None:
         write_json(self.hypotheses / f"{key}.json", entry, indent=None)
+        self.remove_unused()
+
+    def remove_unused(self, days: float = UNUSED_DAYS) -> list[str]:
+        """Delete the entries neither written nor read for `days` (and what a killed write left); returns their
+        names."""
+        removed, cutoff = [], time.time() - days * 86400
+        for path in [*self.hypotheses.glob("*.json"), *self.hypotheses.glob(".*.tmp")]:
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path.stem)
+            except OSError:
+                continue  # gone meanwhile (another evaluation pruned it)
+        return removed
 
 
 def sample_fingerprint(ids, digests, durations) -> str:

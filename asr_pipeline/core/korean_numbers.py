@@ -61,7 +61,9 @@ def native_korean(n: int) -> str:
 def _read_number(match: re.Match) -> str:
     sign, integer, fraction, percent = match.groups()
     words = ["마이너스"] if sign else []
-    words.append(sino_korean(int(integer.replace(",", ""))))
+    digits = integer.replace(",", "")
+    # past 경's groups, digit by digit from the text (its leading zeros kept; no int() of thousands of digits)
+    words.append(" ".join(SINO_DIGITS[int(d)] for d in digits) if len(digits) > 20 else sino_korean(int(digits)))
     if fraction:
         words += ["점"] + [SINO_DIGITS[int(d)] for d in fraction]
     if percent:

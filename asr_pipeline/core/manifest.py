@@ -63,9 +63,10 @@ def clean_transcript(text: object) -> str:
 
 
 def is_blank_transcript(text: str) -> bool:
-    """Nothing visible: only spaces, control and format characters (a caption of a lone zero-width space is as
-    empty as a blank one, and is quarantined as such)."""
-    return all(unicodedata.category(ch)[0] in "CZ" for ch in text)
+    """Nothing visible: only spaces (Z*), control (Cc) and format (Cf) characters (a caption of a lone zero-width
+    space is as empty as a blank one, and is quarantined as such). Private-use and unassigned characters (an emoji
+    newer than Python's tables) are not blank."""
+    return all(unicodedata.category(ch) in ("Cc", "Cf") or unicodedata.category(ch)[0] == "Z" for ch in text)
 
 
 def build_manifest(

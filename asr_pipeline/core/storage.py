@@ -154,15 +154,17 @@ def publish(staged: Path, final: Path, sweep_directory: bool = False) -> Path:
     except OSError:  # no symlink privilege (Windows): the old two-rename publish
         return _publish_by_renames(version, final)
     previous = _link_target(final)
+    if previous and previous != version.name:
+        try:
+            # its grace period starts now, before the swap: another batch's publish sweeping this directory in
+            # between must not find it unlinked with its old time
+            os.utime(final.parent / previous)
+        except OSError:
+            pass
     if final.is_symlink() or not final.exists():
         os.replace(link, final)  # atomic: readers see the old link or the new one
     else:
         _replace_directory_with_link(link, final)  # the first publish after an older version of this code
-    if previous and previous != version.name:
-        try:
-            os.utime(final.parent / previous)  # its grace period starts now
-        except OSError:
-            pass
     _sync_directory(final.parent)  # the swap itself survives a power cut
     if sweep_directory:
         remove_stale_leftovers(final.parent, final.name)

@@ -142,6 +142,26 @@ def test_a_batch_republished_once_loses_its_old_version_at_the_next_publish_of_a
     assert [_complete_version(directory / key) for key in keys] == [2, 2, 2]
 
 
+def test_the_replaced_version_is_fresh_before_the_link_stops_naming_it(tmp_path, monkeypatch):
+    """Another batch's publish may sweep the directory at any instant: a version the link no longer names must
+    already carry the time it was replaced, or a two-day-old one would go while a reader still opens it."""
+    final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
+    publish(_stage(final, 1), final)
+    first = final.parent / os.readlink(final)
+    _age_everything(final.parent, 2 * 86400)
+    real_replace, ages = os.replace, []
+
+    def replace(source, target):
+        if Path(target) == final:
+            ages.append(time.time() - first.stat().st_mtime)
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    publish(_stage(final, 2), final)
+    assert ages and ages[0] < 60
+    assert storage.remove_stale_leftovers(final.parent, "another-batch") == [] and first.is_dir()
+
+
 def test_without_the_sweep_and_in_any_case_other_files_of_the_directory_are_left_alone(tmp_path):
     """A directory a user named (an export's parent) is swept for the published path only; names that only look
     like leftovers (not the exact forms publishing makes) are never touched."""

@@ -236,3 +236,30 @@ def test_the_sample_of_each_size_is_remembered_apart_and_an_earlier_file_is_read
     assert SampleMemory(tmp_path).previous(2000, 20) == [7, 8]
     (tmp_path / "test_sample.json").write_text("[1, 2]")
     assert SampleMemory(tmp_path).previous(2000, 20) == []
+
+
+def test_hypotheses_unused_for_a_month_are_removed_and_gone_files_forgotten(tmp_path):
+    """A year of nights writes hundreds of entries; those still read (base, champion) stay."""
+    import os
+    import time
+
+    from asr_pipeline.core.hypothesis_cache import UNUSED_DAYS, HypothesisCache
+
+    cache = HypothesisCache(tmp_path / "cache")
+    for key in ("base", "old_champion", "killed"):
+        cache.put(key, {"texts": [key]})
+    month = time.time() - UNUSED_DAYS * 86400 - 60
+    for path in cache.hypotheses.iterdir():
+        os.utime(path, (month, month))
+    (cache.hypotheses / ".killed.json.0123abcd.tmp").write_text("{")
+    os.utime(cache.hypotheses / ".killed.json.0123abcd.tmp", (month, month))
+    assert cache.get("base") == {"texts": ["base"]}  # read tonight: its month starts again
+    cache.put("challenger", {"texts": ["new"]})
+    assert sorted(p.name for p in cache.hypotheses.iterdir()) == ["base.json", "challenger.json"]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cache.model_fingerprint(str(model))
+    (model / "config.json").unlink()
+    cache.model_fingerprint(str(tmp_path / "cache"))  # another model: the digests are saved again
+    assert str((model / "config.json").resolve()) not in (tmp_path / "cache" / "file_digests.json").read_text()

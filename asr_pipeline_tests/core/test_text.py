@@ -65,6 +65,8 @@ def test_numbers_past_kyeong_are_read_digit_by_digit_and_never_break_scoring():
             rates = error_rates(["이천이십 년"], [text], NormalizationPolicy(numbers=numbers))
             assert 0 < rates.cer_normalized < 100
     assert " ".join(numbers_to_korean("3" * 21).split()) == " ".join(["삼"] * 21)
+    assert " ".join(numbers_to_korean("0" * 20 + "12").split()) == " ".join(["영"] * 20 + ["일", "이"])
+    assert error_rates(["안녕"], ["1" * 5000]).cer_normalized > 1  # past Python's int() digit limit too
 
 
 def test_invisible_format_characters_count_for_nothing_in_the_normalised_scores():

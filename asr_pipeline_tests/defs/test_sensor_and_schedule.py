@@ -58,6 +58,18 @@ def test_first_tick_covers_every_row_exactly_once_and_an_idle_tick_skips(env):
     assert json.loads(daemon.cursor)["high_water"] == 25
 
 
+def test_rows_with_ids_past_ten_digits_are_left_and_the_others_still_ingested(env):
+    """A BIGINT key of timestamp-shaped ids: batch keys have ten digits, so those rows are never cut (documented),
+    and one of them must not stop every tick from registering the others."""
+    with env.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE training_datas MODIFY id BIGINT NOT NULL AUTO_INCREMENT"))
+        conn.execute(sa.text("INSERT INTO training_datas (id, raw_data, transcript) VALUES (10000000001, 'x', 'y')"))
+    daemon = Daemon()
+    keys = [r.partition_key for r in daemon.tick().run_requests]
+    assert keys == ["ids-0000000001-0000000010", "ids-0000000011-0000000020", "ids-0000000021-0000000025"]
+    assert json.loads(daemon.cursor)["high_water"] == 25 and not daemon.tick().run_requests
+
+
 def test_new_rows_get_a_new_partition_holding_exactly_them(env):
     daemon = Daemon()
     daemon.tick()

@@ -85,8 +85,9 @@ def _unpartitioned_runs(instance: dg.DagsterInstance, job: str) -> list[dg.RunRe
 
 
 def _covers(run: dg.DagsterRun) -> set[str]:
-    """The training and evaluation assets a run materializes when it succeeds."""
-    if run.asset_selection is not None:
+    """The training and evaluation assets a run materializes when it succeeds (a job's own runs may carry an empty
+    selection: all of the job's)."""
+    if run.asset_selection:
         return {key.to_user_string() for key in run.asset_selection} & set(TRAINING_ASSETS)
     return set(JOB_ASSETS.get(run.job_name, TRAINING_ASSETS))
 
@@ -102,7 +103,9 @@ def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list
     for record in runs:  # newest first: a run settles its assets for every older run
         run = record.dagster_run
         covered = _covers(run)
-        if run.status != dg.DagsterRunStatus.SUCCESS:
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            settled |= covered
+        elif not covered <= settled:  # (what a newer run settled needs no event-log read)
             # a challenger that is not promoted leaves its run green (challenger_beats_champion is a non-blocking
             # warning), so it never gets here; rejections are their own alert
             failure = sources.run_failure(instance, run.run_id)
@@ -116,8 +119,7 @@ def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list
                     f"{PREFIX} {failure.asset} recovered: a later run that makes {', '.join(sorted(failed))} "
                     "succeeded.")
                 problems.setdefault(problem.key, problem)
-            settled |= failed
-        settled |= covered
+            settled |= failed  # a newer failure there supersedes the older ones; the rest of its assets do not
     return list(problems.values())
 
 

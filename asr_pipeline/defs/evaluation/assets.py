@@ -131,19 +131,12 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
         # Not promoting is the report's answer, not an error: the step succeeds and materializes nothing.
         context.log.info(f"nothing to promote, the champion stays: {decision.get('reason', 'no decision recorded')}")
         return
-    already = champion.promoted_from(settings.home_dir(), report)
-    if already is not None:  # a retry after a failure past the promotion (the pointer had moved)
-        context.log.info(f"this report's checkpoint is the champion already ({already['model_path']}, promoted "
-                         f"{already['promoted_at']}): nothing to copy again")
-        return
-    evaluated = Path(report["finetuned_model"])
-    if not (evaluated / "config.json").exists():
-        raise FileNotFoundError(f"the checkpoint this report evaluated is gone ({evaluated}): a newer training replaced "
-                                "it; materialize evaluation_report again to decide on the current checkpoint")
-    export = evaluation_report / "ctranslate2"
-    pointer = champion.promote(settings.home_dir(), evaluated,
-                               export if export.exists() else None, report, run_id=context.run.run_id)
-    context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
+    pointer = champion.promoted_from(settings.home_dir(), report)
+    if pointer is not None:  # a retry after a failure past the promotion (the pointer had moved): no second copy
+        context.log.info(f"this report's checkpoint is the champion already ({pointer['model_path']}, promoted "
+                         f"{pointer['promoted_at']}): nothing to copy again; the asset records it")
+    else:
+        pointer = _promote(context, evaluation_report, report, settings)
     try:  # the promotion is done: tidying the older copies never fails it
         removed = champion.prune_models(settings.home_dir(), settings.champion_keep, emit=context.log.info)
         promotions = len(champion.promotions(champion.promotion_history(settings.home_dir())))
@@ -161,6 +154,19 @@ def champion_model(context: dg.AssetExecutionContext, evaluation_report: Path, s
         **({"promotions": promotions} if promotions is not None else {}),
         "copies_removed": len(removed),
     })
+
+
+def _promote(context: dg.AssetExecutionContext, evaluation_report: Path, report: dict,
+             settings: PipelineSettings) -> dict:
+    evaluated = Path(report["finetuned_model"])
+    if not (evaluated / "config.json").exists():
+        raise FileNotFoundError(f"the checkpoint this report evaluated is gone ({evaluated}): a newer training replaced "
+                                "it; materialize evaluation_report again to decide on the current checkpoint")
+    export = evaluation_report / "ctranslate2"
+    pointer = champion.promote(settings.home_dir(), evaluated,
+                               export if export.exists() else None, report, run_id=context.run.run_id)
+    context.log.info(f"promoted {pointer['model_path']} (test CER {pointer['test_cer']:.4f})")
+    return pointer
 
 
 def _promotion_decision(report: dict, incumbent: dict | None, settings: PipelineSettings) -> dict:

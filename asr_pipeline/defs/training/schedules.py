@@ -96,8 +96,8 @@ def active_training(instance: dg.DagsterInstance) -> str | None:
         for record in instance.get_run_records(dg.RunsFilter(job_name=job_name, statuses=list(ACTIVE)),
                                                limit=None if job_name == IMPLICIT_ASSET_JOB else 1):
             run = record.dagster_run
-            if job_name == IMPLICIT_ASSET_JOB and not (run.asset_selection or set()) & TRAINING_ASSETS:
-                continue  # an ingest backfill from the UI
+            if job_name == IMPLICIT_ASSET_JOB and run.asset_selection and not run.asset_selection & TRAINING_ASSETS:
+                continue  # an ingest backfill from the UI (no selection: all assets, training too)
             where = (f" by `asr-pipeline` on {run.tags['asr/host']} (pid {run.tags.get('asr/pid')}; if that process "
                      "is gone, run any asr-pipeline command there, or terminate the run in the UI)"
                      if run.tags.get("asr/launcher") == "cli" else "")
@@ -126,12 +126,21 @@ def unevaluated_checkpoint(instance: dg.DagsterInstance) -> tuple[int, list[dg.A
     if not reports or reports[0].storage_id < checkpoint.storage_id:
         return checkpoint.storage_id, list(EVALUATION_ASSETS), f"{made_by} has no evaluation_report"
     run = instance.get_run_by_id(reports[0].run_id) if reports[0].run_id else None
-    if run is not None and run.status == dg.DagsterRunStatus.FAILURE:
-        failed = {event.step_key for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)}
-        if "champion_model" in failed:
-            return (checkpoint.storage_id, [EVALUATION_ASSETS[1]],
-                    f"{made_by} was evaluated in run {run.run_id}, whose champion_model step failed")
+    if run is not None and run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) \
+            and _step_unfinished(instance, run.run_id, "champion_model"):
+        return (checkpoint.storage_id, [EVALUATION_ASSETS[1]],
+                f"{made_by} was evaluated in run {run.run_id}, whose champion_model step failed or was killed")
     return None
+
+
+def _step_unfinished(instance: dg.DagsterInstance, run_id: str, step: str) -> bool:
+    """The step failed, or started and never succeeded (its process killed: the run reaped as dead, or canceled
+    by the run monitor, has no failure event for it)."""
+    events = {event_type: {e.step_key for e in instance.all_logs(run_id, of_type=event_type)}
+              for event_type in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.STEP_START,
+                                 dg.DagsterEventType.STEP_SUCCESS)}
+    return step in events[dg.DagsterEventType.STEP_FAILURE] or (
+        step in events[dg.DagsterEventType.STEP_START] and step not in events[dg.DagsterEventType.STEP_SUCCESS])
 
 
 def evaluation_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason | None:

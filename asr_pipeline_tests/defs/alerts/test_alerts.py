@@ -310,6 +310,13 @@ def test_a_training_failure_clears_when_a_later_run_of_any_job_makes_the_asset(i
     daemon.tick()
     assert len(webhook.texts) == 5 and newest.run_id in webhook.texts[4], webhook.texts
     assert webhook.texts[4].startswith("[asr_pipeline] asr_retrain failed at asr_retrain")
+    # a newer run that failed settles nothing else: an older failure at another asset stays open
+    _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.SUCCESS)
+    evaluate = _finished_run(daemon, "asr_evaluate", dg.DagsterRunStatus.FAILURE)
+    train = _finished_run(daemon, "asr_train", dg.DagsterRunStatus.FAILURE)
+    daemon.tick()
+    assert len(webhook.texts) == 8, webhook.texts  # the recovery of the retrain's, and the two failures
+    assert any(evaluate.run_id in t for t in webhook.texts[5:]) and any(train.run_id in t for t in webhook.texts[5:])
 
 
 def test_a_tick_killed_between_two_sends_does_not_send_the_first_again(incoming, webhook, monkeypatch):

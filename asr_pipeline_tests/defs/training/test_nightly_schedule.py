@@ -151,6 +151,36 @@ def test_a_promotion_that_failed_after_the_report_is_tried_again_alone_until_it_
     assert "no featurized_shards batch changed" in _tick(daemon).skip_message
 
 
+def _step_event(daemon, run: DagsterRun, event_type, step: str) -> None:
+    from dagster._core.events import StepSuccessData
+
+    data = StepSuccessData(duration_ms=1.0) if event_type == dg.DagsterEventType.STEP_SUCCESS else None
+    daemon.instance.report_dagster_event(DagsterEvent(event_type_value=event_type.value, job_name=run.job_name,
+                                                      step_key=step, event_specific_data=data), run.run_id)
+
+
+@pytest.mark.parametrize("status", [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED])
+def test_a_promotion_killed_mid_step_is_tried_again(daemon, status):
+    """Killed (a dead CLI run marked failed, or canceled by the run monitor): champion_model started and never
+    finished, with no failure event of its own."""
+    _checkpoint(daemon)
+    run = _run(daemon, status)
+    _report_in_run(daemon, run)
+    _step_event(daemon, run, dg.DagsterEventType.STEP_START, "champion_model")
+    request = _tick(daemon).run_requests[0]
+    assert request.asset_selection == [dg.AssetKey("champion_model")]
+    assert "champion_model step failed or was killed" in request.tags["asr/reason"]
+
+
+def test_a_run_whose_promotion_finished_is_not_a_promotion_to_retry(daemon):
+    _checkpoint(daemon)
+    run = _run(daemon, dg.DagsterRunStatus.FAILURE)  # a later step failed (an export, say)
+    _report_in_run(daemon, run)
+    _step_event(daemon, run, dg.DagsterEventType.STEP_START, "champion_model")
+    _step_event(daemon, run, dg.DagsterEventType.STEP_SUCCESS, "champion_model")
+    assert "no featurized_shards batch changed" in _tick(daemon).skip_message
+
+
 def test_a_failed_evaluation_step_is_not_a_promotion_to_retry_and_new_data_wins(daemon):
     _checkpoint(daemon)
     # the report was written, then the evaluation step itself failed (a blocking check of its own, say)
