@@ -157,8 +157,8 @@ PROMOTION_RULES = ("significant", "point")
 
 @dataclass(frozen=True)
 class PromotionPolicy:
-    """ASR_PROMOTION_RULE, ASR_PROMOTION_MARGIN, ASR_HALLUCINATION_MARGIN, ASR_PROMOTION_MIN_EPISODES, and how
-    benchmark regressions count."""
+    """ASR_PROMOTION_RULE, ASR_PROMOTION_MARGIN, ASR_HALLUCINATION_MARGIN, ASR_PROMOTION_MIN_EPISODES, how
+    benchmark regressions count, and ASR_EXPORT_MARGIN."""
 
     rule: str = "significant"
     margin: float = 0.005
@@ -166,6 +166,10 @@ class PromotionPolicy:
     benchmark_gate: str = "block"
     # A bootstrap over 2 or 3 episodes has only a handful of distinct resamples: its interval is far too narrow.
     min_episodes: int = 10
+    # How much worse (normalised CER) the CTranslate2 int8 export, the model deployed, may score than the checkpoint
+    # on the same sample: wide enough for int8's near-tie flips on a small sample (3.2 points on 10 utterances in
+    # the demo), narrow enough for a broken conversion (docs/EVALUATION.md).
+    export_margin: float = 0.05
 
     def __post_init__(self):
         if self.rule not in PROMOTION_RULES:
@@ -207,7 +211,8 @@ def decide_promotion(report: dict, policy: PromotionPolicy, champion_unavailable
     - not_better: does not beat the incumbent under the rule;
     - hallucination: hallucination share above the incumbent's by more than hallucination_margin;
     - benchmark:<name>: worse than the champion on that benchmark set (ASR_BENCHMARK_GATE=warn only reports it);
-    - incomparable_champion: a champion exists but could not be decoded on these features."""
+    - incomparable_champion: a champion exists but could not be decoded on these features;
+    - export: its CTranslate2 int8 export (what is deployed) scores worse than it by more than export_margin."""
     incumbent = "champion" if "champion" in report else "base"
     comparisons = report["comparisons"]
     main = comparisons[f"finetuned_vs_{incumbent}"]
@@ -226,12 +231,19 @@ def decide_promotion(report: dict, policy: PromotionPolicy, champion_unavailable
         reasons.append(f"hallucination share {challenger_share:.3f} vs the {incumbent}'s {incumbent_share:.3f}: "
                        f"worse by more than ASR_HALLUCINATION_MARGIN {policy.hallucination_margin:.3f}")
     for name in benchmark_regressions:
-        text = f"worse than the champion on benchmark {name} by more than the margin"
+        text = f"worse than the {incumbent} on benchmark {name} by more than the margin"
         if policy.benchmark_gate == "block":
             blocked.append(f"benchmark:{name}")
             reasons.append(text)
         else:
             notes.append(f"warning: {text} (ASR_BENCHMARK_GATE=warn)")
+    export = report.get("ctranslate2") or {}
+    if export.get(PROMOTION_METRIC) is not None:
+        worse = export[PROMOTION_METRIC] - report["finetuned"][PROMOTION_METRIC]
+        if worse > policy.export_margin + 1e-12:
+            blocked.append("export")
+            reasons.append(f"its CTranslate2 int8 export, the model deployed, scores {worse:+.4f} normalised CER "
+                           f"against the checkpoint: worse by more than ASR_EXPORT_MARGIN {policy.export_margin:.3f}")
     promote = not blocked
     reasons += notes
     return {
@@ -239,6 +251,7 @@ def decide_promotion(report: dict, policy: PromotionPolicy, champion_unavailable
         "reason": "; ".join(reasons),
         "rule": policy.rule, "metric": PROMOTION_METRIC, "margin": policy.margin,
         "hallucination_margin": policy.hallucination_margin, "min_episodes": policy.min_episodes,
+        "export_margin": policy.export_margin,
         "incumbent": incumbent,
         "difference": main["difference"], "difference_ci95": main["ci95"],
         "versus_base": {"difference": comparisons["finetuned_vs_base"]["difference"],

@@ -269,12 +269,13 @@ def score_benchmarks(sets: Sequence[BenchmarkSet], results: dict[str, dict], pol
 
 
 def benchmark_regressions(report: dict, margin: float, metric: str = "cer_normalized") -> list[str]:
-    """Benchmark sets on which the challenger is worse than the champion by more than margin (absolute); with no
-    champion in the report, nothing can regress."""
+    """Benchmark sets on which the challenger is worse than the incumbent by more than margin (absolute): the
+    champion, or the base model where there is none (the first promotion, one after a retirement), as the test
+    split's gate compares."""
     regressed = []
     for name, entry in sorted((report.get("benchmarks") or {}).items()):
-        challenger, champion = entry.get("finetuned"), entry.get("champion")
-        if challenger and champion and challenger[metric] - champion[metric] > margin:
+        challenger, incumbent = entry.get("finetuned"), entry.get("champion") or entry.get("base")
+        if challenger and incumbent and challenger[metric] - incumbent[metric] > margin:
             regressed.append(name)
     return regressed
 

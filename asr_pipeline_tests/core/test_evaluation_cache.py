@@ -184,10 +184,14 @@ def test_benchmark_regressions_and_the_gate_setting(tmp_path):
     report = {"benchmarks": {
         "golden": {"finetuned": {"cer_normalized": 0.20}, "champion": {"cer_normalized": 0.18}},
         "public": {"finetuned": {"cer_normalized": 0.30}, "champion": {"cer_normalized": 0.298}},
-        "new": {"finetuned": {"cer_normalized": 0.50}},  # no champion figure: nothing to regress from
+        "new": {"finetuned": {"cer_normalized": 0.50}},  # no incumbent figure: nothing to regress from
     }}
     assert evaluation.benchmark_regressions(report, margin=0.005) == ["golden"]
     assert evaluation.benchmark_regressions(report, margin=0.001) == ["golden", "public"]
+    # no champion (the first promotion, or after a retirement): the base model is the incumbent there too
+    first = {"benchmarks": {"golden": {"finetuned": {"cer_normalized": 0.25}, "base": {"cer_normalized": 0.22}},
+                            "public": {"finetuned": {"cer_normalized": 0.25}, "base": {"cer_normalized": 0.40}}}}
+    assert evaluation.benchmark_regressions(first, margin=0.005) == ["golden"]
     assert evaluation.benchmark_regressions({}, margin=0.0) == []
     assert parse_gate(None) == "block" and parse_gate("WARN") == "warn"
     with pytest.raises(ConfigError, match="ASR_BENCHMARK_GATE"):

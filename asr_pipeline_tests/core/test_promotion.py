@@ -175,6 +175,22 @@ def test_benchmark_regressions_block_or_warn_and_an_incomparable_champion_blocks
     assert not lost["promote"] and lost["blocked_by"] == ["incomparable_champion"]
 
 
+def test_a_challenger_whose_deployed_export_lost_accuracy_is_blocked():
+    """champion.json ships the CTranslate2 int8 export: a conversion that broke must not be promoted, while int8's
+    near-tie flips on a small sample pass."""
+    groups = [f"EP_{i // 10}" for i in range(100)]
+    report = _report(_counts(np.full(100, 5)), _counts(np.full(100, 10)), groups)
+    challenger = report["finetuned"][MEASURE]
+    assert decide_promotion(report, PromotionPolicy())["promote"]  # no export scored: nothing to say
+    for worse, promoted in ((0.03, True), (0.5, False), (-0.01, True)):
+        report["ctranslate2"] = {MEASURE: challenger + worse}
+        decision = decide_promotion(report, PromotionPolicy())
+        assert decision["promote"] is promoted and decision["export_margin"] == 0.05
+        if not promoted:
+            assert decision["blocked_by"] == ["export"] and "ASR_EXPORT_MARGIN 0.050" in decision["reason"]
+    assert decide_promotion(report, PromotionPolicy(export_margin=0.6))["promote"]
+
+
 def test_an_unknown_rule_is_refused_with_the_variable_name():
     with pytest.raises(ValueError, match="ASR_PROMOTION_RULE"):
         PromotionPolicy("majority")
@@ -200,6 +216,12 @@ def test_the_gate_settings_come_from_the_environment_and_name_the_variable(monke
     with pytest.raises(ConfigError, match="ASR_HALLUCINATION_MARGIN"):
         settings_from_environment()
     monkeypatch.setenv("ASR_HALLUCINATION_MARGIN", "0.01")
+    monkeypatch.setenv("ASR_EXPORT_MARGIN", "0.02")
+    assert settings_from_environment().promotion_policy().export_margin == 0.02
+    monkeypatch.setenv("ASR_EXPORT_MARGIN", "-1")
+    with pytest.raises(ConfigError, match="ASR_EXPORT_MARGIN"):
+        settings_from_environment()
+    monkeypatch.delenv("ASR_EXPORT_MARGIN")
     monkeypatch.setenv("ASR_PROMOTION_MIN_EPISODES", "1")
     with pytest.raises(ConfigError, match="ASR_PROMOTION_MIN_EPISODES"):
         settings_from_environment()

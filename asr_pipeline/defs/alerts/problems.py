@@ -151,9 +151,11 @@ def rejections(home: Path) -> list[Problem]:
                 "--retire` to compare the next challenger with the base model."),
                 f"{PREFIX} the champion can be compared again (the latest report is not blocked by it)."))
             continue
-        if blocker != "hallucination" and not blocker.startswith("benchmark:"):
+        if blocker not in ("hallucination", "export") and not blocker.startswith("benchmark:"):
             continue
-        what = "hallucinates" if blocker == "hallucination" else f"regresses on benchmark {blocker.split(':', 1)[1]}"
+        what = ("hallucinates" if blocker == "hallucination" else
+                "loses accuracy in its deployed CTranslate2 int8 export" if blocker == "export" else
+                f"regresses on benchmark {blocker.split(':', 1)[1]}")
         problems.append(Problem(f"rejected_{blocker}", "champion_model", "", (
             f"{PREFIX} challenger rejected: it {what} (report {decision.get('created_at')}). {_difference(decision)}\n"
             f"{decision.get('reason', '')}\nThe champion stays. Fix: open the report (`asr-pipeline report`), look at "

@@ -108,6 +108,9 @@ class PipelineSettings(dg.ConfigurableResource):
                                 "entries separated by os.pathsep; each folder holds manifest.csv (audio_path,transcript)")
     benchmark_gate: str = Field(default="block", description="ASR_BENCHMARK_GATE: block | warn, when the challenger "
                                 "is worse than the champion on a benchmark set by more than ASR_PROMOTION_MARGIN")
+    export_margin: float = Field(default=0.05, description="ASR_EXPORT_MARGIN: how much worse (normalised CER) the "
+                                 "CTranslate2 int8 export may score than the checkpoint before the promotion is "
+                                 "blocked")
     champion_keep: int = Field(default=5, description="ASR_CHAMPION_KEEP: promoted models whose copies stay in "
                                "ASR_HOME/champion/models (the latest promotions; the champion's always); 0: every one")
 
@@ -125,7 +128,7 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def promotion_policy(self) -> PromotionPolicy:
         return PromotionPolicy(self.promotion_rule, self.promotion_margin, self.hallucination_margin,
-                               self.benchmark_gate, self.promotion_min_episodes)
+                               self.benchmark_gate, self.promotion_min_episodes, self.export_margin)
 
     def parsed_benchmark_sets(self) -> list[tuple[str, Path]]:
         return parse_benchmark_sets(self.benchmark_sets)
@@ -177,6 +180,8 @@ def settings_from_environment() -> PipelineSettings:
                                         "a whole number >= 0 (0: the whole test split)"),
         benchmark_sets=_benchmark_sets_env(),
         benchmark_gate=parse_gate(os.environ.get("ASR_BENCHMARK_GATE")),
+        export_margin=_number_env("ASR_EXPORT_MARGIN", 0.05, float, lambda v: 0.0 <= v <= 1.0,
+                                  "an absolute CER margin between 0 and 1, e.g. 0.05"),
         champion_keep=_number_env("ASR_CHAMPION_KEEP", 5, int, lambda v: v >= 0,
                                   "a whole number of promoted models to keep, 0 or more (0: keep every one)"),
     )

@@ -238,7 +238,7 @@ def test_a_challenger_rejected_for_hallucination_or_a_benchmark_alerts_until_a_r
     report.parent.mkdir(parents=True)
     promotion = {"promote": False, "reason": "hallucinates on 3 clips", "challenger_cer": 0.21, "champion_cer": 0.2,
                  "difference": 0.01, "difference_ci95": [0.002, 0.018], "blocked_by": ["hallucination",
-                                                                                      "benchmark:news"]}
+                                                                                      "benchmark:news", "export"]}
     report.write_text(json.dumps({"created_at": "2026-11-26T02:10:00+00:00", "promotion": promotion}))
     daemon.tick()
     daemon.tick()
@@ -246,12 +246,15 @@ def test_a_challenger_rejected_for_hallucination_or_a_benchmark_alerts_until_a_r
         "[asr_pipeline] challenger rejected: it hallucinates (report 2026-11-26T02:10:00+00:00). CER difference "
         "challenger - champion +0.0100 (95% interval +0.0020 .. +0.0180)",
         "[asr_pipeline] challenger rejected: it regresses on benchmark news (report 2026-11-26T02:10:00+00:00). CER "
-        "difference challenger - champion +0.0100 (95% interval +0.0020 .. +0.0180)"]
+        "difference challenger - champion +0.0100 (95% interval +0.0020 .. +0.0180)",
+        "[asr_pipeline] challenger rejected: it loses accuracy in its deployed CTranslate2 int8 export (report "
+        "2026-11-26T02:10:00+00:00). CER difference challenger - champion +0.0100 (95% interval +0.0020 .. +0.0180)"]
     report.write_text(json.dumps({"created_at": "2026-11-27T02:10:00+00:00",
                                   "promotion": {**promotion, "promote": True, "blocked_by": []}}))
     daemon.tick()
-    assert sorted(webhook.texts[2:]) == [
+    assert sorted(webhook.texts[3:]) == [
         "[asr_pipeline] the latest challenger is no longer rejected for benchmark:news.",
+        "[asr_pipeline] the latest challenger is no longer rejected for export.",
         "[asr_pipeline] the latest challenger is no longer rejected for hallucination."]
 
 
