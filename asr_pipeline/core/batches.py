@@ -85,17 +85,20 @@ class NewBatches:
     high_water: int
     pending_since: float | None
     pending_upto: int
+    past_limit: int | None = None  # the largest id above MAX_ROW_ID, when the table has such rows (never cut)
 
     @property
     def keys(self) -> list[str]:
         return [batch_key(first, last) for first, last in self.ranges]
 
     def describe(self, now: float, max_wait_s: float, batch_rows: int) -> str:
+        past = (f"; rows with ids above {MAX_ROW_ID:,} (up to {self.past_limit}) are never ingested: batch keys "
+                "have ten digits" if self.past_limit is not None else "")
         if self.pending_since is None:
-            return f"high-water id {self.high_water}"
+            return f"high-water id {self.high_water}{past}"
         waited = (now - self.pending_since) / 60
         return (f"rows up to id {self.pending_upto} pending (the oldest first seen {waited:.0f} min ago; a batch is "
-                f"cut at {batch_rows} rows or after {max_wait_s / 60:.0f} min); high-water id {self.high_water}")
+                f"cut at {batch_rows} rows or after {max_wait_s / 60:.0f} min); high-water id {self.high_water}{past}")
 
 
 def cut_new_batches(table: TranscriptTable, high_water: int, batch_rows: int, max_wait_s: float, now: float,
@@ -106,8 +109,9 @@ def cut_new_batches(table: TranscriptTable, high_water: int, batch_rows: int, ma
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
     newest = table.max_id_after(high_water, upto=MAX_ROW_ID)  # rows past it are never cut (README, "Daily life")
+    past_limit = table.max_id_after(MAX_ROW_ID)  # said in every tick's reason (describe), not dropped silently
     if newest is None:
-        return NewBatches([], high_water, None, 0)
+        return NewBatches([], high_water, None, 0, past_limit)
     seen_before = pending_since is not None and pending_upto > high_water  # rows seen by an earlier tick still wait
     since = pending_since if seen_before else now
     cut_remainder = max_wait_s <= 0 or now - since >= max_wait_s
@@ -124,11 +128,11 @@ def cut_new_batches(table: TranscriptTable, high_water: int, batch_rows: int, ma
         ranges.append((start, end))
         after = end
     if after >= newest:
-        return NewBatches(ranges, after, None, 0)
+        return NewBatches(ranges, after, None, 0, past_limit)
     # rows remain pending: those seen by an earlier tick keep their time (a batch may be cut a little early, never
     # late); when every earlier-seen row was cut, the rest were first seen since the last tick
     still_waiting = seen_before and pending_upto > after
-    return NewBatches(ranges, after, since if still_waiting else now, newest)
+    return NewBatches(ranges, after, since if still_waiting else now, newest, past_limit)
 
 
 @dataclass

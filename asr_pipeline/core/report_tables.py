@@ -98,7 +98,9 @@ def gate_text(report: dict) -> str:
     return (f"Rule **{rule}**: {how} (ASR_PROMOTION_RULE, ASR_PROMOTION_MARGIN); the incumbent is the "
             f"**{decision.get('incumbent', 'champion')}**. Intervals resample whole episodes, the same draw for both "
             f"models. The challenger's hallucination share may exceed the incumbent's by at most "
-            f"{decision.get('hallucination_margin', float('nan')):g} (ASR_HALLUCINATION_MARGIN).")
+            f"{decision.get('hallucination_margin', float('nan')):g} (ASR_HALLUCINATION_MARGIN)."
+            + (f" Its CTranslate2 int8 export, what is deployed, may score at most {decision['export_margin']:g} "
+               "normalised CER worse than the checkpoint (ASR_EXPORT_MARGIN)." if "export_margin" in decision else ""))
 
 
 def hallucination_rows(report: dict) -> list[list[str]]:

@@ -70,7 +70,7 @@ def test_a_transcript_of_invisible_characters_only_is_empty(tmp_path):
         _tone(nas / name)
     rows = [{"id": 1, "audio_path": "/cul_m01/a.wav", "transcript": "\u200b \ufeff"},
             {"id": 2, "audio_path": "/cul_m01/b.wav", "transcript": "\u200b가"},
-            {"id": 3, "audio_path": "/cul_m01/c.wav", "transcript": "\t\u200d"},
+            {"id": 3, "audio_path": "/cul_m01/c.wav", "transcript": "\t\u200d\u3164"},
             {"id": 4, "audio_path": "/cul_m01/a.wav", "transcript": "\ue000"}]  # private use: not blank
     shard, reasons = _resample(rows, None, tmp_path)
     assert shard.index["id"].tolist() == [2, 4] and reasons == {1: "empty transcript", 3: "empty transcript"}

@@ -67,7 +67,10 @@ def test_rows_with_ids_past_ten_digits_are_left_and_the_others_still_ingested(en
     daemon = Daemon()
     keys = [r.partition_key for r in daemon.tick().run_requests]
     assert keys == ["ids-0000000001-0000000010", "ids-0000000011-0000000020", "ids-0000000021-0000000025"]
-    assert json.loads(daemon.cursor)["high_water"] == 25 and not daemon.tick().run_requests
+    idle = daemon.tick()
+    assert json.loads(daemon.cursor)["high_water"] == 25 and not idle.run_requests
+    assert "rows with ids above 9,999,999,999 (up to 10000000001) are never ingested" in \
+        idle.skip_reason.skip_message  # said on every tick, not dropped silently
 
 
 def test_new_rows_get_a_new_partition_holding_exactly_them(env):

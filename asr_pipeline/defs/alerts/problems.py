@@ -85,41 +85,51 @@ def _unpartitioned_runs(instance: dg.DagsterInstance, job: str) -> list[dg.RunRe
 
 
 def _covers(run: dg.DagsterRun) -> set[str]:
-    """The training and evaluation assets a run materializes when it succeeds (a job's own runs may carry an empty
-    selection: all of the job's)."""
+    """The training and evaluation assets a run would make: its selection, or its job's (a job's own runs may
+    carry an empty selection). What it did make is _made's answer."""
     if run.asset_selection:
         return {key.to_user_string() for key in run.asset_selection} & set(TRAINING_ASSETS)
     return set(JOB_ASSETS.get(run.job_name, TRAINING_ASSETS))
 
 
+def _made(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """The training and evaluation assets whose steps succeeded in the run (a check-only run's steps are checks; a
+    champion_model that promotes nothing succeeds all the same)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records
+    return {r.event_log_entry.dagster_event.step_key for r in records} & set(TRAINING_ASSETS)
+
+
 def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list[Problem]:
     """Training and evaluation runs that failed (for a reason other than "not promoted") at an asset no later run
-    has made since: one problem per asset, open until a later run that covers it succeeds, whichever job that is
-    (a one-off `asr_train` that failed is cleared by the next nightly asr_retrain)."""
+    has made since: one problem per asset, open until a later run makes it (its step succeeds), whichever job
+    that is (a one-off `asr_train` that failed is cleared by the next nightly asr_retrain; a run that failed later
+    on clears what it did make)."""
     runs = sorted((r for job in TRAINING_JOBS for r in _unpartitioned_runs(instance, job)),
                   key=lambda r: (r.end_time or 0.0, r.create_timestamp.timestamp()), reverse=True)
     problems: dict[str, Problem] = {}
     settled: set[str] = set()
     for record in runs:  # newest first: a run settles its assets for every older run
+        if settled >= set(TRAINING_ASSETS):
+            break  # nothing older can be open
         run = record.dagster_run
         covered = _covers(run)
-        if run.status == dg.DagsterRunStatus.SUCCESS:
-            settled |= covered
-        elif not covered <= settled:  # (what a newer run settled needs no event-log read)
+        if covered <= settled:
+            continue  # (no event-log read for what newer runs settled)
+        if run.status != dg.DagsterRunStatus.SUCCESS:
             # a challenger that is not promoted leaves its run green (challenger_beats_champion is a non-blocking
             # warning), so it never gets here; rejections are their own alert
             failure = sources.run_failure(instance, run.run_id)
             # a run that died before any step failed (failure.asset is its job) waits for all that it would make
-            failed = {failure.asset} if failure.asset in TRAINING_ASSETS else covered
-            if not failed <= settled:
+            failed = {failure.asset} if failure.asset in TRAINING_ASSETS else covered - _made(instance, run.run_id)
+            if failed and not failed <= settled:
                 problem = Problem("run_failed", failure.asset, "", (
                     f"{PREFIX} {run.job_name} failed at {failure.asset}: {failure.error}\nNo new model until it runs "
                     f"again. Fix: read the run's error, then `asr-pipeline run` (or wait for nightly_retraining)."
                     f"{_link(config, failure.run_id)}"),
-                    f"{PREFIX} {failure.asset} recovered: a later run that makes {', '.join(sorted(failed))} "
-                    "succeeded.")
+                    f"{PREFIX} {failure.asset} recovered: a later run made {', '.join(sorted(failed))}.")
                 problems.setdefault(problem.key, problem)
-            settled |= failed  # a newer failure there supersedes the older ones; the rest of its assets do not
+            settled |= failed  # a newer failure there supersedes the older ones
+        settled |= _made(instance, run.run_id)
     return list(problems.values())
 
 
@@ -132,6 +142,15 @@ def _difference(decision: dict) -> str:
     interval = decision.get("difference_ci95")
     ci = f" (95% interval {interval[0]:+.4f} .. {interval[1]:+.4f})" if interval else ""
     return f"CER difference challenger - champion {difference:+.4f}{ci}"
+
+
+def _export_figures(decision: dict) -> str:
+    def number(key: str) -> float:
+        value = decision.get(key)
+        return float("nan") if value is None else value
+
+    return (f"Normalised CER of its int8 export {number('export_cer'):.4f} against the checkpoint's "
+            f"{number('challenger_cer'):.4f} (ASR_EXPORT_MARGIN {number('export_margin'):g})")
 
 
 def rejections(home: Path) -> list[Problem]:
@@ -156,8 +175,9 @@ def rejections(home: Path) -> list[Problem]:
         what = ("hallucinates" if blocker == "hallucination" else
                 "loses accuracy in its deployed CTranslate2 int8 export" if blocker == "export" else
                 f"regresses on benchmark {blocker.split(':', 1)[1]}")
+        figures = _export_figures(decision) if blocker == "export" else _difference(decision)
         problems.append(Problem(f"rejected_{blocker}", "champion_model", "", (
-            f"{PREFIX} challenger rejected: it {what} (report {decision.get('created_at')}). {_difference(decision)}\n"
+            f"{PREFIX} challenger rejected: it {what} (report {decision.get('created_at')}). {figures}\n"
             f"{decision.get('reason', '')}\nThe champion stays. Fix: open the report (`asr-pipeline report`), look at "
             "the worst utterances and the benchmark table; check the newest batches' transcripts."),
             f"{PREFIX} the latest challenger is no longer rejected for {blocker}."))

@@ -107,7 +107,8 @@ class PipelineSettings(dg.ConfigurableResource):
     benchmark_sets: str = Field(default="", description="ASR_BENCHMARK_SETS: fixed evaluation sets, NAME=FOLDER "
                                 "entries separated by os.pathsep; each folder holds manifest.csv (audio_path,transcript)")
     benchmark_gate: str = Field(default="block", description="ASR_BENCHMARK_GATE: block | warn, when the challenger "
-                                "is worse than the champion on a benchmark set by more than ASR_PROMOTION_MARGIN")
+                                "is worse than the champion (or the base model, with none) on a benchmark set by more than "
+                                "ASR_PROMOTION_MARGIN")
     export_margin: float = Field(default=0.05, description="ASR_EXPORT_MARGIN: how much worse (normalised CER) the "
                                  "CTranslate2 int8 export may score than the checkpoint before the promotion is "
                                  "blocked")

@@ -176,7 +176,8 @@ def _promotion_decision(report: dict, incumbent: dict | None, settings: Pipeline
                                                      "takes other features (a different base model?)")
         unavailable = (f"{why}, so it cannot be compared on this test split; restore it (or the settings), or "
                        "retire it with `asr-pipeline champion --retire` to let the next challenger in")
-    # fixed benchmark sets (ASR_BENCHMARK_SETS): worse than the champion on any by more than the margin
+    # fixed benchmark sets (ASR_BENCHMARK_SETS): worse than the champion (the base, with none) on any by more than
+    # the margin
     regressed = evaluation.benchmark_regressions(report, settings.promotion_margin) if report.get("benchmarks") else []
     return champion.decide_promotion(report, settings.promotion_policy(), unavailable, regressed)
 

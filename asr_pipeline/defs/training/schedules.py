@@ -96,8 +96,8 @@ def active_training(instance: dg.DagsterInstance) -> str | None:
         for record in instance.get_run_records(dg.RunsFilter(job_name=job_name, statuses=list(ACTIVE)),
                                                limit=None if job_name == IMPLICIT_ASSET_JOB else 1):
             run = record.dagster_run
-            if job_name == IMPLICIT_ASSET_JOB and run.asset_selection and not run.asset_selection & TRAINING_ASSETS:
-                continue  # an ingest backfill from the UI (no selection: all assets, training too)
+            if job_name == IMPLICIT_ASSET_JOB and not (run.asset_selection or set()) & TRAINING_ASSETS:
+                continue  # an ingest backfill or a check from the UI
             where = (f" by `asr-pipeline` on {run.tags['asr/host']} (pid {run.tags.get('asr/pid')}; if that process "
                      "is gone, run any asr-pipeline command there, or terminate the run in the UI)"
                      if run.tags.get("asr/launcher") == "cli" else "")
@@ -134,13 +134,10 @@ def unevaluated_checkpoint(instance: dg.DagsterInstance) -> tuple[int, list[dg.A
 
 
 def _step_unfinished(instance: dg.DagsterInstance, run_id: str, step: str) -> bool:
-    """The step failed, or started and never succeeded (its process killed: the run reaped as dead, or canceled
-    by the run monitor, has no failure event for it)."""
-    events = {event_type: {e.step_key for e in instance.all_logs(run_id, of_type=event_type)}
-              for event_type in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.STEP_START,
-                                 dg.DagsterEventType.STEP_SUCCESS)}
-    return step in events[dg.DagsterEventType.STEP_FAILURE] or (
-        step in events[dg.DagsterEventType.STEP_START] and step not in events[dg.DagsterEventType.STEP_SUCCESS])
+    """The report's step succeeded in the run and `step` did not: it failed, or its process was killed before or
+    during it (a run reaped as dead, or canceled by the run monitor, has no failure event for it)."""
+    succeeded = {e.step_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+    return EVALUATION_ASSETS[0].to_user_string() in succeeded and step not in succeeded
 
 
 def evaluation_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason | None:

@@ -237,6 +237,7 @@ def test_a_challenger_rejected_for_hallucination_or_a_benchmark_alerts_until_a_r
     report = Path(daemon.defs.resources["settings"].home) / "storage" / "evaluation_report" / "report.json"
     report.parent.mkdir(parents=True)
     promotion = {"promote": False, "reason": "hallucinates on 3 clips", "challenger_cer": 0.21, "champion_cer": 0.2,
+                 "export_cer": 0.31, "export_margin": 0.05,
                  "difference": 0.01, "difference_ci95": [0.002, 0.018], "blocked_by": ["hallucination",
                                                                                       "benchmark:news", "export"]}
     report.write_text(json.dumps({"created_at": "2026-11-26T02:10:00+00:00", "promotion": promotion}))
@@ -248,7 +249,8 @@ def test_a_challenger_rejected_for_hallucination_or_a_benchmark_alerts_until_a_r
         "[asr_pipeline] challenger rejected: it regresses on benchmark news (report 2026-11-26T02:10:00+00:00). CER "
         "difference challenger - champion +0.0100 (95% interval +0.0020 .. +0.0180)",
         "[asr_pipeline] challenger rejected: it loses accuracy in its deployed CTranslate2 int8 export (report "
-        "2026-11-26T02:10:00+00:00). CER difference challenger - champion +0.0100 (95% interval +0.0020 .. +0.0180)"]
+        "2026-11-26T02:10:00+00:00). Normalised CER of its int8 export 0.3100 against the checkpoint's 0.2100 "
+        "(ASR_EXPORT_MARGIN 0.05)"]
     report.write_text(json.dumps({"created_at": "2026-11-27T02:10:00+00:00",
                                   "promotion": {**promotion, "promote": True, "blocked_by": []}}))
     daemon.tick()
@@ -281,10 +283,32 @@ def test_a_champion_that_cannot_be_compared_alerts_until_a_report_is_no_longer_b
         "[asr_pipeline] the champion can be compared again (the latest report is not blocked by it)."]
 
 
-def _finished_run(daemon, job_name, status, assets=None, **tags) -> dg.DagsterRun:
+JOB_STEPS = {"asr_retrain": ["finetuned_checkpoint", "evaluation_report", "champion_model"],
+             "asr_train": ["finetuned_checkpoint"], "asr_evaluate": ["evaluation_report", "champion_model"]}
+
+
+def _step(daemon, run: dg.DagsterRun, step: str, failed: bool = False) -> None:
+    from dagster._core.events import DagsterEvent, StepSuccessData
+    from dagster._core.execution.plan.objects import StepFailureData
+
+    kind = dg.DagsterEventType.STEP_FAILURE if failed else dg.DagsterEventType.STEP_SUCCESS
+    data = StepFailureData(error=None, user_failure_data=None) if failed else StepSuccessData(duration_ms=1.0)
+    daemon.instance.report_dagster_event(DagsterEvent(event_type_value=kind.value, job_name=run.job_name,
+                                                      step_key=step, event_specific_data=data), run.run_id)
+
+
+def _finished_run(daemon, job_name, status, assets=None, failed_at=None, steps=None, **tags) -> dg.DagsterRun:
+    """A finished run as its event log records it: each step (the selection's, or the job's) succeeded up to
+    failed_at, which failed; a failed run without failed_at died before any step did."""
     run = dg.DagsterRun(job_name=job_name, run_id=str(__import__("uuid").uuid4()), status=status, tags=tags,
-                        asset_selection=frozenset(dg.AssetKey(a) for a in assets) if assets else None)
+                        asset_selection=frozenset(dg.AssetKey(a) for a in assets) if assets is not None else None)
     daemon.instance.add_run(run)
+    planned = steps if steps is not None else (assets if assets is not None else JOB_STEPS.get(job_name, []))
+    if status == dg.DagsterRunStatus.SUCCESS or failed_at:
+        for step in planned:
+            _step(daemon, run, step, failed=step == failed_at)
+            if step == failed_at:
+                break
     return run
 
 
@@ -297,6 +321,9 @@ def test_a_training_failure_clears_when_a_later_run_of_any_job_makes_the_asset(i
     ui_failure = _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.FAILURE, assets=["evaluation_report"])
     for _ in range(25):  # the UI's ingest backfill: batch runs of the same implicit job
         _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.SUCCESS, **{"dagster/partition": KEY})
+    # and a check executed from the UI succeeds: it makes no asset, so it clears nothing
+    _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.SUCCESS, assets=[],
+                  steps=["evaluation_report_challenger_beats_champion"])
     daemon.tick()
     assert sorted(t.splitlines()[0].split(":")[0] for t in webhook.texts) == [
         "[asr_pipeline] __ASSET_JOB failed at __ASSET_JOB", "[asr_pipeline] asr_train failed at asr_train"]
@@ -305,21 +332,36 @@ def test_a_training_failure_clears_when_a_later_run_of_any_job_makes_the_asset(i
     _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.SUCCESS)
     daemon.tick()
     assert sorted(webhook.texts[2:]) == [
-        "[asr_pipeline] __ASSET_JOB recovered: a later run that makes evaluation_report succeeded.",
-        "[asr_pipeline] asr_train recovered: a later run that makes finetuned_checkpoint succeeded."]
+        "[asr_pipeline] __ASSET_JOB recovered: a later run made evaluation_report.",
+        "[asr_pipeline] asr_train recovered: a later run made finetuned_checkpoint."]
     # a newer failure at an asset supersedes an older one there: one problem, the newest run's
     _finished_run(daemon, "asr_train", dg.DagsterRunStatus.FAILURE)
     newest = _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.FAILURE)
     daemon.tick()
     assert len(webhook.texts) == 5 and newest.run_id in webhook.texts[4], webhook.texts
     assert webhook.texts[4].startswith("[asr_pipeline] asr_retrain failed at asr_retrain")
-    # a newer run that failed settles nothing else: an older failure at another asset stays open
-    _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.SUCCESS)
-    evaluate = _finished_run(daemon, "asr_evaluate", dg.DagsterRunStatus.FAILURE)
-    train = _finished_run(daemon, "asr_train", dg.DagsterRunStatus.FAILURE)
+
+
+def test_a_failed_run_clears_what_it_made_and_only_that(incoming, webhook, monkeypatch):
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    daemon = AlertDaemon()
+    # night 1: the training fails; night 2: it trains, then the evaluation fails
+    _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.FAILURE, failed_at="finetuned_checkpoint")
     daemon.tick()
-    assert len(webhook.texts) == 8, webhook.texts  # the recovery of the retrain's, and the two failures
-    assert any(evaluate.run_id in t for t in webhook.texts[5:]) and any(train.run_id in t for t in webhook.texts[5:])
+    assert [t.splitlines()[0].split(":")[0] for t in webhook.texts] == [
+        "[asr_pipeline] asr_retrain failed at finetuned_checkpoint"]
+    evaluation = _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.FAILURE, failed_at="evaluation_report")
+    daemon.tick()
+    assert sorted(t.splitlines()[0].split(":")[0] for t in webhook.texts[1:]) == [
+        "[asr_pipeline] asr_retrain failed at evaluation_report",
+        "[asr_pipeline] finetuned_checkpoint recovered"]
+    # an older evaluation failure is not cleared by a newer run that failed before it evaluated
+    _finished_run(daemon, "asr_retrain", dg.DagsterRunStatus.FAILURE, failed_at="finetuned_checkpoint")
+    daemon.tick()
+    assert len(webhook.texts) == 4 and webhook.texts[3].startswith(
+        "[asr_pipeline] asr_retrain failed at finetuned_checkpoint")  # and no recovery of the evaluation's
+    assert not any("evaluation_report recovered" in t for t in webhook.texts) and evaluation.run_id in webhook.texts[1] \
+        + webhook.texts[2]
 
 
 def test_a_tick_killed_between_two_sends_does_not_send_the_first_again(incoming, webhook, monkeypatch):

@@ -63,8 +63,11 @@ def _checkpoint(daemon, job_name="asr_retrain") -> DagsterRun:
 
 
 def _report_in_run(daemon, run: DagsterRun, failed_step: str | None = None) -> None:
-    """evaluation_report materialized by `run`, and a step of it failed afterwards (failed_step)."""
+    """evaluation_report materialized by `run` (its step succeeded unless failed_step is that one), and failed_step
+    failed afterwards."""
     _materialize(daemon, "evaluation_report", run)
+    if failed_step != "evaluation_report":
+        _step_event(daemon, run, dg.DagsterEventType.STEP_SUCCESS, "evaluation_report")
     if failed_step:
         daemon.instance.report_dagster_event(DagsterEvent(
             event_type_value=dg.DagsterEventType.STEP_FAILURE.value, job_name=run.job_name, step_key=failed_step,
@@ -102,6 +105,11 @@ def test_a_training_from_the_ui_holds_it_back_and_an_ingest_backfill_from_the_ui
                           asset_selection=frozenset({dg.AssetKey("finetuned_checkpoint")}))
     daemon.instance.add_run(training)
     assert training.run_id in _tick(daemon).skip_message
+    daemon.instance.delete_run(training.run_id)
+    check = DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                       asset_selection=frozenset())  # a check executed from the UI: no asset
+    daemon.instance.add_run(check)
+    assert _tick(daemon).run_requests
 
 
 def test_a_killed_cli_training_does_not_hold_the_nightly_training_back(daemon):
@@ -160,13 +168,15 @@ def _step_event(daemon, run: DagsterRun, event_type, step: str) -> None:
 
 
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED])
-def test_a_promotion_killed_mid_step_is_tried_again(daemon, status):
-    """Killed (a dead CLI run marked failed, or canceled by the run monitor): champion_model started and never
-    finished, with no failure event of its own."""
+@pytest.mark.parametrize("started", [True, False])
+def test_a_promotion_killed_mid_step_or_before_it_is_tried_again(daemon, status, started):
+    """Killed (a dead CLI run marked failed, or canceled by the run monitor) during champion_model or between the
+    report and it: no failure event of its own."""
     _checkpoint(daemon)
     run = _run(daemon, status)
     _report_in_run(daemon, run)
-    _step_event(daemon, run, dg.DagsterEventType.STEP_START, "champion_model")
+    if started:
+        _step_event(daemon, run, dg.DagsterEventType.STEP_START, "champion_model")
     request = _tick(daemon).run_requests[0]
     assert request.asset_selection == [dg.AssetKey("champion_model")]
     assert "champion_model step failed or was killed" in request.tags["asr/reason"]
