@@ -126,7 +126,9 @@ def unevaluated_checkpoint(instance: dg.DagsterInstance) -> tuple[int, list[dg.A
     if not reports or reports[0].storage_id < checkpoint.storage_id:
         return checkpoint.storage_id, list(EVALUATION_ASSETS), f"{made_by} has no evaluation_report"
     run = instance.get_run_by_id(reports[0].run_id) if reports[0].run_id else None
-    if run is not None and run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) \
+    # FAILURE only: a dead CLI run is marked failed, and so is a run whose worker died; a CANCELED run was stopped
+    # by someone, perhaps to keep that very promotion from happening
+    if run is not None and run.status == dg.DagsterRunStatus.FAILURE \
             and _step_unfinished(instance, run.run_id, "champion_model"):
         return (checkpoint.storage_id, [EVALUATION_ASSETS[1]],
                 f"{made_by} was evaluated in run {run.run_id}, whose champion_model step failed or was killed")

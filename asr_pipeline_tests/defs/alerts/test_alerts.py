@@ -321,9 +321,13 @@ def test_a_training_failure_clears_when_a_later_run_of_any_job_makes_the_asset(i
     ui_failure = _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.FAILURE, assets=["evaluation_report"])
     for _ in range(25):  # the UI's ingest backfill: batch runs of the same implicit job
         _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.SUCCESS, **{"dagster/partition": KEY})
-    # and a check executed from the UI succeeds: it makes no asset, so it clears nothing
+    # and checks executed from the UI (no asset selection: a check alone) succeed, fail or are canceled: they make
+    # no asset, so they clear nothing and are no training failure
     _finished_run(daemon, "__ASSET_JOB", dg.DagsterRunStatus.SUCCESS, assets=[],
                   steps=["evaluation_report_challenger_beats_champion"])
+    for status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        _finished_run(daemon, "__ASSET_JOB", status, failed_at="finetuned_checkpoint_training_keeps_up",
+                      steps=["finetuned_checkpoint_training_keeps_up"])
     daemon.tick()
     assert sorted(t.splitlines()[0].split(":")[0] for t in webhook.texts) == [
         "[asr_pipeline] __ASSET_JOB failed at __ASSET_JOB", "[asr_pipeline] asr_train failed at asr_train"]

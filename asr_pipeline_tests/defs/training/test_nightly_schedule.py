@@ -167,13 +167,15 @@ def _step_event(daemon, run: DagsterRun, event_type, step: str) -> None:
                                                       step_key=step, event_specific_data=data), run.run_id)
 
 
-@pytest.mark.parametrize("status", [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED])
 @pytest.mark.parametrize("started", [True, False])
-def test_a_promotion_killed_mid_step_or_before_it_is_tried_again(daemon, status, started):
-    """Killed (a dead CLI run marked failed, or canceled by the run monitor) during champion_model or between the
-    report and it: no failure event of its own."""
+def test_a_promotion_killed_mid_step_or_before_it_is_tried_again_one_canceled_is_not(daemon, started):
+    """Killed (a dead CLI run marked failed, a run whose worker died) during champion_model or between the report
+    and it: no failure event of its own. A canceled run was stopped by someone: its promotion is not forced."""
     _checkpoint(daemon)
-    run = _run(daemon, status)
+    canceled = _run(daemon, dg.DagsterRunStatus.CANCELED)
+    _report_in_run(daemon, canceled)
+    assert "no featurized_shards batch changed" in _tick(daemon).skip_message
+    run = _run(daemon, dg.DagsterRunStatus.FAILURE)
     _report_in_run(daemon, run)
     if started:
         _step_event(daemon, run, dg.DagsterEventType.STEP_START, "champion_model")
