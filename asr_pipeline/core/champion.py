@@ -59,16 +59,12 @@ def promotion_history(home: Path) -> list[dict]:
 def append_history(home: Path, entry: dict) -> None:
     """One line at the end of history.jsonl. A last line cut short by a kill (no newline) is ended first, so this
     entry is a line of its own and not glued to the torn one (both would be lost to promotion_history)."""
-    path = champion_dir(home) / "history.jsonl"
-    with open(path, "ab") as history:
-        torn = history.tell() > 0 and _last_byte(path) != b"\n"
+    with open(champion_dir(home) / "history.jsonl", "a+b") as history:  # (appends go to the end whatever is read)
+        torn = False
+        if history.seek(0, os.SEEK_END):
+            history.seek(-1, os.SEEK_END)
+            torn = history.read(1) != b"\n"
         history.write((b"\n" if torn else b"") + (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as existing:
-        existing.seek(-1, os.SEEK_END)
-        return existing.read(1)
 
 
 def promotions(history: list[dict]) -> list[dict]:

@@ -180,7 +180,8 @@ def evaluate_on_test(
     decoder = CachedDecoder(HypothesisCache(cache_dir) if cache_dir else None, f"{device}/{dtype_name}", decoding,
                             emit)
     models = [("base", base_source), ("finetuned", str(checkpoint_dir))]
-    if champion_comparable(champion, shards):
+    unavailable = champion_unavailable(champion, shards)
+    if champion and unavailable is None:
         models.append(("champion", champion["model_path"]))
     report: dict = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -190,7 +191,7 @@ def evaluate_on_test(
         "base_model": base_source,
         "finetuned_model": str(checkpoint_dir),
         "champion_model": champion["model_path"] if champion else None,
-        "champion_unavailable": champion_unavailable(champion, shards),
+        "champion_unavailable": unavailable,
         "split": split_settings(shards),  # the promoted champion's pointer keeps it (champion_unavailable)
         "warning": warning,
         "normalization": policy.describe(),

@@ -32,6 +32,11 @@ def _sino_below_10000(n: int) -> str:
     return "".join(out)
 
 
+def digit_by_digit(digits: str) -> list[str]:
+    """"305" -> [삼, 영, 오]: how decimals and long serial numbers are read."""
+    return [SINO_DIGITS[int(d)] for d in digits]
+
+
 def sino_korean(n: int) -> str:
     """12345 -> 만이천삼백사십오 (Sino-Korean reading, grouped by 10^4 as Korean is). From 10^20 on (past 경's
     groups: 해 and above are not said on air) digit by digit, as a long account or serial number is read; a
@@ -39,7 +44,7 @@ def sino_korean(n: int) -> str:
     if n == 0:
         return "영"
     if n >= LARGE_UNITS[0][0] * 10_000:
-        return " ".join(SINO_DIGITS[int(digit)] for digit in str(n))
+        return " ".join(digit_by_digit(str(n)))
     out = []
     for value, unit in LARGE_UNITS:
         group, n = divmod(n, value)
@@ -63,9 +68,9 @@ def _read_number(match: re.Match) -> str:
     words = ["마이너스"] if sign else []
     digits = integer.replace(",", "")
     # past 경's groups, digit by digit from the text (its leading zeros kept; no int() of thousands of digits)
-    words.append(" ".join(SINO_DIGITS[int(d)] for d in digits) if len(digits) > 20 else sino_korean(int(digits)))
+    words.append(" ".join(digit_by_digit(digits)) if len(digits) > 20 else sino_korean(int(digits)))
     if fraction:
-        words += ["점"] + [SINO_DIGITS[int(d)] for d in fraction]
+        words += ["점", *digit_by_digit(fraction)]
     if percent:
         words.append("프로")
     return " " + " ".join(words) + " "

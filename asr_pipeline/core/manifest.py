@@ -63,14 +63,14 @@ def clean_transcript(text: object) -> str:
 
 
 HANGUL_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # control, format, the three kinds of space
 
 
 def is_blank_transcript(text: str) -> bool:
     """Nothing visible: only spaces (Z*), control (Cc) and format (Cf) characters and the Hangul fillers (letters
     that draw nothing; a caption of a lone zero-width space is as empty as a blank one, and is quarantined as such).
     Private-use and unassigned characters (an emoji newer than Python's tables) are not blank."""
-    return all(ch in HANGUL_FILLERS or unicodedata.category(ch) in ("Cc", "Cf") or unicodedata.category(ch)[0] == "Z"
-               for ch in text)
+    return all(ch in HANGUL_FILLERS or unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in text)
 
 
 def build_manifest(

@@ -17,15 +17,15 @@ from asr_pipeline.core.alerts import AlertConfig
 from asr_pipeline.defs.alerts import sources
 from asr_pipeline.defs.alerts.freshness import BATCHES_DONE, DECISION_RECENT, TRAINING_KEEPS_UP, FreshnessResult
 from asr_pipeline.defs.ingest.checks import CANCELLING_DOWNMIX, NEAR_SILENT
+from asr_pipeline.defs.ingest.run_failures import succeeded_steps
+from asr_pipeline.defs.training.schedules import IMPLICIT_ASSET_JOB, JOB_ASSETS, TRAINING_ASSET_NAMES
 
 SUSPECT_AUDIO_CHECKS = (NEAR_SILENT, CANCELLING_DOWNMIX)  # blocked by the audio, not by missing rows
 
 PREFIX = "[asr_pipeline]"
 # ...and the UI's own materializations (__ASSET_JOB) of the unpartitioned assets; batch runs are alerted per batch
-TRAINING_JOBS = ("asr_retrain", "asr_train", "asr_evaluate", "__ASSET_JOB")
-TRAINING_ASSETS = ("finetuned_checkpoint", "evaluation_report", "champion_model")
-JOB_ASSETS = {"asr_retrain": TRAINING_ASSETS, "asr_train": ("finetuned_checkpoint",),
-              "asr_evaluate": ("evaluation_report", "champion_model")}
+TRAINING_JOBS = (*JOB_ASSETS, IMPLICIT_ASSET_JOB)
+TRAINING_ASSETS = set(TRAINING_ASSET_NAMES)
 RUNS_PER_JOB = 20  # unpartitioned finished runs read a job
 PAGE, MAX_PAGES = 100, 20  # batch runs paged past to find them
 
@@ -87,17 +87,10 @@ def _unpartitioned_runs(instance: dg.DagsterInstance, job: str) -> list[dg.RunRe
 def _covers(run: dg.DagsterRun) -> set[str]:
     """The training and evaluation assets a run would make: its selection, or its job's (a job's own runs may
     carry an empty selection). The UI's runs (__ASSET_JOB) always name theirs: one without (a check executed
-    alone) makes none. What it did make is _made's answer."""
+    alone) makes none. What it did make, its steps say."""
     if run.asset_selection:
-        return {key.to_user_string() for key in run.asset_selection} & set(TRAINING_ASSETS)
+        return {key.to_user_string() for key in run.asset_selection} & TRAINING_ASSETS
     return set(JOB_ASSETS.get(run.job_name, ()))
-
-
-def _made(instance: dg.DagsterInstance, run_id: str) -> set[str]:
-    """The training and evaluation assets whose steps succeeded in the run (a check-only run's steps are checks; a
-    champion_model that promotes nothing succeeds all the same)."""
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records
-    return {r.event_log_entry.dagster_event.step_key for r in records} & set(TRAINING_ASSETS)
 
 
 def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list[Problem]:
@@ -110,18 +103,21 @@ def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list
     problems: dict[str, Problem] = {}
     settled: set[str] = set()
     for record in runs:  # newest first: a run settles its assets for every older run
-        if settled >= set(TRAINING_ASSETS):
+        if settled >= TRAINING_ASSETS:
             break  # nothing older can be open
         run = record.dagster_run
         covered = _covers(run)
         if covered and covered <= settled:
             continue  # (no event-log read for what newer runs settled)
+        # what it made: its training and evaluation steps that succeeded (a check-only run's steps are checks; a
+        # champion_model that promotes nothing succeeds all the same)
+        made = succeeded_steps(instance, run.run_id) & TRAINING_ASSETS
         if run.status != dg.DagsterRunStatus.SUCCESS:
             # a challenger that is not promoted leaves its run green (challenger_beats_champion is a non-blocking
             # warning), so it never gets here; rejections are their own alert
             failure = sources.run_failure(instance, run.run_id)
             # a run that died before any step failed (failure.asset is its job) waits for all that it would make
-            failed = {failure.asset} if failure.asset in TRAINING_ASSETS else covered - _made(instance, run.run_id)
+            failed = {failure.asset} if failure.asset in TRAINING_ASSETS else covered - made
             if failed and not failed <= settled:
                 problem = Problem("run_failed", failure.asset, "", (
                     f"{PREFIX} {run.job_name} failed at {failure.asset}: {failure.error}\nNo new model until it runs "
@@ -130,7 +126,7 @@ def training_failures(instance: dg.DagsterInstance, config: AlertConfig) -> list
                     f"{PREFIX} {failure.asset} recovered: a later run made {', '.join(sorted(failed))}.")
                 problems.setdefault(problem.key, problem)
             settled |= failed  # a newer failure there supersedes the older ones
-        settled |= _made(instance, run.run_id)
+        settled |= made
     return list(problems.values())
 
 

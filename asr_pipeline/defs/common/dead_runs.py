@@ -12,11 +12,9 @@ import dagster as dg
 
 from asr_pipeline.core.storage import process_alive
 
-CLI_LAUNCHER_TAGS = ("asr/launcher", "asr/host", "asr/pid")  # what the CLI tags its runs with
-
-
 def cli_run_tags(pid: int) -> dict[str, str]:
-    return dict(zip(CLI_LAUNCHER_TAGS, ("cli", socket.gethostname(), str(pid))))
+    """What the CLI tags its runs with: where to look for the process that runs them."""
+    return {"asr/launcher": "cli", "asr/host": socket.gethostname(), "asr/pid": str(pid)}
 
 
 def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]) -> list[str]:

@@ -21,6 +21,12 @@ def unfinished_step(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return unfinished[-1] if unfinished else None
 
 
+def succeeded_steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """The steps that succeeded in this run (a run that failed later keeps what those made)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records
+    return {r.event_log_entry.dagster_event.step_key for r in records}
+
+
 CRASH_PREFIX = "Run execution process for"  # the code server's engine event when a launched run's process dies
 
 

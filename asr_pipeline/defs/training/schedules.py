@@ -21,13 +21,18 @@ from asr_pipeline.core.errors import ConfigError
 from asr_pipeline.defs.common.dead_runs import reap_dead_cli_runs
 from asr_pipeline.defs.evaluation.checks import BEATS_CHAMPION
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
+from asr_pipeline.defs.ingest.run_failures import succeeded_steps
 
 RETRAIN_JOB = "asr_retrain"
-TRAINING_JOBS = (RETRAIN_JOB, "asr_train", "asr_evaluate")  # a tick waits while one of these is queued or running
+TRAINING_ASSET_NAMES = ("finetuned_checkpoint", "evaluation_report", "champion_model")
+# the jobs that train or evaluate, and what each makes (the alerts read it too); a tick waits while one is active
+JOB_ASSETS = {RETRAIN_JOB: TRAINING_ASSET_NAMES, "asr_train": TRAINING_ASSET_NAMES[:1],
+              "asr_evaluate": TRAINING_ASSET_NAMES[1:]}
+TRAINING_JOBS = tuple(JOB_ASSETS)
 ACTIVE = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
-EVALUATION_ASSETS = (dg.AssetKey("evaluation_report"), dg.AssetKey("champion_model"))
-TRAINING_ASSETS = {dg.AssetKey("finetuned_checkpoint"), *EVALUATION_ASSETS}
+EVALUATION_ASSETS = tuple(dg.AssetKey(name) for name in TRAINING_ASSET_NAMES[1:])
+TRAINING_ASSETS = {dg.AssetKey(name) for name in TRAINING_ASSET_NAMES}
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # Dagster's job for the UI's "Materialize" and asset backfills
 EVALUATES_TAG = "asr/evaluates_checkpoint"  # a re-evaluation's run: the storage id of the checkpoint it evaluates
 MAX_EVALUATION_ATTEMPTS = 3
@@ -138,7 +143,7 @@ def unevaluated_checkpoint(instance: dg.DagsterInstance) -> tuple[int, list[dg.A
 def _step_unfinished(instance: dg.DagsterInstance, run_id: str, step: str) -> bool:
     """The report's step succeeded in the run and `step` did not: it failed, or its process was killed before or
     during it (a run reaped as dead, or canceled by the run monitor, has no failure event for it)."""
-    succeeded = {e.step_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+    succeeded = succeeded_steps(instance, run_id)
     return EVALUATION_ASSETS[0].to_user_string() in succeeded and step not in succeeded
 
 
