@@ -38,6 +38,7 @@ class Outgoing:
     key: str          # the problem's key, or "outbox:<n>" for recoveries and digests
     text: str
     channels: tuple[str, ...]
+    batch: str = ""   # the batch a problem or a recovery is about ("" for the rest): many at once are rolled up
 
 
 class AlertLedger:
@@ -59,7 +60,7 @@ class AlertLedger:
             entry = self.open.pop(key)
             told = [c for c, t in entry["sent"].items() if t is not None and c in channels]
             if told:
-                self.queue(entry["recovery"], told)
+                self.queue(entry["recovery"], told, batch=key.split("|")[2])
         due = []
         for key, problem in current.items():
             entry = self.open.setdefault(key, {"first_seen": now, "sent": {}})
@@ -67,12 +68,15 @@ class AlertLedger:
             waiting = tuple(c for c in channels
                             if entry["sent"].get(c) is None or now - entry["sent"][c] >= repeat_s)
             if waiting:
-                due.append(Outgoing(key, problem.text, waiting))
-        due += [Outgoing(f"outbox:{i}", m["text"], tuple(m["channels"])) for i, m in enumerate(self.outbox)]
+                due.append(Outgoing(key, problem.text, waiting, problem.batch))
+        for message in self.outbox:  # a destination no longer configured will never take what waits for it
+            message["channels"] = [c for c in message["channels"] if c in channels]
+        due += [Outgoing(f"outbox:{i}", m["text"], tuple(m["channels"]), m.get("batch", ""))
+                for i, m in enumerate(self.outbox) if m["channels"]]
         return due
 
-    def queue(self, text: str, channels: list[str]) -> None:
-        self.outbox.append({"text": text, "channels": list(channels)})
+    def queue(self, text: str, channels: list[str], batch: str = "") -> None:
+        self.outbox.append({"text": text, "channels": list(channels), **({"batch": batch} if batch else {})})
 
     def delivered(self, outgoing: Outgoing, channel: str, now: float) -> None:
         if outgoing.key.startswith("outbox:"):

@@ -85,8 +85,9 @@ class CachedDecoder:
                      "passes": result.passes,
                      "decode_seconds": round(seconds, 3), "model": source, "runtime": runtime,
                      "model_fingerprint": fingerprint, "decoded_at": datetime.now(timezone.utc).isoformat()}
-            if self.cache:
-                self.cache.put(key, entry)
+            problem = self.cache.put(key, entry) if self.cache else None
+            if problem:
+                self.emit(f"{name} on {job.label}: hypotheses not cached ({problem}); decoded again next time")
             out[job.label] = {**entry, "cached": False}
         return out
 

@@ -10,7 +10,8 @@ since last night: their hypotheses on an unchanged sample come from here, and on
   duration (it sets the token budget), computed by the caller.
 - the key also holds the runtime (transformers or CTranslate2), the device/dtype and the decoding policy.
 Entries are JSON files written atomically (a temporary file, then os.replace), so a killed run leaves either
-the old entry, the new one, or none. An entry not used for UNUSED_DAYS is removed when another is written (each
+the old entry, the new one, or none. The cache only saves work: a cache directory that cannot be written (a
+read-only mount, a full disk) costs a decode next time, never the evaluation. An entry not used for UNUSED_DAYS is removed when another is written (each
 night writes one to three: a year of them would be hundreds of megabytes), and a remembered file digest whose file
 is gone is forgotten.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from asr_pipeline.core.storage import write_json
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 IGNORED_FILES = {"training_log.json", "training_summary.json", "trainer_state.json", "export.json"}
 UNUSED_DAYS = 30  # a model not decoded on the sample for a month (a champion long replaced) is not coming back
+log = logging.getLogger(__name__)
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:
@@ -75,8 +78,15 @@ class HypothesisCache:
             return {}
 
     def _save_digests(self, known: dict) -> None:
-        # files gone (checkpoints replaced every night, copies pruned) are forgotten: the file stays small
-        write_json(self._digests_path, {path: d for path, d in known.items() if os.path.exists(path)}, indent=None)
+        # what another evaluation remembered since we read the file is kept (ours win for the same path); files
+        # gone (checkpoints replaced every night, copies pruned) are forgotten: the file stays small
+        merged = {**self._load_digests(), **known}
+        try:
+            write_json(self._digests_path, {path: d for path, d in merged.items() if os.path.exists(path)},
+                       indent=None)
+        except OSError as exc:
+            log.warning("file digests not remembered in %s (%s): the model files are hashed again next time",
+                        self.root, exc)
 
     @staticmethod
     def key(model_fingerprint: str, runtime: str, placement: str, policy: dict, sample_fingerprint: str) -> str:
@@ -98,9 +108,14 @@ class HypothesisCache:
             pass
         return entry
 
-    def put(self, key: str, entry: dict) -> None:
-        write_json(self.hypotheses / f"{key}.json", entry, indent=None)
+    def put(self, key: str, entry: dict) -> str | None:
+        """Store an entry; returns None, or why it could not be stored (the caller goes on without it)."""
+        try:
+            write_json(self.hypotheses / f"{key}.json", entry, indent=None)
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
         self.remove_unused()
+        return None
 
     def remove_unused(self, days: float = UNUSED_DAYS) -> list[str]:
         """Delete the entries neither written nor read for `days` (and what a killed write left); returns their

@@ -67,8 +67,10 @@ def _read_number(match: re.Match) -> str:
     sign, integer, fraction, percent = match.groups()
     words = ["마이너스"] if sign else []
     digits = integer.replace(",", "")
-    # past 경's groups, digit by digit from the text (its leading zeros kept; no int() of thousands of digits)
-    words.append(" ".join(digit_by_digit(digits)) if len(digits) > 20 else sino_korean(int(digits)))
+    # digit by digit from the text: past 경's groups (no int() of thousands of digits), and a number written with
+    # leading zeros ("007", "0911"), which is a code read digit by digit, never a quantity ("007" is not 칠)
+    serial = len(digits) > 20 or (len(digits) > 1 and digits.startswith("0"))
+    words.append(" ".join(digit_by_digit(digits)) if serial else sino_korean(int(digits)))
     if fraction:
         words += ["점", *digit_by_digit(fraction)]
     if percent:

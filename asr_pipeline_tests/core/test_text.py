@@ -42,7 +42,8 @@ def test_empty_hypotheses_are_full_deletions_and_empty_references_are_refused():
     ("0.1%", "영 점 일 프로"), ("금리 0.1% 인상", "금리 영 점 일 프로 인상"), ("1,500원", "천오백 원"),
     ("12345", "만 이천삼백사십오"), ("2026년", "이천이십육 년"), ("-3.5도", "마이너스 삼 점 오 도"),
     ("3시 뉴스", "세 시 뉴스"), ("20명", "스무 명"), ("32살", "서른두 살"), ("10퍼센트", "십 프로"),
-    ("100", "백"), ("0", "영"), ("110000", "십일만"),
+    ("100", "백"), ("0", "영"), ("110000", "십일만"), ("007", "영 영 칠"), ("0.05", "영 점 영 오"),
+    ("요원 007", "요원 영 영 칠"),
 ])
 def test_digits_are_read_the_way_announcers_say_them(written, read):
     assert " ".join(numbers_to_korean(written).split()) == read

@@ -71,28 +71,76 @@ def queue_digest(instance: dg.DagsterInstance, ledger: AlertLedger, home: Path, 
         ledger.marks["digest_run"] = records[0].dagster_run.run_id
 
 
+ROLL_UP_OVER = 5  # more batch messages than this due at once to one destination go as one message
+ROLL_UP_LISTED = 10  # of which this many are quoted
+
+
+def roll_up_text(items: list[Outgoing], recoveries: bool) -> str:
+    """One message for many batches (a NAS outage fails a whole backfill): their count, the first few, and where
+    to see the rest, instead of one e-mail or chat message per batch."""
+    prefix = problem_sources.PREFIX
+    if recoveries:
+        names = ", ".join(o.batch for o in items[:ROLL_UP_LISTED * 2])
+        more = f", and {len(items) - ROLL_UP_LISTED * 2} more" if len(items) > ROLL_UP_LISTED * 2 else ""
+        return f"{prefix} {len(items)} batches are done again: {names}{more}."
+    kinds: dict[str, int] = {}
+    for outgoing in items:
+        kind, asset = outgoing.key.split("|")[:2]
+        label = {"run_failed": f"failed at {asset}", "check_failed": f"blocked by a check on {asset}",
+                 "pending_too_long": "not done in time"}.get(kind, f"{kind} ({asset})")
+        kinds[label] = kinds.get(label, 0) + 1
+    lines = [f"- {o.text.splitlines()[0].removeprefix(prefix).strip()}" for o in items[:ROLL_UP_LISTED]]
+    if len(items) > ROLL_UP_LISTED:
+        lines.append(f"- and {len(items) - ROLL_UP_LISTED} more")
+    return (f"{prefix} {len(items)} batches need attention: "
+            + ", ".join(f"{count} {label}" for label, count in kinds.items()) + ".\n" + "\n".join(lines)
+            + "\nOne message for all of them: `asr-pipeline status` lists every batch with its state and reason; once "
+            "the cause is fixed, `asr-pipeline backfill` re-runs them.")
+
+
+def roll_ups(due: list[Outgoing]) -> tuple[list[tuple[Outgoing, list[Outgoing]]], list[Outgoing]]:
+    """Batch problems (and batch recoveries) due to a destination more than ROLL_UP_OVER at once become one message
+    there, which counts as delivered for each of them. Returns those messages with what each stands for, and the
+    rest of `due` with those destinations taken off. The log (no destination configured) gets every message."""
+    taken: dict[str, set[str]] = {}
+    rolled = []
+    channels = sorted({c for o in due for c in o.channels if c != LOG})
+    for channel in channels:
+        for recoveries in (False, True):
+            items = [o for o in due if o.batch and channel in o.channels and o.key.startswith("outbox:") == recoveries]
+            if len(items) > ROLL_UP_OVER:
+                rolled.append((Outgoing(f"roll_up:{channel}", roll_up_text(items, recoveries), (channel,)), items))
+                for outgoing in items:
+                    taken.setdefault(outgoing.key, set()).add(channel)
+    rest = [Outgoing(o.key, o.text, tuple(c for c in o.channels if c not in taken.get(o.key, ())), o.batch)
+            for o in due]
+    return rolled, [o for o in rest if o.channels]
+
+
 def send_due(ledger: AlertLedger, due: list[Outgoing], config: AlertConfig, now: float,
              emit: Callable[[str], None]) -> tuple[int, int]:
     sent = failed = 0
     down: set[str] = set()  # a destination that failed once this tick is not tried again until the next one
-    for outgoing in due:
-        subject = outgoing.text.splitlines()[0][:200]
-        for channel in outgoing.channels:
+    rolled, rest = roll_ups(due)
+    for message, covers in [*rolled, *((o, [o]) for o in rest)]:
+        subject = message.text.splitlines()[0][:200]
+        for channel in message.channels:
             if channel in down:
                 failed += 1
                 continue
             try:
                 if channel == LOG:
-                    emit(outgoing.text)
+                    emit(message.text)
                 else:
-                    deliver(config, channel, subject, outgoing.text)
+                    deliver(config, channel, subject, message.text)
                     emit(f"alert sent ({channel}): {subject}")
             except DeliveryError as exc:
                 failed += 1
                 down.add(channel)
-                emit(f"alert not delivered, retried next tick: {exc}\n{outgoing.text}")
+                emit(f"alert not delivered, retried next tick: {exc}\n{message.text}")
                 continue
-            ledger.delivered(outgoing, channel, now)
+            for outgoing in covers:
+                ledger.delivered(outgoing, channel, now)
             if channel != LOG:
                 ledger.save()
             sent += 1
