@@ -5,14 +5,15 @@ int16 PCM in an Arrow file that `datasets` opens memory-mapped), with unusable r
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import soundfile as sf
 import soxr
 
@@ -20,10 +21,15 @@ from asr_pipeline.core.audio_quality import (ac_peak, cancelled_by_downmix, mix_
                                              sound_seconds)
 from asr_pipeline.core.audio_shard import (AUDIO_FILE, QUARANTINE_COLUMNS, RECORD_BATCH_CLIPS, RECORD_BATCH_SAMPLES,
                                            SAMPLE_RATE, audio_schema, content_hash, record_batch, to_pcm16)
-from asr_pipeline.core.manifest import is_blank_transcript
+from asr_pipeline.core.manifest import MANIFEST_COLUMNS, is_blank_transcript
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.settings import AudioRoots
 from asr_pipeline.core.storage import write_json
+from asr_pipeline.core.tables import to_table, write_rows
+
+# what resample_manifest adds to the manifest's columns in index.parquet
+INDEX_COLUMNS = ["num_samples", "duration", "source_rate", "channels", "peak", "scale", "audio_sha256",
+                 "mix_retention", "ac_peak", "sound_seconds"]
 
 
 class AudioError(Exception):
@@ -178,7 +184,7 @@ class AudioLimits:
 
 
 def resample_manifest(
-    manifest: pd.DataFrame,
+    manifest,
     out_dir: Path,
     limits: AudioLimits = AudioLimits(),
     emit: Callable[[str], None] = print,
@@ -187,11 +193,12 @@ def resample_manifest(
 ) -> dict:
     """Decode and resample every manifest row into an audio shard in out_dir. Returns summary counts.
 
+    manifest: manifest.manifest_rows' rows (dicts), or a pandas DataFrame with those columns.
     roots: when given, a path that does not resolve under one of them is quarantined, never opened."""
     out_dir = Path(out_dir)
     index, quarantine = [], []
-    progress = Progress("resampling", len(manifest), emit)
-    rows = list(manifest.itertuples(index=False))
+    columns, rows = _manifest_tuples(manifest)
+    progress = Progress("resampling", len(rows), emit)
 
     def prepare(row):
         try:
@@ -212,7 +219,7 @@ def resample_manifest(
                 pending.append((int(row.id), pcm, scale))
                 pending_samples += len(pcm)
                 index.append(
-                    {**row._asdict(), "num_samples": len(pcm), "duration": duration, "source_rate": rate,
+                    {**dict(zip(columns, row)), "num_samples": len(pcm), "duration": duration, "source_rate": rate,
                      "channels": channels, "peak": peak, "scale": scale, "audio_sha256": content_hash,
                      "mix_retention": retention, "ac_peak": excursion, "sound_seconds": sound}
                 )
@@ -222,23 +229,34 @@ def resample_manifest(
             progress.advance()
         if pending:
             writer.write_batch(record_batch(pending, schema))
-    index_frame = pd.DataFrame(index, columns=[*manifest.columns, "num_samples", "duration", "source_rate",
-                                               "channels", "peak", "scale", "audio_sha256",
-                                               "mix_retention", "ac_peak", "sound_seconds"])
-    index_frame.to_parquet(out_dir / "index.parquet", index=False)
-    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
+    index_table = to_table(index, [*columns, *INDEX_COLUMNS])
+    pq.write_table(index_table, out_dir / "index.parquet")
+    write_rows(out_dir / "quarantine.parquet", quarantine, QUARANTINE_COLUMNS)
     summary = {
-        "rows": len(index_frame),
+        "rows": len(index),
         "quarantined": len(quarantine),
         "sample_rate": SAMPLE_RATE,
-        "total_seconds": round(float(index_frame["duration"].sum()) if len(index_frame) else 0.0, 3),
-        "clips_past_full_scale": int((index_frame["peak"] > 1.0).sum()) if len(index_frame) else 0,
+        "total_seconds": round(sum(float(r["duration"]) for r in index), 3),
+        "clips_past_full_scale": sum(float(r["peak"]) > 1.0 for r in index),
         # kept clips the audio checks name (defs/ingest/checks.py); `status` adds these up over the batches
-        "near_silent_clips": len(near_silent(index_frame)),
-        "cancelling_downmix_clips": len(cancelled_by_downmix(index_frame)),
+        "near_silent_clips": len(near_silent(index_table)),
+        "cancelling_downmix_clips": len(cancelled_by_downmix(index_table)),
     }
     write_json(out_dir / "meta.json", summary)
     return summary
+
+
+def _manifest_tuples(manifest) -> tuple[list[str], list[tuple]]:
+    """The manifest's column names and its rows as named tuples (row.id, row.audio_path, ...)."""
+    if isinstance(manifest, pa.Table):
+        columns, records = manifest.column_names, manifest.to_pylist()
+    elif hasattr(manifest, "to_dict"):  # a DataFrame
+        columns, records = [str(c) for c in manifest.columns], manifest.to_dict("records")
+    else:
+        records = list(manifest)
+        columns = list(records[0]) if records else list(MANIFEST_COLUMNS)
+    row = namedtuple("ManifestRow", columns, rename=True)
+    return columns, [row(*(record[c] for c in columns)) for record in records]
 
 
 def _ordered_map(pool, fn, items, window: int = 256):

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 # Clips whose audio does not carry their transcript's speech (defs/ingest/checks.py names them; meta.json and
 # `status` count them):
@@ -37,35 +36,67 @@ MIX_BLOCKS, MIX_BLOCK_FRAMES = 16, 1_000  # what mix_retention looks at: 16 bloc
 NEAR_SILENT_COLUMNS = ["id", "peak", "ac_peak", "sound_seconds", "duration"]  # what near_silent reads
 
 
-def near_silent(index: pd.DataFrame) -> pd.DataFrame:
+def near_silent(index):
     """The rows of an audio shard's index whose clip is near-silent: too faint (`ac_peak`; shards made before it
     `peak`) or sound for too short a time (`sound_seconds`, in shards made since 2026-11-27: under
-    NEAR_SILENT_SOUND_SECONDS, or under half of a clip shorter than twice that), quietest first."""
-    level = "ac_peak" if "ac_peak" in index.columns else "peak"
-    quiet = index[level] < NEAR_SILENT_PEAK
-    if "sound_seconds" in index.columns:
+    NEAR_SILENT_SOUND_SECONDS, or under half of a clip shorter than twice that), quietest first.
+    index: a pyarrow Table (read_index) or a pandas DataFrame; the rows come back as the same kind."""
+    names = _names(index)
+    level = "ac_peak" if "ac_peak" in names else "peak"
+    levels = _column(index, level)
+    quiet = levels < NEAR_SILENT_PEAK
+    if "sound_seconds" in names:
         needed = NEAR_SILENT_SOUND_SECONDS
-        if "duration" in index.columns:  # a clip cut to a single short word may be little more than the word
-            needed = np.fmin(needed, index["duration"].to_numpy() / 2)  # (a missing duration: 0.1 s)
-        quiet |= index["sound_seconds"] < needed
-    return index[quiet].sort_values([level, "id"])
+        if "duration" in names:  # a clip cut to a single short word may be little more than the word
+            needed = np.fmin(needed, _column(index, "duration") / 2)  # (a missing duration: 0.1 s)
+        quiet |= _column(index, "sound_seconds") < needed
+    return _rows_sorted(index, np.flatnonzero(quiet), levels)
 
 
-def read_index(shard_dir, columns: list[str]) -> pd.DataFrame:
-    """The columns of an audio shard's index that it has (shards made before 2026-11-27 lack the newer ones)."""
-    import pyarrow.parquet as pq
+def read_index(shard_dir, columns: list[str]):
+    """The columns of an audio shard's index that it has (shards made before 2026-11-27 lack the newer ones), as a
+    pyarrow Table."""
+    from asr_pipeline.core.tables import read_table
 
-    path = Path(shard_dir) / "index.parquet"
-    names = set(pq.read_schema(path).names)
-    return pd.read_parquet(path, columns=[c for c in columns if c in names])
+    return read_table(Path(shard_dir) / "index.parquet", columns)
 
 
-def cancelled_by_downmix(index: pd.DataFrame) -> pd.DataFrame:
+def cancelled_by_downmix(index):
     """The rows whose channels cancel in the mix to mono, most cancelled first (none in shards made before
-    mix_retention)."""
-    if "mix_retention" not in index.columns:
-        return index.iloc[0:0]
-    return index[index["mix_retention"] < CANCELLING_RETENTION].sort_values(["mix_retention", "id"])
+    mix_retention). index: a pyarrow Table or a pandas DataFrame; the rows come back as the same kind."""
+    if "mix_retention" not in _names(index):
+        return _rows_sorted(index, np.zeros(0, np.int64), np.zeros(0))
+    retention = _column(index, "mix_retention")
+    return _rows_sorted(index, np.flatnonzero(retention < CANCELLING_RETENTION), retention)
+
+
+def _is_arrow(index) -> bool:
+    import pyarrow as pa
+
+    return isinstance(index, pa.Table)
+
+
+def _names(index) -> list[str]:
+    return index.column_names if _is_arrow(index) else list(index.columns)
+
+
+def _column(index, name: str) -> np.ndarray:
+    """A number column as float64 (a missing value as NaN, which no comparison selects)."""
+    from asr_pipeline.core.tables import to_numpy
+
+    column = to_numpy(index.column(name)) if _is_arrow(index) else index[name]
+    return np.asarray(column, dtype=np.float64)
+
+
+def _rows_sorted(index, positions: np.ndarray, key: np.ndarray):
+    """The rows at `positions`, ordered by `key` then id."""
+    ids = _column(index, "id")
+    order = positions[np.lexsort((ids[positions], key[positions]))] if len(positions) else positions
+    if not _is_arrow(index):
+        return index.iloc[order]
+    from asr_pipeline.core.tables import from_numpy
+
+    return index.take(from_numpy(order.astype(np.int64)))
 
 
 def mix_retention(data: np.ndarray) -> float:

@@ -27,13 +27,14 @@ column) still read.
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from asr_pipeline.core.storage import resolved
+from asr_pipeline.core.tables import from_numpy, read_table, to_numpy
 
 SAMPLE_RATE = 16_000
 QUARANTINE_COLUMNS = ["id", "audio_path", "reason"]
@@ -56,10 +57,11 @@ def record_batch(clips: list[tuple[int, np.ndarray, float]], schema: pa.Schema) 
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
     if offsets[-1] >= 2**31:  # list<int16> has int32 offsets: only a single clip of 37 hours gets here
         raise ValueError("a clip too long for one record batch")
-    samples = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
-                                       pa.array(np.concatenate([pcm for _, pcm, _ in clips])))
-    return pa.record_batch([pa.array([i for i, _, _ in clips], pa.int64()), samples,
-                            pa.array([scale for _, _, scale in clips], pa.float32())], schema=schema)
+    # Arrow arrays over numpy buffers: pa.array on numpy data would import pandas (asr_pipeline.core.tables)
+    samples = pa.ListArray.from_arrays(from_numpy(offsets.astype(np.int32)),
+                                       from_numpy(np.concatenate([pcm for _, pcm, _ in clips]).astype(np.int16)))
+    return pa.record_batch([from_numpy(np.array([i for i, _, _ in clips], np.int64)), samples,
+                            from_numpy(np.array([scale for _, _, scale in clips], np.float32))], schema=schema)
 
 
 def to_pcm16(samples: np.ndarray) -> tuple[np.ndarray, float]:
@@ -102,23 +104,42 @@ class AudioShard:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        root = resolved(self.path)  # one version throughout, even when the batch is republished meanwhile
-        self.index = pd.read_parquet(root / "index.parquet")
-        self.quarantine = pd.read_parquet(root / "quarantine.parquet")
-        if (root / AUDIO_FILE).exists():
-            self._open_arrow(root / AUDIO_FILE)
+        self.root = resolved(self.path)  # one version throughout, even when the batch is republished meanwhile
+        # pyarrow, not pandas: an ingest never imports pandas (core/tables.py); `index` is the DataFrame on demand
+        self.index_table = read_table(self.root / "index.parquet")
+        if (self.root / AUDIO_FILE).exists():
+            self._open_arrow(self.root / AUDIO_FILE)
         else:
-            self._open_legacy_float32(root / LEGACY_AUDIO_FILE)
+            self._open_legacy_float32(self.root / LEGACY_AUDIO_FILE)
+
+    @cached_property
+    def index(self):
+        """The index as a pandas DataFrame (for notebooks and tests; the ingest reads index_table)."""
+        return self.index_table.to_pandas()
+
+    @cached_property
+    def quarantine(self):
+        """The rows left out, as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.read_parquet(self.root / "quarantine.parquet")
+
+    def column(self, name: str) -> np.ndarray:
+        return to_numpy(self.index_table.column(name))
+
+    def rows(self) -> list[dict]:
+        """The index, one dict a clip, in order."""
+        return self.index_table.to_pylist()
 
     def _open_arrow(self, path: Path) -> None:
         table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
-        self.stored_ids = table.column("id").to_numpy()
-        self._scales = table.column("scale").to_numpy()
+        self.stored_ids = to_numpy(table.column("id"))
+        self._scales = to_numpy(table.column("scale"))
         # one record batch = one chunk; a clip is a slice of its chunk's int16 values
         self._chunks, chunk_of_row, starts, stops = [], [], [], []
         for chunk in table.column("samples").chunks:
-            offsets = chunk.offsets.to_numpy()
-            self._chunks.append(chunk.values.to_numpy(zero_copy_only=True))
+            offsets = to_numpy(chunk.offsets)
+            self._chunks.append(to_numpy(chunk.values))  # a view of the memory-mapped file
             chunk_of_row.append(np.full(len(chunk), len(self._chunks) - 1))
             starts.append(offsets[:-1]), stops.append(offsets[1:])
         self._chunk_of_row, self._starts, self._stops = (
@@ -127,15 +148,15 @@ class AudioShard:
     def _open_legacy_float32(self, path: Path) -> None:
         size = path.stat().st_size
         self._chunks = [np.memmap(path, dtype=np.float32, mode="r") if size else np.zeros(0, np.float32)]
-        self._starts = self.index["offset"].to_numpy(np.int64)
+        self._starts = self.column("offset").astype(np.int64)
         # what the file holds, not what the index claims: a truncated audio.f32 shows as short clips
-        self._stops = np.minimum(self._starts + self.index["num_samples"].to_numpy(np.int64), size // 4)
-        self._chunk_of_row = np.zeros(len(self.index), np.int64)
+        self._stops = np.minimum(self._starts + self.column("num_samples").astype(np.int64), size // 4)
+        self._chunk_of_row = np.zeros(len(self), np.int64)
         self._scales = None
-        self.stored_ids = self.index["id"].to_numpy()
+        self.stored_ids = self.column("id")
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self.index_table.num_rows
 
     def stored_lengths(self) -> np.ndarray:
         """Samples stored for each clip, from the audio file itself."""

@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from asr_pipeline.core.audio_shard import QUARANTINE_COLUMNS, AudioShard
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.storage import resolved, write_json
+from asr_pipeline.core.tables import counts, write_rows
 
 HOP_LENGTH = 160
 HALF_WINDOW = 200  # n_fft // 2: a centred STFT frame reaches this far either side of its centre
 FRAMES_30S = 3000
 MAX_LABEL_TOKENS = 448  # Whisper's max_target_positions
 CLIPS_IN_FLIGHT = 256  # clips handed to the threads at once: bounded memory, whatever the shard's size
+INDEX_COLUMNS = ["id", "audio_path", "transcript", "group", "split", "duration", "audio_sha256", "offset",
+                 "num_frames", "pad_value", "labels", "label_length"]
 
 
 def frames_holding_audio(num_samples: int) -> int:
@@ -98,7 +100,7 @@ def featurize_shard(
     out_dir = Path(out_dir)
     n_mels = int(feature_extractor.feature_size)
     rows, quarantine, kept_rows = [], [], []
-    for position, meta in enumerate(audio.index.to_dict("records")):  # labels first: a too long one is not featurized
+    for position, meta in enumerate(audio.rows()):  # labels first: a too long one is not featurized
         labels = label_ids(tokenizer, meta["transcript"])
         if len(labels) > MAX_LABEL_TOKENS:
             quarantine.append({"id": int(meta["id"]), "audio_path": meta["audio_path"],
@@ -135,12 +137,10 @@ def featurize_shard(
                 )
                 offset += num_frames
                 progress.advance()
-    index = pd.DataFrame(rows, columns=["id", "audio_path", "transcript", "group", "split", "duration",
-                                        "audio_sha256", "offset", "num_frames", "pad_value", "labels", "label_length"])
-    index.to_parquet(out_dir / "index.parquet", index=False)
-    pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).to_parquet(out_dir / "quarantine.parquet", index=False)
-    summary = {"rows": len(index), "quarantined": len(quarantine), "num_mel_bins": n_mels, "model": model_name,
-               "frames": offset, "splits": index["split"].value_counts().to_dict()}
+    write_rows(out_dir / "index.parquet", rows, INDEX_COLUMNS)
+    write_rows(out_dir / "quarantine.parquet", quarantine, QUARANTINE_COLUMNS)
+    summary = {"rows": len(rows), "quarantined": len(quarantine), "num_mel_bins": n_mels, "model": model_name,
+               "frames": offset, "splits": counts(row["split"] for row in rows)}
     write_json(out_dir / "meta.json", summary)
     return summary
 
@@ -154,6 +154,8 @@ class FeatureShard:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        import pandas as pd  # training reads DataFrames; an ingest never imports pandas (core/tables.py)
+
         root = resolved(self.path)  # one version throughout, even when the batch is republished meanwhile
         self.index = pd.read_parquet(root / "index.parquet")
         self.quarantine = pd.read_parquet(root / "quarantine.parquet")

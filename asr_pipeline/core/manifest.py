@@ -12,8 +12,6 @@ import unicodedata
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping
 
-import pandas as pd
-
 from asr_pipeline.core.settings import DEFAULT_GROUP_PATTERN, PathMap, SplitRatios
 from asr_pipeline.core.text import clean
 
@@ -48,12 +46,14 @@ FALLBACK_GROUP_PREFIX = "id:"
 FALLBACK_WARNING_SHARE = 0.2  # above this share of rows grouped by row id, the split may leak episodes
 
 
-def fallback_group_share(frame: pd.DataFrame) -> float:
+def fallback_group_share(manifest) -> float:
     """Share of rows whose file name did not match the group pattern and were grouped by their row id alone: those
-    rows are split one by one, so clips of one episode can land in train and test."""
-    if not len(frame):
+    rows are split one by one, so clips of one episode can land in train and test. manifest: manifest_rows' rows or
+    build_manifest's DataFrame."""
+    groups = [str(g) for g in manifest["group"]] if hasattr(manifest, "columns") else [r["group"] for r in manifest]
+    if not groups:
         return 0.0
-    return float(frame["group"].str.startswith(FALLBACK_GROUP_PREFIX).mean())
+    return sum(g.startswith(FALLBACK_GROUP_PREFIX) for g in groups) / len(groups)
 
 
 def clean_transcript(text: object) -> str:
@@ -78,8 +78,22 @@ def build_manifest(
     path_map: PathMap,
     ratios: SplitRatios,
     pattern: str = DEFAULT_GROUP_PATTERN,
-) -> pd.DataFrame:
-    """rows: mappings with keys id, audio_path, transcript (as read from the database)."""
+):
+    """manifest_rows as a pandas DataFrame (MANIFEST_COLUMNS), for notebooks."""
+    import pandas as pd  # not at the top: an ingest never imports pandas (asr_pipeline.core.tables)
+
+    frame = pd.DataFrame.from_records(manifest_rows(rows, path_map, ratios, pattern), columns=MANIFEST_COLUMNS)
+    return frame.astype({"id": "int64"})
+
+
+def manifest_rows(
+    rows: Iterable[Mapping[str, object]],
+    path_map: PathMap,
+    ratios: SplitRatios,
+    pattern: str = DEFAULT_GROUP_PATTERN,
+) -> list[dict]:
+    """rows: mappings with keys id, audio_path, transcript (as read from the database). Returns one dict a row
+    (MANIFEST_COLUMNS), ordered by id."""
     records = []
     for row in rows:
         source = str(row["audio_path"] or "")
@@ -94,5 +108,4 @@ def build_manifest(
                 "split": assign_split(key, ratios),
             }
         )
-    frame = pd.DataFrame.from_records(records, columns=MANIFEST_COLUMNS)
-    return frame.astype({"id": "int64"}).sort_values("id", kind="stable").reset_index(drop=True)
+    return sorted(records, key=lambda record: record["id"])  # stable, as the DataFrame's sort was

@@ -71,6 +71,7 @@ class EvaluationConfig(dg.Config):
           "report.html (self-contained), report.md, report.json.")
 def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
                       featurized_shards: dict[str, Path], finetuned_checkpoint: Path, settings: PipelineSettings):
+    settings.promotion_policy()  # a bad margin or rule set in the Launchpad fails now, not after an hour of decoding
     shards = load_shards(context, featurized_shards)
     out = stage(context, storage_dir(settings))
     final_dir = storage_dir(settings) / "evaluation_report"

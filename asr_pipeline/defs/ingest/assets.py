@@ -5,9 +5,8 @@ wiring; the work is in asr_pipeline.core."""
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
-from asr_pipeline.core import audio, audio_shard, features, manifest
+from asr_pipeline.core import audio, audio_shard, features, manifest, tables
 from asr_pipeline.core.batches import parse_batch_key
 from asr_pipeline.core.model import load_featurizer
 from asr_pipeline.core.storage import write_json
@@ -26,12 +25,17 @@ training_datas = dg.AssetSpec(
 )
 
 
-def _preview(frame: pd.DataFrame, columns: list[str], rows: int = 10) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame[columns].head(rows).to_markdown(index=False) if len(frame) else "(empty)")
+def _preview(rows: list[dict], columns: list[str], limit: int = 10) -> dg.MetadataValue:
+    return dg.MetadataValue.md(tables.markdown(rows, columns, limit))
+
+
+def _reason_counts(quarantine: list[dict]) -> dict[str, int]:
+    """Quarantine reasons without their details ("missing file (/nas/...)" counts as "missing file")."""
+    return tables.counts(row["reason"].split(" (", 1)[0] for row in quarantine)
 
 
 @dg.asset(
-    group_name=GROUP, deps=[training_datas], partitions_def=INGEST_BATCHES, kinds={"pandas", "parquet"},
+    group_name=GROUP, deps=[training_datas], partitions_def=INGEST_BATCHES, kinds={"parquet"},
     description="One ingest batch of the transcript table (rows first..last of its key) with NAS paths rewritten "
     "(ASR_PATH_MAP) and a stable split (a hash of the episode id: one broadcast never straddles train and test).",
 )
@@ -43,22 +47,23 @@ def raw_manifest(context: dg.AssetExecutionContext, database: TranscriptDatabase
     fingerprint = table.batch_fingerprint(first, last)
     context.log.info(f"reading ids {first}..{last} of {database.describe()}")
     rows = list(table.read_range(first, last))
-    frame = manifest.build_manifest(rows, settings.parsed_path_map(), settings.parsed_split_ratios(),
-                                    settings.group_pattern)
+    records = manifest.manifest_rows(rows, settings.parsed_path_map(), settings.parsed_split_ratios(),
+                                     settings.group_pattern)
     out = stage(context, storage_dir(settings))
-    frame.to_parquet(out / "manifest.parquet", index=False)
-    splits = frame["split"].value_counts().to_dict()
-    context.log.info(f"{len(frame)} rows, splits {splits}, {frame['group'].nunique()} groups")
-    fallback = manifest.fallback_group_share(frame)
+    tables.write_rows(out / "manifest.parquet", records, manifest.MANIFEST_COLUMNS)
+    splits = tables.counts(r["split"] for r in records)
+    groups = len({r["group"] for r in records})
+    context.log.info(f"{len(records)} rows, splits {splits}, {groups} groups")
+    fallback = manifest.fallback_group_share(records)
     if fallback > manifest.FALLBACK_WARNING_SHARE:
         context.log.warning(f"{fallback:.0%} of the rows' file names do not match ASR_GROUP_PATTERN and are grouped "
                             "by row id: their episodes can straddle train and test. Fix ASR_GROUP_PATTERN.")
     return dg.Output(out, metadata={
-        "rows": len(frame), "groups": int(frame["group"].nunique()), "fingerprint": fingerprint,
+        "rows": len(records), "groups": groups, "fingerprint": fingerprint,
         "fallback_group_share": round(fallback, 4), **versions.version_metadata(settings, "raw_manifest"),
         "first_id": first, "last_id": last,
         **{f"{name}_rows": int(splits.get(name, 0)) for name in manifest.SPLITS},
-        "source": database.describe(), "preview": _preview(frame, ["id", "audio_path", "transcript", "split"]),
+        "source": database.describe(), "preview": _preview(records, ["id", "audio_path", "transcript", "split"]),
     })
 
 
@@ -66,14 +71,14 @@ def raw_manifest(context: dg.AssetExecutionContext, database: TranscriptDatabase
           description="Every clip decoded (wav/flac/mp3/ogg; m4a, mp4, ts and more through FFmpeg), downmixed to "
           "mono and resampled to 16 kHz (soxr); unusable rows are quarantined with a reason.")
 def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, settings: PipelineSettings):
-    frame = pd.read_parquet(raw_manifest / "manifest.parquet")
+    records = tables.read_rows(raw_manifest / "manifest.parquet")
     out = stage(context, storage_dir(settings))
     limits = audio.AudioLimits(settings.min_audio_seconds, settings.max_audio_seconds)
-    summary = audio.resample_manifest(frame, out, limits, emit=context.log.info, roots=settings.parsed_audio_roots())
-    quarantine = pd.read_parquet(out / "quarantine.parquet")
-    if len(quarantine):
-        reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
-        context.log.warning(f"{len(quarantine)} rows quarantined: {reasons}")
+    summary = audio.resample_manifest(records, out, limits, emit=context.log.info,
+                                      roots=settings.parsed_audio_roots())
+    quarantine = tables.read_rows(out / "quarantine.parquet")
+    if quarantine:
+        context.log.warning(f"{len(quarantine)} rows quarantined: {_reason_counts(quarantine)}")
     suspects = [checks.near_silent_clips(out, settings.max_suspect_audio_rate, context.partition_key),
                 checks.cancelling_downmix(out, settings.max_suspect_audio_rate, context.partition_key)]
     for suspect in suspects:
@@ -83,7 +88,7 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
     # the summary (near_silent_clips, cancelling_downmix_clips) keeps the counts per batch: a check shows only its
     # latest evaluation, maybe another batch's
     yield dg.Output(out, metadata={**summary, **versions.version_metadata(settings, "resampled_dataset"),
-                                   "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], rows=20)})
+                                   "quarantine": _preview(quarantine, ["id", "audio_path", "reason"], limit=20)})
     yield from results
 
 
@@ -92,7 +97,7 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
           "that hold audio, plus label ids from the tokenizer with the Korean/transcribe prefix.")
 def featurized_shards(context: dg.AssetExecutionContext, resampled_dataset: Path, settings: PipelineSettings):
     clips = audio_shard.AudioShard(resampled_dataset)
-    base = settings.resolve_base(corpus=clips.index["transcript"].tolist())
+    base = settings.resolve_base(corpus=clips.column("transcript").tolist())
     if base.warning:
         context.log.warning(base.warning)
     feature_extractor, tokenizer = load_featurizer(base.source)  # numpy + tokenizers: no torch in an ingest

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 
-from asr_pipeline.core import audio_quality
+from asr_pipeline.core import audio_quality, tables
 from asr_pipeline.core.audio_shard import SAMPLE_RATE, AudioShard
 from asr_pipeline.core.features import FRAMES_30S, MAX_LABEL_TOKENS
 
@@ -51,11 +50,12 @@ FEATURE_CHECKS = [
 
 
 def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:
-    kept = len(pd.read_parquet(shard_dir / "index.parquet", columns=["id"]))
-    quarantine = pd.read_parquet(shard_dir / "quarantine.parquet")
+    kept = tables.read_table(shard_dir / "index.parquet", ["id"]).num_rows
+    quarantine = tables.read_rows(shard_dir / "quarantine.parquet")
     total = kept + len(quarantine)
     rate = len(quarantine) / total if total else 0.0
-    reasons = quarantine["reason"].str.split(" (", regex=False).str[0].value_counts().to_dict()
+    # the reason without its details ("missing file (/nas/...)" counts as "missing file")
+    reasons = tables.counts(row["reason"].split(" (", 1)[0] for row in quarantine)
     return dg.AssetCheckResult(
         check_name=QUARANTINE_RATE, asset_key="resampled_dataset", passed=rate <= threshold,
         description=f"{len(quarantine)} of {total} rows quarantined ({rate:.0%}, limit ASR_MAX_QUARANTINE_RATE "
@@ -67,11 +67,11 @@ def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:
 def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
     meta = json.loads((shard_dir / "meta.json").read_text())
     shard = AudioShard(shard_dir)
-    sizes = shard.index["num_samples"].to_numpy()
+    sizes = shard.column("num_samples")
     stored = shard.stored_lengths()
     same_clips = len(stored) == len(sizes) and bool((stored == sizes).all()) \
-        and bool((shard.stored_ids == shard.index["id"].to_numpy()).all())
-    durations_agree = bool(np.allclose(sizes / SAMPLE_RATE, shard.index["duration"], atol=1e-6)) \
+        and bool((shard.stored_ids == shard.column("id")).all())
+    durations_agree = bool(np.allclose(sizes / SAMPLE_RATE, shard.column("duration"), atol=1e-6)) \
         if len(sizes) else True
     passed = meta["sample_rate"] == SAMPLE_RATE and same_clips and durations_agree
     return dg.AssetCheckResult(check_name=CLIPS_16K, asset_key="resampled_dataset", passed=bool(passed),
@@ -83,23 +83,23 @@ def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None
     """Kept clips whose largest excursion from their mean, after the mix to mono, is below NEAR_SILENT_PEAK_DBFS,
     or reaches it for less than NEAR_SILENT_SOUND_SECONDS (audio_quality.near_silent)."""
     index = audio_quality.read_index(shard_dir, audio_quality.NEAR_SILENT_COLUMNS)
-    quiet = audio_quality.near_silent(index)
-    level = "ac_peak" if "ac_peak" in quiet.columns else "peak"
+    quiet = tables.numpy_columns(audio_quality.near_silent(index))
+    level = "ac_peak" if "ac_peak" in quiet else "peak"
     limit = audio_quality.NEAR_SILENT_PEAK_DBFS
     found = ""
-    if len(quiet) and "sound_seconds" in quiet.columns:
+    if len(quiet["id"]) and "sound_seconds" in quiet:
         loud = audio_quality.NEAR_SILENT_PEAK
-        first = quiet.iloc[0]
-        quietest = _dbfs(float(first[level])) + (f" for {float(first['sound_seconds']):g} s"
-                                                  if first[level] >= loud else "")
+        first_level = float(quiet[level][0])
+        quietest = _dbfs(first_level) + (f" for {float(quiet['sound_seconds'][0]):g} s"
+                                         if first_level >= loud else "")
         found = (f"have no sound to speak of, yet have transcripts: a peak below {limit:g} dBFS, less any DC offset, "
                  f"or one reached for under {audio_quality.NEAR_SILENT_SOUND_SECONDS:g} s in all "
                  f"({int((quiet[level] >= loud).sum())} of them loud only for a moment: a click in silence?); the "
                  f"quietest: {quietest}")
-    elif len(quiet):
+    elif len(quiet["id"]):
         found = (f"peak below {limit:g} dBFS, less any DC offset (silent or all but silent, the "
-                 f"quietest {_dbfs(float(quiet[level].iloc[0]))}) yet have transcripts")
-    return _suspect_clips(NEAR_SILENT, quiet, len(index), found, "a muted track, or audio cut from the wrong place?",
+                 f"quietest {_dbfs(float(quiet[level][0]))}) yet have transcripts")
+    return _suspect_clips(NEAR_SILENT, quiet["id"], index.num_rows, found, "a muted track, or audio cut from the wrong place?",
                           max_rate, batch, {"peak_limit_dbfs": limit,
                                             "sound_limit_seconds": audio_quality.NEAR_SILENT_SOUND_SECONDS})
 
@@ -107,19 +107,20 @@ def near_silent_clips(shard_dir: Path, max_rate: float, batch: str | None = None
 def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = None) -> dg.AssetCheckResult:
     """Kept clips whose channels cancel in the mix to mono (the index's mix_retention)."""
     index = audio_quality.read_index(shard_dir, ["id", "channels", "mix_retention"])
-    cancelled = audio_quality.cancelled_by_downmix(index)
+    cancelled = tables.numpy_columns(audio_quality.cancelled_by_downmix(index))
     found = (f"have channels that cancel when averaged to mono (the mix, or a pair of channels, keeping as little as "
-             f"{float(cancelled['mix_retention'].iloc[0]):.0%} of their energy): a channel with inverted polarity "
-             "takes out what the channels share, usually the dialogue") if len(cancelled) else ""
-    return _suspect_clips(CANCELLING_DOWNMIX, cancelled, len(index), found,
+             f"{float(cancelled['mix_retention'][0]):.0%} of their energy): a channel with inverted polarity "
+             "takes out what the channels share, usually the dialogue") if len(cancelled["id"]) else ""
+    return _suspect_clips(CANCELLING_DOWNMIX, cancelled["id"], index.num_rows, found,
                           "listen to each channel alone: one out of phase with the others is inverted (a "
                           "matrix-encoded Lt/Rt mix with loud surround sound measures like this too, and keeps its "
                           "dialogue: leave that one)",
                           max_rate, batch, {"retention_limit": audio_quality.CANCELLING_RETENTION,
-                                            "multichannel_clips": int((index["channels"] > 1).sum())})
+                                            "multichannel_clips": int((tables.numpy_columns(index)["channels"] > 1)
+                                                                      .sum())})
 
 
-def _suspect_clips(check: str, suspects: pd.DataFrame, rows: int, found: str, hint: str, max_rate: float,
+def _suspect_clips(check: str, suspects: np.ndarray, rows: int, found: str, hint: str, max_rate: float,
                    batch: str | None, metadata: dict) -> dg.AssetCheckResult:
     """Kept clips whose audio does not carry their transcript's speech: a warning that names them; an error that
     blocks the batch when they are more than max_rate of it and at least BLOCK_MIN_CLIPS, or more than half of it
@@ -128,7 +129,7 @@ def _suspect_clips(check: str, suspects: pd.DataFrame, rows: int, found: str, hi
     # a muted source feeding a trickle of small batches must not pass for ever as warnings: most of a small batch
     # blocks it too (3 clips at least, so one quiet clip in a batch of two does not)
     blocks = share > max_rate and (len(suspects) >= BLOCK_MIN_CLIPS or (share > 0.5 and len(suspects) >= 3))
-    shown = [int(i) for i in suspects["id"].head(IDS_SHOWN)]
+    shown = [int(i) for i in suspects[:IDS_SHOWN]]  # suspects: their ids, in the order to name them
     description = None
     if len(suspects):
         more = f" and {len(suspects) - len(shown)} more" if len(suspects) > len(shown) else ""
@@ -141,7 +142,7 @@ def _suspect_clips(check: str, suspects: pd.DataFrame, rows: int, found: str, hi
         description = (f"{len(suspects)} of {rows} kept clips ({share:.1%}) {found}: ids "
                        f"{', '.join(map(str, shown))}{more}; {hint}. {fix}")
     return dg.AssetCheckResult(
-        check_name=check, asset_key="resampled_dataset", passed=suspects.empty,
+        check_name=check, asset_key="resampled_dataset", passed=not len(suspects),
         severity=dg.AssetCheckSeverity.ERROR if blocks else dg.AssetCheckSeverity.WARN, description=description,
         metadata={"clips": len(suspects), "share": share, "max_rate": max_rate, "ids": dg.MetadataValue.json(shown),
                   **metadata})
@@ -155,7 +156,7 @@ def features_match_model(shard_dir: Path) -> dg.AssetCheckResult:
     from asr_pipeline.core.model import model_num_mel_bins  # the config.json alone: no transformers import
 
     meta = json.loads((shard_dir / "meta.json").read_text())
-    index = pd.read_parquet(shard_dir / "index.parquet", columns=["num_frames", "label_length"])
+    index = tables.numpy_columns(tables.read_table(shard_dir / "index.parquet", ["num_frames", "label_length"]))
     model_mels = model_num_mel_bins(meta["model"])
     stored = (shard_dir / "features.f16").stat().st_size
     problems = []
@@ -163,9 +164,9 @@ def features_match_model(shard_dir: Path) -> dg.AssetCheckResult:
         problems.append(f"{meta['num_mel_bins']} mel bins stored, model expects {model_mels}")
     if stored != int(index["num_frames"].sum()) * meta["num_mel_bins"] * 2:
         problems.append("features.f16 size does not match the index")
-    if len(index) and (index["num_frames"].max() > FRAMES_30S or index["num_frames"].min() < 1):
+    if len(index["num_frames"]) and (index["num_frames"].max() > FRAMES_30S or index["num_frames"].min() < 1):
         problems.append("a clip has no frames or more than 3000")
-    if len(index) and index["label_length"].max() > MAX_LABEL_TOKENS:
+    if len(index["label_length"]) and index["label_length"].max() > MAX_LABEL_TOKENS:
         problems.append("a label is longer than 448 tokens")
     return dg.AssetCheckResult(check_name=FEATURE_SHAPES, asset_key="featurized_shards", passed=not problems,
                                description="; ".join(problems) or None,

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
 from asr_pipeline.core.batches import parse_batch_key
+from asr_pipeline.core.tables import read_table
 from asr_pipeline.core.database import TranscriptTable
 from asr_pipeline.defs.ingest.batch_states import batch_states
 
@@ -44,7 +44,7 @@ def deleted_rows(table: TranscriptTable, shard_dirs: dict[str, Path]) -> tuple[f
     gone: set[int] = set()
     by_batch: dict[str, int] = {}
     for key, path in sorted(shard_dirs.items()):
-        stored = set(pd.read_parquet(path / "index.parquet", columns=["id"])["id"].astype(int).tolist())
+        stored = set(read_table(path / "index.parquet", ["id"]).column("id").to_pylist())
         missing = stored - table.live_ids(*parse_batch_key(key))
         if missing:
             by_batch[key] = len(missing)
