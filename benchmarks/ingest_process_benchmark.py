@@ -191,7 +191,7 @@ def paired_ingest_runs(args, arms: tuple[str, str], prepare, run) -> dict[str, l
 
 
 def write_paired_result(args, runs: dict[str, list[dict]], name: str, faster_key: str,
-                        medians_of: tuple[str, ...] = ()) -> None:
+                        medians_of: tuple[str, ...] = (), variant: str = "") -> None:
     """Writes benchmarks/results/<name>_<date>_cpu-<kind>.json for paired_ingest_runs' runs: each arm's median
     seconds (and of each key in medians_of, as median_<key>), the second arm's seconds less the first's in each pair
     (the saving of the first, shipped arm), how many pairs the first was faster in (faster_key), the CPU."""
@@ -208,7 +208,7 @@ def write_paired_result(args, runs: dict[str, list[dict]], name: str, faster_key
               "runs": runs, "cpu": _cpu(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "date": date.today().isoformat(),
               "command": f"python benchmarks/{name}_benchmark.py " + " ".join(sys.argv[1:])}
-    write_result(result, args.out, f"{name}_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
+    write_result(result, args.out, f"{name}{variant}_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
 
 
 def launched_batch_runs(env_base: dict, url: str, base_model: str, corpus_dir: Path, work: Path,

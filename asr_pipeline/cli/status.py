@@ -214,15 +214,14 @@ def cmd_status(args) -> None:
 
 def collect_quarantine() -> list[dict]:
     """Rows left out anywhere in the pipeline: {id, audio_path, reason, stage}."""
-    import pandas as pd
+    from asr_pipeline.core.tables import read_rows
 
     rows = []
     for stage in ("resampled_dataset", "featurized_shards"):
         for key, path in _batch_dirs(stage).items():
             if (path / "quarantine.parquet").exists():
-                frame = pd.read_parquet(path / "quarantine.parquet")
-                rows += [{"id": int(r.id), "audio_path": r.audio_path, "reason": r.reason, "stage": stage,
-                          "partition": key} for r in frame.itertuples(index=False)]
+                rows += [{"id": int(r["id"]), "audio_path": r["audio_path"], "reason": r["reason"], "stage": stage,
+                          "partition": key} for r in read_rows(path / "quarantine.parquet")]
     return sorted(rows, key=lambda r: r["id"])
 
 

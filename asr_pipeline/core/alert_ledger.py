@@ -39,6 +39,7 @@ class Outgoing:
     text: str
     channels: tuple[str, ...]
     batch: str = ""   # the batch a problem or a recovery is about ("" for the rest): many at once are rolled up
+    told: tuple[str, ...] = ()  # the channels this is a reminder on (told before): rolled up apart from new ones
 
 
 class AlertLedger:
@@ -56,11 +57,14 @@ class AlertLedger:
         """Messages to send now: new problems, problems whose last alert is older than the repeat window (or was
         never delivered), recoveries of problems that cleared, and whatever is still waiting in the outbox."""
         current = {p.key: p for p in problems}
+        troubled = {p.batch for p in problems if p.batch}
         for key in [k for k in self.open if k not in current]:
             entry = self.open.pop(key)
             told = [c for c, t in entry["sent"].items() if t is not None and c in channels]
-            if told:
-                self.queue(entry["recovery"], told, batch=key.split("|")[2])
+            batch = key.split("|")[2]
+            # a batch that went from late to failed is not "done again": its new problem is alerted instead
+            if told and batch not in troubled:
+                self.queue(entry["recovery"], told, batch=batch)
         due = []
         for key, problem in current.items():
             entry = self.open.setdefault(key, {"first_seen": now, "sent": {}})
@@ -68,7 +72,8 @@ class AlertLedger:
             waiting = tuple(c for c in channels
                             if entry["sent"].get(c) is None or now - entry["sent"][c] >= repeat_s)
             if waiting:
-                due.append(Outgoing(key, problem.text, waiting, problem.batch))
+                told = tuple(c for c in waiting if entry["sent"].get(c) is not None)
+                due.append(Outgoing(key, problem.text, waiting, problem.batch, told))
         for message in self.outbox:  # a destination no longer configured will never take what waits for it
             message["channels"] = [c for c in message["channels"] if c in channels]
         due += [Outgoing(f"outbox:{i}", m["text"], tuple(m["channels"]), m.get("batch", ""))

@@ -236,7 +236,7 @@ def resample_manifest(
         "rows": len(index),
         "quarantined": len(quarantine),
         "sample_rate": SAMPLE_RATE,
-        "total_seconds": round(sum(float(r["duration"]) for r in index), 3),
+        "total_seconds": round(sum(float(r["duration"]) for r in index), 3) if index else 0.0,
         "clips_past_full_scale": sum(float(r["peak"]) > 1.0 for r in index),
         # kept clips the audio checks name (defs/ingest/checks.py); `status` adds these up over the batches
         "near_silent_clips": len(near_silent(index_table)),

@@ -59,7 +59,8 @@ def record_batch(clips: list[tuple[int, np.ndarray, float]], schema: pa.Schema) 
         raise ValueError("a clip too long for one record batch")
     # Arrow arrays over numpy buffers: pa.array on numpy data would import pandas (asr_pipeline.core.tables)
     samples = pa.ListArray.from_arrays(from_numpy(offsets.astype(np.int32)),
-                                       from_numpy(np.concatenate([pcm for _, pcm, _ in clips]).astype(np.int16)))
+                                       from_numpy(np.concatenate([pcm for _, pcm, _ in clips]).astype(np.int16,
+                                                                                                      copy=False)))
     return pa.record_batch([from_numpy(np.array([i for i, _, _ in clips], np.int64)), samples,
                             from_numpy(np.array([scale for _, _, scale in clips], np.float32))], schema=schema)
 

@@ -168,10 +168,18 @@ class PromotionPolicy:
     export_margin: float = 0.05
 
     def __post_init__(self):
+        # the same rules as the environment variables' (defs/common/resources.py), for settings from the Launchpad
         if self.rule not in PROMOTION_RULES:
             raise ValueError(f"ASR_PROMOTION_RULE must be one of {', '.join(PROMOTION_RULES)}, got {self.rule!r}")
-        if not 0.0 <= self.export_margin <= 1.0:
-            raise ValueError(f"ASR_EXPORT_MARGIN must be between 0 and 1, got {self.export_margin!r}")
+        if self.benchmark_gate not in ("block", "warn"):
+            raise ValueError(f"ASR_BENCHMARK_GATE must be block or warn, got {self.benchmark_gate!r}")
+        for name, value, upper in (("ASR_PROMOTION_MARGIN", self.margin, 1.0),
+                                   ("ASR_HALLUCINATION_MARGIN", self.hallucination_margin, 1.0),
+                                   ("ASR_EXPORT_MARGIN", self.export_margin, 1.0)):
+            if not 0.0 <= value <= upper:
+                raise ValueError(f"{name} must be between 0 and {upper:g}, got {value!r}")
+        if self.min_episodes < 1:
+            raise ValueError(f"ASR_PROMOTION_MIN_EPISODES must be 1 or more, got {self.min_episodes!r}")
 
     def beats(self, comparison: dict) -> bool:
         """challenger − incumbent (comparison['difference'], ['ci95']) clears the rule. `significant`: the interval's

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from asr_pipeline.core.storage import write_json
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UTTERANCES = 2000
 DEFAULT_PER_EPISODE = 20
@@ -91,7 +94,7 @@ class SampleMemory:
             return {}
         try:
             saved = json.loads(self.path.read_text(encoding="utf-8"))
-        except ValueError:
+        except (OSError, ValueError):  # unreadable: a new sample, as on the first night
             return {}
         if not isinstance(saved, dict):
             return {}
@@ -112,4 +115,8 @@ class SampleMemory:
         key = self._key(max_utterances, per_episode)
         samples.pop(key, None)  # re-inserted last: the least recently remembered sizes go first
         samples[key] = [int(i) for i in ids]
-        write_json(self.path, {"samples": dict(list(samples.items())[-self.KEPT:])})
+        try:
+            write_json(self.path, {"samples": dict(list(samples.items())[-self.KEPT:])})
+        except OSError as exc:  # a read-only or full cache costs tomorrow's re-decode, never tonight's report
+            log.warning("the test sample was not remembered in %s (%s): the next evaluation may draw another one "
+                        "and decode every model again", self.path, exc)

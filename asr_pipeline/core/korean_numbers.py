@@ -67,9 +67,10 @@ def _read_number(match: re.Match) -> str:
     sign, integer, fraction, percent = match.groups()
     words = ["마이너스"] if sign else []
     digits = integer.replace(",", "")
-    # digit by digit from the text: past 경's groups (no int() of thousands of digits), and a number written with
-    # leading zeros ("007", "0911"), which is a code read digit by digit, never a quantity ("007" is not 칠)
-    serial = len(digits) > 20 or (len(digits) > 1 and digits.startswith("0"))
+    # digit by digit from the text: past 경's groups (no int() of thousands of digits), and a number of three digits
+    # or more written with leading zeros ("007", "010"), a code read digit by digit, not a quantity ("007" is not
+    # 칠). Two digits with a leading zero are padded dates and times ("01월 05일", "09:05"), read as their value.
+    serial = len(digits) > 20 or (len(digits) > 2 and digits.startswith("0"))
     words.append(" ".join(digit_by_digit(digits)) if serial else sino_korean(int(digits)))
     if fraction:
         words += ["점", *digit_by_digit(fraction)]

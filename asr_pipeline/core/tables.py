@@ -49,26 +49,43 @@ def column_array(values: Sequence, kind: pa.DataType) -> pa.Array:
     # None, and NaN (a DataFrame's missing value), are missing: null, as pandas wrote them
     missing = [value is None or (isinstance(value, float) and value != value) for value in values]
     validity = _validity(missing)
+    present = [value for value, gone in zip(values, missing) if not gone]
     if kind in (pa.int64(), pa.float64()):
         dtype = np.int64 if kind == pa.int64() else np.float64
+        _require(present, _INTEGERS if kind == pa.int64() else _NUMBERS, kind)
         data = np.array([0 if gone else value for value, gone in zip(values, missing)], dtype=dtype)
         return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(data)])
     if kind == pa.large_string():
-        encoded = [b"" if gone else str(value).encode("utf-8") for value, gone in zip(values, missing)]
+        _require(present, (str,), kind)
+        encoded = [b"" if gone else value.encode("utf-8") for value, gone in zip(values, missing)]
         return pa.Array.from_buffers(kind, len(values), [validity, _offsets(encoded, np.int64),
                                                          pa.py_buffer(b"".join(encoded))])
     if kind == pa.list_(pa.int64()):
         items = [[] if gone else value for value, gone in zip(values, missing)]
+        _require([v for item in items for v in item], _INTEGERS, kind)
         flat = np.fromiter((int(v) for item in items for v in item), dtype=np.int64)
         children = [pa.Array.from_buffers(pa.int64(), len(flat), [None, pa.py_buffer(flat)])]
         return pa.Array.from_buffers(kind, len(values), [validity, _offsets(items, np.int32)], children=children)
     return pa.array(values, type=kind)
 
 
+_INTEGERS = (int, np.integer)
+_NUMBERS = (int, float, np.integer, np.floating)
+
+
+def _require(values: Sequence, kinds: tuple, arrow_type: pa.DataType) -> None:
+    """What pa.array would refuse is refused here too, rather than converted (a bool or "12" is no int64)."""
+    wrong = next((v for v in values if not isinstance(v, kinds) or isinstance(v, (bool, np.bool_))), None)
+    if wrong is not None:
+        raise TypeError(f"{wrong!r} ({type(wrong).__name__}) in a {arrow_type} column")
+
+
 def from_numpy(values: np.ndarray) -> pa.Array:
     """A 1-d numpy array of a fixed-width number type as an Arrow array over its buffer (no copy; pa.array would
     import pandas)."""
     values = np.ascontiguousarray(values)
+    if values.dtype.kind not in "iuf":  # a bool array's bytes are no Arrow boolean (a bitmap)
+        raise TypeError(f"from_numpy takes integers or floats, not {values.dtype}")
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
@@ -132,7 +149,12 @@ def to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A column as numpy: a number column as a view of its buffer (no copy for one chunk without nulls; a missing
     value as NaN, the column then float64, as a DataFrame has it), any other column as Python objects. Not
     pyarrow's to_numpy, which imports pandas (the module's docstring)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks == 0:  # an empty table's column (combine_chunks would go through pa.array)
+            return np.zeros(0, NUMPY_TYPES.get(str(column.type), object))
+        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    else:
+        array = column
     dtype = NUMPY_TYPES.get(str(array.type))
     if dtype is None:
         return np.array(array.to_pylist() + [None], dtype=object)[:-1]  # (the None keeps lists as objects)

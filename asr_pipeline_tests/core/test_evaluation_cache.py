@@ -274,6 +274,7 @@ def test_a_cache_that_cannot_be_written_costs_a_decode_not_the_evaluation(tmp_pa
     the decoder says so and goes on (the cache only ever saves work)."""
     from asr_pipeline.core.cached_decoding import TRANSFORMERS, CachedDecoder, DecodeJob
     from asr_pipeline.core.decoding import DecodeResult
+    from asr_pipeline.core.eval_sample import SampleMemory
     from asr_pipeline.core.hypothesis_cache import HypothesisCache
 
     (tmp_path / "not_a_directory").write_text("")
@@ -285,6 +286,9 @@ def test_a_cache_that_cannot_be_written_costs_a_decode_not_the_evaluation(tmp_pa
     assert fingerprint == cache.model_fingerprint(str(model))
     assert "NotADirectoryError" in cache.put("key", {"texts": ["x"]})
     assert cache.get("key") is None
+    memory = SampleMemory(tmp_path / "not_a_directory" / "cache")  # the sticky sample lives there too
+    memory.remember([1, 2, 3], 2000, 10)
+    assert memory.previous(2000, 10) == []
 
     said, calls = [], []
 

@@ -196,6 +196,18 @@ def test_an_unknown_rule_is_refused_with_the_variable_name():
         PromotionPolicy("majority")
 
 
+@pytest.mark.parametrize("settings, variable", [
+    ({"benchmark_gate": "Block"}, "ASR_BENCHMARK_GATE"), ({"margin": -0.5}, "ASR_PROMOTION_MARGIN"),
+    ({"hallucination_margin": 7.0}, "ASR_HALLUCINATION_MARGIN"), ({"export_margin": 2.0}, "ASR_EXPORT_MARGIN"),
+    ({"min_episodes": 0}, "ASR_PROMOTION_MIN_EPISODES"),
+])
+def test_settings_from_the_launchpad_are_checked_as_the_environment_variables_are(settings, variable):
+    """The Launchpad's resource config bypasses the environment's parsing: the policy checks them itself (a gate of
+    'Block' once behaved as warn), and the evaluation builds it before decoding anything."""
+    with pytest.raises(ValueError, match=variable):
+        PromotionPolicy(**settings)
+
+
 def test_the_gate_settings_come_from_the_environment_and_name_the_variable(monkeypatch, tmp_path):
     from asr_pipeline.core.errors import ConfigError
     from asr_pipeline.defs.common.resources import settings_from_environment

@@ -66,27 +66,53 @@ def test_numbers_come_out_as_numpy_views_with_missing_values_as_nan():
 
 
 def test_none_of_it_imports_pandas(tmp_path):
-    """What an ingest does with its tables, in a process where pandas cannot be imported."""
+    """What an ingest does with its tables and audio shards, in a process that records any try to import pandas
+    (pyarrow swallows an ImportError, so the hook records; the end checks sys.modules too): a batch with a clip and a
+    missing file, and a batch whose every row is quarantined (an audio file with no record batch)."""
+    import soundfile as sf
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, (0.3 * np.sin(np.arange(16_000) / 5)).astype(np.float32), 16_000, subtype="PCM_16")
     script = f"""
 import sys
+tried = []
 class NoPandas:
     def find_spec(self, name, path=None, target=None):
         if name == "pandas":
+            tried.append(name)
             raise ImportError("pandas imported")
 sys.meta_path.insert(0, NoPandas())
-import numpy as np
-from asr_pipeline.core import tables, audio_quality
+from pathlib import Path
+from asr_pipeline.core import audio, audio_quality, tables
+from asr_pipeline.core.audio_shard import AudioShard
 rows = {ROWS!r}
 path = {str(tmp_path / "t.parquet")!r}
 tables.write_rows(path, rows, {COLUMNS!r})
-table = tables.read_table(path, ["id", "duration"])
-tables.numpy_columns(table)
+tables.numpy_columns(tables.read_table(path, ["id", "duration", "labels"]))
 tables.read_rows(path)
-index = tables.to_table([dict(id=i, peak=0.5, ac_peak=1e-4 * i, sound_seconds=0.0, duration=1.0) for i in range(4)],
-                        ["id", "peak", "ac_peak", "sound_seconds", "duration"])
-assert audio_quality.near_silent(index)["id"].to_pylist() == [0, 1, 2, 3]
-print("ok")
+for name, clips in (("some", [{str(wav)!r}, "/nowhere.wav"]), ("none", ["/nowhere.wav"])):
+    out = Path({str(tmp_path)!r}) / name
+    out.mkdir()
+    manifest = [dict(id=i + 1, audio_path=p, transcript="네", group="g", split="train") for i, p in enumerate(clips)]
+    audio.resample_manifest(manifest, out, emit=lambda line: None)
+    shard = AudioShard(out)
+    assert len(shard) == len(clips) - 1 and len(shard.column("id")) == len(shard)
+    [shard.samples(i) for i in range(len(shard))]
+    index = audio_quality.read_index(out, audio_quality.NEAR_SILENT_COLUMNS)
+    audio_quality.near_silent(index), audio_quality.cancelled_by_downmix(audio_quality.read_index(out, ["id"]))
+    tables.read_rows(out / "quarantine.parquet")
+print("tried", tried, "imported", "pandas" in sys.modules)
 """
     result = subprocess.run([sys.executable, "-c", script.replace("nan", "float('nan')")], capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "tried [] imported False"
+
+
+def test_values_of_another_type_are_refused_not_converted():
+    for values, kind in (([3.7], pa.int64()), ([True], pa.int64()), (["12"], pa.int64()), ([1, "x"], pa.float64()),
+                         ([3], pa.large_string()), ([[1, 2.5]], pa.list_(pa.int64()))):
+        with pytest.raises(TypeError):
+            tables.column_array(values, kind)
+    with pytest.raises(TypeError, match="bool"):
+        tables.from_numpy(np.array([True, False]))

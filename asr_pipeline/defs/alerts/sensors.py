@@ -75,44 +75,53 @@ ROLL_UP_OVER = 5  # more batch messages than this due at once to one destination
 ROLL_UP_LISTED = 10  # of which this many are quoted
 
 
-def roll_up_text(items: list[Outgoing], recoveries: bool) -> str:
+def roll_up_text(items: list[Outgoing], kind: str) -> str:
     """One message for many batches (a NAS outage fails a whole backfill): their count, the first few, and where
-    to see the rest, instead of one e-mail or chat message per batch."""
+    to see the rest, instead of one e-mail or chat message per batch. kind: new, reminder or recovered."""
     prefix = problem_sources.PREFIX
-    if recoveries:
+    if kind == "recovered":
         names = ", ".join(o.batch for o in items[:ROLL_UP_LISTED * 2])
         more = f", and {len(items) - ROLL_UP_LISTED * 2} more" if len(items) > ROLL_UP_LISTED * 2 else ""
         return f"{prefix} {len(items)} batches are done again: {names}{more}."
     kinds: dict[str, int] = {}
     for outgoing in items:
-        kind, asset = outgoing.key.split("|")[:2]
+        problem, asset = outgoing.key.split("|")[:2]
         label = {"run_failed": f"failed at {asset}", "check_failed": f"blocked by a check on {asset}",
-                 "pending_too_long": "not done in time"}.get(kind, f"{kind} ({asset})")
+                 "pending_too_long": "not done in time"}.get(problem, f"{problem} ({asset})")
         kinds[label] = kinds.get(label, 0) + 1
     lines = [f"- {o.text.splitlines()[0].removeprefix(prefix).strip()}" for o in items[:ROLL_UP_LISTED]]
     if len(items) > ROLL_UP_LISTED:
         lines.append(f"- and {len(items) - ROLL_UP_LISTED} more")
-    return (f"{prefix} {len(items)} batches need attention: "
+    headline = "still need attention (a reminder: each was alerted before)" if kind == "reminder" \
+        else "need attention"
+    return (f"{prefix} {len(items)} batches {headline}: "
             + ", ".join(f"{count} {label}" for label, count in kinds.items()) + ".\n" + "\n".join(lines)
             + "\nOne message for all of them: `asr-pipeline status` lists every batch with its state and reason; once "
             "the cause is fixed, `asr-pipeline backfill` re-runs them.")
 
 
+def _roll_up_kind(outgoing: Outgoing, channel: str) -> str:
+    if outgoing.key.startswith("outbox:"):
+        return "recovered"
+    return "reminder" if channel in outgoing.told else "new"
+
+
 def roll_ups(due: list[Outgoing]) -> tuple[list[tuple[Outgoing, list[Outgoing]]], list[Outgoing]]:
     """Batch problems (and batch recoveries) due to a destination more than ROLL_UP_OVER at once become one message
-    there, which counts as delivered for each of them. Returns those messages with what each stands for, and the
-    rest of `due` with those destinations taken off. The log (no destination configured) gets every message."""
+    there, which counts as delivered for each of them: new problems, reminders and recoveries each rolled up apart
+    (a new problem never hides among reminders). Returns those messages with what each stands for, and the rest of
+    `due` with those destinations taken off. The log (no destination configured) gets every message."""
     taken: dict[str, set[str]] = {}
     rolled = []
     channels = sorted({c for o in due for c in o.channels if c != LOG})
     for channel in channels:
-        for recoveries in (False, True):
-            items = [o for o in due if o.batch and channel in o.channels and o.key.startswith("outbox:") == recoveries]
+        for kind in ("new", "reminder", "recovered"):
+            items = [o for o in due if o.batch and channel in o.channels and _roll_up_kind(o, channel) == kind]
             if len(items) > ROLL_UP_OVER:
-                rolled.append((Outgoing(f"roll_up:{channel}", roll_up_text(items, recoveries), (channel,)), items))
+                rolled.append((Outgoing(f"roll_up:{channel}:{kind}", roll_up_text(items, kind), (channel,)), items))
                 for outgoing in items:
                     taken.setdefault(outgoing.key, set()).add(channel)
-    rest = [Outgoing(o.key, o.text, tuple(c for c in o.channels if c not in taken.get(o.key, ())), o.batch)
+    rest = [Outgoing(o.key, o.text, tuple(c for c in o.channels if c not in taken.get(o.key, ())), o.batch, o.told)
             for o in due]
     return rolled, [o for o in rest if o.channels]
 

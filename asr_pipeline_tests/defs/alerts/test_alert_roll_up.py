@@ -56,7 +56,8 @@ def test_recoveries_and_reminders_of_many_batches_are_rolled_up_too_and_few_go_o
     _tick(ledger, problems, now, emitted)
     assert len(webhook.texts) == 1 and webhook.texts[0].startswith("[asr_pipeline] 12 batches need attention")
     _tick(ledger, problems, now + REPEAT_S, emitted)  # a day later, still open: one reminder for the twelve
-    assert len(webhook.texts) == 2 and webhook.texts[1] == webhook.texts[0]
+    assert len(webhook.texts) == 2 and webhook.texts[1].startswith(
+        "[asr_pipeline] 12 batches still need attention (a reminder: each was alerted before): 12 failed at")
     _tick(ledger, problems[:2], now + REPEAT_S + 60, emitted)  # ten are done again: one message names them
     assert webhook.texts[2] == "[asr_pipeline] 10 batches are done again: " + ", ".join(
         p.batch for p in problems[2:]) + "."
@@ -93,3 +94,34 @@ def test_what_waits_for_a_destination_no_longer_configured_is_dropped(webhook, m
     monkeypatch.delenv("ASR_ALERT_WEBHOOK")
     assert _tick(ledger, [], now + 120, emitted) == (0, 0)
     assert ledger.outbox == []
+
+
+def test_a_new_batch_problem_is_never_hidden_among_reminders(webhook, monkeypatch, tmp_path):
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    ledger, emitted, now = AlertLedger(path=tmp_path / "ledger.json"), [], 1_000_000.0
+    old = _batch_failures(12)
+    _tick(ledger, old, now, emitted)
+    blocked = Problem("check_failed", "resampled_dataset", "ids-0000000099-0000000099",
+                      "[asr_pipeline] batch ids-0000000099-0000000099 blocked: 900 of 1000 rows quarantined", "ok")
+    _tick(ledger, [*old, blocked], now + REPEAT_S, emitted)  # the reminders fall due with a new problem
+    assert len(webhook.texts) == 3 and blocked.text in webhook.texts[1:]  # the new one, whole, in a message of its own
+    assert any(t.startswith("[asr_pipeline] 12 batches still need attention") for t in webhook.texts[1:])
+
+
+def test_batches_late_then_failing_are_not_done_again(webhook, monkeypatch, tmp_path):
+    """A NAS outage: batches are first late (pending_too_long), then their runs fail. The late alerts clear because
+    the failures replace them, and that is no recovery."""
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    ledger, emitted, now = AlertLedger(path=tmp_path / "ledger.json"), [], 1_000_000.0
+    failures = _batch_failures(8)
+    late = [Problem("pending_too_long", "featurized_shards", p.batch, f"[asr_pipeline] batch {p.batch} is not done "
+                    "30 h after it was registered", f"[asr_pipeline] batch {p.batch} is done again.") for p in failures]
+    _tick(ledger, late, now, emitted)
+    assert webhook.texts == [webhook.texts[0]] and webhook.texts[0].startswith(
+        "[asr_pipeline] 8 batches need attention: 8 not done in time.")
+    _tick(ledger, failures, now + 3600, emitted)
+    assert len(webhook.texts) == 2 and webhook.texts[1].startswith(
+        "[asr_pipeline] 8 batches need attention: 8 failed at resampled_dataset.")
+    _tick(ledger, [], now + 7200, emitted)  # now they are done: one recovery message for the eight
+    assert webhook.texts[2:] == ["[asr_pipeline] 8 batches are done again: " + ", ".join(p.batch for p in failures)
+                                 + "."]
