@@ -256,10 +256,25 @@ def step_summary(seconds: list[float], utterances_per_step: float, train_runtime
 
 
 def write_result(result: dict, out: str | Path, name: str) -> Path:
-    """Print the result as JSON and write it to out/name (the results folder, made if missing)."""
+    """Print the result as JSON, with the commit it measured, and write it to out/name (the results folder, made if
+    missing); a file of that name already there is kept and this one gets a numbered name (name_2.json...)."""
+    result.setdefault("code", code_version())
     text = json.dumps(result, indent=2, ensure_ascii=False)
     print(text)
     path = Path(out) / name
     path.parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while path.exists():  # a same-day rerun must not overwrite the first run's figures
+        number += 1
+        path = Path(out) / f"{Path(name).stem}_{number}{Path(name).suffix}"
     path.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
+    """The checkout's commit and whether its tracked files had changes (what a result measured)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown",
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}

@@ -207,6 +207,7 @@ def write_paired_result(args, runs: dict[str, list[dict]], name: str, faster_key
               faster_key: sum(d > 0 for d in paired),
               "runs": runs, "cpu": _cpu(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "date": date.today().isoformat(),
+              **({"before_commit": args.before_commit} if getattr(args, "before_commit", None) else {}),
               "command": f"python benchmarks/{name}_benchmark.py " + " ".join(sys.argv[1:])}
     write_result(result, args.out, f"{name}{variant}_{result['date']}_cpu-{cpu_tag(result['cpu'])}.json")
 

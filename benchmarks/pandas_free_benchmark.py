@@ -1,6 +1,6 @@
 """Lean runs (issue 14.3): what an `asr-pipeline ingest` saves by not importing pandas (core/tables.py).
 
-    .venv/bin/python benchmarks/pandas_free_benchmark.py [--before ddb98ec] [--clips 1000] [--pairs 8] [--cold]
+    .venv/bin/python benchmarks/pandas_free_benchmark.py [--before bcb303e] [--clips 1000] [--pairs 8] [--cold]
 
 `asr-pipeline ingest` of the 1,000-clip corpus of ingest_process_benchmark.py (a fresh ASR_HOME and a copy of one
 initialized Dagster instance each time; with --cold, every file either arm reads dropped from the page cache before
@@ -65,7 +65,7 @@ def one_run(arm: str, env_base: dict, url: str, corpus_dir: Path, work: Path, pr
 
 def main() -> None:
     parser = paired_arguments(__doc__)
-    parser.add_argument("--before", default="ddb98ec", help="the commit whose ingest still used pandas")
+    parser.add_argument("--before", default="bcb303e", help="the last commit whose ingest used pandas")
     parser.add_argument("--cold", action="store_true", help="drop what either arm reads from the page cache first")
     args = parser.parse_args()
 
@@ -74,6 +74,8 @@ def main() -> None:
                 args.cold)
 
     runs = paired_ingest_runs(args, ARMS, prepare, one_run)
+    args.before_commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", args.before], check=True,
+                                        capture_output=True, text=True).stdout.strip()
     write_paired_result(args, runs, "pandas_free", "pairs_faster_without_pandas", variant="_cold" if args.cold else "")
 
 

@@ -58,17 +58,24 @@ class AlertLedger:
         never delivered), recoveries of problems that cleared, and whatever is still waiting in the outbox."""
         current = {p.key: p for p in problems}
         troubled = {p.batch for p in problems if p.batch}
+        owed: dict[str, set[str]] = {}  # batch -> channels told of a problem that became another one
         for key in [k for k in self.open if k not in current]:
             entry = self.open.pop(key)
-            told = [c for c, t in entry["sent"].items() if t is not None and c in channels]
+            told = [c for c, t in entry["sent"].items() if t is not None] + entry.get("owed", [])
+            told = sorted({c for c in told if c in channels})
             batch = key.split("|")[2]
-            # a batch that went from late to failed is not "done again": its new problem is alerted instead
-            if told and batch not in troubled:
+            if told and batch in troubled:
+                # a batch that went from late to failed is not "done again": its new problem is alerted instead,
+                # and whoever heard of the old one hears of the batch's recovery when the new one clears
+                owed.setdefault(batch, set()).update(told)
+            elif told:
                 self.queue(entry["recovery"], told, batch=batch)
         due = []
         for key, problem in current.items():
             entry = self.open.setdefault(key, {"first_seen": now, "sent": {}})
             entry["recovery"] = problem.recovery
+            if problem.batch in owed:
+                entry["owed"] = sorted(set(entry.get("owed", [])) | owed[problem.batch])
             waiting = tuple(c for c in channels
                             if entry["sent"].get(c) is None or now - entry["sent"][c] >= repeat_s)
             if waiting:

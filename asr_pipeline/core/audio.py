@@ -213,13 +213,15 @@ def resample_manifest(
         pending, pending_samples = [], 0  # clips waiting to be written as one record batch
         for row, prepared in _ordered_map(pool, prepare, rows):
             if isinstance(prepared, AudioError):
-                quarantine.append({"id": row.id, "audio_path": row.audio_path, "reason": str(prepared)})
+                quarantine.append({"id": int(row.id), "audio_path": _path_text(row.audio_path),
+                                   "reason": str(prepared)})
             else:
                 pcm, scale, peak, rate, channels, duration, content_hash, retention, excursion, sound = prepared
                 pending.append((int(row.id), pcm, scale))
                 pending_samples += len(pcm)
                 index.append(
-                    {**dict(zip(columns, row)), "num_samples": len(pcm), "duration": duration, "source_rate": rate,
+                    {**dict(zip(columns, row)), "id": int(row.id), "audio_path": _path_text(row.audio_path),
+                     "num_samples": len(pcm), "duration": duration, "source_rate": rate,
                      "channels": channels, "peak": peak, "scale": scale, "audio_sha256": content_hash,
                      "mix_retention": retention, "ac_peak": excursion, "sound_seconds": sound}
                 )
@@ -244,6 +246,13 @@ def resample_manifest(
     }
     write_json(out_dir / "meta.json", summary)
     return summary
+
+
+def _path_text(path) -> str | None:
+    """A manifest's audio path as stored: text (a notebook's manifest may hold pathlib paths)."""
+    if path is None or (isinstance(path, float) and path != path):  # a DataFrame's missing value
+        return None
+    return os.fspath(path) if isinstance(path, os.PathLike) else str(path)
 
 
 def _manifest_tuples(manifest) -> tuple[list[str], list[tuple]]:

@@ -168,16 +168,19 @@ class PromotionPolicy:
     export_margin: float = 0.05
 
     def __post_init__(self):
-        # the same rules as the environment variables' (defs/common/resources.py), for settings from the Launchpad
+        # the environment variables' ranges (defs/common/resources.py), for settings from the Launchpad; the gate
+        # arrives lower-cased (PipelineSettings.promotion_policy), as the variable's parser has it
         if self.rule not in PROMOTION_RULES:
             raise ValueError(f"ASR_PROMOTION_RULE must be one of {', '.join(PROMOTION_RULES)}, got {self.rule!r}")
         if self.benchmark_gate not in ("block", "warn"):
             raise ValueError(f"ASR_BENCHMARK_GATE must be block or warn, got {self.benchmark_gate!r}")
-        for name, value, upper in (("ASR_PROMOTION_MARGIN", self.margin, 1.0),
-                                   ("ASR_HALLUCINATION_MARGIN", self.hallucination_margin, 1.0),
-                                   ("ASR_EXPORT_MARGIN", self.export_margin, 1.0)):
-            if not 0.0 <= value <= upper:
-                raise ValueError(f"{name} must be between 0 and {upper:g}, got {value!r}")
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"ASR_PROMOTION_MARGIN must be at least 0 and below 1, got {self.margin!r}")
+        for name, value in (("ASR_HALLUCINATION_MARGIN", self.hallucination_margin),
+                            ("ASR_EXPORT_MARGIN", self.export_margin)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+        # 1 is allowed here (its bootstrap interval is NaN, which never wins); the variable asks for 2 or more
         if self.min_episodes < 1:
             raise ValueError(f"ASR_PROMOTION_MIN_EPISODES must be 1 or more, got {self.min_episodes!r}")
 

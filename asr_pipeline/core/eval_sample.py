@@ -90,11 +90,11 @@ class SampleMemory:
         return f"{max_utterances}/{per_episode}"
 
     def _samples(self) -> dict:
-        if self.path is None or not self.path.exists():
+        if self.path is None:
             return {}
-        try:
+        try:  # absent (the first night), unreadable, not traversable: a new sample
             saved = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # unreadable: a new sample, as on the first night
+        except (OSError, ValueError):
             return {}
         if not isinstance(saved, dict):
             return {}
@@ -106,7 +106,10 @@ class SampleMemory:
 
     def previous(self, max_utterances: int | None, per_episode: int) -> list[int]:
         ids = self._samples().get(self._key(max_utterances, per_episode), [])
-        return [int(i) for i in ids] if isinstance(ids, list) else []
+        try:
+            return [int(i) for i in ids] if isinstance(ids, list) else []
+        except (TypeError, ValueError):  # a damaged file: a new sample
+            return []
 
     def remember(self, ids: Sequence[int], max_utterances: int | None, per_episode: int) -> None:
         if self.path is None:

@@ -67,16 +67,28 @@ def _read_number(match: re.Match) -> str:
     sign, integer, fraction, percent = match.groups()
     words = ["마이너스"] if sign else []
     digits = integer.replace(",", "")
-    # digit by digit from the text: past 경's groups (no int() of thousands of digits), and a number of three digits
-    # or more written with leading zeros ("007", "010"), a code read digit by digit, not a quantity ("007" is not
-    # 칠). Two digits with a leading zero are padded dates and times ("01월 05일", "09:05"), read as their value.
-    serial = len(digits) > 20 or (len(digits) > 2 and digits.startswith("0"))
+    # digit by digit from the text: past 경's groups (no int() of thousands of digits), and a number written with
+    # leading zeros ("007", "02-123", "B01"), a code read digit by digit, not a quantity ("007" is not 칠), except
+    # two padded digits of a date or a time ("01월 05일", "09:05"), read as their value
+    serial = len(digits) > 20 or (len(digits) > 1 and digits.startswith("0") and not _padded_date_or_time(match))
     words.append(" ".join(digit_by_digit(digits)) if serial else sino_korean(int(digits)))
     if fraction:
         words += ["점", *digit_by_digit(fraction)]
     if percent:
         words.append("프로")
     return " " + " ".join(words) + " "
+
+
+DATE_TIME_UNITS = "월일시분초"
+
+
+def _padded_date_or_time(match: re.Match) -> bool:
+    """Two digits, one a leading zero, followed by a date or time unit (01월, 05분) or beside a colon (09:05)."""
+    if len(match.group(2)) != 2 or match.group(3) or match.group(4):
+        return False
+    text, start, end = match.string, match.start(2), match.end(2)
+    after = text[end:].lstrip(" ")[:1]
+    return (after != "" and after in DATE_TIME_UNITS) or after == ":" or text[:start].endswith(":")
 
 
 def numbers_to_korean(text: str) -> str:

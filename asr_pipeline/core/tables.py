@@ -47,7 +47,7 @@ def column_array(values: Sequence, kind: pa.DataType) -> pa.Array:
     """values (None for a missing one) as an Arrow array of `kind`, built from numpy buffers (see the module's
     docstring): int64, float64, large_string and list<int64>; other types through pa.array."""
     # None, and NaN (a DataFrame's missing value), are missing: null, as pandas wrote them
-    missing = [value is None or (isinstance(value, float) and value != value) for value in values]
+    missing = [value is None or (isinstance(value, (float, np.floating)) and value != value) for value in values]
     validity = _validity(missing)
     present = [value for value, gone in zip(values, missing) if not gone]
     if kind in (pa.int64(), pa.float64()):

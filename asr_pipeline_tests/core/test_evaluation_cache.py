@@ -289,6 +289,12 @@ def test_a_cache_that_cannot_be_written_costs_a_decode_not_the_evaluation(tmp_pa
     memory = SampleMemory(tmp_path / "not_a_directory" / "cache")  # the sticky sample lives there too
     memory.remember([1, 2, 3], 2000, 10)
     assert memory.previous(2000, 10) == []
+    unreachable = SampleMemory(tmp_path / ("x" * 300))  # a name the file system refuses (ENAMETOOLONG), as EACCES
+    unreachable.remember([1], 2000, 10)
+    assert unreachable.previous(2000, 10) == []
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "test_sample.json").write_text('{"samples": {"2000/10": ["x", null]}}')
+    assert SampleMemory(tmp_path / "damaged").previous(2000, 10) == []
 
     said, calls = [], []
 

@@ -71,7 +71,7 @@ def queue_digest(instance: dg.DagsterInstance, ledger: AlertLedger, home: Path, 
         ledger.marks["digest_run"] = records[0].dagster_run.run_id
 
 
-ROLL_UP_OVER = 5  # more batch messages than this due at once to one destination go as one message
+ROLL_UP_OVER = 5  # more batch messages than this due at once to one destination are rolled up
 ROLL_UP_LISTED = 10  # of which this many are quoted
 
 
@@ -107,17 +107,21 @@ def _roll_up_kind(outgoing: Outgoing, channel: str) -> str:
 
 
 def roll_ups(due: list[Outgoing]) -> tuple[list[tuple[Outgoing, list[Outgoing]]], list[Outgoing]]:
-    """Batch problems (and batch recoveries) due to a destination more than ROLL_UP_OVER at once become one message
-    there, which counts as delivered for each of them: new problems, reminders and recoveries each rolled up apart
-    (a new problem never hides among reminders). Returns those messages with what each stands for, and the rest of
-    `due` with those destinations taken off. The log (no destination configured) gets every message."""
+    """Batch problems and batch recoveries due to a destination more than ROLL_UP_OVER at once (all kinds together)
+    go there as at most one message per kind (new problems, reminders, recoveries: a new problem never hides among
+    reminders; a kind with a single message sends it as it is), each counting as delivered for what it stands for.
+    Returns those messages with what each stands for, and the rest of `due` with those destinations taken off. The
+    log (no destination configured) gets every message."""
     taken: dict[str, set[str]] = {}
     rolled = []
     channels = sorted({c for o in due for c in o.channels if c != LOG})
     for channel in channels:
+        batch_messages = [o for o in due if o.batch and channel in o.channels]
+        if len(batch_messages) <= ROLL_UP_OVER:
+            continue
         for kind in ("new", "reminder", "recovered"):
-            items = [o for o in due if o.batch and channel in o.channels and _roll_up_kind(o, channel) == kind]
-            if len(items) > ROLL_UP_OVER:
+            items = [o for o in batch_messages if _roll_up_kind(o, channel) == kind]
+            if len(items) > 1:
                 rolled.append((Outgoing(f"roll_up:{channel}:{kind}", roll_up_text(items, kind), (channel,)), items))
                 for outgoing in items:
                     taken.setdefault(outgoing.key, set()).add(channel)

@@ -129,7 +129,7 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def promotion_policy(self) -> PromotionPolicy:
         return PromotionPolicy(self.promotion_rule, self.promotion_margin, self.hallucination_margin,
-                               self.benchmark_gate, self.promotion_min_episodes, self.export_margin)
+                               parse_gate(self.benchmark_gate), self.promotion_min_episodes, self.export_margin)
 
     def parsed_benchmark_sets(self) -> list[tuple[str, Path]]:
         return parse_benchmark_sets(self.benchmark_sets)

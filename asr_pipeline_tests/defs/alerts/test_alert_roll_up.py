@@ -125,3 +125,29 @@ def test_batches_late_then_failing_are_not_done_again(webhook, monkeypatch, tmp_
     _tick(ledger, [], now + 7200, emitted)  # now they are done: one recovery message for the eight
     assert webhook.texts[2:] == ["[asr_pipeline] 8 batches are done again: " + ", ".join(p.batch for p in failures)
                                  + "."]
+
+
+def test_the_storm_cap_counts_every_kind_together(webhook, monkeypatch, tmp_path):
+    """Five reminders and five new failures in one tick: two messages (reminders, new), not ten."""
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    ledger, emitted, now = AlertLedger(path=tmp_path / "ledger.json"), [], 1_000_000.0
+    problems = _batch_failures(10)
+    _tick(ledger, problems[:5], now, emitted)  # five: one message each, as always
+    assert len(webhook.texts) == 5
+    _tick(ledger, problems, now + REPEAT_S, emitted)
+    assert sorted(t.split(":")[0] for t in webhook.texts[5:]) == [
+        "[asr_pipeline] 5 batches need attention", "[asr_pipeline] 5 batches still need attention (a reminder"]
+
+
+def test_whoever_heard_a_batch_was_late_hears_it_is_done_even_if_its_failure_never_reached_them(
+        webhook, monkeypatch, tmp_path):
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    ledger, emitted, now = AlertLedger(path=tmp_path / "ledger.json"), [], 1_000_000.0
+    failure = _batch_failures(1)[0]
+    late = Problem("pending_too_long", "featurized_shards", failure.batch, "[asr_pipeline] late", "late cleared")
+    _tick(ledger, [late], now, emitted)
+    webhook.status = 500  # the failure's alert does not get through...
+    _tick(ledger, [failure], now + 60, emitted)
+    webhook.status = 200
+    _tick(ledger, [], now + 120, emitted)  # ...and the batch is done before the retry
+    assert webhook.texts == ["[asr_pipeline] late", failure.recovery]
