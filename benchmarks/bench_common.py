@@ -273,8 +273,14 @@ def write_result(result: dict, out: str | Path, name: str) -> Path:
 
 def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
     """The checkout's commit and whether its tracked files had changes (what a result measured)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):  # no git (the GPU machine): the result is kept anyway
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
 
-    return {"commit": git("rev-parse", "HEAD") or "unknown",
-            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": "unknown", "uncommitted_changes": None}
+    return {"commit": commit, "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}

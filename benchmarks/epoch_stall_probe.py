@@ -23,7 +23,6 @@ five, and which steps were slowest (an epoch's first step is where the fork show
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import transformers
 
-from bench_common import cpu_info, cpu_tag, our_shard, random_whisper, split_by_episode, time_steps
+from bench_common import cpu_info, cpu_tag, our_shard, random_whisper, split_by_episode, time_steps, write_result
 from featurize_benchmark import corpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,10 +111,7 @@ def main() -> None:
                                                                       packing, args.workers)
         finally:
             restore()
-    text = json.dumps(results, indent=2)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"epoch_stall_{results['date']}_cpu-{cpu_tag(results['cpu'])}.json").write_text(text + "\n")
+    write_result(results, RESULTS, f"epoch_stall_{results['date']}_cpu-{cpu_tag(results['cpu'])}.json")
 
 
 if __name__ == "__main__":

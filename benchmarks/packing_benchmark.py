@@ -56,7 +56,7 @@ from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
 from bench_common import (SEED_RECIPE, cpu_info, cpu_tag, isa_limits, our_shard, seed_module, seed_train,  # noqa: E402
-                          split_by_episode)
+                          split_by_episode, write_result)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -217,13 +217,11 @@ def main() -> None:
     if args.utterances % args.batch_size:
         parser.error("--utterances must be a multiple of --batch-size")
     results = run(args)
-    text = json.dumps(results, indent=2, ensure_ascii=False)
-    print(text)
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
+    if args.no_save:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
         held = "".join(f"_held-{v}" for v in sorted({v.lower() for v in results["isa"]["held_by"].values()}))
-        name = f"packing_{results['date']}_cpu-{cpu_tag(results['cpu'])}{held}.json"
-        (RESULTS / name).write_text(text + "\n", encoding="utf-8")
+        write_result(results, RESULTS, f"packing_{results['date']}_cpu-{cpu_tag(results['cpu'])}{held}.json")
 
 
 if __name__ == "__main__":

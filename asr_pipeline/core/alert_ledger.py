@@ -70,11 +70,14 @@ class AlertLedger:
                 owed.setdefault(batch, set()).update(told)
             elif told:
                 self.queue(entry["recovery"], told, batch=batch)
+        heirs = {}  # the batch's problem that owes the recovery: one (the first by key), or it would be sent twice
+        for key in sorted(current):
+            heirs.setdefault(current[key].batch, key)
         due = []
         for key, problem in current.items():
             entry = self.open.setdefault(key, {"first_seen": now, "sent": {}})
             entry["recovery"] = problem.recovery
-            if problem.batch in owed:
+            if problem.batch in owed and heirs[problem.batch] == key:
                 entry["owed"] = sorted(set(entry.get("owed", [])) | owed[problem.batch])
             waiting = tuple(c for c in channels
                             if entry["sent"].get(c) is None or now - entry["sent"][c] >= repeat_s)

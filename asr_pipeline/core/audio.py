@@ -213,7 +213,7 @@ def resample_manifest(
         pending, pending_samples = [], 0  # clips waiting to be written as one record batch
         for row, prepared in _ordered_map(pool, prepare, rows):
             if isinstance(prepared, AudioError):
-                quarantine.append({"id": int(row.id), "audio_path": _path_text(row.audio_path),
+                quarantine.append({"id": _row_id(row.id), "audio_path": _path_text(row.audio_path),
                                    "reason": str(prepared)})
             else:
                 pcm, scale, peak, rate, channels, duration, content_hash, retention, excursion, sound = prepared
@@ -248,11 +248,28 @@ def resample_manifest(
     return summary
 
 
+def _missing(value) -> bool:
+    """None, NaN (numpy's too) or pandas' NA: a DataFrame's missing value."""
+    return value is None or type(value).__name__ == "NAType" or (isinstance(value, (float, np.floating))
+                                                                  and value != value)
+
+
 def _path_text(path) -> str | None:
-    """A manifest's audio path as stored: text (a notebook's manifest may hold pathlib paths)."""
-    if path is None or (isinstance(path, float) and path != path):  # a DataFrame's missing value
+    """A manifest's audio path as stored: text (a notebook's manifest may hold pathlib paths or bytes)."""
+    if _missing(path):
         return None
+    if isinstance(path, bytes):
+        return os.fsdecode(path)
     return os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+
+
+def _row_id(value) -> int | None:
+    """A manifest's id as an int; None when it is missing or not a whole number (that row is quarantined)."""
+    try:
+        number = float(value)
+        return int(value) if number.is_integer() else None
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _manifest_tuples(manifest) -> tuple[list[str], list[tuple]]:
@@ -283,14 +300,16 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     """(int16 16 kHz samples, their scale, peak |sample|, source rate, channels, duration, content hash, the
     least share of its energy a pair of channels keeps in the mix, the mix's peak less any DC offset, how long the
     mix has sound) for a manifest row, or AudioError with the reason."""
-    if not row.transcript or is_blank_transcript(row.transcript):
+    if _row_id(row.id) is None:
+        raise AudioError(f"row id {row.id!r} is not a whole number")
+    if _missing(row.transcript) or not row.transcript or is_blank_transcript(str(row.transcript)):
         raise AudioError("empty transcript")
-    path = row.audio_path
+    path = _path_text(row.audio_path)
     if not path:
         raise AudioError("no audio path")
     if roots is not None:
         try:
-            path = roots.resolve(row.audio_path)
+            path = roots.resolve(path)
         except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symbolic-link loop: this row, not the batch
             raise AudioError(f"unresolvable audio path ({type(exc).__name__}: {str(exc)[:100]})") from None
         if path is None:

@@ -94,7 +94,7 @@ class SampleMemory:
             return {}
         try:  # absent (the first night), unreadable, not traversable: a new sample
             saved = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         if not isinstance(saved, dict):
             return {}
@@ -108,7 +108,7 @@ class SampleMemory:
         ids = self._samples().get(self._key(max_utterances, per_episode), [])
         try:
             return [int(i) for i in ids] if isinstance(ids, list) else []
-        except (TypeError, ValueError):  # a damaged file: a new sample
+        except (TypeError, ValueError, OverflowError):  # a damaged file: a new sample
             return []
 
     def remember(self, ids: Sequence[int], max_utterances: int | None, per_episode: int) -> None:

@@ -83,12 +83,17 @@ DATE_TIME_UNITS = "월일시분초"
 
 
 def _padded_date_or_time(match: re.Match) -> bool:
-    """Two digits, one a leading zero, followed by a date or time unit (01월, 05분) or beside a colon (09:05)."""
+    """Two digits, one a leading zero, of a date or a time: before a unit (01월, 05분), beside a colon (09:05), or a
+    part of a date written with - or / (2026-01-05, 04-28, 01/05: beside a year or another group of two digits at
+    most; 02-123 is a phone number)."""
     if len(match.group(2)) != 2 or match.group(3) or match.group(4):
         return False
     text, start, end = match.string, match.start(2), match.end(2)
-    after = text[end:].lstrip(" ")[:1]
-    return (after != "" and after in DATE_TIME_UNITS) or after == ":" or text[:start].endswith(":")
+    after, before = text[end:].lstrip(" ")[:1], text[:start].rstrip(" ")[-1:]
+    if (after != "" and after in DATE_TIME_UNITS) or ":" in (after, before):
+        return True
+    previous, following = re.search(r"(\d+)[-/]$", text[:start]), re.match(r"[-/](\d+)", text[end:])
+    return bool(previous and len(previous.group(1)) in (1, 2, 4)) or bool(following and len(following.group(1)) <= 2)
 
 
 def numbers_to_korean(text: str) -> str:

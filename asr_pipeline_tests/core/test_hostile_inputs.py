@@ -158,3 +158,35 @@ def test_labels_longer_than_448_tokens_are_quarantined_at_featurization(tmp_path
     assert summary["rows"] == 1 and shard.index["id"].tolist() == [1]
     assert shard.quarantine["id"].tolist() == [2]
     assert shard.quarantine["reason"].iloc[0].startswith("label longer than 448 tokens")
+
+
+def test_a_notebooks_manifest_with_odd_ids_and_paths_quarantines_rows_not_the_batch(tmp_path):
+    """A DataFrame built by hand: a NaN id (the column became float), a fractional id, a pathlib path, a bytes path
+    and a missing path. The good row is kept with an int id and a text path; the others are quarantined."""
+    import math
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
+    from asr_pipeline.core.audio import resample_manifest
+    from asr_pipeline.core.tables import read_rows
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, (0.3 * np.sin(np.arange(16_000) / 5)).astype(np.float32), 16_000, subtype="PCM_16")
+    manifest = pd.DataFrame({"id": [1.0, math.nan, 7.9, 8.0, 9.0],
+                             "audio_path": [Path(wav), str(wav), str(wav), b"/nowhere/clip.wav", None],
+                             "transcript": ["네"] * 5})
+    (tmp_path / "shard").mkdir()
+    summary = resample_manifest(manifest, tmp_path / "shard", emit=lambda _: None)
+    assert summary["rows"] == 1 and summary["quarantined"] == 4
+    kept = read_rows(tmp_path / "shard" / "index.parquet", ["id", "audio_path"])
+    assert kept == [{"id": 1, "audio_path": str(wav)}]
+    quarantined = sorted((str(r["id"]), str(r["audio_path"]), r["reason"])
+                         for r in read_rows(tmp_path / "shard" / "quarantine.parquet"))
+    assert [(i, p) for i, p, _ in quarantined] == [("8", "/nowhere/clip.wav"), ("9", "None"), ("None", str(wav)),
+                                                  ("None", str(wav))]
+    reasons = [reason for _, _, reason in quarantined]
+    assert reasons[0].startswith("missing") and reasons[1] == "no audio path"
+    assert sorted(reasons[2:]) == ["row id 7.9 is not a whole number", "row id nan is not a whole number"]

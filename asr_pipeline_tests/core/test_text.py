@@ -46,6 +46,7 @@ def test_empty_hypotheses_are_full_deletions_and_empty_references_are_refused():
     ("요원 007", "요원 영 영 칠"), ("010-1234", "영 일 영 - 천이백삼십사"), ("02-123", "영 이 - 백이십삼"),
     ("B01", "B 영 일"), ("제05호", "제 영 오 호"), ("2024년 01월 05일", "이천이십사 년 일 월 오 일"),
     ("오전 09시 05분", "오전 아홉 시 오 분"), ("00시", "영 시"), ("09:05", "구 : 오"), ("05 초", "오 초"),
+    ("09 : 05", "구 : 오"), ("2026-01-05", "이천이십육 - 일 - 오"), ("04-28", "사 - 이십팔"), ("01/05", "일 / 오"),
 ])
 def test_digits_are_read_the_way_announcers_say_them(written, read):
     assert " ".join(numbers_to_korean(written).split()) == read

@@ -151,3 +151,17 @@ def test_whoever_heard_a_batch_was_late_hears_it_is_done_even_if_its_failure_nev
     webhook.status = 200
     _tick(ledger, [], now + 120, emitted)  # ...and the batch is done before the retry
     assert webhook.texts == ["[asr_pipeline] late", failure.recovery]
+
+
+def test_a_batch_whose_problem_becomes_two_owes_one_recovery(webhook, monkeypatch, tmp_path):
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    ledger, emitted, now = AlertLedger(path=tmp_path / "ledger.json"), [], 1_000_000.0
+    failure = _batch_failures(1)[0]
+    late = Problem("pending_too_long", "featurized_shards", failure.batch, "[asr_pipeline] late", "late cleared")
+    blocked = Problem("check_failed", "resampled_dataset", failure.batch, "[asr_pipeline] blocked", "unblocked")
+    _tick(ledger, [late], now, emitted)
+    webhook.status = 500
+    _tick(ledger, [failure, blocked], now + 60, emitted)
+    webhook.status = 200
+    _tick(ledger, [], now + 120, emitted)
+    assert webhook.texts[0] == "[asr_pipeline] late" and len(webhook.texts) == 2  # one "done", not two
