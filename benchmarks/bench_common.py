@@ -258,17 +258,21 @@ def step_summary(seconds: list[float], utterances_per_step: float, train_runtime
 def write_result(result: dict, out: str | Path, name: str) -> Path:
     """Print the result as JSON, with the commit it measured, and write it to out/name (the results folder, made if
     missing); a file of that name already there is kept and this one gets a numbered name (name_2.json...)."""
-    result.setdefault("code", code_version())
+    if "code" not in result:
+        result["code"] = code_version()
     text = json.dumps(result, indent=2, ensure_ascii=False)
     print(text)
     path = Path(out) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     number = 1
-    while path.exists():  # a same-day rerun must not overwrite the first run's figures
-        number += 1
-        path = Path(out) / f"{Path(name).stem}_{number}{Path(name).suffix}"
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    while True:  # a same-day rerun must not overwrite the first run's figures ("x": never an existing file)
+        try:
+            with open(path, "x", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+            return path
+        except FileExistsError:
+            number += 1
+            path = Path(out) / f"{Path(name).stem}_{number}{Path(name).suffix}"
 
 
 def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
@@ -281,6 +285,5 @@ def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": "unknown", "uncommitted_changes": None}
-    return {"commit": commit, "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit or "unknown", "uncommitted_changes": None if status is None else bool(status)}

@@ -220,9 +220,11 @@ def collect_quarantine() -> list[dict]:
     for stage in ("resampled_dataset", "featurized_shards"):
         for key, path in _batch_dirs(stage).items():
             if (path / "quarantine.parquet").exists():
-                rows += [{"id": int(r["id"]), "audio_path": r["audio_path"], "reason": r["reason"], "stage": stage,
-                          "partition": key} for r in read_rows(path / "quarantine.parquet")]
-    return sorted(rows, key=lambda r: r["id"])
+                # an id is null where a notebook's manifest had no usable one (audio._row_id)
+                rows += [{"id": None if r["id"] is None else int(r["id"]), "audio_path": r["audio_path"],
+                          "reason": r["reason"], "stage": stage, "partition": key}
+                         for r in read_rows(path / "quarantine.parquet")]
+    return sorted(rows, key=lambda r: (r["id"] is None, r["id"] or 0))
 
 
 def cmd_quarantine(args) -> None:

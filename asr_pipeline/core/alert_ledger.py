@@ -59,6 +59,7 @@ class AlertLedger:
         current = {p.key: p for p in problems}
         troubled = {p.batch for p in problems if p.batch}
         owed: dict[str, set[str]] = {}  # batch -> channels told of a problem that became another one
+        recovered: dict[str, dict] = {}  # batch -> its recovery queued this tick (two problems clearing: one message)
         for key in [k for k in self.open if k not in current]:
             entry = self.open.pop(key)
             told = [c for c, t in entry["sent"].items() if t is not None] + entry.get("owed", [])
@@ -68,8 +69,13 @@ class AlertLedger:
                 # a batch that went from late to failed is not "done again": its new problem is alerted instead,
                 # and whoever heard of the old one hears of the batch's recovery when the new one clears
                 owed.setdefault(batch, set()).update(told)
+            elif told and batch in recovered:
+                message = recovered[batch]
+                message["channels"] = sorted(set(message["channels"]) | set(told))
             elif told:
                 self.queue(entry["recovery"], told, batch=batch)
+                if batch:
+                    recovered[batch] = self.outbox[-1]
         heirs = {}  # the batch's problem that owes the recovery: one (the first by key), or it would be sent twice
         for key in sorted(current):
             heirs.setdefault(current[key].batch, key)

@@ -266,10 +266,10 @@ def _path_text(path) -> str | None:
 def _row_id(value) -> int | None:
     """A manifest's id as an int; None when it is missing or not a whole number (that row is quarantined)."""
     try:
-        number = float(value)
-        return int(value) if number.is_integer() else None
+        number = int(value) if float(value).is_integer() else None
     except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and 0 <= number < 2**63 else None  # what an int64 column holds
 
 
 def _manifest_tuples(manifest) -> tuple[list[str], list[tuple]]:
@@ -282,7 +282,14 @@ def _manifest_tuples(manifest) -> tuple[list[str], list[tuple]]:
         records = list(manifest)
         columns = list(records[0]) if records else list(MANIFEST_COLUMNS)
     row = namedtuple("ManifestRow", columns, rename=True)
-    return columns, [row(*(record[c] for c in columns)) for record in records]
+    # a notebook's DataFrame may hold numbers as transcripts (read_csv of all-digit captions): text, as stored
+    text = {"transcript"} & set(columns)
+    return columns, [row(*(_transcript_text(record[c]) if c in text else record[c] for c in columns))
+                     for record in records]
+
+
+def _transcript_text(value) -> str | None:
+    return None if _missing(value) else value if isinstance(value, str) else str(value)
 
 
 def _ordered_map(pool, fn, items, window: int = 256):
@@ -301,7 +308,7 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     least share of its energy a pair of channels keeps in the mix, the mix's peak less any DC offset, how long the
     mix has sound) for a manifest row, or AudioError with the reason."""
     if _row_id(row.id) is None:
-        raise AudioError(f"row id {row.id!r} is not a whole number")
+        raise AudioError(f"row id {row.id!r} is not a whole number from 0 to 2**63 - 1")
     if _missing(row.transcript) or not row.transcript or is_blank_transcript(str(row.transcript)):
         raise AudioError("empty transcript")
     path = _path_text(row.audio_path)

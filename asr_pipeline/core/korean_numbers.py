@@ -79,21 +79,40 @@ def _read_number(match: re.Match) -> str:
     return " " + " ".join(words) + " "
 
 
-DATE_TIME_UNITS = "월일시분초"
+DATE_TIME_UNITS = "월일시분초"  # after two padded digits: a date or a time
 
 
 def _padded_date_or_time(match: re.Match) -> bool:
     """Two digits, one a leading zero, of a date or a time: before a unit (01월, 05분), beside a colon (09:05), or a
-    part of a date written with - or / (2026-01-05, 04-28, 01/05: beside a year or another group of two digits at
-    most; 02-123 is a phone number)."""
+    part of a date written with - or / (2026-01-05, 04-28, 01/05): the groups beside it of 1, 2 or 4 digits before
+    and 1 or 2 after (02-123 is a phone number, 3333-01-1234567 an account). Looks only at the characters next to
+    the match, so a long transcript costs time in proportion to its length."""
     if len(match.group(2)) != 2 or match.group(3) or match.group(4):
         return False
     text, start, end = match.string, match.start(2), match.end(2)
-    after, before = text[end:].lstrip(" ")[:1], text[:start].rstrip(" ")[-1:]
-    if (after != "" and after in DATE_TIME_UNITS) or ":" in (after, before):
+    after = end
+    while after < len(text) and text[after] == " ":
+        after += 1
+    before = start - 1
+    while before >= 0 and text[before] == " ":
+        before -= 1
+    if (after < len(text) and text[after] in DATE_TIME_UNITS + ":") or (before >= 0 and text[before] == ":"):
         return True
-    previous, following = re.search(r"(\d+)[-/]$", text[:start]), re.match(r"[-/](\d+)", text[end:])
-    return bool(previous and len(previous.group(1)) in (1, 2, 4)) or bool(following and len(following.group(1)) <= 2)
+    previous, following = _joined_group(text, start - 1, -1), _joined_group(text, end, 1)
+    if previous is None and following is None:
+        return False
+    return (previous is None or previous in (1, 2, 4)) and (following is None or following <= 2)
+
+
+def _joined_group(text: str, at: int, step: int) -> int | None:
+    """The length (5 meaning 5 or more) of the digit group joined by the - or / at `at`, going `step`; None if
+    there is none."""
+    if not (0 <= at < len(text)) or text[at] not in "-/":
+        return None
+    length, i = 0, at + step
+    while 0 <= i < len(text) and text[i].isdigit() and length < 5:
+        length, i = length + 1, i + step
+    return length or None
 
 
 def numbers_to_korean(text: str) -> str:

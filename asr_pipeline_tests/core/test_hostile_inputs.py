@@ -175,18 +175,22 @@ def test_a_notebooks_manifest_with_odd_ids_and_paths_quarantines_rows_not_the_ba
 
     wav = tmp_path / "clip.wav"
     sf.write(wav, (0.3 * np.sin(np.arange(16_000) / 5)).astype(np.float32), 16_000, subtype="PCM_16")
-    manifest = pd.DataFrame({"id": [1.0, math.nan, 7.9, 8.0, 9.0],
-                             "audio_path": [Path(wav), str(wav), str(wav), b"/nowhere/clip.wav", None],
-                             "transcript": ["네"] * 5})
+    manifest = pd.DataFrame({"id": [1.0, math.nan, 7.9, 8.0, 9.0, 2.0**63, 3.0],
+                             "audio_path": [Path(wav), str(wav), str(wav), b"/nowhere/clip.wav", None, str(wav),
+                                            str(wav)],
+                             "transcript": ["네", "네", "네", "네", "네", "네", 0]})  # 0: read_csv of a digit caption
     (tmp_path / "shard").mkdir()
     summary = resample_manifest(manifest, tmp_path / "shard", emit=lambda _: None)
-    assert summary["rows"] == 1 and summary["quarantined"] == 4
-    kept = read_rows(tmp_path / "shard" / "index.parquet", ["id", "audio_path"])
-    assert kept == [{"id": 1, "audio_path": str(wav)}]
+    assert summary["rows"] == 2 and summary["quarantined"] == 5  # an id past int64 too, not the whole batch
+    kept = read_rows(tmp_path / "shard" / "index.parquet", ["id", "audio_path", "transcript"])
+    assert kept == [{"id": 1, "audio_path": str(wav), "transcript": "네"},
+                    {"id": 3, "audio_path": str(wav), "transcript": "0"}]
     quarantined = sorted((str(r["id"]), str(r["audio_path"]), r["reason"])
                          for r in read_rows(tmp_path / "shard" / "quarantine.parquet"))
     assert [(i, p) for i, p, _ in quarantined] == [("8", "/nowhere/clip.wav"), ("9", "None"), ("None", str(wav)),
-                                                  ("None", str(wav))]
+                                                  ("None", str(wav)), ("None", str(wav))]
     reasons = [reason for _, _, reason in quarantined]
     assert reasons[0].startswith("missing") and reasons[1] == "no audio path"
-    assert sorted(reasons[2:]) == ["row id 7.9 is not a whole number", "row id nan is not a whole number"]
+    assert sorted(r.split(" is not")[0] for r in reasons[2:]) == ["row id 7.9", "row id 9.223372036854776e+18",
+                                                                  "row id nan"]
+    assert reasons[2].endswith("is not a whole number from 0 to 2**63 - 1")

@@ -47,6 +47,7 @@ def test_empty_hypotheses_are_full_deletions_and_empty_references_are_refused():
     ("B01", "B 영 일"), ("제05호", "제 영 오 호"), ("2024년 01월 05일", "이천이십사 년 일 월 오 일"),
     ("오전 09시 05분", "오전 아홉 시 오 분"), ("00시", "영 시"), ("09:05", "구 : 오"), ("05 초", "오 초"),
     ("09 : 05", "구 : 오"), ("2026-01-05", "이천이십육 - 일 - 오"), ("04-28", "사 - 이십팔"), ("01/05", "일 / 오"),
+    ("3333-01-1234567", "삼천삼백삼십삼 - 영 일 - 백이십삼만 사천오백육십칠"),
 ])
 def test_digits_are_read_the_way_announcers_say_them(written, read):
     assert " ".join(numbers_to_korean(written).split()) == read
@@ -71,6 +72,16 @@ def test_numbers_past_kyeong_are_read_digit_by_digit_and_never_break_scoring():
     assert " ".join(numbers_to_korean("3" * 21).split()) == " ".join(["삼"] * 21)
     assert " ".join(numbers_to_korean("0" * 20 + "12").split()) == " ".join(["영"] * 20 + ["일", "이"])
     assert error_rates(["안녕"], ["1" * 5000]).cer_normalized > 1  # past Python's int() digit limit too
+
+
+def test_reading_numbers_takes_time_in_proportion_to_the_text():
+    """A decoder looping on "01-01-..." or digits writes long runs; each number looks only at its neighbours."""
+    import time
+
+    for text in ("01-" * 7000, "01 " * 7000, "7" * 8000 + " 01"):
+        started = time.perf_counter()
+        numbers_to_korean(text)
+        assert time.perf_counter() - started < 0.5, text[:10]  # 2.2 s with a search over the whole prefix
 
 
 def test_invisible_format_characters_count_for_nothing_in_the_normalised_scores():

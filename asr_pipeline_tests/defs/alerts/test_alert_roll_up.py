@@ -165,3 +165,14 @@ def test_a_batch_whose_problem_becomes_two_owes_one_recovery(webhook, monkeypatc
     webhook.status = 200
     _tick(ledger, [], now + 120, emitted)
     assert webhook.texts[0] == "[asr_pipeline] late" and len(webhook.texts) == 2  # one "done", not two
+
+
+def test_two_told_problems_of_a_batch_clearing_together_are_one_recovery(webhook, monkeypatch, tmp_path):
+    monkeypatch.setenv("ASR_ALERT_WEBHOOK", webhook.url)
+    ledger, emitted, now = AlertLedger(path=tmp_path / "ledger.json"), [], 1_000_000.0
+    failure = _batch_failures(1)[0]
+    late = Problem("pending_too_long", "featurized_shards", failure.batch, "[asr_pipeline] late", failure.recovery)
+    _tick(ledger, [failure, late], now, emitted)
+    assert len(webhook.texts) == 2
+    _tick(ledger, [], now + 60, emitted)
+    assert webhook.texts[2:] == [failure.recovery]
