@@ -72,6 +72,8 @@ class AlertLedger:
             elif told and batch in recovered:
                 message = recovered[batch]
                 message["channels"] = sorted(set(message["channels"]) | set(told))
+                if len(entry["recovery"]) > len(message["text"]):  # the one with more to say ("after 3 failed runs")
+                    message["text"] = entry["recovery"]
             elif told:
                 self.queue(entry["recovery"], told, batch=batch)
                 if batch:

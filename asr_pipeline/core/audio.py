@@ -265,6 +265,8 @@ def _path_text(path) -> str | None:
 
 def _row_id(value) -> int | None:
     """A manifest's id as an int; None when it is missing or not a whole number (that row is quarantined)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
     try:
         number = int(value) if float(value).is_integer() else None
     except (TypeError, ValueError, OverflowError):
@@ -289,7 +291,13 @@ def _manifest_tuples(manifest) -> tuple[list[str], list[tuple]]:
 
 
 def _transcript_text(value) -> str | None:
-    return None if _missing(value) else value if isinstance(value, str) else str(value)
+    if _missing(value):
+        return None
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))  # read_csv made a float column of digit captions (one was missing): 123, not 123.0
+    return value if isinstance(value, str) else str(value)
 
 
 def _ordered_map(pool, fn, items, window: int = 256):

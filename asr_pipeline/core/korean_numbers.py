@@ -84,8 +84,8 @@ DATE_TIME_UNITS = "월일시분초"  # after two padded digits: a date or a time
 
 def _padded_date_or_time(match: re.Match) -> bool:
     """Two digits, one a leading zero, of a date or a time: before a unit (01월, 05분), beside a colon (09:05), or a
-    part of a date written with - or / (2026-01-05, 04-28, 01/05): the groups beside it of 1, 2 or 4 digits before
-    and 1 or 2 after (02-123 is a phone number, 3333-01-1234567 an account). Looks only at the characters next to
+    part of a date written with - or / (2026-01-05, 04-28, 01/05, 01-05-2026): the groups beside it of 1, 2 or 4
+    digits (02-123 is a phone number, 3333-01-1234567 an account). Looks only at the characters next to
     the match, so a long transcript costs time in proportion to its length."""
     if len(match.group(2)) != 2 or match.group(3) or match.group(4):
         return False
@@ -101,7 +101,8 @@ def _padded_date_or_time(match: re.Match) -> bool:
     previous, following = _joined_group(text, start - 1, -1), _joined_group(text, end, 1)
     if previous is None and following is None:
         return False
-    return (previous is None or previous in (1, 2, 4)) and (following is None or following <= 2)
+    # a year of 4 digits on one side (2026-01-05, 01-05-2026), never on both; a longer group is a code
+    return previous in (None, 1, 2, 4) and following in (None, 1, 2, 4) and not (previous == following == 4)
 
 
 def _joined_group(text: str, at: int, step: int) -> int | None:

@@ -178,7 +178,7 @@ def test_a_notebooks_manifest_with_odd_ids_and_paths_quarantines_rows_not_the_ba
     manifest = pd.DataFrame({"id": [1.0, math.nan, 7.9, 8.0, 9.0, 2.0**63, 3.0],
                              "audio_path": [Path(wav), str(wav), str(wav), b"/nowhere/clip.wav", None, str(wav),
                                             str(wav)],
-                             "transcript": ["네", "네", "네", "네", "네", "네", 0]})  # 0: read_csv of a digit caption
+                             "transcript": ["네", "네", "네", "네", "네", "네", 0.0]})  # read_csv of a digit caption
     (tmp_path / "shard").mkdir()
     summary = resample_manifest(manifest, tmp_path / "shard", emit=lambda _: None)
     assert summary["rows"] == 2 and summary["quarantined"] == 5  # an id past int64 too, not the whole batch
