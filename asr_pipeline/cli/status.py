@@ -220,7 +220,7 @@ def collect_quarantine() -> list[dict]:
     for stage in ("resampled_dataset", "featurized_shards"):
         for key, path in _batch_dirs(stage).items():
             if (path / "quarantine.parquet").exists():
-                # an id is null where a notebook's manifest had no usable one (audio._row_id)
+                # an id is null where a notebook's manifest had no usable one (manifest.row_id)
                 rows += [{"id": None if r["id"] is None else int(r["id"]), "audio_path": r["audio_path"],
                           "reason": r["reason"], "stage": stage, "partition": key}
                          for r in read_rows(path / "quarantine.parquet")]

@@ -5,7 +5,6 @@ int16 PCM in an Arrow file that `datasets` opens memory-mapped), with unusable r
 from __future__ import annotations
 
 import os
-from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from asr_pipeline.core.audio_quality import (ac_peak, cancelled_by_downmix, mix_
                                              sound_seconds)
 from asr_pipeline.core.audio_shard import (AUDIO_FILE, QUARANTINE_COLUMNS, RECORD_BATCH_CLIPS, RECORD_BATCH_SAMPLES,
                                            SAMPLE_RATE, audio_schema, content_hash, record_batch, to_pcm16)
-from asr_pipeline.core.manifest import MANIFEST_COLUMNS, is_blank_transcript
+from asr_pipeline.core.manifest import is_blank_transcript, manifest_records, row_id
 from asr_pipeline.core.progress import Progress
 from asr_pipeline.core.settings import AudioRoots
 from asr_pipeline.core.storage import write_json
@@ -193,11 +192,11 @@ def resample_manifest(
 ) -> dict:
     """Decode and resample every manifest row into an audio shard in out_dir. Returns summary counts.
 
-    manifest: manifest.manifest_rows' rows (dicts), or a pandas DataFrame with those columns.
+    manifest: manifest.manifest_rows' rows (dicts), or a pandas DataFrame or pyarrow Table with those columns.
     roots: when given, a path that does not resolve under one of them is quarantined, never opened."""
     out_dir = Path(out_dir)
     index, quarantine = [], []
-    columns, rows = _manifest_tuples(manifest)
+    columns, rows = manifest_records(manifest)
     progress = Progress("resampling", len(rows), emit)
 
     def prepare(row):
@@ -213,15 +212,13 @@ def resample_manifest(
         pending, pending_samples = [], 0  # clips waiting to be written as one record batch
         for row, prepared in _ordered_map(pool, prepare, rows):
             if isinstance(prepared, AudioError):
-                quarantine.append({"id": _row_id(row.id), "audio_path": _path_text(row.audio_path),
-                                   "reason": str(prepared)})
+                quarantine.append({"id": row_id(row.id), "audio_path": row.audio_path, "reason": str(prepared)})
             else:
                 pcm, scale, peak, rate, channels, duration, content_hash, retention, excursion, sound = prepared
                 pending.append((int(row.id), pcm, scale))
                 pending_samples += len(pcm)
                 index.append(
-                    {**dict(zip(columns, row)), "id": int(row.id), "audio_path": _path_text(row.audio_path),
-                     "num_samples": len(pcm), "duration": duration, "source_rate": rate,
+                    {**dict(zip(columns, row)), "id": int(row.id), "num_samples": len(pcm), "duration": duration, "source_rate": rate,
                      "channels": channels, "peak": peak, "scale": scale, "audio_sha256": content_hash,
                      "mix_retention": retention, "ac_peak": excursion, "sound_seconds": sound}
                 )
@@ -248,58 +245,6 @@ def resample_manifest(
     return summary
 
 
-def _missing(value) -> bool:
-    """None, NaN (numpy's too) or pandas' NA: a DataFrame's missing value."""
-    return value is None or type(value).__name__ == "NAType" or (isinstance(value, (float, np.floating))
-                                                                  and value != value)
-
-
-def _path_text(path) -> str | None:
-    """A manifest's audio path as stored: text (a notebook's manifest may hold pathlib paths or bytes)."""
-    if _missing(path):
-        return None
-    if isinstance(path, bytes):
-        return os.fsdecode(path)
-    return os.fspath(path) if isinstance(path, os.PathLike) else str(path)
-
-
-def _row_id(value) -> int | None:
-    """A manifest's id as an int; None when it is missing or not a whole number (that row is quarantined)."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    try:
-        number = int(value) if float(value).is_integer() else None
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if number is not None and 0 <= number < 2**63 else None  # what an int64 column holds
-
-
-def _manifest_tuples(manifest) -> tuple[list[str], list[tuple]]:
-    """The manifest's column names and its rows as named tuples (row.id, row.audio_path, ...)."""
-    if isinstance(manifest, pa.Table):
-        columns, records = manifest.column_names, manifest.to_pylist()
-    elif hasattr(manifest, "to_dict"):  # a DataFrame
-        columns, records = [str(c) for c in manifest.columns], manifest.to_dict("records")
-    else:
-        records = list(manifest)
-        columns = list(records[0]) if records else list(MANIFEST_COLUMNS)
-    row = namedtuple("ManifestRow", columns, rename=True)
-    # a notebook's DataFrame may hold numbers as transcripts (read_csv of all-digit captions): text, as stored
-    text = {"transcript"} & set(columns)
-    return columns, [row(*(_transcript_text(record[c]) if c in text else record[c] for c in columns))
-                     for record in records]
-
-
-def _transcript_text(value) -> str | None:
-    if _missing(value):
-        return None
-    if isinstance(value, bytes):
-        return os.fsdecode(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))  # read_csv made a float column of digit captions (one was missing): 123, not 123.0
-    return value if isinstance(value, str) else str(value)
-
-
 def _ordered_map(pool, fn, items, window: int = 256):
     """pool.map in windows, so at most `window` decoded clips wait in memory for their turn to be written."""
     for start in range(0, len(items), window):
@@ -315,11 +260,11 @@ def _prepare_clip(row, limits: AudioLimits, roots: AudioRoots | None):
     """(int16 16 kHz samples, their scale, peak |sample|, source rate, channels, duration, content hash, the
     least share of its energy a pair of channels keeps in the mix, the mix's peak less any DC offset, how long the
     mix has sound) for a manifest row, or AudioError with the reason."""
-    if _row_id(row.id) is None:
+    if row_id(row.id) is None:
         raise AudioError(f"row id {row.id!r} is not a whole number from 0 to 2**63 - 1")
-    if _missing(row.transcript) or not row.transcript or is_blank_transcript(str(row.transcript)):
+    if not row.transcript or is_blank_transcript(row.transcript):
         raise AudioError("empty transcript")
-    path = _path_text(row.audio_path)
+    path = row.audio_path
     if not path:
         raise AudioError("no audio path")
     if roots is not None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+
+from asr_pipeline.core.tables import from_numpy, read_table, to_numpy
 
 # Clips whose audio does not carry their transcript's speech (defs/ingest/checks.py names them; meta.json and
 # `status` count them):
@@ -56,8 +59,6 @@ def near_silent(index):
 def read_index(shard_dir, columns: list[str]):
     """The columns of an audio shard's index that it has (shards made before 2026-11-27 lack the newer ones), as a
     pyarrow Table."""
-    from asr_pipeline.core.tables import read_table
-
     return read_table(Path(shard_dir) / "index.parquet", columns)
 
 
@@ -71,8 +72,6 @@ def cancelled_by_downmix(index):
 
 
 def _is_arrow(index) -> bool:
-    import pyarrow as pa
-
     return isinstance(index, pa.Table)
 
 
@@ -82,8 +81,6 @@ def _names(index) -> list[str]:
 
 def _column(index, name: str) -> np.ndarray:
     """A number column as float64 (a missing value as NaN, which no comparison selects)."""
-    from asr_pipeline.core.tables import to_numpy
-
     column = to_numpy(index.column(name)) if _is_arrow(index) else index[name]
     return np.asarray(column, dtype=np.float64)
 
@@ -92,11 +89,7 @@ def _rows_sorted(index, positions: np.ndarray, key: np.ndarray):
     """The rows at `positions`, ordered by `key` then id."""
     ids = _column(index, "id")
     order = positions[np.lexsort((ids[positions], key[positions]))] if len(positions) else positions
-    if not _is_arrow(index):
-        return index.iloc[order]
-    from asr_pipeline.core.tables import from_numpy
-
-    return index.take(from_numpy(order.astype(np.int64)))
+    return index.take(from_numpy(order.astype(np.int64))) if _is_arrow(index) else index.iloc[order]
 
 
 def mix_retention(data: np.ndarray) -> float:

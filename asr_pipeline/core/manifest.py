@@ -7,12 +7,17 @@ and every clip of one broadcast episode lands in the same split.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import unicodedata
+from collections import namedtuple
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping
 
+import numpy as np
+
 from asr_pipeline.core.settings import DEFAULT_GROUP_PATTERN, PathMap, SplitRatios
+from asr_pipeline.core.tables import is_missing
 from asr_pipeline.core.text import clean
 
 MANIFEST_COLUMNS = ["id", "source_path", "audio_path", "transcript", "group", "split"]
@@ -109,3 +114,54 @@ def manifest_rows(
             }
         )
     return sorted(records, key=lambda record: record["id"])  # stable, as the DataFrame's sort was
+
+
+# ---------------------------------------------------------------- a manifest handed to resample_manifest
+
+def manifest_records(manifest) -> tuple[list[str], list[tuple]]:
+    """A manifest (manifest_rows' dicts, a pandas DataFrame, a pyarrow Table) as its column names and its rows as
+    named tuples (row.id, row.audio_path, ...), audio_path and transcript as text or None: a notebook's DataFrame
+    may hold pathlib or bytes paths and numbers as transcripts. The id stays as given (row_id judges it)."""
+    import pyarrow as pa
+
+    if isinstance(manifest, pa.Table):
+        columns, records = manifest.column_names, manifest.to_pylist()
+    elif hasattr(manifest, "to_dict"):  # a DataFrame
+        columns, records = [str(c) for c in manifest.columns], manifest.to_dict("records")
+    else:
+        records = list(manifest)
+        columns = list(records[0]) if records else list(MANIFEST_COLUMNS)
+    row = namedtuple("ManifestRow", columns, rename=True)
+    as_text = {"audio_path": _path_text, "transcript": _transcript_text}
+    return columns, [row(*(as_text[c](record[c]) if c in as_text else record[c] for c in columns))
+                     for record in records]
+
+
+def row_id(value) -> int | None:
+    """A manifest's id as an int; None when it is missing or not a whole number an int64 holds (that row is
+    quarantined)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        number = int(value) if float(value).is_integer() else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number is not None and 0 <= number < 2**63 else None
+
+
+def _path_text(path) -> str | None:
+    if is_missing(path):
+        return None
+    if isinstance(path, bytes):
+        return os.fsdecode(path)
+    return os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+
+
+def _transcript_text(value) -> str | None:
+    if is_missing(value):
+        return None
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))  # read_csv made a float column of digit captions (one was missing): 123, not 123.0
+    return value if isinstance(value, str) else str(value)

@@ -33,6 +33,12 @@ COLUMN_TYPES = {
 }
 
 
+def is_missing(value) -> bool:
+    """None, NaN (numpy's too) or pandas' NA: a DataFrame's missing value, stored as null."""
+    return value is None or type(value).__name__ == "NAType" or (isinstance(value, (float, np.floating))
+                                                                  and value != value)
+
+
 def to_table(rows: Sequence[dict], columns: Sequence[str]) -> pa.Table:
     """rows (dicts holding at least `columns`) as a table of exactly those columns, in that order."""
     arrays = []
@@ -46,8 +52,7 @@ def to_table(rows: Sequence[dict], columns: Sequence[str]) -> pa.Table:
 def column_array(values: Sequence, kind: pa.DataType) -> pa.Array:
     """values (None for a missing one) as an Arrow array of `kind`, built from numpy buffers (see the module's
     docstring): int64, float64, large_string and list<int64>; other types through pa.array."""
-    # None, and NaN (a DataFrame's missing value), are missing: null, as pandas wrote them
-    missing = [value is None or (isinstance(value, (float, np.floating)) and value != value) for value in values]
+    missing = [is_missing(value) for value in values]  # null, as pandas wrote them
     validity = _validity(missing)
     present = [value for value, gone in zip(values, missing) if not gone]
     if kind in (pa.int64(), pa.float64()):
@@ -92,13 +97,11 @@ def from_numpy(values: np.ndarray) -> pa.Array:
 def _inferred_type(values: Sequence) -> pa.DataType:
     """A column COLUMN_TYPES does not name: int64, float64 or large_string from its values (large_string when empty)."""
     present = [v for v in values if v is not None]
-    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present):
-        return pa.int64()
-    if present and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                       for v in present):
-        return pa.float64()
-    if all(isinstance(v, str) for v in present):
+    if not present:
         return pa.large_string()
+    for kinds, arrow_type in ((_INTEGERS, pa.int64()), (_NUMBERS, pa.float64()), ((str,), pa.large_string())):
+        if all(isinstance(v, kinds) and not isinstance(v, (bool, np.bool_)) for v in present):
+            return arrow_type
     return pa.array(present).type  # anything else: pyarrow's inference
 
 

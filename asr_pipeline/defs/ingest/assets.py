@@ -29,11 +29,6 @@ def _preview(rows: list[dict], columns: list[str], limit: int = 10) -> dg.Metada
     return dg.MetadataValue.md(tables.markdown(rows, columns, limit))
 
 
-def _reason_counts(quarantine: list[dict]) -> dict[str, int]:
-    """Quarantine reasons without their details ("missing file (/nas/...)" counts as "missing file")."""
-    return tables.counts(row["reason"].split(" (", 1)[0] for row in quarantine)
-
-
 @dg.asset(
     group_name=GROUP, deps=[training_datas], partitions_def=INGEST_BATCHES, kinds={"parquet"},
     description="One ingest batch of the transcript table (rows first..last of its key) with NAS paths rewritten "
@@ -78,7 +73,7 @@ def resampled_dataset(context: dg.AssetExecutionContext, raw_manifest: Path, set
                                       roots=settings.parsed_audio_roots())
     quarantine = tables.read_rows(out / "quarantine.parquet")
     if quarantine:
-        context.log.warning(f"{len(quarantine)} rows quarantined: {_reason_counts(quarantine)}")
+        context.log.warning(f"{len(quarantine)} rows quarantined: {checks.quarantine_reasons(quarantine)}")
     suspects = [checks.near_silent_clips(out, settings.max_suspect_audio_rate, context.partition_key),
                 checks.cancelling_downmix(out, settings.max_suspect_audio_rate, context.partition_key)]
     for suspect in suspects:

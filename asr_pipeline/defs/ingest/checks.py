@@ -54,14 +54,18 @@ def quarantine_rate(shard_dir: Path, threshold: float) -> dg.AssetCheckResult:
     quarantine = tables.read_rows(shard_dir / "quarantine.parquet")
     total = kept + len(quarantine)
     rate = len(quarantine) / total if total else 0.0
-    # the reason without its details ("missing file (/nas/...)" counts as "missing file")
-    reasons = tables.counts(row["reason"].split(" (", 1)[0] for row in quarantine)
+    reasons = quarantine_reasons(quarantine)
     return dg.AssetCheckResult(
         check_name=QUARANTINE_RATE, asset_key="resampled_dataset", passed=rate <= threshold,
         description=f"{len(quarantine)} of {total} rows quarantined ({rate:.0%}, limit ASR_MAX_QUARANTINE_RATE "
                     f"{threshold:.0%}): {reasons}",
         metadata={"quarantine_rate": rate, "threshold": threshold, "quarantined": len(quarantine), "rows": total,
                   "reasons": dg.MetadataValue.json(reasons)})
+
+
+def quarantine_reasons(quarantine: list[dict]) -> dict[str, int]:
+    """Quarantine reasons without their details ("missing file (/nas/...)" counts as "missing file")."""
+    return tables.counts(row["reason"].split(" (", 1)[0] for row in quarantine)
 
 
 def clips_are_16k_mono(shard_dir: Path) -> dg.AssetCheckResult:
@@ -116,8 +120,8 @@ def cancelling_downmix(shard_dir: Path, max_rate: float, batch: str | None = Non
                           "matrix-encoded Lt/Rt mix with loud surround sound measures like this too, and keeps its "
                           "dialogue: leave that one)",
                           max_rate, batch, {"retention_limit": audio_quality.CANCELLING_RETENTION,
-                                            "multichannel_clips": int((tables.numpy_columns(index)["channels"] > 1)
-                                                                      .sum())})
+                                            "multichannel_clips": int((tables.to_numpy(index.column("channels"))
+                                                                       > 1).sum())})
 
 
 def _suspect_clips(check: str, suspects: np.ndarray, rows: int, found: str, hint: str, max_rate: float,
