@@ -275,6 +275,55 @@ def write_result(result: dict, out: str | Path, name: str) -> Path:
             path = Path(out) / f"{Path(name).stem}_{number}{Path(name).suffix}"
 
 
+def fresh_result_path(out: str | Path, name: str) -> Path:
+    """out/name, or name_2.json... if that exists: for a script that rewrites its own file after every stage (so a
+    run cut short keeps what it measured) but must not overwrite an earlier run's file. Claimed at once ("x")."""
+    path = Path(out) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        try:
+            with open(path, "x", encoding="utf-8"):
+                return path
+        except FileExistsError:
+            number += 1
+            path = Path(out) / f"{Path(name).stem}_{number}{Path(name).suffix}"
+
+
+def source_digest(repo: Path = Path(__file__).resolve().parents[1]) -> str:
+    """SHA-256 over the package's and the benchmarks' Python files (paths and bytes, in path order): what the GPU
+    machine can compute without git, to tell whether it ran the code a prepared data folder was made from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted([*(repo / "asr_pipeline").rglob("*.py"), *(repo / "benchmarks").glob("*.py")]):
+        digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def prepared_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
+    """Here, at `prepare`: the commit and the source digest, kept beside the data that travels to the GPU."""
+    record = {**code_version(repo), "source_sha256": source_digest(repo)}
+    (data / "code.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
+    """There: the commit as recorded at `prepare` (the device copy has no git) and whether the code that ran is the
+    code prepared from (same source digest); a checkout with git records its own commit as usual."""
+    here = code_version(repo)
+    if here["commit"] != "unknown":
+        return here
+    digest = source_digest(repo)
+    try:
+        prepared = json.loads((data / "code.json").read_text())
+    except (OSError, ValueError):
+        return {**here, "source_sha256": digest, "prepared": "unknown (no code.json in the data)"}
+    return {"commit": prepared.get("commit", "unknown"), "uncommitted_changes": prepared.get("uncommitted_changes"),
+            "recorded": "at prepare", "source_sha256": digest,
+            "same_source_as_prepared": digest == prepared.get("source_sha256")}
+
+
 def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
     """The checkout's commit and whether its tracked files had changes (what a result measured)."""
     def git(*args: str) -> str | None:

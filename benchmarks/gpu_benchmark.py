@@ -52,7 +52,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_common import MODEL_FILES, attention_label, keep_cudnn_attention, our_shard, seed_module, split_by_episode
+from bench_common import (MODEL_FILES, attention_label, device_code, fresh_result_path, keep_cudnn_attention, our_shard,
+                          prepared_code, seed_module, split_by_episode)
 from gpu_arms import (SEED_LEARNING_RATE, environment, evaluate_arms, packed_arm_name, random_model, score_trained,
                       train_arms, warm_up)
 
@@ -81,6 +82,8 @@ def prepare(args) -> None:
         if (Path(args.base_model) / name).exists():
             shutil.copy(Path(args.base_model) / name, data / "tokenizer" / name)
     shutil.copy(args.seed_recipe or SEED_RECIPE, data / "seed_recipe.py")
+    code = prepared_code(data)
+    print(f"code: {code['commit']}" + (" with uncommitted changes" if code["uncommitted_changes"] else ""))
     size = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
     print(f"{len(names)} clips and the model files in {data}: {size / 2**20:.1f} MiB")
 
@@ -166,12 +169,12 @@ def run(args) -> None:
     frame = split_by_episode(pd.DataFrame({"audio_path": [str(data / "audio" / a) for a in manifest["audio"]],
                                            "transcript": manifest["transcript"]}), args.test, args.valid)
     results = {"command": "python3 benchmarks/gpu_benchmark.py " + " ".join(sys.argv[1:]),
-               "date": date.today().isoformat(), "environment": environment(),
+               "date": date.today().isoformat(), "code": device_code(data), "environment": environment(),
                "corpus": {"clips": len(frame), **{f"{s}_clips": int((frame["split"] == s).sum())
                                                   for s in ("train", "valid", "test")}},
                "weights": "per shape (shapes.*.weights); random unless --real-base",
                "cudnn_sdpa": attention_label(args.keep_cudnn_sdpa), "shapes": {}}
-    path = out / f"gpu_{results['date']}.json"
+    path = fresh_result_path(out, f"gpu_{results['date']}.json")
 
     def save() -> None:
         results["elapsed_s"] = round(time.time() - started, 1)

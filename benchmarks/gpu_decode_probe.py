@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_common import attention_label, keep_cudnn_attention, our_shard, split_by_episode
+from bench_common import (attention_label, device_code, fresh_result_path, keep_cudnn_attention, our_shard,
+                          split_by_episode)
 from gpu_arms import environment, random_model, warm_up
 
 
@@ -141,10 +142,10 @@ def main() -> None:
     shard = our_shard(frame, work / "shard", model_dir)
     warm_up(model_dir)
     results = {"command": "python3 benchmarks/gpu_decode_probe.py " + " ".join(sys.argv[1:]),
-               "date": date.today().isoformat(), "environment": environment(),
+               "date": date.today().isoformat(), "code": device_code(data), "environment": environment(),
                "weights": "given" if args.model else "seeded random initialisation",
                "cudnn_sdpa": attention_label(args.keep_cudnn_sdpa), "rounds": []}
-    path = out / f"decode_probe_{results['date']}.json"
+    path = fresh_result_path(out, f"decode_probe_{results['date']}.json")
     plan = [(name, None) for name in args.rounds.split(",") if name]
     plan += [(name, True) for name in args.profile_rounds.split(",") if name]
     for number, (dtype_name, profiled) in enumerate(plan):

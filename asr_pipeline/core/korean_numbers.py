@@ -17,7 +17,10 @@ NATIVE_ONES = ["", "한", "두", "세", "네", "다섯", "여섯", "일곱", "�
 NATIVE_TENS = ["", "열", "스물", "서른", "마흔", "쉰", "예순", "일흔", "여든", "아흔"]
 PERCENT_WORDS = ("퍼센트", "프로")  # both are said on air; the policy writes 프로
 
-_NUMBER = re.compile(r"(?<![\d.])(-?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?")
+# a minus sign is a hyphen not joined to the word before it: "-3.5도" is 마이너스, "A-01" and "KTX-1" are codes
+_NUMBER = re.compile(r"(?<![\d.])((?<!\w)-)?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?")
+# three or more digit groups joined by dots are a date (2026.01.05), a version or an address, never a decimal
+_DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?!\d)")
 _NATIVE = re.compile(r"(?<![\d.,])(\d{1,2})(\s*)(" + "|".join(NATIVE_COUNTERS) + r")(?![\d])")
 
 
@@ -116,9 +119,24 @@ def _joined_group(text: str, at: int, step: int) -> int | None:
     return length or None
 
 
+def _read_dotted(match: re.Match) -> str:
+    """2026.01.05 -> 이천이십육 . 일 . 오, as 2026-01-05 reads: each group a number, the dots kept (punctuation goes
+    later). Padded two-digit groups are a date's values when every group has 1, 2 or 4 digits and at most one has 4
+    (a year); otherwise a group with a leading zero is a code, read digit by digit (10.01.001)."""
+    groups = match.group(0).split(".")
+    date = len(groups) == 3 and all(len(g) in (1, 2, 4) for g in groups) and sum(len(g) == 4 for g in groups) <= 1
+
+    def read(group: str) -> str:
+        code = len(group) > 20 or (len(group) > 1 and group.startswith("0") and not (date and len(group) == 2))
+        return " ".join(digit_by_digit(group)) if code else sino_korean(int(group))
+
+    return " " + " . ".join(read(group) for group in groups) + " "
+
+
 def numbers_to_korean(text: str) -> str:
     """Write every number as it is read: native before counters (3시 -> 세 시), Sino-Korean otherwise
     (0.1% -> 영 점 일 프로, 1,500 -> 천오백); 퍼센트 becomes 프로."""
+    text = _DOTTED.sub(_read_dotted, text)
     text = _NATIVE.sub(lambda m: f" {native_korean(int(m.group(1)))} {m.group(3)}" if int(m.group(1)) else m.group(0),
                        text)
     text = _NUMBER.sub(_read_number, text)

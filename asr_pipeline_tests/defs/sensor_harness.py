@@ -13,12 +13,22 @@ from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from asr_pipeline import cli
 from asr_pipeline.core.batches import parse_batch_key
 
 RUN_KEY_TAG = "dagster/run_key"
+
+
+def job_origin(job_name: str) -> RemoteJobOrigin:
+    """The code location's origin of a job (workspace.yaml's), which a QUEUED run must carry: the daemon's queue
+    launches it from there."""
+    return RemoteJobOrigin(RemoteRepositoryOrigin(InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="asr_pipeline.definitions"), location_name="asr_pipeline"),
+        "__repository__"), job_name)
 SENSOR_TAG = "dagster/sensor_name"
 
 

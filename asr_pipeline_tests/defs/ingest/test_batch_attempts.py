@@ -6,10 +6,12 @@ import uuid
 from types import SimpleNamespace
 
 import dagster as dg
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from asr_pipeline.core.batches import FREE_RETRIES, MAX_RETRY_BACKOFF_S, retry_due
 from asr_pipeline.defs.ingest.batch_states import AUTO_RETRY_RUN_TAG, WILL_RETRY_TAG, _state
+from asr_pipeline_tests.defs.sensor_harness import job_origin
 
 KEY = "ids-0000000001-0000000010"
 RETRIES_PER_ATTEMPT = 2  # run_retries.max_retries in the instance's dagster.yaml (cli.INSTANCE_CONFIG)
@@ -50,3 +52,19 @@ def test_the_quick_retries_count_attempts_not_runs():
     state = _state(KEY, _attempts(FREE_RETRIES - 1, now), processed=None, fingerprint="f", now=now)
     assert state.failures == FREE_RETRIES - 1
     assert retry_due(state.failures, state.last_failure_at, now) is None  # still a quick retry
+
+
+@pytest.mark.parametrize("status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                                    dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+                                    dg.DagsterRunStatus.CANCELING])
+def test_a_batch_whose_run_waits_in_the_queue_or_runs_is_running_not_failed(status):
+    """A run waiting for the daemon's queue (QUEUED, the state of every run the sensor submits under a concurrency
+    limit) holds its batch as running, after earlier failures too, so nothing requests it again meanwhile."""
+    now = 1_800_000_000.0
+    run = DagsterRun(job_name="asr_ingest", run_id=str(uuid.uuid4()), status=status,
+                     tags={"dagster/partition": KEY}, remote_job_origin=job_origin("asr_ingest"))
+    latest = SimpleNamespace(dagster_run=run, end_time=None,
+                             update_timestamp=dt.datetime.fromtimestamp(now, dt.timezone.utc))
+    state = _state(KEY, [latest, *_attempts(2, now)], processed=None, fingerprint="f", now=now)
+    assert state.running and state.state == "pending"
+    assert state.reason == f"run {run.run_id} is {status.value.lower()}"

@@ -41,9 +41,9 @@ def _tick(daemon):
 
 
 def _run(daemon, status, job_name="asr_retrain", tags=None) -> DagsterRun:
-    """(A QUEUED run cannot be made here without a code location's origin; the schedule's filter has it with
-    NOT_STARTED, STARTING, STARTED and CANCELING.)"""
-    run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=status, tags=tags or {})
+    """A run of job_name in the instance, with its code location's origin (a QUEUED run must have one)."""
+    run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=status, tags=tags or {},
+                     remote_job_origin=sensor_harness.job_origin(job_name))
     daemon.instance.add_run(run)
     return run
 
@@ -84,8 +84,8 @@ def _nodes(daemon, request) -> set[str]:
 
 def test_no_second_retrain_is_queued_while_one_is_queued_or_running(daemon):
     assert _tick(daemon).run_requests  # night 1: new data, a retrain is requested
-    for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
-                   dg.DagsterRunStatus.CANCELING):
+    for status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                   dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING):
         run = _run(daemon, status)
         skipped = _tick(daemon)  # night 2: the first still waits for its pool slot, or trains
         assert not skipped.run_requests and run.run_id in skipped.skip_message

@@ -1,0 +1,60 @@
+"""Benchmark results say which code measured them: on the GPU machine (a copy without git) through what `prepare`
+recorded here, with a digest telling whether the code that ran is the code prepared from; no result file is
+overwritten by a later run."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_common  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def device_copy(tmp_path: Path) -> Path:
+    """What the GPU machine gets: the package and the benchmarks as files, no .git."""
+    copy = tmp_path / "device"
+    shutil.copytree(REPO / "asr_pipeline", copy / "asr_pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "benchmarks", copy / "benchmarks", ignore=shutil.ignore_patterns("__pycache__", "results"))
+    return copy
+
+
+def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_since(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    prepared = bench_common.prepared_code(data)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert prepared["commit"] == commit.strip()
+    assert json.loads((data / "code.json").read_text()) == prepared
+
+    copy = device_copy(tmp_path)
+    same = bench_common.device_code(data, copy)
+    assert same["commit"] == prepared["commit"] and same["recorded"] == "at prepare"
+    assert same["uncommitted_changes"] == prepared["uncommitted_changes"]
+    assert same["same_source_as_prepared"] is True
+
+    edited = copy / "benchmarks" / "gpu_arms.py"
+    edited.write_text(edited.read_text() + "\n# edited after prepare\n")
+    assert bench_common.device_code(data, copy)["same_source_as_prepared"] is False
+
+    (data / "code.json").unlink()
+    unknown = bench_common.device_code(data, copy)
+    assert unknown["commit"] == "unknown" and "no code.json" in unknown["prepared"]
+
+
+def test_a_checkout_with_git_records_its_own_commit(tmp_path):
+    (tmp_path / "code.json").write_text(json.dumps({"commit": "0" * 40, "source_sha256": "x"}))
+    assert bench_common.device_code(tmp_path, REPO) == bench_common.code_version(REPO)
+
+
+def test_a_rerun_never_takes_an_earlier_runs_file(tmp_path):
+    first = bench_common.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
+    first.write_text('{"run": 1}')
+    second = bench_common.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
+    third = bench_common.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
+    assert (first.name, second.name, third.name) == ("gpu_2026-11-28.json", "gpu_2026-11-28_2.json",
+                                                     "gpu_2026-11-28_3.json")
+    assert first.read_text() == '{"run": 1}'
