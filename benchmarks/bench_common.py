@@ -291,12 +291,14 @@ def fresh_result_path(out: str | Path, name: str) -> Path:
 
 
 def source_digest(repo: Path = Path(__file__).resolve().parents[1]) -> str:
-    """SHA-256 over the package's and the benchmarks' Python files (paths and bytes, in path order): what the GPU
+    """SHA-256 over the package's Python files and the benchmarks' Python and shell scripts (paths and bytes, in
+    path order; gpu_device.sh is the entry point there): what the GPU
     machine can compute without git, to tell whether it ran the code a prepared data folder was made from."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted([*(repo / "asr_pipeline").rglob("*.py"), *(repo / "benchmarks").glob("*.py")]):
+    for path in sorted([*(repo / "asr_pipeline").rglob("*.py"), *(repo / "benchmarks").glob("*.py"),
+                        *(repo / "benchmarks").glob("*.sh")]):
         digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -17,10 +17,17 @@ NATIVE_ONES = ["", "한", "두", "세", "네", "다섯", "여섯", "일곱", "�
 NATIVE_TENS = ["", "열", "스물", "서른", "마흔", "쉰", "예순", "일흔", "여든", "아흔"]
 PERCENT_WORDS = ("퍼센트", "프로")  # both are said on air; the policy writes 프로
 
-# a minus sign is a hyphen not joined to the word before it: "-3.5도" is 마이너스, "A-01" and "KTX-1" are codes
-_NUMBER = re.compile(r"(?<![\d.])((?<!\w)-)?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?")
-# three or more digit groups joined by dots are a date (2026.01.05), a version or an address, never a decimal
-_DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?!\d)")
+# A date written with dots: a year of 4 digits, a month and a day, a space allowed after each dot (2026.01.05,
+# 2026. 1. 5.), or a year of 2 digits without spaces (26.01.05); not followed by another dotted group.
+_MONTH, _DAY = r"(?:0?[1-9]|1[0-2])", r"(?:0?[1-9]|[12]\d|3[01])"
+_DOTTED_DATE = rf"(?:\d{{4}}\. ?{_MONTH}\. ?{_DAY}|\d{{2}}\.{_MONTH}\.{_DAY})(?!\d)(?!\.\d)"
+# Three or more digit groups joined by dots are a date, a version or an address, never a decimal. In one pattern
+# with the numbers (their groups numbered 1 to 4), so that what comes after a date still sees the date's digits
+# before it ("2026.1.5-7": a range, not minus seven). A minus sign is a hyphen not joined to the word before it:
+# "-3.5도" is 마이너스; "A-01", "KTX-1" are codes and "영하-5도" is 영하 오 도.
+_NUMBER = re.compile(r"(?<![\d.])(?:" + _DOTTED_DATE + r"|\d+(?:\.\d+){2,}(?!\d)"
+                     r"|((?<!\w)-)?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?)")
+_DATE = re.compile(_DOTTED_DATE)
 _NATIVE = re.compile(r"(?<![\d.,])(\d{1,2})(\s*)(" + "|".join(NATIVE_COUNTERS) + r")(?![\d])")
 
 
@@ -68,7 +75,11 @@ def native_korean(n: int) -> str:
 
 def _read_number(match: re.Match) -> str:
     sign, integer, fraction, percent = match.groups()
-    words = ["마이너스"] if sign else []
+    if integer is None:
+        return _read_dotted(match.group(0))
+    # "영하 -5도" says 영하 오 도: the sign repeats what 영하 (below zero) says
+    words = ["마이너스"] if sign and not match.string[max(0, match.start() - 4):match.start()].rstrip().endswith(
+        "영하") else []
     digits = integer.replace(",", "")
     # digit by digit from the text: past 경's groups (no int() of thousands of digits), and a number written with
     # leading zeros ("007", "02-123", "B01"), a code read digit by digit, not a quantity ("007" is not 칠), except
@@ -119,24 +130,25 @@ def _joined_group(text: str, at: int, step: int) -> int | None:
     return length or None
 
 
-def _read_dotted(match: re.Match) -> str:
-    """2026.01.05 -> 이천이십육 . 일 . 오, as 2026-01-05 reads: each group a number, the dots kept (punctuation goes
-    later). Padded two-digit groups are a date's values when every group has 1, 2 or 4 digits and at most one has 4
-    (a year); otherwise a group with a leading zero is a code, read digit by digit (10.01.001)."""
-    groups = match.group(0).split(".")
-    date = len(groups) == 3 and all(len(g) in (1, 2, 4) for g in groups) and sum(len(g) == 4 for g in groups) <= 1
+def _read_dotted(written: str) -> str:
+    """A date with dots reads as 2026-01-05 does, each group its value and the dots kept (punctuation goes later):
+    2026.01.05 and 2026. 1. 5 -> 이천이십육 . 일 . 오. Other dotted groups are a version or an address, read with
+    점 as said on air: 192.168.0.1 -> 백구십이 점 백육십팔 점 영 점 일; there a group with a leading zero is a code,
+    read digit by digit (10.01.001 -> 십 점 영 일 점 영 영 일)."""
+    groups = [group.strip() for group in written.split(".")]
+    if _DATE.fullmatch(written):
+        return " " + " . ".join(sino_korean(int(group)) for group in groups) + " "
 
     def read(group: str) -> str:
-        code = len(group) > 20 or (len(group) > 1 and group.startswith("0") and not (date and len(group) == 2))
+        code = len(group) > 20 or (len(group) > 1 and group.startswith("0"))
         return " ".join(digit_by_digit(group)) if code else sino_korean(int(group))
 
-    return " " + " . ".join(read(group) for group in groups) + " "
+    return " " + " 점 ".join(read(group) for group in groups) + " "
 
 
 def numbers_to_korean(text: str) -> str:
     """Write every number as it is read: native before counters (3시 -> 세 시), Sino-Korean otherwise
     (0.1% -> 영 점 일 프로, 1,500 -> 천오백); 퍼센트 becomes 프로."""
-    text = _DOTTED.sub(_read_dotted, text)
     text = _NATIVE.sub(lambda m: f" {native_korean(int(m.group(1)))} {m.group(3)}" if int(m.group(1)) else m.group(0),
                        text)
     text = _NUMBER.sub(_read_number, text)

@@ -100,6 +100,25 @@ def windows_per_step(batch_size: int, utterances: int, windows: int) -> int:
     return max(1, round(batch_size * windows / max(1, utterances)))
 
 
+# On a GPU a whisper-base step cost about the same holding 4 windows or 16 (58.6 to 71.9 ms, H200; docs/BENCHMARKS.md,
+# "After the fix"): a packed step must hold about as many windows as an unpacked one to pay off there
+GPU_FILLED_STEP_WINDOWS = 16
+
+
+def gpu_packing_hint(windows_a_step: int, batch_size: int, learning_rate: float) -> str | None:
+    """What to tell a user whose packed training on a GPU takes few windows a step (the default: about 4), where
+    packing gained nothing for whisper-base; None when the step is already filled."""
+    if windows_a_step >= GPU_FILLED_STEP_WINDOWS:
+        return None
+    scale = GPU_FILLED_STEP_WINDOWS / max(windows_a_step, 1)
+    return (f"packed training on a GPU, {windows_a_step} window{'s' if windows_a_step != 1 else ''} a step: for "
+            f"whisper-base on an H200 a step of 4 windows cost about what a step of {GPU_FILLED_STEP_WINDOWS} did, "
+            f"so packing gained nothing at the default step. A batch_size of about {round(batch_size * scale)} "
+            f"utterances (now {batch_size}) with the learning rate scaled with it (about {learning_rate * scale:.2g}) "
+            f"fills the step: 64 at 4e-5 ran 3.1x unpacked's utterances a second at the same test CER (one run on "
+            f"synthetic speech; docs/BENCHMARKS.md)")
+
+
 class PackedWindows:
     """A torch-style dataset of packed windows over a FeatureRows (rows already chosen: exclusions, held-out
     validation episodes and duplicates of test audio are not in it, so they are in no window).

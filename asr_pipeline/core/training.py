@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from asr_pipeline.core.features import FeatureShard
-from asr_pipeline.core.packing import PackedWindows, window_frames_limit, windows_per_step
+from asr_pipeline.core.packing import PackedWindows, gpu_packing_hint, window_frames_limit, windows_per_step
 from asr_pipeline.core.storage import write_json
 from asr_pipeline.core.trainer_hooks import (checkpointing_argument, completion_marker, duration_text,
                                              last_complete_checkpoint, metrics_function, progress_callback,
@@ -50,8 +50,8 @@ class TrainingSettings:
     # the longest packed window. The encoder still sees 30 s; a shorter window holds fewer clips (less speed-up) but
     # puts more of them near the input's start, where every clip sits in service. 15 s: 3.0-3.6x the utterances a
     # second of unpacked training at about the same test CER; 30 s windows were 6.6x as fast but 4.8 points worse
-    # (docs/BENCHMARKS.md). On a GPU a packed step of 4 windows gains less: 1.31x for whisper-base's shape on an
-    # H200 (docs/BENCHMARKS.md, "cuDNN attention"); a larger batch_size is the setting to try there
+    # (docs/BENCHMARKS.md). On a GPU a packed step of 4 windows gains nothing for whisper-base (0.95-0.99x on an
+    # H200); a step of about 16 windows does (64 utterances at lr 4e-5: 3.1x), and training says so (gpu_packing_hint)
     packing_max_seconds: float = 15.0
 
     def validate(self) -> None:
@@ -147,6 +147,10 @@ def train_whisper(
     # a short run (max_steps < eval_steps) still validates once, at its end, so best-model selection has a score
     eval_steps = min(settings.eval_steps, max_steps)
     on_gpu = torch.cuda.is_available()
+    hint = gpu_packing_hint(device_batch, settings.batch_size, settings.learning_rate) \
+        if on_gpu and settings.packing else None
+    if hint:
+        emit(hint)
     # bf16 autocast keeps float32 master weights: the GPU's fast path, and on CPUs with AMX/AVX512-BF16 about twice
     # the speed of float32 (docs/BENCHMARKS.md)
     bf16 = torch.cuda.is_bf16_supported() if on_gpu else (settings.cpu_bf16 and cpu_has_native_bf16())

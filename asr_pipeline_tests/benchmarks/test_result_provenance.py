@@ -36,9 +36,13 @@ def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_
     assert same["uncommitted_changes"] == prepared["uncommitted_changes"]
     assert same["same_source_as_prepared"] is True
 
-    edited = copy / "benchmarks" / "gpu_arms.py"
-    edited.write_text(edited.read_text() + "\n# edited after prepare\n")
-    assert bench_common.device_code(data, copy)["same_source_as_prepared"] is False
+    for name in ("gpu_arms.py", "gpu_device.sh"):  # a script edited after prepare, the device's entry point too
+        edited = copy / "benchmarks" / name
+        original = edited.read_text()
+        edited.write_text(original + "\n# edited after prepare\n")
+        assert bench_common.device_code(data, copy)["same_source_as_prepared"] is False
+        edited.write_text(original)
+    assert bench_common.device_code(data, copy)["same_source_as_prepared"] is True
 
     (data / "code.json").unlink()
     unknown = bench_common.device_code(data, copy)

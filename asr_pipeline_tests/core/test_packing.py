@@ -11,8 +11,8 @@ from asr_pipeline.core.audio import load_16k, resample_manifest
 from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.features import HOP_LENGTH, FeatureShard, featurize_shard, log_mel_frames, rebuild_padded
 from asr_pipeline.core.model import load_processor
-from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, plan_windows, window_frames,
-                                       window_frames_limit, window_labels, windows_per_step)
+from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, gpu_packing_hint, plan_windows,
+                                       window_frames, window_frames_limit, window_labels, windows_per_step)
 from asr_pipeline.core.synth import demo_sentences
 from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator
@@ -71,6 +71,14 @@ def test_a_step_takes_as_many_windows_as_hold_about_batch_size_clips():
     assert windows_per_step(16, utterances=160, windows=20) == 2
     assert windows_per_step(16, utterances=100, windows=100) == 16  # nothing packed: one clip a window
     assert windows_per_step(4, utterances=100, windows=10) == 1  # never fewer than one window
+
+
+def test_a_gpu_user_hears_how_to_fill_a_packed_step_and_a_filled_step_is_left_alone():
+    hint = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5)  # the default: about 4 windows a step
+    assert "batch_size of about 64 utterances (now 16)" in hint and "about 4e-05" in hint and "4 windows a step" in hint
+    assert gpu_packing_hint(17, batch_size=64, learning_rate=4e-5) is None
+    assert gpu_packing_hint(16, batch_size=60, learning_rate=4e-5) is None
+    assert "1 window a step" in gpu_packing_hint(1, batch_size=4, learning_rate=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from asr_pipeline import cli
 from asr_pipeline.core.batches import parse_batch_key
 
 RUN_KEY_TAG = "dagster/run_key"
+SENSOR_TAG = "dagster/sensor_name"
 
 
 def job_origin(job_name: str) -> RemoteJobOrigin:
@@ -29,7 +30,6 @@ def job_origin(job_name: str) -> RemoteJobOrigin:
     return RemoteJobOrigin(RemoteRepositoryOrigin(InProcessCodeLocationOrigin(
         LoadableTargetOrigin(module_name="asr_pipeline.definitions"), location_name="asr_pipeline"),
         "__repository__"), job_name)
-SENSOR_TAG = "dagster/sensor_name"
 
 
 def insert_rows(engine: sa.Engine, clips: list[dict], numbers) -> None:
