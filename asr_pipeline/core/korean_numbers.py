@@ -18,15 +18,20 @@ NATIVE_TENS = ["", "열", "스물", "서른", "마흔", "쉰", "예순", "일흔
 PERCENT_WORDS = ("퍼센트", "프로")  # both are said on air; the policy writes 프로
 
 # A date written with dots: a year of 4 digits, a month and a day, a space allowed after each dot (2026.01.05,
-# 2026. 1. 5.), or a year of 2 digits without spaces (26.01.05); not followed by another dotted group.
+# 2026. 1. 5.), or a year of 2 digits with a padded month and day, no spaces (26.01.05; 17.1.2 is a version); not
+# followed by another dotted group.
 _MONTH, _DAY = r"(?:0?[1-9]|1[0-2])", r"(?:0?[1-9]|[12]\d|3[01])"
-_DOTTED_DATE = rf"(?:\d{{4}}\. ?{_MONTH}\. ?{_DAY}|\d{{2}}\.{_MONTH}\.{_DAY})(?!\d)(?!\.\d)"
+_DOTTED_DATE = (rf"(?:\d{{4}}\. ?{_MONTH}\. ?{_DAY}|\d{{2}}\.(?:0[1-9]|1[0-2])\.(?:0[1-9]|[12]\d|3[01]))"
+                r"(?!\d)(?!\.\d)")
+_DOTTED_CHAIN = r"\d+(?:\.\d+){2,}(?!\d)"
 # Three or more digit groups joined by dots are a date, a version or an address, never a decimal. In one pattern
 # with the numbers (their groups numbered 1 to 4), so that what comes after a date still sees the date's digits
-# before it ("2026.1.5-7": a range, not minus seven). A minus sign is a hyphen not joined to the word before it:
-# "-3.5도" is 마이너스; "A-01", "KTX-1" are codes and "영하-5도" is 영하 오 도.
-_NUMBER = re.compile(r"(?<![\d.])(?:" + _DOTTED_DATE + r"|\d+(?:\.\d+){2,}(?!\d)"
-                     r"|((?<!\w)-)?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?)")
+# before it ("2026.1.5-7": a range, not minus seven). A minus sign is a hyphen at the start, after a space or after
+# one of ( [ { ~ : = , and never before a dotted chain (-2026.1.5 is a range's end): "-3.5도", "기온 -5도", "(-3)"
+# are 마이너스; "A-01", "KTX-1", "3%-5%" and "영하-5도" are not.
+_MINUS = r"(?<![^\s(\[{~:=,])-(?!" + _DOTTED_DATE + "|" + _DOTTED_CHAIN + ")"
+_NUMBER = re.compile(r"(?<![\d.])(?:" + _DOTTED_DATE + "|" + _DOTTED_CHAIN +
+                     r"|(" + _MINUS + r")?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?)")
 _DATE = re.compile(_DOTTED_DATE)
 _NATIVE = re.compile(r"(?<![\d.,])(\d{1,2})(\s*)(" + "|".join(NATIVE_COUNTERS) + r")(?![\d])")
 
@@ -120,9 +125,9 @@ def _padded_date_or_time(match: re.Match) -> bool:
 
 
 def _joined_group(text: str, at: int, step: int) -> int | None:
-    """The length (5 meaning 5 or more) of the digit group joined by the - or / at `at`, going `step`; None if
+    """The length (5 meaning 5 or more) of the digit group joined by the -, / or ~ at `at`, going `step`; None if
     there is none."""
-    if not (0 <= at < len(text)) or text[at] not in "-/":
+    if not (0 <= at < len(text)) or text[at] not in "-/~":
         return None
     length, i = 0, at + step
     while 0 <= i < len(text) and text[i].isdigit() and length < 5:

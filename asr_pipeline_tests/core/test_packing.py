@@ -74,11 +74,21 @@ def test_a_step_takes_as_many_windows_as_hold_about_batch_size_clips():
 
 
 def test_a_gpu_user_hears_how_to_fill_a_packed_step_and_a_filled_step_is_left_alone():
-    hint = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5)  # the default: about 4 windows a step
-    assert "batch_size of about 64 utterances (now 16)" in hint and "about 4e-05" in hint and "4 windows a step" in hint
-    assert gpu_packing_hint(17, batch_size=64, learning_rate=4e-5) is None
-    assert gpu_packing_hint(16, batch_size=60, learning_rate=4e-5) is None
-    assert "1 window a step" in gpu_packing_hint(1, batch_size=4, learning_rate=1e-5)
+    factor = 3.692  # clips a window in the GPU benchmark's corpus (240 clips in 65 windows)
+    hint = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor)  # the default step
+    assert "4 windows a step" in hint and "batch_size of about 60 (now 16)" in hint and "about 4.1e-05" in hint
+    # the batch suggested does fill the step, whatever the rounding of the current one
+    for batch_size in (1, 2, 16, 32):
+        windows = windows_per_step(batch_size, utterances=240, windows=65)
+        suggested = int(gpu_packing_hint(windows, batch_size, 1e-5, factor).split("batch_size of about ")[1].split()[0])
+        assert windows_per_step(suggested, utterances=240, windows=65) >= 16
+        assert gpu_packing_hint(windows_per_step(suggested, 240, 65), suggested, 1e-5, factor) is None
+    # with gradient accumulation: fewer accumulation steps, the same rate (the optimisation kept)
+    accumulating = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor,
+                                    gradient_accumulation_steps=4)
+    assert "gradient_accumulation_steps lowered by the same factor" in accumulating and "e-05" not in accumulating
+    assert gpu_packing_hint(17, batch_size=64, learning_rate=4e-5, packing_factor=factor) is None
+    assert "1 window a step" in gpu_packing_hint(1, batch_size=1, learning_rate=1e-5, packing_factor=factor)
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +303,29 @@ def test_without_packing_every_clip_is_its_own_window(shard_with_valid, tiny_mod
     assert all(tokenizer.decode(labels, skip_special_tokens=True) in transcripts for labels in seen)
     assert (summary["packing"], summary["packing_factor"], summary["train_windows"]) == (False, 1.0, 12)
     assert summary["windows_seen"] == summary["utterances_seen"] == 2 * 4
+
+
+@pytest.mark.parametrize("rank, told", [("0", True), ("1", False)])
+def test_packed_training_on_a_gpu_tells_its_first_process_how_to_fill_the_step(shard_with_valid, tiny_model_dir,
+                                                                               tmp_path, monkeypatch, rank, told):
+    """Seen as a GPU (torch.cuda.is_available), up to the training arguments, where the test stops it."""
+    import torch
+    import transformers
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(transformers, "Seq2SeqTrainingArguments", stop)
+    monkeypatch.setenv("RANK", rank)
+    lines = []
+    with pytest.raises(Stop):
+        train_whisper(str(tiny_model_dir), [shard_with_valid], tmp_path / "gpu",
+                      TrainingSettings(**FAST, batch_size=8, max_steps=2, packing=True), emit=lines.append)
+    hints = [line for line in lines if line.startswith("packed training on a GPU")]
+    assert len(hints) == (1 if told else 0)
+    assert not told or "batch_size of about" in hints[0]

@@ -56,7 +56,10 @@ def test_empty_hypotheses_are_full_deletions_and_empty_references_are_refused():
     ("10.01.001", "십 점 영 일 점 영 영 일"), ("1.5.", "일 점 오 ."), ("2026.1.5-7", "이천이십육 . 일 . 오 - 칠"),
     ("v1.2.3-4", "v 일 점 이 점 삼 - 사"), ("2026. 01. 05.", "이천이십육 . 일 . 오 ."),
     ("2026.13.05", "이천이십육 점 십삼 점 영 오"), ("영하 -5도", "영하 오 도"), ("영하-5도", "영하- 오 도"),
-    ("11.5. 20일", "십일 점 오 . 이십 일"),
+    ("11.5. 20일", "십일 점 오 . 이십 일"), ("기간 -2026.1.5까지", "기간 - 이천이십육 . 일 . 오 까지"),
+    ("2026.1.1 -2026.1.5", "이천이십육 . 일 . 일 - 이천이십육 . 일 . 오"), ("(-3.1.2)", "(- 삼 점 일 점 이 )"),
+    ("3%-5%", "삼 프로 - 오 프로"), ("x=-3", "x= 마이너스 삼"), ("iOS 17.1.2", "iOS 십칠 점 일 점 이"),
+    ("2026.01.05~07", "이천이십육 . 일 . 오 ~ 칠"), ("서울-3도", "서울- 삼 도"),
 ])
 def test_digits_are_read_the_way_announcers_say_them(written, read):
     assert " ".join(numbers_to_korean(written).split()) == read
@@ -87,7 +90,8 @@ def test_reading_numbers_takes_time_in_proportion_to_the_text():
     """A decoder looping on "01-01-..." or digits writes long runs; each number looks only at its neighbours."""
     import time
 
-    for text in ("01-" * 7000, "01 " * 7000, "7" * 8000 + " 01"):
+    for text in ("01-" * 7000, "01 " * 7000, "7" * 8000 + " 01", "1.1." * 8000, "2026. 1. " * 5000,
+                 "-" + "1." * 10000, "-1.1" * 8000, "2026.1.5-" * 4000):
         started = time.perf_counter()
         numbers_to_korean(text)
         assert time.perf_counter() - started < 0.5, text[:10]  # 2.2 s with a search over the whole prefix
