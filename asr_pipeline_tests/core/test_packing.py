@@ -76,18 +76,22 @@ def test_a_step_takes_as_many_windows_as_hold_about_batch_size_clips():
 def test_a_gpu_user_hears_how_to_fill_a_packed_step_and_a_filled_step_is_left_alone():
     factor = 3.692  # clips a window in the GPU benchmark's corpus (240 clips in 65 windows)
     hint = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor)  # the default step
-    assert "4 windows a step" in hint and "batch_size of about 60 (now 16)" in hint and "about 4.1e-05" in hint
+    assert "4 windows a step" in hint and "batch_size of about 60 (now 16)" in hint
+    assert "divide max_steps" in hint and "by about 4.1" in hint and "about 4.1e-05" in hint
     # the batch suggested does fill the step, whatever the rounding of the current one
     for batch_size in (1, 2, 16, 32):
         windows = windows_per_step(batch_size, utterances=240, windows=65)
         suggested = int(gpu_packing_hint(windows, batch_size, 1e-5, factor).split("batch_size of about ")[1].split()[0])
         assert windows_per_step(suggested, utterances=240, windows=65) >= 16
         assert gpu_packing_hint(windows_per_step(suggested, 240, 65), suggested, 1e-5, factor) is None
-    # with gradient accumulation: fewer accumulation steps, the same rate (the optimisation kept)
-    accumulating = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor,
-                                    gradient_accumulation_steps=4)
-    assert "gradient_accumulation_steps lowered by the same factor" in accumulating and "e-05" not in accumulating
+    # enough accumulation to give up: the optimizer step keeps its utterances, the rate and budget stay
+    kept = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, gradient_accumulation_steps=8)
+    assert "lowered from 8 to about 2" in kept and "keep their meaning" in kept and "e-05" not in kept
+    # not enough: no accumulation left, and the rate and budget scale by what an optimizer step gains (60 / 32)
+    short = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, gradient_accumulation_steps=2)
+    assert "gradient_accumulation_steps 1" in short and "by about 2" in short and "about 2e-05" in short
     assert gpu_packing_hint(17, batch_size=64, learning_rate=4e-5, packing_factor=factor) is None
+    assert gpu_packing_hint(8, batch_size=8, learning_rate=1e-5, packing_factor=1.0) is None  # nothing packed
     assert "1 window a step" in gpu_packing_hint(1, batch_size=1, learning_rate=1e-5, packing_factor=factor)
 
 
