@@ -26,12 +26,11 @@ _DOTTED_DATE = (rf"(?:\d{{4}}\. ?{_MONTH}\. ?{_DAY}|\d{{2}}\.(?:0[1-9]|1[0-2])\.
 _DOTTED_CHAIN = r"\d+(?:\.\d+){2,}(?!\d)"
 # Three or more digit groups joined by dots are a date, a version or an address, never a decimal. In one pattern
 # with the numbers (their groups numbered 1 to 4), so that what comes after a date still sees the date's digits
-# before it ("2026.1.5-7": a range, not minus seven). A hyphen is a minus sign unless it follows a word character
-# (a letter, Hangul, a digit) or one of % ) ] } ℃ ° . (the end of a number or a code), and never before a dotted
-# chain (-2026.1.5 is a range's end): "-3.5도", "기온 -5도", "(-3)", "“-5도”", "-5/-10" are 마이너스; "A-01",
-# "KTX-1", "3%-5%" and "영하-5도" are not.
-_MINUS = r"(?<![\w%)\]}℃°.])-(?!" + _DOTTED_DATE + "|" + _DOTTED_CHAIN + ")"
-_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\uff0d": "-"})  # the minus sign and the full-width hyphen-minus
+# before it ("2026.1.5-7": a range, not minus seven). A hyphen is a minus sign at the start, after a space, after
+# one of ( [ { ~ : = , / " ' or an opening bracket or quote, and never before a dotted chain (-2026.1.5 is a range's
+# end): "-3.5도", "기온 -5도", "(-3)", "“-5도”", "-5/-10" are 마이너스; "A-01", "KTX-1", "3%-5%", "30㎜-80㎜",
+# "《뉴스》-2부" and "영하-5도" are not.
+_MINUS = (r"(?<![^\s(\[{~:=,/\"'“‘「『《〈【〔（［｛‹«])-(?!" + _DOTTED_DATE + "|" + _DOTTED_CHAIN + ")")
 _NUMBER = re.compile(r"(?<![\d.])(?:" + _DOTTED_DATE + "|" + _DOTTED_CHAIN +
                      r"|(" + _MINUS + r")?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(\s*%)?)")
 _DATE = re.compile(_DOTTED_DATE)
@@ -156,7 +155,6 @@ def _read_dotted(written: str) -> str:
 def numbers_to_korean(text: str) -> str:
     """Write every number as it is read: native before counters (3시 -> 세 시), Sino-Korean otherwise
     (0.1% -> 영 점 일 프로, 1,500 -> 천오백); 퍼센트 becomes 프로."""
-    text = text.translate(_MINUS_SIGNS)
     text = _NATIVE.sub(lambda m: f" {native_korean(int(m.group(1)))} {m.group(3)}" if int(m.group(1)) else m.group(0),
                        text)
     text = _NUMBER.sub(_read_number, text)

@@ -111,31 +111,35 @@ def gpu_packing_hint(windows_a_step: int, batch_size: int, learning_rate: float,
                      gradient_accumulation_steps: int = 1) -> str | None:
     """What to tell a user whose packed training on a GPU takes few windows a step (the default: about 4), where
     packing gained nothing for whisper-base; None when the step already holds GPU_FILLED_STEP_WINDOWS or packing
-    hardly packs (under 1.5 clips a window). The batch suggested fills that many windows of this data. With enough
-    gradient accumulation, utterances move from accumulation into the step: the optimizer step, the rate and the
-    step budget keep their meaning. Otherwise an optimizer step takes m times the utterances, so the rate scales by
-    m and the step settings divide by m, as the benchmark behind the figures quoted did."""
+    hardly packs (under 1.5 clips a window). A batch of `filled` utterances fills that many windows of this data.
+    With enough gradient accumulation, utterances move from accumulation into the step (a batch of at least `filled`
+    and fewer accumulation steps, the same utterances an optimizer step): the rate and the step budget keep their
+    meaning. Otherwise an optimizer step takes m times the utterances, so the rate scales by m and the step
+    settings divide by m, as the benchmark behind the figures quoted did."""
     if windows_a_step >= GPU_FILLED_STEP_WINDOWS or packing_factor < 1.5:
         return None
     filled = math.ceil(GPU_FILLED_STEP_WINDOWS * packing_factor)
-    growth = filled / (windows_a_step * packing_factor)  # utterances a device step: now about windows x factor
     plural = "s" if windows_a_step != 1 else ""
     said = (f"packed training on a GPU, {windows_a_step} window{plural} a step: for whisper-base on an H200 a step "
             f"of 4 windows cost about what a step of 16 did, so packing at the default step gained nothing there (a "
-            f"larger model gains more from it). A batch_size of about {filled} (now {batch_size}) fills 16 windows")
+            f"larger model gains more from it)")
     accumulation = gradient_accumulation_steps
-    if accumulation > 1 and accumulation / growth >= 0.75:  # about one accumulation step or more is left
-        return (f"{said}; with gradient_accumulation_steps lowered from {accumulation} to about "
-                f"{max(1, round(accumulation / growth))} an optimizer step keeps about its utterances, so the "
-                f"learning rate and the step settings keep their meaning (docs/BENCHMARKS.md)")
-    scale = growth / accumulation  # utterances an optimizer step, with no accumulation left, against now
-    return (f"{said}{' with gradient_accumulation_steps 1' if accumulation > 1 else ''}; an optimizer step then "
-            f"takes about {scale:.2g}x the utterances, so divide max_steps (unless the budget is in epochs), "
-            f"warmup_steps, eval_steps and save_steps by about {scale:.2g} to see the same utterances, and scale "
-            f"the learning rate with it (about {learning_rate * scale:.2g}; only 4x was measured): 16 utterances "
-            f"a step at 1e-5 against 64 at 4e-5 with a quarter of the steps ran 2.2x to 3.1x unpacked's utterances "
-            f"a second over 1,600 to 12,800 utterances at the same test CER (one run each, synthetic speech; "
-            f"docs/BENCHMARKS.md)")
+    an_optimizer_step = batch_size * accumulation  # utterances
+    fewer = an_optimizer_step // filled  # accumulation steps left if each holds at least `filled`
+    if accumulation > 1 and fewer >= 1:
+        batch = math.ceil(an_optimizer_step / fewer)
+        return (f"{said}. A batch_size of about {batch} with gradient_accumulation_steps {fewer} (now {batch_size} "
+                f"and {accumulation}) fills 16 windows and keeps an optimizer step at about {an_optimizer_step} "
+                f"utterances, so the learning rate and the step settings keep their meaning (docs/BENCHMARKS.md)")
+    scale = filled / an_optimizer_step
+    return (f"{said}. A batch_size of about {filled} (now {batch_size}) fills 16 windows"
+            f"{' with gradient_accumulation_steps 1' if accumulation > 1 else ''}; an optimizer step then takes "
+            f"about {scale:.2g}x the utterances, so divide max_steps (unless the budget is in epochs), warmup_steps "
+            f"and eval_steps (save_steps without validation) by about {scale:.2g} to see the same utterances, and "
+            f"scale the learning rate with it (about {learning_rate * scale:.2g}; only 4x was measured): 16 "
+            f"utterances a step at 1e-5 against 64 at 4e-5 with a quarter of the steps ran 2.2x to 3.1x unpacked's "
+            f"utterances a second over 1,600 to 12,800 utterances at the same test CER (one run each, synthetic "
+            f"speech; docs/BENCHMARKS.md)")
 
 
 class PackedWindows:

@@ -22,6 +22,7 @@ from asr_pipeline.core.korean_numbers import numbers_to_digits, numbers_to_korea
 
 # ---------------------------------------------------------------- policy
 
+MINUS_SIGNS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
 NUMBER_POLICIES = {"korean": numbers_to_korean, "digits": numbers_to_digits, "keep": lambda text: text}
 
 
@@ -47,8 +48,9 @@ class NormalizationPolicy:
 
     def words(self, text: str) -> str:
         """The policy with word boundaries kept (for WER)."""
+        # the minus sign (U+2212) and the full-width hyphen-minus are the hyphen-minus under every numbers policy;
         # numbers first: "1,500" and "0.1%" must be read before their punctuation goes
-        text = NUMBER_POLICIES[self.numbers](clean(without_format_characters(text)))
+        text = NUMBER_POLICIES[self.numbers](clean(without_format_characters(text)).translate(MINUS_SIGNS))
         if self.punctuation == "strip":
             text = "".join(" " if _is_mark(ch) else ch for ch in text)
         return clean(text)

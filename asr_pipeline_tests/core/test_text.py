@@ -60,8 +60,8 @@ def test_empty_hypotheses_are_full_deletions_and_empty_references_are_refused():
     ("2026.1.1 -2026.1.5", "이천이십육 . 일 . 일 - 이천이십육 . 일 . 오"), ("(-3.1.2)", "(- 삼 점 일 점 이 )"),
     ("3%-5%", "삼 프로 - 오 프로"), ("x=-3", "x= 마이너스 삼"), ("iOS 17.1.2", "iOS 십칠 점 일 점 이"),
     ("2026.01.05~07", "이천이십육 . 일 . 오 ~ 칠"), ("서울-3도", "서울- 삼 도"), ("“-5도”", "“ 마이너스 오 도”"),
-    ("-5/-10", "마이너스 오 / 마이너스 십"), ("「-5도」", "「 마이너스 오 도」"), ("\u22125도", "마이너스 오 도"),
-    ("\uff0d5도", "마이너스 오 도"),
+    ("-5/-10", "마이너스 오 / 마이너스 십"), ("「-5도」", "「 마이너스 오 도」"), ("강수량 30㎜-80㎜", "강수량 삼십 ㎜- 팔십 ㎜"),
+    ("《시사기획 창》-2부", "《시사기획 창》- 이 부"), ("“서울”-3도", "“서울”- 삼 도"), ("그러니까--3년 전", "그러니까-- 삼 년 전"),
 ])
 def test_digits_are_read_the_way_announcers_say_them(written, read):
     assert " ".join(numbers_to_korean(written).split()) == read
@@ -86,6 +86,14 @@ def test_numbers_past_kyeong_are_read_digit_by_digit_and_never_break_scoring():
     assert " ".join(numbers_to_korean("3" * 21).split()) == " ".join(["삼"] * 21)
     assert " ".join(numbers_to_korean("0" * 20 + "12").split()) == " ".join(["영"] * 20 + ["일", "이"])
     assert error_rates(["안녕"], ["1" * 5000]).cer_normalized > 1  # past Python's int() digit limit too
+
+
+@pytest.mark.parametrize("numbers", ["korean", "digits", "keep"])
+def test_the_minus_sign_and_the_full_width_hyphen_are_a_hyphen_under_every_numbers_policy(numbers):
+    policy = NormalizationPolicy(numbers=numbers)
+    assert policy.words("기온 \u22125도") == policy.words("기온 \uff0d5도") == policy.words("기온 -5도")
+    if numbers == "korean":
+        assert policy.words("기온 \u22125도") == "기온 마이너스 오 도"
 
 
 def test_reading_numbers_takes_time_in_proportion_to_the_text():
