@@ -311,8 +311,9 @@ def prepared_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) 
 
 
 def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
-    """There: the commit as recorded at `prepare` (the device copy has no git) and whether the code that ran is the
-    code prepared from (same source digest); a checkout with git records its own commit as usual."""
+    """There: the commit as recorded at `prepare` (the device copy has no git), if the code that ran is the code
+    prepared from (same source digest; else "unknown", with prepared_commit); a checkout with git records its own
+    commit as usual. Rerun `prepare` after changing the code (untracked Python files count in the digest too)."""
     here = code_version(repo)
     if here["commit"] != "unknown":
         return here
@@ -321,9 +322,11 @@ def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) ->
         prepared = json.loads((data / "code.json").read_text())
     except (OSError, ValueError):
         return {**here, "source_sha256": digest, "prepared": "unknown (no code.json in the data)"}
-    return {"commit": prepared.get("commit", "unknown"), "uncommitted_changes": prepared.get("uncommitted_changes"),
-            "recorded": "at prepare", "source_sha256": digest,
-            "same_source_as_prepared": digest == prepared.get("source_sha256")}
+    same = digest == prepared.get("source_sha256")
+    return {"commit": prepared.get("commit", "unknown") if same else "unknown (the code changed since prepare)",
+            "prepared_commit": prepared.get("commit", "unknown"),
+            "uncommitted_changes": prepared.get("uncommitted_changes") if same else None,
+            "recorded": "at prepare", "source_sha256": digest, "same_source_as_prepared": same}
 
 
 def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:

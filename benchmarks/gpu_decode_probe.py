@@ -146,10 +146,11 @@ def main() -> None:
                "weights": "given" if args.model else "seeded random initialisation",
                "cudnn_sdpa": attention_label(args.keep_cudnn_sdpa), "rounds": []}
     path = fresh_result_path(out, f"decode_probe_{results['date']}.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")  # valid JSON from the start, even if round 1 fails
     plan = [(name, None) for name in args.rounds.split(",") if name]
     plan += [(name, True) for name in args.profile_rounds.split(",") if name]
     for number, (dtype_name, profiled) in enumerate(plan):
-        profile_path = out / f"profile_{number}_{dtype_name}.txt" if profiled else None
+        profile_path = out / f"{path.stem}_profile_{number}_{dtype_name}.txt" if profiled else None
         round_result = probe_round(model_dir, shard, dtype_name, args.clips, profile_path)
         results["rounds"].append(round_result)
         print({k: v for k, v in round_result.items() if k != "calls"}, flush=True)

@@ -102,44 +102,52 @@ def windows_per_step(batch_size: int, utterances: int, windows: int) -> int:
     return max(1, round(batch_size * windows / max(1, utterances)))
 
 
-# On a GPU a whisper-base step cost about the same holding 4 windows or 16 (58.6 to 71.9 ms, H200; docs/BENCHMARKS.md,
-# "After the fix"): a packed step must hold about as many windows as an unpacked one to pay off there
+# On a GPU a whisper-base step with real weights cost about the same holding 4 windows or 16 (58.6 to 71.9 ms, H200;
+# docs/BENCHMARKS.md, "After the fix"): a packed step must hold about as many windows as an unpacked one to pay off
+# there. (An earlier random-weights run of 25 to 27 steps on an H200 gave packing 1.31x at 4 windows; not explained.)
 GPU_FILLED_STEP_WINDOWS = 16
+MEASURED_RATE_SCALE = 4.0  # 16 utterances a step at 1e-5 against 64 at 4e-5: the only scaling measured
 
 
 def gpu_packing_hint(windows_a_step: int, batch_size: int, learning_rate: float, packing_factor: float,
-                     gradient_accumulation_steps: int = 1) -> str | None:
+                     gradient_accumulation_steps: int = 1, train_windows: int | None = None) -> str | None:
     """What to tell a user whose packed training on a GPU takes few windows a step (the default: about 4), where
-    packing gained nothing for whisper-base; None when the step already holds GPU_FILLED_STEP_WINDOWS or packing
-    hardly packs (under 1.5 clips a window). A batch of `filled` utterances fills that many windows of this data.
-    With enough gradient accumulation, utterances move from accumulation into the step (a batch of at least `filled`
-    and fewer accumulation steps, the same utterances an optimizer step): the rate and the step budget keep their
-    meaning. Otherwise an optimizer step takes m times the utterances, so the rate scales by m and the step
-    settings divide by m, as the benchmark behind the figures quoted did."""
-    if windows_a_step >= GPU_FILLED_STEP_WINDOWS or packing_factor < 1.5:
+    packing gained nothing for whisper-base; None when the step already holds GPU_FILLED_STEP_WINDOWS, when packing
+    hardly packs (under 1.5 clips a window) or when the train split has fewer windows than that. A batch of `filled`
+    utterances fills that many windows of this data. With enough gradient accumulation, utterances move from
+    accumulation into the step (a batch of at least `filled` and fewer accumulation steps, the same utterances an
+    optimizer step): the rate and the step budget keep their meaning. Otherwise an optimizer step takes m times the
+    utterances, so the step settings divide by m and the rate scales by m, quoted only up to the 4x measured."""
+    filled_step = GPU_FILLED_STEP_WINDOWS
+    if windows_a_step >= filled_step or packing_factor < 1.5 or (train_windows is not None
+                                                                   and train_windows < filled_step):
         return None
-    filled = math.ceil(GPU_FILLED_STEP_WINDOWS * packing_factor)
+    filled = math.ceil(filled_step * packing_factor)
     plural = "s" if windows_a_step != 1 else ""
-    said = (f"packed training on a GPU, {windows_a_step} window{plural} a step: for whisper-base on an H200 a step "
-            f"of 4 windows cost about what a step of 16 did, so packing at the default step gained nothing there (a "
-            f"larger model gains more from it)")
+    said = (f"packed training on a GPU, {windows_a_step} window{plural} a step: for whisper-base with real weights on "
+            f"an H200 a step of 4 windows cost about what a step of 16 did, so packing at the default step gained "
+            f"nothing there (measured for whisper-base only; a larger model gains more from it)")
     accumulation = gradient_accumulation_steps
     an_optimizer_step = batch_size * accumulation  # utterances
     fewer = an_optimizer_step // filled  # accumulation steps left if each holds at least `filled`
     if accumulation > 1 and fewer >= 1:
         batch = math.ceil(an_optimizer_step / fewer)
         return (f"{said}. A batch_size of about {batch} with gradient_accumulation_steps {fewer} (now {batch_size} "
-                f"and {accumulation}) fills 16 windows and keeps an optimizer step at about {an_optimizer_step} "
-                f"utterances, so the learning rate and the step settings keep their meaning (docs/BENCHMARKS.md)")
+                f"and {accumulation}) fills {filled_step} windows and keeps an optimizer step at about "
+                f"{an_optimizer_step} utterances, so the learning rate and the step settings keep their meaning "
+                f"(docs/BENCHMARKS.md)")
     scale = filled / an_optimizer_step
-    return (f"{said}. A batch_size of about {filled} (now {batch_size}) fills 16 windows"
+    now = f"now {batch_size}" + (f", gradient_accumulation_steps {accumulation}" if accumulation > 1 else "")
+    rate = (f"scale the learning rate with it (about {learning_rate * scale:.2g})" if scale <= MEASURED_RATE_SCALE
+            else f"the learning rate would scale by {scale:.2g}x, past the {MEASURED_RATE_SCALE:g}x measured: try "
+                 f"that on a short run first")
+    return (f"{said}. A batch_size of about {filled} ({now}) fills {filled_step} windows"
             f"{' with gradient_accumulation_steps 1' if accumulation > 1 else ''}; an optimizer step then takes "
             f"about {scale:.2g}x the utterances, so divide max_steps (unless the budget is in epochs), warmup_steps "
             f"and eval_steps (save_steps without validation) by about {scale:.2g} to see the same utterances, and "
-            f"scale the learning rate with it (about {learning_rate * scale:.2g}; only 4x was measured): 16 "
-            f"utterances a step at 1e-5 against 64 at 4e-5 with a quarter of the steps ran 2.2x to 3.1x unpacked's "
-            f"utterances a second over 1,600 to 12,800 utterances at the same test CER (one run each, synthetic "
-            f"speech; docs/BENCHMARKS.md)")
+            f"{rate}. Measured: 64 utterances a step at 4e-5, with a quarter of the steps of 16 at 1e-5, ran 2.2x to "
+            f"3.1x unpacked's utterances a second over 1,600 to 12,800 utterances at the same test CER (one run "
+            f"each, synthetic speech; docs/BENCHMARKS.md)")
 
 
 class PackedWindows:

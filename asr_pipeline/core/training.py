@@ -148,7 +148,8 @@ def train_whisper(
     eval_steps = min(settings.eval_steps, max_steps)
     on_gpu = torch.cuda.is_available()
     hint = gpu_packing_hint(device_batch, settings.batch_size, settings.learning_rate, train_data.packing_factor(),
-                            settings.gradient_accumulation_steps) if on_gpu and settings.packing else None
+                            settings.gradient_accumulation_steps, len(train_data)) if on_gpu and settings.packing \
+        else None
     if hint and int(os.environ.get("RANK", "0")) == 0:  # once, not from every process of a multi-GPU run
         emit(hint)
     # bf16 autocast keeps float32 master weights: the GPU's fast path, and on CPUs with AMX/AVX512-BF16 about twice

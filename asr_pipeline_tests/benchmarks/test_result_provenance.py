@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_common  # noqa: E402
 
@@ -22,6 +24,11 @@ def device_copy(tmp_path: Path) -> Path:
     return copy
 
 
+needs_git = pytest.mark.skipif(bench_common.code_version(REPO)["commit"] == "unknown",
+                               reason="a checkout without git (an archive): no commit to record")
+
+
+@needs_git
 def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_since(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -40,7 +47,9 @@ def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_
         edited = copy / "benchmarks" / name
         original = edited.read_text()
         edited.write_text(original + "\n# edited after prepare\n")
-        assert bench_common.device_code(data, copy)["same_source_as_prepared"] is False
+        changed = bench_common.device_code(data, copy)
+        assert changed["same_source_as_prepared"] is False and changed["commit"].startswith("unknown")
+        assert changed["prepared_commit"] == prepared["commit"]
         edited.write_text(original)
     assert bench_common.device_code(data, copy)["same_source_as_prepared"] is True
 
@@ -49,6 +58,7 @@ def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_
     assert unknown["commit"] == "unknown" and "no code.json" in unknown["prepared"]
 
 
+@needs_git
 def test_a_checkout_with_git_records_its_own_commit(tmp_path):
     (tmp_path / "code.json").write_text(json.dumps({"commit": "0" * 40, "source_sha256": "x"}))
     assert bench_common.device_code(tmp_path, REPO) == bench_common.code_version(REPO)

@@ -78,6 +78,10 @@ def test_a_gpu_user_hears_how_to_fill_a_packed_step_and_a_filled_step_is_left_al
     hint = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor)  # the default step
     assert "4 windows a step" in hint and "batch_size of about 60 (now 16)" in hint
     assert "divide max_steps" in hint and "by about 3.8" in hint and "about 3.8e-05" in hint  # 60 / 16
+    assert "past the 4x measured" in gpu_packing_hint(1, batch_size=1, learning_rate=1e-5, packing_factor=factor)
+    # a split of fewer windows than a filled step cannot fill one: nothing to advise
+    assert gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, train_windows=15) is None
+    assert gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, train_windows=16)
     # the batch suggested does fill the step, whatever the rounding of the current one
     for batch_size in (1, 2, 16, 32):
         windows = windows_per_step(batch_size, utterances=240, windows=65)
@@ -324,9 +328,12 @@ def test_without_packing_every_clip_is_its_own_window(shard_with_valid, tiny_mod
 @pytest.mark.parametrize("rank, told", [("0", True), ("1", False)])
 def test_packed_training_on_a_gpu_tells_its_first_process_how_to_fill_the_step(shard_with_valid, tiny_model_dir,
                                                                                tmp_path, monkeypatch, rank, told):
-    """Seen as a GPU (torch.cuda.is_available), up to the training arguments, where the test stops it."""
+    """Seen as a GPU (torch.cuda.is_available), up to the training arguments, where the test stops it. The split's
+    12 clips make a few windows, so a filled step is taken as 2 windows here; batch_size 3 is 1 window a step."""
     import torch
     import transformers
+
+    from asr_pipeline.core import packing
 
     class Stop(Exception):
         pass
@@ -337,11 +344,14 @@ def test_packed_training_on_a_gpu_tells_its_first_process_how_to_fill_the_step(s
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     monkeypatch.setattr(transformers, "Seq2SeqTrainingArguments", stop)
+    monkeypatch.setattr(packing, "GPU_FILLED_STEP_WINDOWS", 2)
     monkeypatch.setenv("RANK", rank)
     lines = []
     with pytest.raises(Stop):
         train_whisper(str(tiny_model_dir), [shard_with_valid], tmp_path / "gpu",
-                      TrainingSettings(**FAST, batch_size=8, max_steps=2, packing=True), emit=lines.append)
+                      TrainingSettings(**FAST, batch_size=3, max_steps=2, packing=True), emit=lines.append)
+    packed = next(line for line in lines if line.startswith("packed 12 train clips into "))
+    assert "a step takes 1 windows" in packed  # the premise: 3 clips are 1 window of these (about 4 a window)
     hints = [line for line in lines if line.startswith("packed training on a GPU")]
     assert len(hints) == (1 if told else 0)
-    assert not told or "batch_size of about" in hints[0]
+    assert not told or hints[0].startswith("packed training on a GPU, 1 window a step:")
