@@ -5,7 +5,6 @@ ran it, and our own featurization of a corpus."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import subprocess
@@ -253,91 +252,3 @@ def step_summary(seconds: list[float], utterances_per_step: float, train_runtime
             "step_ms_mean": round(1000 * sum(seconds) / len(seconds), 1), "step_ms_first": round(1000 * seconds[0], 1),
             "steps_total_s": round(sum(seconds), 2), "outside_steps_s": round(train_runtime_s - sum(seconds), 2),
             "utterances_per_s_steady": round(utterances_per_step / median, 2)}
-
-
-def write_result(result: dict, out: str | Path, name: str) -> Path:
-    """Print the result as JSON, with the commit it measured, and write it to out/name (the results folder, made if
-    missing); a file of that name already there is kept and this one gets a numbered name (name_2.json...)."""
-    if "code" not in result:
-        result["code"] = code_version()
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    print(text)
-    path = Path(out) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    number = 1
-    while True:  # a same-day rerun must not overwrite the first run's figures ("x": never an existing file)
-        try:
-            with open(path, "x", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-            return path
-        except FileExistsError:
-            number += 1
-            path = Path(out) / f"{Path(name).stem}_{number}{Path(name).suffix}"
-
-
-def fresh_result_path(out: str | Path, name: str) -> Path:
-    """out/name, or name_2.json... if that exists: for a script that rewrites its own file after every stage (so a
-    run cut short keeps what it measured) but must not overwrite an earlier run's file. Claimed at once ("x")."""
-    path = Path(out) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    number = 1
-    while True:
-        try:
-            with open(path, "x", encoding="utf-8"):
-                return path
-        except FileExistsError:
-            number += 1
-            path = Path(out) / f"{Path(name).stem}_{number}{Path(name).suffix}"
-
-
-def source_digest(repo: Path = Path(__file__).resolve().parents[1]) -> str:
-    """SHA-256 over the package's Python files and the benchmarks' Python and shell scripts (paths and bytes, in
-    path order; gpu_device.sh is the entry point there): what the GPU
-    machine can compute without git, to tell whether it ran the code a prepared data folder was made from."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted([*(repo / "asr_pipeline").rglob("*.py"), *(repo / "benchmarks").glob("*.py"),
-                        *(repo / "benchmarks").glob("*.sh")]):
-        digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def prepared_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
-    """Here, at `prepare`: the commit and the source digest, kept beside the data that travels to the GPU."""
-    record = {**code_version(repo), "source_sha256": source_digest(repo)}
-    (data / "code.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
-    """There: the commit as recorded at `prepare` (the device copy has no git), if the code that ran is the code
-    prepared from (same source digest; else "unknown", with prepared_commit); a checkout with git records its own
-    commit as usual. Rerun `prepare` after changing the code (untracked Python files count in the digest too)."""
-    here = code_version(repo)
-    if here["commit"] != "unknown":
-        return here
-    digest = source_digest(repo)
-    try:
-        prepared = json.loads((data / "code.json").read_text())
-    except (OSError, ValueError):
-        return {**here, "source_sha256": digest, "prepared": "unknown (no code.json in the data)"}
-    same = digest == prepared.get("source_sha256")
-    return {"commit": prepared.get("commit", "unknown") if same else "unknown (the code changed since prepare)",
-            "prepared_commit": prepared.get("commit", "unknown"),
-            "uncommitted_changes": prepared.get("uncommitted_changes") if same else None,
-            "recorded": "at prepare", "source_sha256": digest, "same_source_as_prepared": same}
-
-
-def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
-    """The checkout's commit and whether its tracked files had changes (what a result measured)."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):  # no git (the GPU machine): the result is kept anyway
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit or "unknown", "uncommitted_changes": None if status is None else bool(status)}

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from bench_common import cpu_info, cpu_tag, write_result
+from bench_common import cpu_info, cpu_tag
+from result_files import write_result
 
 
 class DenseThroughOneDNN(torch.nn.Module):

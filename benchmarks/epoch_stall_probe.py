@@ -32,7 +32,8 @@ from pathlib import Path
 
 import transformers
 
-from bench_common import cpu_info, cpu_tag, our_shard, random_whisper, split_by_episode, time_steps, write_result
+from bench_common import cpu_info, cpu_tag, our_shard, random_whisper, split_by_episode, time_steps
+from result_files import write_result
 from featurize_benchmark import corpus
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -52,8 +52,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_common import (MODEL_FILES, attention_label, device_code, fresh_result_path, keep_cudnn_attention, our_shard,
-                          prepared_code, seed_module, split_by_episode)
+from bench_common import MODEL_FILES, attention_label, keep_cudnn_attention, our_shard, seed_module, split_by_episode
+from result_files import device_code, fresh_result_path, prepared_code
 from gpu_arms import (SEED_LEARNING_RATE, environment, evaluate_arms, packed_arm_name, random_model, score_trained,
                       train_arms, warm_up)
 

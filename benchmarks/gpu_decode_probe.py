@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_common import (attention_label, device_code, fresh_result_path, keep_cudnn_attention, our_shard,
-                          split_by_episode)
+from bench_common import attention_label, keep_cudnn_attention, our_shard, split_by_episode
+from result_files import device_code, fresh_result_path
 from gpu_arms import environment, random_model, warm_up
 
 

@@ -40,7 +40,8 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench_common import SEED_RECIPE, cpu_info as _cpu, cpu_tag, write_result  # noqa: E402
+from bench_common import SEED_RECIPE, cpu_info as _cpu, cpu_tag  # noqa: E402
+from result_files import write_result  # noqa: E402
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is this script's directory)
 from ingest_benchmark import DEFAULT_MYSQL, _database, _drop  # noqa: E402
 

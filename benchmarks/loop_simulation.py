@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from asr_pipeline.core.batches import parse_batch_key  # noqa: E402  (the repository first on the path)
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES  # noqa: E402
 from asr_pipeline.defs.common.resources import TranscriptDatabase  # noqa: E402
-from bench_common import cpu_info as _cpu, write_result  # noqa: E402  (benchmarks/ is the script's directory)
+from bench_common import cpu_info as _cpu  # noqa: E402  (benchmarks/ is the script's directory)
+from result_files import write_result  # noqa: E402
 
 DEFAULT_MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
 FAILING_BATCH_INDEX = 36  # the 37th batch's first run fails

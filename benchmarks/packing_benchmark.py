@@ -56,7 +56,8 @@ from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows
 from featurize_benchmark import corpus  # noqa: E402  (benchmarks/ is the script's directory)
 from bench_common import (SEED_RECIPE, cpu_info, cpu_tag, isa_limits, our_shard, seed_module, seed_train,  # noqa: E402
-                          split_by_episode, write_result)
+                          split_by_episode)
+from result_files import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench_common import cpu_info, cpu_tag, write_result  # noqa: E402
+from bench_common import cpu_info, cpu_tag  # noqa: E402
+from result_files import write_result  # noqa: E402
 
 from asr_pipeline.core import storage  # noqa: E402
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import bench_common  # noqa: E402
+import result_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def device_copy(tmp_path: Path) -> Path:
     return copy
 
 
-needs_git = pytest.mark.skipif(bench_common.code_version(REPO)["commit"] == "unknown",
+needs_git = pytest.mark.skipif(result_files.code_version(REPO)["commit"] == "unknown",
                                reason="a checkout without git (an archive): no commit to record")
 
 
@@ -32,13 +32,13 @@ needs_git = pytest.mark.skipif(bench_common.code_version(REPO)["commit"] == "unk
 def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_since(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    prepared = bench_common.prepared_code(data)
+    prepared = result_files.prepared_code(data)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert prepared["commit"] == commit.strip()
     assert json.loads((data / "code.json").read_text()) == prepared
 
     copy = device_copy(tmp_path)
-    same = bench_common.device_code(data, copy)
+    same = result_files.device_code(data, copy)
     assert same["commit"] == prepared["commit"] and same["recorded"] == "at prepare"
     assert same["uncommitted_changes"] == prepared["uncommitted_changes"]
     assert same["same_source_as_prepared"] is True
@@ -47,28 +47,28 @@ def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_
         edited = copy / "benchmarks" / name
         original = edited.read_text()
         edited.write_text(original + "\n# edited after prepare\n")
-        changed = bench_common.device_code(data, copy)
+        changed = result_files.device_code(data, copy)
         assert changed["same_source_as_prepared"] is False and changed["commit"].startswith("unknown")
         assert changed["prepared_commit"] == prepared["commit"]
         edited.write_text(original)
-    assert bench_common.device_code(data, copy)["same_source_as_prepared"] is True
+    assert result_files.device_code(data, copy)["same_source_as_prepared"] is True
 
     (data / "code.json").unlink()
-    unknown = bench_common.device_code(data, copy)
+    unknown = result_files.device_code(data, copy)
     assert unknown["commit"] == "unknown" and "no code.json" in unknown["prepared"]
 
 
 @needs_git
 def test_a_checkout_with_git_records_its_own_commit(tmp_path):
     (tmp_path / "code.json").write_text(json.dumps({"commit": "0" * 40, "source_sha256": "x"}))
-    assert bench_common.device_code(tmp_path, REPO) == bench_common.code_version(REPO)
+    assert result_files.device_code(tmp_path, REPO) == result_files.code_version(REPO)
 
 
 def test_a_rerun_never_takes_an_earlier_runs_file(tmp_path):
-    first = bench_common.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
+    first = result_files.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
     first.write_text('{"run": 1}')
-    second = bench_common.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
-    third = bench_common.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
+    second = result_files.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
+    third = result_files.fresh_result_path(tmp_path / "out", "gpu_2026-11-28.json")
     assert (first.name, second.name, third.name) == ("gpu_2026-11-28.json", "gpu_2026-11-28_2.json",
                                                      "gpu_2026-11-28_3.json")
     assert first.read_text() == '{"run": 1}'

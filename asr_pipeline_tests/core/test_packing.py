@@ -11,8 +11,8 @@ from asr_pipeline.core.audio import load_16k, resample_manifest
 from asr_pipeline.core.audio_shard import AudioShard
 from asr_pipeline.core.features import HOP_LENGTH, FeatureShard, featurize_shard, log_mel_frames, rebuild_padded
 from asr_pipeline.core.model import load_processor
-from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, gpu_packing_hint, plan_windows,
-                                       window_frames, window_frames_limit, window_labels, windows_per_step)
+from asr_pipeline.core.packing import (MAX_WINDOW_LABEL_TOKENS, PackedWindows, plan_windows, window_frames,
+                                       window_frames_limit, window_labels, windows_per_step)
 from asr_pipeline.core.synth import demo_sentences
 from asr_pipeline.core.training import TrainingSettings, train_whisper
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator
@@ -71,44 +71,6 @@ def test_a_step_takes_as_many_windows_as_hold_about_batch_size_clips():
     assert windows_per_step(16, utterances=160, windows=20) == 2
     assert windows_per_step(16, utterances=100, windows=100) == 16  # nothing packed: one clip a window
     assert windows_per_step(4, utterances=100, windows=10) == 1  # never fewer than one window
-
-
-def test_a_gpu_user_hears_how_to_fill_a_packed_step_and_a_filled_step_is_left_alone():
-    factor = 3.692  # clips a window in the GPU benchmark's corpus (240 clips in 65 windows)
-    hint = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor)  # the default step
-    assert "4 windows a step" in hint and "batch_size of about 60 (now 16)" in hint
-    assert "divide max_steps" in hint and "by about 3.8" in hint and "about 3.8e-05" in hint  # 60 / 16
-    assert "past the 4x measured" in gpu_packing_hint(1, batch_size=1, learning_rate=1e-5, packing_factor=factor)
-    # a split of fewer windows than a filled step cannot fill one: nothing to advise
-    assert gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, train_windows=15) is None
-    assert gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, train_windows=16)
-    # the batch suggested does fill the step, whatever the rounding of the current one
-    for batch_size in (1, 2, 16, 32):
-        windows = windows_per_step(batch_size, utterances=240, windows=65)
-        suggested = int(gpu_packing_hint(windows, batch_size, 1e-5, factor).split("batch_size of about ")[1].split()[0])
-        assert windows_per_step(suggested, utterances=240, windows=65) >= 16
-        assert gpu_packing_hint(windows_per_step(suggested, 240, 65), suggested, 1e-5, factor) is None
-    # enough accumulation to give up: the optimizer step keeps its utterances, the rate and budget stay
-    kept = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, gradient_accumulation_steps=8)
-    assert "batch_size of about 64 with gradient_accumulation_steps 2 (now 16 and 8)" in kept
-    assert "about 128 utterances" in kept and "keep their meaning" in kept and "e-05" not in kept
-    # whatever the settings, the advice fills the step and keeps an optimizer step's utterances within a batch
-    for batch_size in range(1, 257, 7):
-        for accumulation in range(2, 9):
-            windows = windows_per_step(batch_size, utterances=240, windows=65)
-            said = gpu_packing_hint(windows, batch_size, 1e-5, factor, accumulation)
-            if said is None or "keep their meaning" not in said:
-                continue
-            batch, steps = (int(said.split("batch_size of about ")[1].split()[0]),
-                            int(said.split("gradient_accumulation_steps ")[1].split()[0]))
-            assert steps < accumulation and windows_per_step(batch, 240, 65) >= 16
-            assert 0 <= batch * steps - batch_size * accumulation < steps
-    # not enough: no accumulation left, and the rate and budget scale by what an optimizer step gains (60 / 32)
-    short = gpu_packing_hint(4, batch_size=16, learning_rate=1e-5, packing_factor=factor, gradient_accumulation_steps=2)
-    assert "gradient_accumulation_steps 1" in short and "by about 1.9" in short and "about 1.9e-05" in short
-    assert gpu_packing_hint(17, batch_size=64, learning_rate=4e-5, packing_factor=factor) is None
-    assert gpu_packing_hint(8, batch_size=8, learning_rate=1e-5, packing_factor=1.0) is None  # nothing packed
-    assert "1 window a step" in gpu_packing_hint(1, batch_size=1, learning_rate=1e-5, packing_factor=factor)
 
 
 @pytest.fixture(scope="module")
