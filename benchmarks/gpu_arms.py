@@ -112,9 +112,10 @@ def our_decode(model_dir: str, shard, prefer_bf16: bool, greedy_only: bool = Fal
 
 def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances: int, batch: int,
                packed_batches: tuple[tuple[int, float | None], ...], only_ours: bool, deadline: float,
-               save) -> None:
+               save, default_packed: bool = True) -> None:
     """entry["training"] and entry["ratios"]: every arm trains for the same utterances; work: the shape's folder;
-    packed_batches: (utterances a step, learning rate or None for the seed's 1e-5) of each extra packed arm."""
+    packed_batches: (utterances a step, learning rate or None for the seed's 1e-5) of each extra packed arm;
+    default_packed: False leaves out the packed arm at the default step (device time for the extra arms)."""
     from packing_benchmark import train_ours
 
     steps = utterances // batch
@@ -131,7 +132,7 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
     except Exception as error:
         entry["training"]["seed"] = {"error": f"{type(error).__name__}: {error}"}
     save()
-    arms = [("unpacked", False, batch, None), ("packed", True, batch, None)]
+    arms = [("unpacked", False, batch, None)] + ([("packed", True, batch, None)] if default_packed else [])
     # GPU-sized packed steps: as many utterances a step as the batch's windows hold (--packed-batches), at the
     # seed's lr or the one given (fewer optimizer steps for the same utterances)
     arms += [(packed_arm_name(b, lr), True, b, lr) for b, lr in packed_batches

@@ -89,7 +89,8 @@ def prepare(args) -> None:
 
 def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterances: int, results: dict, save,
               deadline: float, tiny: bool = False, only_ours: bool = False,
-              packed_batches: tuple[tuple[int, float | None], ...] = (), real_base: Path | None = None) -> None:
+              packed_batches: tuple[tuple[int, float | None], ...] = (), real_base: Path | None = None,
+              default_packed: bool = True) -> None:
     entry = results["shapes"].setdefault(shape, {})
     if time.time() > deadline:
         entry["skipped"] = "deadline"
@@ -125,7 +126,7 @@ def run_shape(shape: str, data: Path, work: Path, frame: pd.DataFrame, utterance
         entry["skipped"] = "deadline"
         return
     train_arms(entry, seed, shard, model_dir, work / shape, utterances, batch, packed_batches, only_ours, deadline,
-               save)
+               save, default_packed)
     if not only_ours:
         evaluate_arms(entry["evaluation"], seed, shard, model_dir, work / shape, deadline, save, scored=real)
     if real:  # the packing goal's CER half, then the evaluation of a model that has learnt this speech
@@ -191,7 +192,8 @@ def run(args) -> None:
         print(f"== {shape}", file=sys.stderr, flush=True)
         try:
             run_shape(shape, data, work, frame, int(budgets[shape]), results, save, deadline,
-                      args.tiny, args.only_ours, packed_batches, args.real_base and args.real_base.resolve())
+                      args.tiny, args.only_ours, packed_batches, args.real_base and args.real_base.resolve(),
+                      not args.no_default_packed)
         except Exception as error:
             import traceback
 
@@ -222,6 +224,8 @@ def main() -> None:
     there.add_argument("--packed-batches", default="", help="extra packed arms with these batch sizes in utterances, "
                        "e.g. 64: about 17 windows a step at 3.7 clips a window, as many inputs as an unpacked step "
                        "of 16, at the seed's lr 1e-5; 64@4e-5 at lr 4e-5 (a quarter of the optimizer steps)")
+    there.add_argument("--no-default-packed", action="store_true",
+                       help="leave out the packed arm at the default step (keeps unpacked and --packed-batches)")
     there.add_argument("--tiny", action="store_true", help="a narrow turbo128 shape, to try this on a CPU")
     there.add_argument("--real-base", type=Path, default=None,
                        help="whisper-base with its real weights (gpu_weights.py join) for the base shape: then the "
