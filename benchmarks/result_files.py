@@ -56,11 +56,13 @@ def prepared_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) 
 
 
 def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
-    """There: the commit as recorded at `prepare` (the device copy has no git), if the code that ran is the code
-    prepared from (same source digest; else "unknown", with prepared_commit); a checkout with git records its own
-    commit as usual. Rerun `prepare` after changing the code (untracked Python files count in the digest too)."""
+    """The code a result measured. A clean git checkout names its own commit. Otherwise the commit recorded at
+    `prepare`, if the code that ran is the code prepared from (same source digest; else "unknown", with
+    prepared_commit). The device copy has no git, or (seen on 2026-11-28) a git whose HEAD is the session's first
+    commit with every later change uncommitted: that HEAD is not what ran, so it is kept only as `checkout`.
+    Rerun `prepare` after changing the code (untracked Python files count in the digest too)."""
     here = code_version(repo)
-    if here["commit"] != "unknown":
+    if here["commit"] != "unknown" and here["uncommitted_changes"] is False:
         return here
     digest = source_digest(repo)
     try:
@@ -68,10 +70,13 @@ def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) ->
     except (OSError, ValueError):
         return {**here, "source_sha256": digest, "prepared": "unknown (no code.json in the data)"}
     same = digest == prepared.get("source_sha256")
-    return {"commit": prepared.get("commit", "unknown") if same else "unknown (the code changed since prepare)",
-            "prepared_commit": prepared.get("commit", "unknown"),
-            "uncommitted_changes": prepared.get("uncommitted_changes") if same else None,
-            "recorded": "at prepare", "source_sha256": digest, "same_source_as_prepared": same}
+    record = {"commit": prepared.get("commit", "unknown") if same else "unknown (the code changed since prepare)",
+              "prepared_commit": prepared.get("commit", "unknown"),
+              "uncommitted_changes": prepared.get("uncommitted_changes") if same else None,
+              "recorded": "at prepare", "source_sha256": digest, "same_source_as_prepared": same}
+    if here["commit"] != "unknown":
+        record["checkout"] = here  # what the copy's own git said: a HEAD with changes on top
+    return record
 
 
 def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:

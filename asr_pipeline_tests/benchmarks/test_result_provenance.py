@@ -58,10 +58,36 @@ def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_
     assert unknown["commit"] == "unknown" and "no code.json" in unknown["prepared"]
 
 
-@needs_git
-def test_a_checkout_with_git_records_its_own_commit(tmp_path):
-    (tmp_path / "code.json").write_text(json.dumps({"commit": "0" * 40, "source_sha256": "x"}))
-    assert result_files.device_code(tmp_path, REPO) == result_files.code_version(REPO)
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git")
+def test_a_clean_checkout_names_its_own_commit_and_a_stale_one_the_prepared_commit(tmp_path):
+    copy = device_copy(tmp_path)
+    git(copy, "init", "-q")
+    git(copy, "add", "-A")
+    git(copy, "commit", "-q", "-m", "first")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "code.json").write_text(json.dumps({"commit": "0" * 40, "source_sha256": "x"}))
+    assert result_files.device_code(data, copy) == result_files.code_version(copy)  # clean: git is the truth
+
+    # the device copy as found: HEAD is an older commit, the code that ran (and was prepared from) sits on top of
+    # it as uncommitted changes; its HEAD must not be reported as what ran
+    edited = copy / "benchmarks" / "gpu_arms.py"
+    edited.write_text(edited.read_text() + "\n# a later commit's change\n")
+    (data / "code.json").write_text(json.dumps({"commit": "a" * 40, "uncommitted_changes": False,
+                                                "source_sha256": result_files.source_digest(copy)}))
+    stale = result_files.device_code(data, copy)
+    assert stale["commit"] == "a" * 40 and stale["same_source_as_prepared"] is True
+    assert stale["checkout"] == {"commit": git(copy, "rev-parse", "HEAD"), "uncommitted_changes": True}
+
+    edited.write_text(edited.read_text() + "# edited after prepare\n")
+    changed = result_files.device_code(data, copy)
+    assert changed["commit"].startswith("unknown") and changed["prepared_commit"] == "a" * 40
 
 
 def test_a_rerun_never_takes_an_earlier_runs_file(tmp_path):
