@@ -14,22 +14,30 @@ import soundfile as sf
 from asr_pipeline.core import audio, read_ahead as read_ahead_module
 from asr_pipeline.core.audio import _ordered_map, resample_manifest
 from asr_pipeline.core.audio_shard import AudioShard
-from asr_pipeline.core.read_ahead import READ_AHEAD_BYTES, read_ahead
+from asr_pipeline.core.read_ahead import PROBE_FILES, READ_AHEAD_BYTES, read_ahead
 from asr_pipeline.core.settings import AudioRoots
 
 needs_fadvise = pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not hasattr(os, "mkfifo"),
                                    reason="posix_fadvise and FIFOs are POSIX (Linux)")
 
 
-def _clip(path: Path, seconds: float = 0.5, rate: int = 22_050) -> str:
+def _clip(path: Path, seconds: float = 0.5, rate: int = 22_050, cached: bool = False) -> str:
+    """A clip on disk, dropped from the page cache unless cached (a file just written is in memory)."""
     t = np.arange(int(seconds * rate)) / rate
     sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), rate, subtype="PCM_16")
+    if not cached:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
     return str(path)
 
 
 @pytest.fixture
 def opened(monkeypatch):
-    """Every path read_ahead opens (the real os.open still runs)."""
+    """Every path opened from here on (the real os.open still runs): clear it after making the files."""
     paths = []
     real_open = os.open
 
@@ -54,6 +62,7 @@ def test_only_regular_files_under_the_roots_are_opened(tmp_path, opened):
     paths = [good[0], secret, str(inside / "link_out.wav"), str(inside / "pipe.wav"), str(inside / "folder.wav"),
              str(inside / "missing.wav"), None, "", "bad\0path", good[1], good[2]]
 
+    opened.clear()
     assert read_ahead(paths, roots) == 3
     assert opened == [str(Path(p).resolve()) for p in good]
 
@@ -62,16 +71,37 @@ def test_only_regular_files_under_the_roots_are_opened(tmp_path, opened):
 def test_without_roots_every_regular_file_is_asked_for_and_nothing_else(tmp_path, opened):
     clips = [_clip(tmp_path / f"clip{i}.wav") for i in range(2)]
     os.mkfifo(tmp_path / "pipe.wav")
+    opened.clear()
     assert read_ahead([clips[0], str(tmp_path / "pipe.wav"), str(tmp_path / "nothing.wav"), clips[1]]) == 2
     assert opened == clips
 
 
 @needs_fadvise
+def test_a_window_whose_first_files_are_in_memory_is_left_alone(tmp_path, opened):
+    """An ingest of files already cached (run again, a small local archive) pays a few probes, not a window."""
+    warm = [_clip(tmp_path / f"warm{i}.wav", cached=True) for i in range(PROBE_FILES + 5)]
+    opened.clear()
+    assert read_ahead(warm) == 0
+    assert opened == warm[:PROBE_FILES]
+
+
+@needs_fadvise
+def test_one_file_not_in_memory_among_the_first_asks_for_it_and_every_later_one(tmp_path, opened):
+    if not hasattr(os, "RWF_NOWAIT"):
+        pytest.skip("no RWF_NOWAIT: nothing can be told to be in memory, so every file is asked for")
+    paths = [_clip(tmp_path / f"clip{i}.wav", cached=i != 2 and i < PROBE_FILES) for i in range(PROBE_FILES + 4)]
+    opened.clear()
+    assert read_ahead(paths) == len(paths) - 2  # the two cached ones before it were probed and left
+    assert opened == paths
+
+
+@needs_fadvise
 def test_at_most_the_cap_of_a_file_is_asked_for(tmp_path, monkeypatch):
     asked = []
+    clip = _clip(tmp_path / "clip.wav")
     monkeypatch.setattr(read_ahead_module.os, "posix_fadvise",
                         lambda fd, offset, length, advice: asked.append((offset, length, advice)))
-    read_ahead([_clip(tmp_path / "clip.wav")])
+    read_ahead([clip])
     assert asked == [(0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)]
 
 
