@@ -135,8 +135,9 @@ def train_arms(entry: dict, seed, shard, model_dir: str, work: Path, utterances:
     arms = [("unpacked", False, batch, None)] + ([("packed", True, batch, None)] if default_packed else [])
     # GPU-sized packed steps: as many utterances a step as the batch's windows hold (--packed-batches), at the
     # seed's lr or the one given (fewer optimizer steps for the same utterances)
-    arms += [(packed_arm_name(b, lr), True, b, lr) for b, lr in packed_batches
-             if (b, lr) != (batch, None)]  # that one is "packed" itself
+    arms += [(packed_arm_name(b, lr) if (b, lr) != (batch, None) else "packed", True, b, lr)
+             for b, lr in packed_batches
+             if (b, lr) != (batch, None) or not default_packed]  # with the default arm, that one is "packed" itself
     for name, packing, arm_batch, arm_lr in arms:
         if time.time() > deadline:
             entry["training"][name] = {"skipped": "deadline"}

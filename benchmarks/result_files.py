@@ -56,26 +56,27 @@ def prepared_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) 
 
 
 def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
-    """The code a result measured. A clean git checkout names its own commit. Otherwise the commit recorded at
-    `prepare`, if the code that ran is the code prepared from (same source digest; else "unknown", with
-    prepared_commit). The device copy has no git, or (seen on 2026-11-28) a git whose HEAD is the session's first
-    commit with every later change uncommitted: that HEAD is not what ran, so it is kept only as `checkout`.
+    """The code a result measured: the commit recorded at `prepare` when the code that ran is the code prepared from
+    (same source digest); else a clean git checkout's own commit; else "unknown", with prepared_commit. The device
+    copy has no git, or (seen on 2026-11-28) a git whose HEAD is the session's first commit with every later change
+    uncommitted: that HEAD is not what ran, so it is kept only as `checkout`.
     Rerun `prepare` after changing the code (untracked Python files count in the digest too)."""
     here = code_version(repo)
-    if here["commit"] != "unknown" and here["uncommitted_changes"] is False:
-        return here
+    clean = here["commit"] != "unknown" and here["uncommitted_changes"] is False
     digest = source_digest(repo)
     try:
         prepared = json.loads((data / "code.json").read_text())
     except (OSError, ValueError):
-        return {**here, "source_sha256": digest, "prepared": "unknown (no code.json in the data)"}
+        return here if clean else {**here, "source_sha256": digest, "prepared": "unknown (no code.json in the data)"}
     same = digest == prepared.get("source_sha256")
+    if clean and not same:
+        return here  # a clean checkout whose code is not the prepared code: its own commit says what ran
     record = {"commit": prepared.get("commit", "unknown") if same else "unknown (the code changed since prepare)",
               "prepared_commit": prepared.get("commit", "unknown"),
               "uncommitted_changes": prepared.get("uncommitted_changes") if same else None,
               "recorded": "at prepare", "source_sha256": digest, "same_source_as_prepared": same}
     if here["commit"] != "unknown":
-        record["checkout"] = here  # what the copy's own git said: a HEAD with changes on top
+        record["checkout"] = here  # what the copy's own git said (an older HEAD, changes or new files on top)
     return record
 
 

@@ -22,7 +22,7 @@ from asr_pipeline.core.audio_shard import (AUDIO_FILE, QUARANTINE_COLUMNS, RECOR
                                            SAMPLE_RATE, audio_schema, content_hash, record_batch, to_pcm16)
 from asr_pipeline.core.manifest import is_blank_transcript, manifest_records, row_id
 from asr_pipeline.core.progress import Progress
-from asr_pipeline.core.read_ahead import read_ahead
+from asr_pipeline.core.read_ahead import map_in_windows, read_ahead
 from asr_pipeline.core.settings import AudioRoots
 from asr_pipeline.core.storage import write_json
 from asr_pipeline.core.tables import to_table, write_rows
@@ -211,8 +211,8 @@ def resample_manifest(
     with pa.OSFile(str(out_dir / AUDIO_FILE), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
             ThreadPoolExecutor(workers or _default_workers()) as pool:
         pending, pending_samples = [], 0  # clips waiting to be written as one record batch
-        for row, prepared in _ordered_map(pool, prepare, rows,
-                                          lambda window: read_ahead([r.audio_path for r in window], roots)):
+        for row, prepared in map_in_windows(pool, prepare, rows, lambda window: read_ahead(
+                [r.audio_path for r in window if _opened_if_usable(r)], roots)):
             if isinstance(prepared, AudioError):
                 quarantine.append({"id": row_id(row.id), "audio_path": row.audio_path, "reason": str(prepared)})
             else:
@@ -247,22 +247,9 @@ def resample_manifest(
     return summary
 
 
-def _ordered_map(pool, fn, items, ahead: Callable[[list], object] | None = None, window: int = 256):
-    """pool.map in windows, so at most `window` decoded clips wait in memory for their turn to be written.
-    ahead(window), on a thread of its own: the first window at once, each next one as the one before it goes to the
-    workers (core/read_ahead.py), so the files read ahead are at most two windows past the workers."""
-    reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if ahead else None
-    try:
-        for start in range(0, len(items), window):
-            chunk = items[start: start + window]
-            if reader:
-                for upcoming in ([chunk] if start == 0 else []) + [items[start + window: start + 2 * window]]:
-                    if upcoming:
-                        reader.submit(ahead, upcoming)
-            yield from zip(chunk, pool.map(fn, chunk))
-    finally:
-        if reader:  # a read-ahead still running (a slow NAS) must not hold up the end of the step
-            reader.shutdown(wait=False, cancel_futures=True)
+def _opened_if_usable(row) -> bool:
+    """Whether _prepare_clip gets as far as opening the row's file (rows refused before that are not read ahead)."""
+    return row_id(row.id) is not None and bool(row.transcript) and not is_blank_transcript(row.transcript)
 
 
 def _default_workers() -> int:

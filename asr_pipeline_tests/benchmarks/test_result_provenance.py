@@ -59,7 +59,8 @@ def test_a_device_result_names_the_prepared_commit_and_whether_the_code_changed_
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                           "-c", "commit.gpgsign=false", *args],
                           capture_output=True, text=True, check=True)
     return done.stdout.strip()
 
@@ -72,8 +73,17 @@ def test_a_clean_checkout_names_its_own_commit_and_a_stale_one_the_prepared_comm
     git(copy, "commit", "-q", "-m", "first")
     data = tmp_path / "data"
     data.mkdir()
-    (data / "code.json").write_text(json.dumps({"commit": "0" * 40, "source_sha256": "x"}))
-    assert result_files.device_code(data, copy) == result_files.code_version(copy)  # clean: git is the truth
+    (data / "code.json").write_text(json.dumps({"commit": git(copy, "rev-parse", "HEAD"), "source_sha256": "x"}))
+    assert result_files.device_code(data, copy) == result_files.code_version(copy)  # clean, prepared: git is the truth
+    (data / "code.json").unlink()
+    assert result_files.device_code(data, copy) == result_files.code_version(copy)  # clean, nothing prepared
+
+    # clean but stale: a later commit only added files, which `git status --untracked-files=no` does not see
+    (copy / "benchmarks" / "added_later.py").write_text("# a new benchmark\n")
+    (data / "code.json").write_text(json.dumps({"commit": "b" * 40, "uncommitted_changes": False,
+                                                "source_sha256": result_files.source_digest(copy)}))
+    assert result_files.device_code(data, copy)["commit"] == "b" * 40
+    (copy / "benchmarks" / "added_later.py").unlink()
 
     # the device copy as found: HEAD is an older commit, the code that ran (and was prepared from) sits on top of
     # it as uncommitted changes; its HEAD must not be reported as what ran

@@ -4,6 +4,7 @@ still resamples to the same shard."""
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import pytest
 import soundfile as sf
 
 from asr_pipeline.core import audio, read_ahead as read_ahead_module
-from asr_pipeline.core.audio import _ordered_map, resample_manifest
+from asr_pipeline.core.audio import resample_manifest
 from asr_pipeline.core.audio_shard import AudioShard
-from asr_pipeline.core.read_ahead import PROBE_FILES, READ_AHEAD_BYTES, read_ahead
+from asr_pipeline.core.read_ahead import PROBE_FILES, map_in_windows, read_ahead
 from asr_pipeline.core.settings import AudioRoots
 
 needs_fadvise = pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not hasattr(os, "mkfifo"),
@@ -76,58 +77,93 @@ def test_without_roots_every_regular_file_is_asked_for_and_nothing_else(tmp_path
     assert opened == clips
 
 
+@pytest.fixture
+def in_memory(monkeypatch):
+    """The probe's answer by path (a file system here may not tell: tmpfs, NFS): add paths to the set to be cached."""
+    cached = set()
+    monkeypatch.setattr(read_ahead_module, "_in_page_cache",
+                        lambda fd, size: os.readlink(f"/proc/self/fd/{fd}") in cached)
+    return cached
+
+
 @needs_fadvise
-def test_a_window_whose_first_files_are_in_memory_is_left_alone(tmp_path, opened):
+def test_a_window_whose_first_files_are_in_memory_is_left_alone(tmp_path, opened, in_memory):
     """An ingest of files already cached (run again, a small local archive) pays a few probes, not a window."""
     warm = [_clip(tmp_path / f"warm{i}.wav", cached=True) for i in range(PROBE_FILES + 5)]
+    in_memory.update(warm)
     opened.clear()
     assert read_ahead(warm) == 0
     assert opened == warm[:PROBE_FILES]
 
 
 @needs_fadvise
-def test_one_file_not_in_memory_among_the_first_asks_for_it_and_every_later_one(tmp_path, opened):
-    if not hasattr(os, "RWF_NOWAIT"):
-        pytest.skip("no RWF_NOWAIT: nothing can be told to be in memory, so every file is asked for")
-    paths = [_clip(tmp_path / f"clip{i}.wav", cached=i != 2 and i < PROBE_FILES) for i in range(PROBE_FILES + 4)]
+def test_one_file_not_in_memory_among_the_first_asks_for_it_and_every_later_one(tmp_path, opened, in_memory):
+    paths = [_clip(tmp_path / f"clip{i}.wav") for i in range(PROBE_FILES + 4)]
+    in_memory.update(paths[:2] + paths[3:PROBE_FILES])
     opened.clear()
     assert read_ahead(paths) == len(paths) - 2  # the two cached ones before it were probed and left
     assert opened == paths
 
 
 @needs_fadvise
-def test_at_most_the_cap_of_a_file_is_asked_for(tmp_path, monkeypatch):
+def test_the_kernel_reads_a_file_asked_for_and_the_probe_sees_it(tmp_path):
+    cold, warm = _clip(tmp_path / "cold.wav"), _clip(tmp_path / "warm.wav", cached=True)
+    fds = {path: os.open(path, os.O_RDONLY) for path in (cold, warm)}
+    try:
+        if not read_ahead_module._in_page_cache(fds[warm], os.path.getsize(warm)):
+            pytest.skip("this file system cannot tell what is in memory (no RWF_NOWAIT)")
+        if read_ahead_module._in_page_cache(fds[cold], os.path.getsize(cold)):
+            pytest.skip("dropping a file from the page cache does nothing on this file system")
+        assert read_ahead([cold]) == 1
+        deadline = time.monotonic() + 10
+        while not read_ahead_module._in_page_cache(fds[cold], os.path.getsize(cold)):
+            assert time.monotonic() < deadline, "the file asked for was never read into memory"
+            time.sleep(0.01)
+        assert read_ahead([warm] * PROBE_FILES) == 0  # all in memory: nothing asked for
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+@needs_fadvise
+def test_large_files_are_skipped_and_a_window_stops_at_its_byte_budget(tmp_path, monkeypatch):
     asked = []
-    clip = _clip(tmp_path / "clip.wav")
+    clips = [_clip(tmp_path / f"clip{i}.wav", seconds=0.5 + i) for i in range(4)]
+    sizes = [os.path.getsize(c) for c in clips]
+    monkeypatch.setattr(read_ahead_module, "READ_AHEAD_BYTES", sizes[2])  # clip3 is too large to read ahead
+    monkeypatch.setattr(read_ahead_module, "WINDOW_BYTES", sizes[0] + sizes[1] + sizes[2] - 1)  # clip2 does not fit
     monkeypatch.setattr(read_ahead_module.os, "posix_fadvise",
                         lambda fd, offset, length, advice: asked.append((offset, length, advice)))
-    read_ahead([clip])
-    assert asked == [(0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)]
+    assert read_ahead([clips[3], clips[0], clips[1], clips[2]]) == 2
+    assert asked == [(0, sizes[0], os.POSIX_FADV_WILLNEED), (0, sizes[1], os.POSIX_FADV_WILLNEED)]
 
 
-def test_windows_are_read_ahead_in_order_at_most_two_past_the_workers():
-    items = list(range(10))
-    events, lock = [], threading.Lock()
+def test_windows_are_read_ahead_in_order_one_at_a_time_at_most_two_windows_past_the_workers():
+    items, window = list(range(20)), 4
+    consumed, calls, running, lock = [0], [], [0], threading.Lock()
 
-    def ahead(window):
+    def ahead(clips):
         with lock:
-            events.append(("ahead", tuple(window)))
-
-    def work(item):
+            running[0] += 1
+            calls.append((tuple(clips), consumed[0], running[0]))
+        time.sleep(0.001)
         with lock:
-            events.append(("work", item))
-        return item * 2
+            running[0] -= 1
 
     with ThreadPoolExecutor(2) as pool:
-        results = list(_ordered_map(pool, work, items, ahead, window=4))
+        results = []
+        for item, result in map_in_windows(pool, lambda i: i * 2, items, ahead, window=window):
+            results.append((item, result))
+            consumed[0] += 1
+            time.sleep(0.002)  # the writer's share of the work: the read-ahead keeps up
 
     assert results == [(i, i * 2) for i in items]  # in order, whatever the read-ahead does
-    windows = [w for kind, w in events if kind == "ahead"]
-    assert windows == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]  # each once, none empty
-    for kind, item in events:  # a clip is decoded only after its window was handed to the read-ahead
-        if kind == "work":
-            handed = [w for k, w in events[:events.index((kind, item))] if k == "ahead"]
-            assert any(item in w for w in handed)
+    assert calls[0][0] == tuple(range(2 * window))  # the first two windows at once
+    asked = [clip for clips, _, _ in calls for clip in clips]
+    assert asked == sorted(set(asked)) and set(asked) == set(items)  # each clip once, in order, none left out
+    for clips, at, concurrent in calls:
+        assert concurrent == 1  # never two at a time
+        assert clips[-1] < at + 3 * window  # at most two windows past the window being written
 
 
 def test_a_failing_read_ahead_costs_no_clip():
@@ -135,7 +171,7 @@ def test_a_failing_read_ahead_costs_no_clip():
         raise OSError("the NAS went away")
 
     with ThreadPoolExecutor(2) as pool:
-        assert [r for _, r in _ordered_map(pool, lambda i: i + 1, list(range(7)), ahead, window=3)] == list(range(1, 8))
+        assert [r for _, r in map_in_windows(pool, lambda i: i + 1, list(range(7)), ahead, window=3)] == list(range(1, 8))
 
 
 @needs_fadvise
@@ -162,11 +198,17 @@ def test_a_manifest_with_a_fifo_and_rows_outside_the_roots_resamples_as_without_
         worker.start()
         worker.join(timeout=120)
         assert not worker.is_alive(), "resampling hung (a FIFO opened for reading?)"
+        for thread in [t for t in threading.enumerate() if t.name == "read-ahead"]:
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "a read-ahead hung (a FIFO opened for reading?)"
         if "error" in done:
             raise done["error"]
         return done["summary"]
 
+    asked = []
+    monkeypatch.setattr(audio, "read_ahead", lambda paths, roots=None: asked.append(read_ahead(paths, roots)))
     with_read_ahead = resample(tmp_path / "with")
+    assert sum(asked) > 0  # it ran, and asked for files (every one evicted just after it was written)
     monkeypatch.setattr(audio, "read_ahead", lambda paths, roots=None: 0)
     without = resample(tmp_path / "without")
 
