@@ -171,7 +171,8 @@ def test_a_failing_read_ahead_costs_no_clip():
         raise OSError("the NAS went away")
 
     with ThreadPoolExecutor(2) as pool:
-        assert [r for _, r in map_in_windows(pool, lambda i: i + 1, list(range(7)), ahead, window=3)] == list(range(1, 8))
+        results = [r for _, r in map_in_windows(pool, lambda i: i + 1, list(range(7)), ahead, window=3)]
+    assert results == list(range(1, 8))
 
 
 @needs_fadvise
