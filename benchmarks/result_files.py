@@ -57,12 +57,13 @@ def prepared_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) 
 
 def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
     """The code a result measured: the commit recorded at `prepare` when the code that ran is the code prepared from
-    (same source digest); else a clean git checkout's own commit; else "unknown", with prepared_commit. The device
+    (same source digest); else a clean git checkout's own commit (no changes, no untracked source files); else
+    "unknown", with prepared_commit; with no code.json at all, git's HEAD and whether it had changes. The device
     copy has no git, or (seen on 2026-11-28) a git whose HEAD is the session's first commit with every later change
     uncommitted: that HEAD is not what ran, so it is kept only as `checkout`.
     Rerun `prepare` after changing the code (untracked Python files count in the digest too)."""
     here = code_version(repo)
-    clean = here["commit"] != "unknown" and here["uncommitted_changes"] is False
+    clean = here["commit"] != "unknown" and here["uncommitted_changes"] is False and not _untracked_source(repo)
     digest = source_digest(repo)
     try:
         prepared = json.loads((data / "code.json").read_text())
@@ -82,13 +83,21 @@ def device_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) ->
 
 def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
     """The checkout's commit and whether its tracked files had changes (what a result measured)."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):  # no git (the GPU machine): the result is kept anyway
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit or "unknown", "uncommitted_changes": None if status is None else bool(status)}
+
+
+def _untracked_source(repo: Path) -> bool:
+    """Whether the checkout has files git does not track among those source_digest reads (a stale HEAD with a later
+    commit's new files on top looks clean to `git status --untracked-files=no`)."""
+    listed = _git(repo, "ls-files", "--others", "--exclude-standard", "--", "asr_pipeline", "benchmarks")
+    return listed is None or any(name.endswith((".py", ".sh")) for name in listed.splitlines())
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):  # no git (the GPU machine): the result is kept anyway
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None

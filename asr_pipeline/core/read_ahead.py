@@ -6,9 +6,10 @@ asks the kernel to read a file into the page cache in the background and returns
 the window of clips the workers are about to decode, their reads overlap each other and the decoding.
 
 When the files are in memory already (an ingest run again, a small archive on a local disk) the asking only costs
-(docs/BENCHMARKS.md, "Reading the clips ahead"). So the first files of each window are probed first (a one-byte read
-of the last page asked for, which must not wait for the disk: RWF_NOWAIT), and when they are all in memory the rest
-of the window is left alone. File systems that cannot tell (NFS, CIFS, FUSE, tmpfs) have every file asked for.
+(docs/BENCHMARKS.md, "Reading the clips ahead"). So the last files of each window are probed first (a one-byte read
+of each one's last byte, which must not wait for the disk: RWF_NOWAIT), and when they are all in memory the window
+is left alone. File systems that cannot tell (NFS, CIFS, FUSE, tmpfs) have every file asked for, warm or not: what
+that costs a warm run from a NAS was not measured.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ READ_AHEAD_BYTES = 32 * 2**20
 # the workers get to it, and the page cache is not filled with what would be evicted before it is used
 WINDOW_BYTES = 512 * 2**20
 
-# files probed at the start of a window: all of them in the page cache, and the window is taken to be there too
+# files probed at the end of a window: all of them in the page cache, and the window is taken to be there too
 PROBE_FILES = 8
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -35,39 +36,73 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY
 
 def map_in_windows(pool, fn, items, ahead: Callable[[list], object] | None = None, window: int = 256):
     """pool.map in windows, so at most `window` decoded clips wait in memory for their turn to be written.
-    ahead(clips), on a daemon thread (read_ahead, say): the first two windows at once, then each next window as
-    the one before it goes to the workers, unless the previous read-ahead is still running (then that window is
-    skipped: the workers would get there first). At most one runs at a time, at most two windows past the workers,
-    and one stuck on a hung mount holds up neither the step nor the process's exit."""
-    reading = None
-    for start in range(0, len(items), window):
-        chunk = items[start: start + window]
-        upcoming = items[start: start + 2 * window] if start == 0 else items[start + window: start + 2 * window]
-        if ahead and upcoming and (reading is None or not reading.is_alive()):
-            reading = threading.Thread(target=_quietly, args=(ahead, upcoming), name="read-ahead", daemon=True)
-            reading.start()
-        yield from zip(chunk, pool.map(fn, chunk))
-
-
-def _quietly(ahead: Callable[[list], object], clips: list) -> None:
-    """Read-ahead is advice: its failure must cost no clip and print nothing the decoder will not report itself."""
+    ahead(clips) runs on one daemon thread (read_ahead, say): handed the first two windows at once, then each next
+    window as the one before it goes to the workers. A window handed while it is still busy replaces one it has not
+    started, so a read-ahead that lags skips to where it is still ahead of the workers; it is never more than two
+    windows past them, and one stuck on a hung mount holds up neither the step nor the process's exit."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1 clip, not {window}")
+    reader = _Reader(ahead) if ahead else None
     try:
-        ahead(clips)
-    except Exception:  # noqa: BLE001
-        pass
+        for start in range(0, len(items), window):
+            chunk = items[start: start + window]
+            if reader:
+                reader.want(items[start: start + 2 * window] if start == 0 else
+                            items[start + window: start + 2 * window])
+            yield from zip(chunk, pool.map(fn, chunk))
+    finally:
+        if reader:
+            reader.stop()
+
+
+class _Reader:
+    """The read-ahead's thread: it runs ahead() on the newest clips it was handed, one call at a time."""
+
+    def __init__(self, ahead: Callable[[list], object]):
+        self._ahead, self._next, self._stopped = ahead, None, False
+        self._handed = threading.Condition()
+        threading.Thread(target=self._run, name="read-ahead", daemon=True).start()
+
+    def want(self, clips: list) -> None:
+        if clips:
+            with self._handed:
+                self._next = clips  # replaces clips handed earlier and not started: the workers are past them
+                self._handed.notify()
+
+    def stop(self) -> None:
+        with self._handed:
+            self._stopped, self._next = True, None
+            self._handed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._handed:
+                while self._next is None and not self._stopped:
+                    self._handed.wait()
+                if self._stopped:
+                    return
+                clips, self._next = self._next, None
+            try:  # advice: its failure must cost no clip and print nothing the decoder will not report itself
+                self._ahead(clips)
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def read_ahead(paths: Iterable[str | None], roots: AudioRoots | None = None) -> int:
     """Ask the kernel to start reading each regular file among paths, in order; returns how many it was asked for.
 
-    The first PROBE_FILES regular files are probed: when every one of them is in the page cache, the rest are taken
-    to be too and nothing is asked for. Files over READ_AHEAD_BYTES are skipped, and asking stops at WINDOW_BYTES.
-    Advisory only, and never opens a file the decoder would not: a path outside roots (when given), a missing file,
-    or anything but a regular file (a FIFO would block an open, a device could be read from) is skipped, and any
-    error is ignored; the decoder reports those rows. Without posix_fadvise (not Linux) it does nothing."""
+    Nothing is asked for when the last PROBE_FILES regular files are all in the page cache (the decoding threads
+    reach those last, so their own reads have not put them there): the rest are taken to be there too. Files over
+    READ_AHEAD_BYTES are skipped, and asking stops at WINDOW_BYTES. Advisory only, and never opens a file the
+    decoder would not: a path outside roots (when given), a missing file, or anything but a regular file (a FIFO
+    would block an open, a device could be read from) is skipped, and any error is ignored; the decoder reports
+    those rows. Without posix_fadvise (not Linux) it does nothing."""
     if not hasattr(os, "posix_fadvise"):
         return 0
-    asked, probed, budget = 0, 0, WINDOW_BYTES
+    paths = list(paths)
+    if _last_files_in_memory(paths, roots):
+        return 0
+    asked, budget = 0, WINDOW_BYTES
     for path in paths:
         fd = _open_regular(path, roots)
         if fd is None:
@@ -76,13 +111,6 @@ def read_ahead(paths: Iterable[str | None], roots: AudioRoots | None = None) -> 
             size = os.fstat(fd).st_size
             if not 0 < size <= READ_AHEAD_BYTES:
                 continue
-            if probed < PROBE_FILES:
-                probed += 1
-                if _in_page_cache(fd, size):
-                    if probed == PROBE_FILES:
-                        return asked  # the window's first files are all in memory: so, most likely, is the rest
-                    continue
-                probed = PROBE_FILES  # one is not (or cannot tell): ask for every file from here on
             if size > budget:
                 return asked
             os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
@@ -93,6 +121,29 @@ def read_ahead(paths: Iterable[str | None], roots: AudioRoots | None = None) -> 
         finally:
             os.close(fd)
     return asked
+
+
+def _last_files_in_memory(paths: list, roots: AudioRoots | None) -> bool:
+    """Whether the last PROBE_FILES regular files among paths (as many as there are, if fewer) are in memory."""
+    probed = 0
+    for path in reversed(paths):
+        fd = _open_regular(path, roots)
+        if fd is None:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if not 0 < size <= READ_AHEAD_BYTES:
+                continue
+            if not _in_page_cache(fd, size):
+                return False
+            probed += 1
+            if probed == PROBE_FILES:
+                return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+    return probed > 0
 
 
 def _open_regular(path: str | None, roots: AudioRoots | None) -> int | None:

@@ -83,6 +83,9 @@ def test_a_clean_checkout_names_its_own_commit_and_a_stale_one_the_prepared_comm
     (data / "code.json").write_text(json.dumps({"commit": "b" * 40, "uncommitted_changes": False,
                                                 "source_sha256": result_files.source_digest(copy)}))
     assert result_files.device_code(data, copy)["commit"] == "b" * 40
+    (data / "code.json").write_text(json.dumps({"commit": "b" * 40, "source_sha256": "x"}))  # and not prepared
+    unknown = result_files.device_code(data, copy)
+    assert unknown["commit"].startswith("unknown") and unknown["checkout"]["commit"] == git(copy, "rev-parse", "HEAD")
     (copy / "benchmarks" / "added_later.py").unlink()
 
     # the device copy as found: HEAD is an older commit, the code that ran (and was prepared from) sits on top of

@@ -50,8 +50,18 @@ def opened(monkeypatch):
     return paths
 
 
+@pytest.fixture
+def in_memory(monkeypatch):
+    """The probe's answer, by path: add paths to the set for them to count as in the page cache, the rest do not (a
+    file system here may not tell, tmpfs, or not drop what it was told to)."""
+    cached = set()
+    monkeypatch.setattr(read_ahead_module, "_in_page_cache",
+                        lambda fd, size: os.readlink(f"/proc/self/fd/{fd}") in {os.path.realpath(p) for p in cached})
+    return cached
+
+
 @needs_fadvise
-def test_only_regular_files_under_the_roots_are_opened(tmp_path, opened):
+def test_only_regular_files_under_the_roots_are_opened(tmp_path, opened, in_memory):
     inside, outside = tmp_path / "archive", tmp_path / "elsewhere"
     inside.mkdir(), outside.mkdir()
     good = [_clip(inside / f"clip{i}.wav") for i in range(3)]
@@ -65,44 +75,46 @@ def test_only_regular_files_under_the_roots_are_opened(tmp_path, opened):
 
     opened.clear()
     assert read_ahead(paths, roots) == 3
-    assert opened == [str(Path(p).resolve()) for p in good]
+    assert set(opened) == {str(Path(p).resolve()) for p in good}  # probed (the last one) and asked for
 
 
 @needs_fadvise
-def test_without_roots_every_regular_file_is_asked_for_and_nothing_else(tmp_path, opened):
+def test_without_roots_every_regular_file_is_asked_for_and_nothing_else(tmp_path, opened, in_memory):
     clips = [_clip(tmp_path / f"clip{i}.wav") for i in range(2)]
     os.mkfifo(tmp_path / "pipe.wav")
     opened.clear()
     assert read_ahead([clips[0], str(tmp_path / "pipe.wav"), str(tmp_path / "nothing.wav"), clips[1]]) == 2
-    assert opened == clips
-
-
-@pytest.fixture
-def in_memory(monkeypatch):
-    """The probe's answer by path (a file system here may not tell: tmpfs, NFS): add paths to the set to be cached."""
-    cached = set()
-    monkeypatch.setattr(read_ahead_module, "_in_page_cache",
-                        lambda fd, size: os.readlink(f"/proc/self/fd/{fd}") in cached)
-    return cached
+    assert opened == [clips[1], *clips]  # the last one probed, then both asked for
 
 
 @needs_fadvise
-def test_a_window_whose_first_files_are_in_memory_is_left_alone(tmp_path, opened, in_memory):
-    """An ingest of files already cached (run again, a small local archive) pays a few probes, not a window."""
+def test_a_window_whose_last_files_are_in_memory_is_left_alone(tmp_path, opened, in_memory):
+    """An ingest of files already cached (run again, a small local archive) pays a few probes, not a window. The
+    last files are probed: the decoding threads are reading the first ones already, into the cache."""
     warm = [_clip(tmp_path / f"warm{i}.wav", cached=True) for i in range(PROBE_FILES + 5)]
-    in_memory.update(warm)
+    in_memory.update(warm[5:])  # the first five count as not in memory: they are not probed
     opened.clear()
     assert read_ahead(warm) == 0
-    assert opened == warm[:PROBE_FILES]
+    assert opened == warm[::-1][:PROBE_FILES]
 
 
 @needs_fadvise
-def test_one_file_not_in_memory_among_the_first_asks_for_it_and_every_later_one(tmp_path, opened, in_memory):
+def test_one_file_not_in_memory_among_the_last_asks_for_every_file(tmp_path, opened, in_memory):
     paths = [_clip(tmp_path / f"clip{i}.wav") for i in range(PROBE_FILES + 4)]
-    in_memory.update(paths[:2] + paths[3:PROBE_FILES])
+    in_memory.update(paths)
+    in_memory.discard(paths[-3])
     opened.clear()
-    assert read_ahead(paths) == len(paths) - 2  # the two cached ones before it were probed and left
-    assert opened == paths
+    assert read_ahead(paths) == len(paths)
+    assert opened == paths[::-1][:3] + paths  # probed from the end up to the one not in memory, then every one
+
+
+@needs_fadvise
+def test_fewer_files_than_the_probe_all_in_memory_are_left_alone(tmp_path, in_memory):
+    paths = [_clip(tmp_path / f"clip{i}.wav", cached=True) for i in range(3)]
+    in_memory.update(paths)
+    assert read_ahead(paths) == 0
+    in_memory.clear()
+    assert read_ahead(paths) == 3
 
 
 @needs_fadvise
@@ -126,7 +138,7 @@ def test_the_kernel_reads_a_file_asked_for_and_the_probe_sees_it(tmp_path):
 
 
 @needs_fadvise
-def test_large_files_are_skipped_and_a_window_stops_at_its_byte_budget(tmp_path, monkeypatch):
+def test_large_files_are_skipped_and_a_window_stops_at_its_byte_budget(tmp_path, monkeypatch, in_memory):
     asked = []
     clips = [_clip(tmp_path / f"clip{i}.wav", seconds=0.5 + i) for i in range(4)]
     sizes = [os.path.getsize(c) for c in clips]
@@ -138,32 +150,53 @@ def test_large_files_are_skipped_and_a_window_stops_at_its_byte_budget(tmp_path,
     assert asked == [(0, sizes[0], os.POSIX_FADV_WILLNEED), (0, sizes[1], os.POSIX_FADV_WILLNEED)]
 
 
-def test_windows_are_read_ahead_in_order_one_at_a_time_at_most_two_windows_past_the_workers():
+def test_windows_are_handed_two_at_first_then_one_past_the_one_the_workers_start(monkeypatch):
+    handed = []
+
+    class Recording(read_ahead_module._Reader):
+        def want(self, clips):
+            handed.append(tuple(clips))
+            super().want(clips)
+
+    monkeypatch.setattr(read_ahead_module, "_Reader", Recording)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(map_in_windows(pool, lambda i: i * 2, list(range(10)), lambda clips: None, window=4))
+    assert results == [(i, i * 2) for i in range(10)]
+    assert handed == [tuple(range(8)), (8, 9), ()]  # windows 0 and 1, then 2 when 1 starts; nothing past the end
+
+
+def test_a_read_ahead_that_lags_skips_to_the_newest_window_and_holds_up_nothing():
     items, window = list(range(20)), 4
-    consumed, calls, running, lock = [0], [], [0], threading.Lock()
+    started, release, second = threading.Event(), threading.Event(), threading.Event()
+    calls, threads = [], set()
 
     def ahead(clips):
-        with lock:
-            running[0] += 1
-            calls.append((tuple(clips), consumed[0], running[0]))
-        time.sleep(0.001)
-        with lock:
-            running[0] -= 1
+        calls.append(tuple(clips))
+        threads.add(threading.get_ident())
+        if len(calls) == 1:
+            started.set()
+            release.wait(30)  # a hung mount, until released
+        else:
+            second.set()
 
     with ThreadPoolExecutor(2) as pool:
-        results = []
-        for item, result in map_in_windows(pool, lambda i: i * 2, items, ahead, window=window):
-            results.append((item, result))
-            consumed[0] += 1
-            time.sleep(0.002)  # the writer's share of the work: the read-ahead keeps up
+        clips = map_in_windows(pool, lambda i: i * 2, items, ahead, window=window)
+        results = [next(clips)]
+        assert started.wait(30)
+        results += [next(clips) for _ in range(12)]  # up to the fourth window's first clip, the read-ahead stuck
+        release.set()
+        assert second.wait(30)
+        results += list(clips)
 
-    assert results == [(i, i * 2) for i in items]  # in order, whatever the read-ahead does
-    assert calls[0][0] == tuple(range(2 * window))  # the first two windows at once
-    asked = [clip for clips, _, _ in calls for clip in clips]
-    assert asked == sorted(set(asked)) and set(asked) == set(items)  # each clip once, in order, none left out
-    for clips, at, concurrent in calls:
-        assert concurrent == 1  # never two at a time
-        assert clips[-1] < at + 3 * window  # at most two windows past the window being written
+    assert results == [(i, i * 2) for i in items]  # every clip, in order, while the read-ahead was stuck
+    # windows 2 and 3 were handed while it was stuck and replaced by window 4, two windows past the fourth's start
+    assert calls == [tuple(range(8)), tuple(range(16, 20))]
+    assert len(threads) == 1  # one thread: never two read-aheads at a time
+
+
+def test_a_window_of_no_clips_is_refused():
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="at least 1"):
+        list(map_in_windows(pool, lambda i: i, [1, 2], None, window=0))
 
 
 def test_a_failing_read_ahead_costs_no_clip():
@@ -176,12 +209,13 @@ def test_a_failing_read_ahead_costs_no_clip():
 
 
 @needs_fadvise
-def test_a_manifest_with_a_fifo_and_rows_outside_the_roots_resamples_as_without_read_ahead(tmp_path, monkeypatch):
+def test_a_manifest_with_a_fifo_and_rows_outside_the_roots_resamples_as_without_read_ahead(tmp_path, monkeypatch,
+                                                                                           in_memory):
     inside, outside = tmp_path / "archive", tmp_path / "elsewhere"
     inside.mkdir(), outside.mkdir()
     os.mkfifo(inside / "pipe.wav")
-    paths = [_clip(inside / f"clip{i}.wav", 0.4 + 0.1 * (i % 3)) for i in range(600)]  # three windows
-    paths[5], paths[300] = str(inside / "pipe.wav"), _clip(outside / "secret.wav")
+    paths = [_clip(inside / f"clip{i}.wav", 0.4 + 0.1 * (i % 3), cached=True) for i in range(600)]  # three windows
+    paths[5], paths[300] = str(inside / "pipe.wav"), _clip(outside / "secret.wav", cached=True)
     manifest = [{"id": i + 1, "audio_path": p, "transcript": f"문장 {i}"} for i, p in enumerate(paths)]
     roots = AudioRoots((inside.resolve(),), "test")
 
@@ -209,7 +243,7 @@ def test_a_manifest_with_a_fifo_and_rows_outside_the_roots_resamples_as_without_
     asked = []
     monkeypatch.setattr(audio, "read_ahead", lambda paths, roots=None: asked.append(read_ahead(paths, roots)))
     with_read_ahead = resample(tmp_path / "with")
-    assert sum(asked) > 0  # it ran, and asked for files (every one evicted just after it was written)
+    assert sum(asked) > 0  # it ran, and asked for files (none counts as in memory)
     monkeypatch.setattr(audio, "read_ahead", lambda paths, roots=None: 0)
     without = resample(tmp_path / "without")
 
