@@ -42,10 +42,14 @@ def source_digest(repo: Path = Path(__file__).resolve().parents[1]) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted([*(repo / "asr_pipeline").rglob("*.py"), *(repo / "benchmarks").glob("*.py"),
-                        *(repo / "benchmarks").glob("*.sh")]):
+    for path in _source_files(repo):
         digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _source_files(repo: Path) -> list[Path]:
+    return sorted([*(repo / "asr_pipeline").rglob("*.py"), *(repo / "benchmarks").glob("*.py"),
+                   *(repo / "benchmarks").glob("*.sh")])
 
 
 def prepared_code(data: Path, repo: Path = Path(__file__).resolve().parents[1]) -> dict:
@@ -89,10 +93,13 @@ def code_version(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
 
 
 def _untracked_source(repo: Path) -> bool:
-    """Whether the checkout has files git does not track among those source_digest reads (a stale HEAD with a later
-    commit's new files on top looks clean to `git status --untracked-files=no`)."""
-    listed = _git(repo, "ls-files", "--others", "--exclude-standard", "--", "asr_pipeline", "benchmarks")
-    return listed is None or any(name.endswith((".py", ".sh")) for name in listed.splitlines())
+    """Whether git does not track some of the files source_digest reads (a stale HEAD with a later commit's new
+    files on top looks clean to `git status --untracked-files=no`)."""
+    tracked = _git(repo, "ls-files", "--", "asr_pipeline", "benchmarks")
+    if tracked is None:
+        return True
+    known = set(tracked.splitlines())
+    return any(path.relative_to(repo).as_posix() not in known for path in _source_files(repo))
 
 
 def _git(repo: Path, *args: str) -> str | None:

@@ -6,9 +6,9 @@ asks the kernel to read a file into the page cache in the background and returns
 the window of clips the workers are about to decode, their reads overlap each other and the decoding.
 
 When the files are in memory already (an ingest run again, a small archive on a local disk) the asking only costs
-(docs/BENCHMARKS.md, "Reading the clips ahead"). So the last files of each window are probed first (a one-byte read
-of each one's last byte, which must not wait for the disk: RWF_NOWAIT), and when they are all in memory the window
-is left alone. File systems that cannot tell (NFS, CIFS, FUSE, tmpfs) have every file asked for, warm or not: what
+(docs/BENCHMARKS.md, "Reading the clips ahead"). So a few files spread over each window are probed first (a one-byte
+read of each one's last byte, which must not wait for the disk: RWF_NOWAIT), and when they are all in memory the
+window is left alone. File systems that cannot tell (NFS, CIFS, FUSE, tmpfs) have every file asked for, warm or not: what
 that costs a warm run from a NAS was not measured.
 """
 
@@ -28,7 +28,7 @@ READ_AHEAD_BYTES = 32 * 2**20
 # the workers get to it, and the page cache is not filled with what would be evicted before it is used
 WINDOW_BYTES = 512 * 2**20
 
-# files probed at the end of a window: all of them in the page cache, and the window is taken to be there too
+# files probed, spread over a window: all of them in the page cache, and the window is taken to be there too
 PROBE_FILES = 8
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -40,8 +40,12 @@ def map_in_windows(pool, fn, items, ahead: Callable[[list], object] | None = Non
     window as the one before it goes to the workers. A window handed while it is still busy replaces one it has not
     started, so a read-ahead that lags skips to where it is still ahead of the workers; it is never more than two
     windows past them, and one stuck on a hung mount holds up neither the step nor the process's exit."""
-    if window < 1:
+    if window < 1:  # here, not in the generator: a bad window is an error when the call is made
         raise ValueError(f"window must be at least 1 clip, not {window}")
+    return _windows(pool, fn, items, ahead if items else None, window)
+
+
+def _windows(pool, fn, items, ahead, window: int):
     reader = _Reader(ahead) if ahead else None
     try:
         for start in range(0, len(items), window):
@@ -91,8 +95,8 @@ class _Reader:
 def read_ahead(paths: Iterable[str | None], roots: AudioRoots | None = None) -> int:
     """Ask the kernel to start reading each regular file among paths, in order; returns how many it was asked for.
 
-    Nothing is asked for when the last PROBE_FILES regular files are all in the page cache (the decoding threads
-    reach those last, so their own reads have not put them there): the rest are taken to be there too. Files over
+    Nothing is asked for when PROBE_FILES regular files spread over paths are all in the page cache: the rest are
+    taken to be there too. Files over
     READ_AHEAD_BYTES are skipped, and asking stops at WINDOW_BYTES. Advisory only, and never opens a file the
     decoder would not: a path outside roots (when given), a missing file, or anything but a regular file (a FIFO
     would block an open, a device could be read from) is skipped, and any error is ignored; the decoder reports
@@ -100,7 +104,7 @@ def read_ahead(paths: Iterable[str | None], roots: AudioRoots | None = None) -> 
     if not hasattr(os, "posix_fadvise"):
         return 0
     paths = list(paths)
-    if _last_files_in_memory(paths, roots):
+    if _sample_in_memory(paths, roots):
         return 0
     asked, budget = 0, WINDOW_BYTES
     for path in paths:
@@ -123,10 +127,13 @@ def read_ahead(paths: Iterable[str | None], roots: AudioRoots | None = None) -> 
     return asked
 
 
-def _last_files_in_memory(paths: list, roots: AudioRoots | None) -> bool:
-    """Whether the last PROBE_FILES regular files among paths (as many as there are, if fewer) are in memory."""
+def _sample_in_memory(paths: list, roots: AudioRoots | None) -> bool:
+    """Whether PROBE_FILES regular files spread evenly over paths (every one, if fewer) are all in memory. Spread,
+    because a partly evicted cache keeps what was read last, and the first call's first files are being read by the
+    decoding threads already."""
+    spread = sorted({max(0, (i + 1) * len(paths) // PROBE_FILES - 1) for i in range(PROBE_FILES)})
     probed = 0
-    for path in reversed(paths):
+    for path in (paths[i] for i in spread if i < len(paths)):
         fd = _open_regular(path, roots)
         if fd is None:
             continue
@@ -137,8 +144,6 @@ def _last_files_in_memory(paths: list, roots: AudioRoots | None) -> bool:
             if not _in_page_cache(fd, size):
                 return False
             probed += 1
-            if probed == PROBE_FILES:
-                return True
         except OSError:
             return False
         finally:

@@ -84,28 +84,34 @@ def test_without_roots_every_regular_file_is_asked_for_and_nothing_else(tmp_path
     os.mkfifo(tmp_path / "pipe.wav")
     opened.clear()
     assert read_ahead([clips[0], str(tmp_path / "pipe.wav"), str(tmp_path / "nothing.wav"), clips[1]]) == 2
-    assert opened == [clips[1], *clips]  # the last one probed, then both asked for
+    assert opened == [clips[0], *clips]  # one probed (not in memory), then both asked for
 
 
 @needs_fadvise
-def test_a_window_whose_last_files_are_in_memory_is_left_alone(tmp_path, opened, in_memory):
-    """An ingest of files already cached (run again, a small local archive) pays a few probes, not a window. The
-    last files are probed: the decoding threads are reading the first ones already, into the cache."""
-    warm = [_clip(tmp_path / f"warm{i}.wav", cached=True) for i in range(PROBE_FILES + 5)]
-    in_memory.update(warm[5:])  # the first five count as not in memory: they are not probed
+def test_a_window_whose_sampled_files_are_in_memory_is_left_alone(tmp_path, opened, in_memory):
+    """An ingest of files already cached (run again, a small local archive) pays a few probes, not a window."""
+    warm = [_clip(tmp_path / f"warm{i}.wav", cached=True) for i in range(4 * PROBE_FILES)]
+    in_memory.update(warm)
     opened.clear()
     assert read_ahead(warm) == 0
-    assert opened == warm[::-1][:PROBE_FILES]
+    assert len(opened) == PROBE_FILES and warm[-1] in opened and warm[3] in opened  # spread over the window
 
 
 @needs_fadvise
-def test_one_file_not_in_memory_among_the_last_asks_for_every_file(tmp_path, opened, in_memory):
+def test_a_window_partly_evicted_from_its_start_is_read_ahead(tmp_path, in_memory):
+    """A cache that kept what was read last: the window's last files in memory do not hide its evicted first ones."""
+    paths = [_clip(tmp_path / f"clip{i}.wav") for i in range(4 * PROBE_FILES)]
+    in_memory.update(paths[PROBE_FILES:])
+    assert read_ahead(paths) == len(paths)
+
+
+@needs_fadvise
+def test_one_sampled_file_not_in_memory_asks_for_every_file(tmp_path, opened, in_memory):
     paths = [_clip(tmp_path / f"clip{i}.wav") for i in range(PROBE_FILES + 4)]
-    in_memory.update(paths)
-    in_memory.discard(paths[-3])
+    in_memory.update(paths[:-1])
     opened.clear()
     assert read_ahead(paths) == len(paths)
-    assert opened == paths[::-1][:3] + paths  # probed from the end up to the one not in memory, then every one
+    assert opened[-len(paths):] == paths and paths[-1] in opened[:-len(paths)]  # probed up to it, then every one
 
 
 @needs_fadvise
@@ -117,24 +123,63 @@ def test_fewer_files_than_the_probe_all_in_memory_are_left_alone(tmp_path, in_me
     assert read_ahead(paths) == 3
 
 
+def _resident_share(path: str) -> float:
+    """The share of the file's pages in the page cache (mincore on a private mapping of it)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mapped:
+        anchor = ctypes.c_char.from_buffer(mapped)
+        failed = libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size), vector) != 0
+        del anchor  # the buffer export must end before the mapping closes
+    if failed:
+        pytest.skip("mincore is not available here")
+    return sum(v & 1 for v in vector) / pages
+
+
 @needs_fadvise
-def test_the_kernel_reads_a_file_asked_for_and_the_probe_sees_it(tmp_path):
-    cold, warm = _clip(tmp_path / "cold.wav"), _clip(tmp_path / "warm.wav", cached=True)
-    fds = {path: os.open(path, os.O_RDONLY) for path in (cold, warm)}
+def test_the_kernel_reads_the_whole_file_asked_for(tmp_path, monkeypatch):
+    """A 4 MB file, far more than any readahead a one-byte probe could start: only posix_fadvise brings it all in."""
+    clip = _clip(tmp_path / "long.wav", seconds=90.0)
+    if _resident_share(clip) > 0.05:
+        pytest.skip("dropping a file from the page cache does nothing on this file system")
+    monkeypatch.setattr(read_ahead_module, "_in_page_cache", lambda fd, size: False)
+    assert read_ahead([clip]) == 1
+    deadline = time.monotonic() + 20
+    while _resident_share(clip) < 1.0:
+        assert time.monotonic() < deadline, f"only {_resident_share(clip):.0%} of the file asked for was read"
+        time.sleep(0.02)
+
+
+@needs_fadvise
+def test_without_the_advice_the_file_stays_on_disk(tmp_path, monkeypatch):
+    """The check above can fail: with posix_fadvise doing nothing, the file is not read."""
+    clip = _clip(tmp_path / "long.wav", seconds=90.0)
+    if _resident_share(clip) > 0.05:
+        pytest.skip("dropping a file from the page cache does nothing on this file system")
+    monkeypatch.setattr(read_ahead_module, "_in_page_cache", lambda fd, size: False)
+    monkeypatch.setattr(read_ahead_module.os, "posix_fadvise", lambda *args: None)
+    assert read_ahead([clip]) == 1
+    time.sleep(0.5)
+    assert _resident_share(clip) < 0.5
+
+
+@needs_fadvise
+def test_the_probe_tells_a_file_in_memory(tmp_path):
+    warm = _clip(tmp_path / "warm.wav", cached=True)
+    fd = os.open(warm, os.O_RDONLY)
     try:
-        if not read_ahead_module._in_page_cache(fds[warm], os.path.getsize(warm)):
-            pytest.skip("this file system cannot tell what is in memory (no RWF_NOWAIT)")
-        if read_ahead_module._in_page_cache(fds[cold], os.path.getsize(cold)):
-            pytest.skip("dropping a file from the page cache does nothing on this file system")
-        assert read_ahead([cold]) == 1
-        deadline = time.monotonic() + 10
-        while not read_ahead_module._in_page_cache(fds[cold], os.path.getsize(cold)):
-            assert time.monotonic() < deadline, "the file asked for was never read into memory"
-            time.sleep(0.01)
-        assert read_ahead([warm] * PROBE_FILES) == 0  # all in memory: nothing asked for
+        cached = read_ahead_module._in_page_cache(fd, os.path.getsize(warm))
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        os.close(fd)
+    if not cached and hasattr(os, "RWF_NOWAIT"):
+        pytest.skip("this file system cannot tell what is in memory (RWF_NOWAIT not supported)")
+    assert cached == hasattr(os, "RWF_NOWAIT")
 
 
 @needs_fadvise
@@ -189,23 +234,36 @@ def test_a_read_ahead_that_lags_skips_to_the_newest_window_and_holds_up_nothing(
         results += list(clips)
 
     assert results == [(i, i * 2) for i in items]  # every clip, in order, while the read-ahead was stuck
-    # windows 2 and 3 were handed while it was stuck and replaced by window 4, two windows past the fourth's start
+    # windows 2 and 3 were handed while it was stuck and replaced by window 4, one past the fourth (being decoded)
     assert calls == [tuple(range(8)), tuple(range(16, 20))]
     assert len(threads) == 1  # one thread: never two read-aheads at a time
 
 
-def test_a_window_of_no_clips_is_refused():
+def test_a_window_of_no_clips_is_refused_when_the_call_is_made():
     with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="at least 1"):
-        list(map_in_windows(pool, lambda i: i, [1, 2], None, window=0))
+        map_in_windows(pool, lambda i: i, [1, 2], None, window=0)
 
 
-def test_a_failing_read_ahead_costs_no_clip():
-    def ahead(window):
-        raise OSError("the NAS went away")
+def test_a_failing_read_ahead_costs_no_clip_and_the_next_window_is_still_read_ahead():
+    failed, second = threading.Event(), threading.Event()
+    calls = []
+
+    def ahead(clips):
+        calls.append(tuple(clips))
+        if len(calls) == 1:
+            failed.set()
+            raise OSError("the NAS went away")
+        second.set()
 
     with ThreadPoolExecutor(2) as pool:
-        results = [r for _, r in map_in_windows(pool, lambda i: i + 1, list(range(7)), ahead, window=3)]
-    assert results == list(range(1, 8))
+        clips = map_in_windows(pool, lambda i: i + 1, list(range(12)), ahead, window=3)
+        results = [next(clips)]
+        assert failed.wait(30)
+        results += [next(clips) for _ in range(3)]  # into the second window: the third is handed over
+        assert second.wait(30), "the read-ahead's thread died with the first failure"
+        results += [r for r in clips]
+    assert [r for _, r in results] == list(range(1, 13))
+    assert calls[1] == (6, 7, 8)
 
 
 @needs_fadvise
