@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from contextlib import closing
 from typing import Callable, Iterable
 
 from asr_pipeline.core.settings import AudioRoots
@@ -107,23 +108,16 @@ def read_ahead(paths: Iterable[str | None], roots: AudioRoots | None = None) -> 
     if _sample_in_memory(paths, roots):
         return 0
     asked, budget = 0, WINDOW_BYTES
-    for path in paths:
-        fd = _open_regular(path, roots)
-        if fd is None:
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            if not 0 < size <= READ_AHEAD_BYTES:
-                continue
+    with closing(_readable(paths, roots)) as files:
+        for fd, size in files:
             if size > budget:
-                return asked
-            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+                break
+            try:
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                continue
             budget -= size
             asked += 1
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
     return asked
 
 
@@ -133,22 +127,29 @@ def _sample_in_memory(paths: list, roots: AudioRoots | None) -> bool:
     decoding threads already."""
     spread = sorted({max(0, (i + 1) * len(paths) // PROBE_FILES - 1) for i in range(PROBE_FILES)})
     probed = 0
-    for path in (paths[i] for i in spread if i < len(paths)):
+    with closing(_readable([paths[i] for i in spread if i < len(paths)], roots)) as files:
+        for fd, size in files:
+            if not _in_page_cache(fd, size):
+                return False
+            probed += 1
+    return probed > 0
+
+
+def _readable(paths: list, roots: AudioRoots | None):
+    """(descriptor, size) of each regular file among paths that is worth reading ahead (not empty, not over
+    READ_AHEAD_BYTES); each descriptor is closed when the next is asked for or the loop stops."""
+    for path in paths:
         fd = _open_regular(path, roots)
         if fd is None:
             continue
         try:
             size = os.fstat(fd).st_size
-            if not 0 < size <= READ_AHEAD_BYTES:
-                continue
-            if not _in_page_cache(fd, size):
-                return False
-            probed += 1
+            if 0 < size <= READ_AHEAD_BYTES:
+                yield fd, size
         except OSError:
-            return False
+            continue
         finally:
             os.close(fd)
-    return probed > 0
 
 
 def _open_regular(path: str | None, roots: AudioRoots | None) -> int | None:

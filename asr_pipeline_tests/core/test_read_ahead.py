@@ -142,31 +142,33 @@ def _resident_share(path: str) -> float:
     return sum(v & 1 for v in vector) / pages
 
 
-@needs_fadvise
-def test_the_kernel_reads_the_whole_file_asked_for(tmp_path, monkeypatch):
-    """A 4 MB file, far more than any readahead a one-byte probe could start: only posix_fadvise brings it all in."""
+@pytest.fixture
+def long_clip_on_disk(tmp_path, monkeypatch) -> str:
+    """A 4 MB file out of the page cache, far more than any readahead a one-byte probe could start, and a probe that
+    never finds anything in memory."""
     clip = _clip(tmp_path / "long.wav", seconds=90.0)
     if _resident_share(clip) > 0.05:
         pytest.skip("dropping a file from the page cache does nothing on this file system")
     monkeypatch.setattr(read_ahead_module, "_in_page_cache", lambda fd, size: False)
-    assert read_ahead([clip]) == 1
+    return clip
+
+
+@needs_fadvise
+def test_the_kernel_reads_the_whole_file_asked_for(long_clip_on_disk):
+    assert read_ahead([long_clip_on_disk]) == 1
     deadline = time.monotonic() + 20
-    while _resident_share(clip) < 1.0:
-        assert time.monotonic() < deadline, f"only {_resident_share(clip):.0%} of the file asked for was read"
+    while _resident_share(long_clip_on_disk) < 1.0:
+        assert time.monotonic() < deadline, f"only {_resident_share(long_clip_on_disk):.0%} of the file was read"
         time.sleep(0.02)
 
 
 @needs_fadvise
-def test_without_the_advice_the_file_stays_on_disk(tmp_path, monkeypatch):
+def test_without_the_advice_the_file_stays_on_disk(long_clip_on_disk, monkeypatch):
     """The check above can fail: with posix_fadvise doing nothing, the file is not read."""
-    clip = _clip(tmp_path / "long.wav", seconds=90.0)
-    if _resident_share(clip) > 0.05:
-        pytest.skip("dropping a file from the page cache does nothing on this file system")
-    monkeypatch.setattr(read_ahead_module, "_in_page_cache", lambda fd, size: False)
     monkeypatch.setattr(read_ahead_module.os, "posix_fadvise", lambda *args: None)
-    assert read_ahead([clip]) == 1
+    assert read_ahead([long_clip_on_disk]) == 1
     time.sleep(0.5)
-    assert _resident_share(clip) < 0.5
+    assert _resident_share(long_clip_on_disk) < 0.5
 
 
 @needs_fadvise
