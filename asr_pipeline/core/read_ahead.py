@@ -8,8 +8,8 @@ the window of clips the workers are about to decode, their reads overlap each ot
 When the files are in memory already (an ingest run again, a small archive on a local disk) the asking only costs
 (docs/BENCHMARKS.md, "Reading the clips ahead"). So a few files spread over each window are probed first (a one-byte
 read of each one's last byte, which must not wait for the disk: RWF_NOWAIT), and when they are all in memory the
-window is left alone. File systems that cannot tell (NFS, CIFS, FUSE, tmpfs) have every file asked for, warm or not: what
-that costs a warm run from a NAS was not measured.
+window is left alone. File systems that cannot tell (NFS, CIFS, FUSE, tmpfs) have every file asked for, warm or
+not: what that costs a warm run from a NAS was not measured.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """Reading the next clips' files ahead of the decoding threads (core/read_ahead.py): only regular files the decoder
-would open are touched, the windows stay in order and close behind the workers, and a manifest of awkward rows
-still resamples to the same shard."""
+would open are touched, a window already in memory is left alone, the kernel reads what is asked for, and a
+manifest of awkward rows still resamples to the same shard (the windows themselves: test_read_ahead_windows.py)."""
 
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import soundfile as sf
 from asr_pipeline.core import audio, read_ahead as read_ahead_module
 from asr_pipeline.core.audio import resample_manifest
 from asr_pipeline.core.audio_shard import AudioShard
-from asr_pipeline.core.read_ahead import PROBE_FILES, map_in_windows, read_ahead
+from asr_pipeline.core.read_ahead import PROBE_FILES, read_ahead
 from asr_pipeline.core.settings import AudioRoots
 
 needs_fadvise = pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not hasattr(os, "mkfifo"),
@@ -195,77 +194,6 @@ def test_large_files_are_skipped_and_a_window_stops_at_its_byte_budget(tmp_path,
                         lambda fd, offset, length, advice: asked.append((offset, length, advice)))
     assert read_ahead([clips[3], clips[0], clips[1], clips[2]]) == 2
     assert asked == [(0, sizes[0], os.POSIX_FADV_WILLNEED), (0, sizes[1], os.POSIX_FADV_WILLNEED)]
-
-
-def test_windows_are_handed_two_at_first_then_one_past_the_one_the_workers_start(monkeypatch):
-    handed = []
-
-    class Recording(read_ahead_module._Reader):
-        def want(self, clips):
-            handed.append(tuple(clips))
-            super().want(clips)
-
-    monkeypatch.setattr(read_ahead_module, "_Reader", Recording)
-    with ThreadPoolExecutor(2) as pool:
-        results = list(map_in_windows(pool, lambda i: i * 2, list(range(10)), lambda clips: None, window=4))
-    assert results == [(i, i * 2) for i in range(10)]
-    assert handed == [tuple(range(8)), (8, 9), ()]  # windows 0 and 1, then 2 when 1 starts; nothing past the end
-
-
-def test_a_read_ahead_that_lags_skips_to_the_newest_window_and_holds_up_nothing():
-    items, window = list(range(20)), 4
-    started, release, second = threading.Event(), threading.Event(), threading.Event()
-    calls, threads = [], set()
-
-    def ahead(clips):
-        calls.append(tuple(clips))
-        threads.add(threading.get_ident())
-        if len(calls) == 1:
-            started.set()
-            release.wait(30)  # a hung mount, until released
-        else:
-            second.set()
-
-    with ThreadPoolExecutor(2) as pool:
-        clips = map_in_windows(pool, lambda i: i * 2, items, ahead, window=window)
-        results = [next(clips)]
-        assert started.wait(30)
-        results += [next(clips) for _ in range(12)]  # up to the fourth window's first clip, the read-ahead stuck
-        release.set()
-        assert second.wait(30)
-        results += list(clips)
-
-    assert results == [(i, i * 2) for i in items]  # every clip, in order, while the read-ahead was stuck
-    # windows 2 and 3 were handed while it was stuck and replaced by window 4, one past the fourth (being decoded)
-    assert calls == [tuple(range(8)), tuple(range(16, 20))]
-    assert len(threads) == 1  # one thread: never two read-aheads at a time
-
-
-def test_a_window_of_no_clips_is_refused_when_the_call_is_made():
-    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="at least 1"):
-        map_in_windows(pool, lambda i: i, [1, 2], None, window=0)
-
-
-def test_a_failing_read_ahead_costs_no_clip_and_the_next_window_is_still_read_ahead():
-    failed, second = threading.Event(), threading.Event()
-    calls = []
-
-    def ahead(clips):
-        calls.append(tuple(clips))
-        if len(calls) == 1:
-            failed.set()
-            raise OSError("the NAS went away")
-        second.set()
-
-    with ThreadPoolExecutor(2) as pool:
-        clips = map_in_windows(pool, lambda i: i + 1, list(range(12)), ahead, window=3)
-        results = [next(clips)]
-        assert failed.wait(30)
-        results += [next(clips) for _ in range(3)]  # into the second window: the third is handed over
-        assert second.wait(30), "the read-ahead's thread died with the first failure"
-        results += [r for r in clips]
-    assert [r for _, r in results] == list(range(1, 13))
-    assert calls[1] == (6, 7, 8)
 
 
 @needs_fadvise
