@@ -108,7 +108,7 @@ def abandoned(work_dir: Path, data: str | None = None, now: float | None = None)
     idle = now - newest
     table = _same_process_table(owner, newest)
     if table == "same":
-        if _alive(owner) or idle <= DEAD_OWNER_GRACE_S:
+        if runs_as_recorded(owner) or idle <= DEAD_OWNER_GRACE_S:
             return None
         why = f"its training process (pid {owner['pid']} on this machine) is gone"
     elif table == "rebooted":
@@ -176,8 +176,9 @@ def _same_process_table(owner: dict | None, newest: float) -> str:
     return "same"
 
 
-def _alive(owner: dict) -> bool:
-    """The owner's process still runs: its pid exists and started when the owner's did (a reused pid does not)."""
+def runs_as_recorded(owner: dict) -> bool:
+    """The process identity() recorded still runs: its pid exists and started when the recorded one did (a reused
+    pid does not). Of this boot and process table: the caller compares those first."""
     try:
         process = psutil.Process(owner["pid"])
         if process.status() == psutil.STATUS_ZOMBIE:

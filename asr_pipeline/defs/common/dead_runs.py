@@ -9,12 +9,39 @@ import socket
 from typing import Callable
 
 import dagster as dg
+import psutil
 
+from asr_pipeline.core import work_dirs
 from asr_pipeline.core.storage import process_alive
 
+# what identifies the process besides its pid (work_dirs.identity): a later process given the same pid, after a
+# reboot or in a restarted container (whose command often gets the pid its killed predecessor had), is not it
+_IDENTITY_TAGS = {"boot_id": str, "start_ticks": int, "pid_started": float}
+
+
 def cli_run_tags(pid: int) -> dict[str, str]:
-    """What the CLI tags its runs with: where to look for the process that runs them."""
-    return {"asr/launcher": "cli", "asr/host": socket.gethostname(), "asr/pid": str(pid)}
+    """What the CLI tags its runs with: where to look for the process that runs them, and which process it is."""
+    tags = {"asr/launcher": "cli", "asr/host": socket.gethostname(), "asr/pid": str(pid)}
+    try:
+        process = work_dirs.identity(pid)
+    except psutil.Error:  # no such process (outside Linux): the pid alone
+        return tags
+    tags.update({f"asr/{key}": str(process[key]) for key in _IDENTITY_TAGS if key in process})
+    return tags
+
+
+def _still_running(run: dg.DagsterRun, pid: int) -> bool:
+    recorded = {"pid": pid}
+    for key, kind in _IDENTITY_TAGS.items():
+        try:
+            recorded[key] = kind(run.tags[f"asr/{key}"])
+        except (KeyError, ValueError):
+            pass
+    if "start_ticks" not in recorded and "pid_started" not in recorded:
+        return process_alive(pid)  # a run of a version that did not record its start
+    if recorded.get("boot_id", "") != work_dirs.identity().get("boot_id", ""):
+        return False  # this machine rebooted since (the host name, as before, is trusted to be this machine)
+    return work_dirs.runs_as_recorded(recorded)
 
 
 def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]) -> list[str]:
@@ -27,9 +54,10 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]
     reaped = []
     for run in runs:
         pid = int(run.tags.get("asr/pid", "0") or 0)
-        if pid and not process_alive(pid):
-            instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it is gone")
+        if pid and not _still_running(run, pid):
+            gone = "is gone" + (" (a later process has its pid)" if process_alive(pid) else "")
+            instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it {gone}")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            emit(f"marked run {run.run_id} failed: its process {pid} is gone")
+            emit(f"marked run {run.run_id} failed: its process {pid} {gone}")
             reaped.append(run.run_id)
     return reaped

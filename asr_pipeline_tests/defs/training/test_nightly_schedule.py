@@ -117,7 +117,11 @@ def test_a_killed_cli_training_does_not_hold_the_nightly_training_back(daemon):
     gone.wait()
     killed = [_run(daemon, status, job_name="asr_train", tags=cli_run_tags(gone.pid))
               for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED)]
-    alive = _run(daemon, dg.DagsterRunStatus.STARTED, job_name="asr_train", tags=cli_run_tags(os.getpid()))
+    # killed before a reboot (or in a container since restarted): a later process has its pid now, this one
+    alive_tags = cli_run_tags(os.getpid())
+    killed.append(_run(daemon, dg.DagsterRunStatus.STARTED, job_name="asr_train",
+                       tags={**alive_tags, "asr/start_ticks": str(int(alive_tags["asr/start_ticks"]) - 100)}))
+    alive = _run(daemon, dg.DagsterRunStatus.STARTED, job_name="asr_train", tags=alive_tags)
     skipped = _tick(daemon)
     assert alive.run_id in skipped.skip_message  # a CLI run whose process lives is running; where, it says
     assert f"by `asr-pipeline` on {cli_run_tags(0)['asr/host']} (pid {os.getpid()}" in skipped.skip_message

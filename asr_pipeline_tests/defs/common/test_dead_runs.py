@@ -1,0 +1,64 @@
+"""Which runs of `asr-pipeline` commands the reaper marks failed: those whose process is gone, including when a later
+process has been given its pid (after a reboot, or in a restarted container whose command often gets the pid its
+killed predecessor had), and never one whose process still runs."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+import dagster as dg
+import pytest
+from dagster._core.storage.dagster_run import DagsterRun
+
+from asr_pipeline.defs.common.dead_runs import cli_run_tags, reap_dead_cli_runs
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="boot id and clock ticks: Linux")
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _started(instance, tags) -> str:
+    run = DagsterRun(job_name="asr_train", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED, tags=tags)
+    instance.add_run(run)
+    return run.run_id
+
+
+def test_the_tags_say_which_process_runs_it():
+    tags = cli_run_tags(os.getpid())
+    assert tags["asr/pid"] == str(os.getpid())
+    assert open("/proc/sys/kernel/random/boot_id").read().strip() == tags["asr/boot_id"]
+    assert int(tags["asr/start_ticks"]) > 0
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert "asr/start_ticks" not in cli_run_tags(int(gone.stdout))  # nothing to record: the pid alone
+
+
+def test_a_run_whose_pid_a_later_process_has_is_reaped_and_a_running_one_is_not(instance):
+    mine = cli_run_tags(os.getpid())
+    running = _started(instance, mine)
+    pid_reused = _started(instance, {**mine, "asr/start_ticks": str(int(mine["asr/start_ticks"]) - 100)})
+    before_reboot = _started(instance, {**mine, "asr/boot_id": str(uuid.uuid4())})
+    older_version = _started(instance, {k: v for k, v in mine.items() if k in ("asr/launcher", "asr/host", "asr/pid")})
+    lines = []
+    reaped = reap_dead_cli_runs(instance, lines.append)
+    assert sorted(reaped) == sorted([pid_reused, before_reboot])
+    assert all("a later process has its pid" in line for line in lines)
+    for run_id in (running, older_version):  # tagged by a version that recorded the pid alone: the pid decides
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+    for run_id in reaped:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_a_run_whose_process_is_gone_is_reaped(instance):
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    run_id = _started(instance, cli_run_tags(gone.pid))  # recorded while it ran
+    assert reap_dead_cli_runs(instance, lambda line: None) == []
+    gone.kill()
+    gone.wait()
+    lines = []
+    assert reap_dead_cli_runs(instance, lines.append) == [run_id]
+    assert lines == [f"marked run {run_id} failed: its process {gone.pid} is gone"]
