@@ -34,19 +34,23 @@ OTHER_PATHS_GRACE_S = 86400.0
 def staging_dir(final: Path) -> Path:
     """A fresh sibling of `final` to write into; publish() moves it into place.
 
-    Its name carries our PID, so leftovers of killed runs (whose PID is gone) are recognised and removed.
+    Its name carries our PID and, on Linux, when this process started, so leftovers of killed runs (whose PID is
+    gone, or is a later process's) are recognised and removed.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(final)
-    path = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    started = process_start_ticks(os.getpid())
+    path = final.parent / (f".{final.name}.tmp-{os.getpid()}{'' if started is None else f's{started}'}-"
+                           f"{uuid.uuid4().hex[:8]}")
     path.mkdir()
     return path
 
 
 # what publishing leaves beside a published path NAME, exactly as staging_dir, publish and _publish_by_renames name
-# it: .NAME.tmp-PID-ID8 (staging), .NAME.v-PID-ID12 and .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the
+# it: .NAME.tmp-PIDsSTART-ID8 (staging; START the process's start in clock ticks since boot, absent where unknown and
+# in names of versions before it), .NAME.v-PID-ID12 and .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the
 # two-rename fallback), .NAME.link-ID12 (a link not yet swapped in)
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)-[0-9a-f]{8}"
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)(?:s(?P<start>\d+))?-[0-9a-f]{8}"
                        r"|(?P<v>v)-(?:\d+|replaced)-[0-9a-f]{12}|(?P<old>old)-[0-9a-f]{8}|(?P<link>link)-[0-9a-f]{12})$")
 
 
@@ -86,7 +90,7 @@ def _remove_leftovers(directory: Path, name: str, sweep: bool = False) -> list[P
             if not own:  # staging of other paths: only their own publisher (or its rerun) judges it
                 continue
             # staging whose process is gone; the two-rename fallback died half way
-            stale = not process_alive(int(match["pid"])) if match["kind"] else (directory / of).exists()
+            stale = (not _staging_process_runs(match)) if match["kind"] else (directory / of).exists()
         elif match["v"]:
             # replaced (touched when it was) or never linked, and unused for the grace period. A path's one version
             # behind its link is its current one: no readlink for it (10,000 batches make 10,000 of them)
@@ -102,6 +106,22 @@ def _remove_leftovers(directory: Path, name: str, sweep: bool = False) -> list[P
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
     return removed
+
+
+def _staging_process_runs(match: re.Match) -> bool:
+    pid = int(match["pid"])
+    return process_alive(pid) and (match["start"] is None or process_start_ticks(pid) == int(match["start"]))
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process pid started, in clock ticks since boot (/proc/PID/stat's 22nd field; a change of the wall clock
+    does not move it), or None (no such process, or not Linux): with the pid, what tells a process from a later one
+    given the same pid after a reboot or in a restarted container."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def process_alive(pid: int) -> bool:

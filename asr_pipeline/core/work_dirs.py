@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import psutil
 
-from asr_pipeline.core.storage import directory_bytes, read_json, write_json
+from asr_pipeline.core.storage import directory_bytes, process_start_ticks, read_json, write_json
 
 OWNER = "asr_work_owner.json"  # the process training in this directory: identity() and the data it trains on
 HEARTBEAT_S = 60.0  # how often the owning process touches its owner record while it trains (claimed())
@@ -57,9 +57,12 @@ def identity(pid: int | None = None) -> dict:
     try:
         record["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         record["pid_namespace"] = os.stat("/proc/self/ns/pid").st_ino
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        record["start_ticks"] = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime
-    except (OSError, ValueError, IndexError):
+    except OSError:
+        pass
+    ticks = process_start_ticks(pid)
+    if ticks is not None:
+        record["start_ticks"] = ticks
+    else:
         record["pid_started"] = psutil.Process(pid).create_time()
     return record
 

@@ -107,6 +107,24 @@ def test_replaced_and_orphaned_versions_are_removed_after_the_grace_period_never
     assert _complete_version(final) == 2
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process start in clock ticks: Linux")
+def test_a_staging_directory_whose_pid_a_later_process_has_is_removed(tmp_path):
+    """After a reboot, or in a restarted container, a killed publisher's pid is soon another process's: the start
+    in its staging directory's name tells them apart. Names without it (before it was recorded) go by the pid."""
+    final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
+    mine = storage.staging_dir(final)
+    started = storage.process_start_ticks(os.getpid())
+    assert mine.name.startswith(f".{final.name}.tmp-{os.getpid()}s{started}-")
+    pid_reused = final.parent / f".{final.name}.tmp-{os.getpid()}s{started - 100}-0123abcd"
+    older_name = final.parent / f".{final.name}.tmp-{os.getpid()}-4567cdef"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = final.parent / f".{final.name}.tmp-{int(finished.stdout)}s{started}-89abcdef"
+    for path in (pid_reused, older_name, gone):
+        path.mkdir()
+    assert sorted(storage.remove_stale_staging(final)) == sorted([pid_reused, gone])
+    assert mine.is_dir() and older_name.is_dir()
+
+
 def _age_everything(directory: Path, seconds: float | None = None) -> None:
     stale = time.time() - (storage.REPLACED_GRACE_S + 1 if seconds is None else seconds)
     for path in directory.iterdir():
