@@ -39,18 +39,16 @@ def staging_dir(final: Path) -> Path:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(final)
-    started = process_start_ticks(os.getpid())
-    path = final.parent / (f".{final.name}.tmp-{os.getpid()}{'' if started is None else f's{started}'}-"
-                           f"{uuid.uuid4().hex[:8]}")
+    path = final.parent / _staging_name(final)
     path.mkdir()
     return path
 
 
 # what publishing leaves beside a published path NAME, exactly as staging_dir, publish and _publish_by_renames name
-# it: .NAME.tmp-PIDsSTART-ID8 (staging; START the process's start in clock ticks since boot, absent where unknown and
-# in names of versions before it), .NAME.v-PID-ID12 and .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the
-# two-rename fallback), .NAME.link-ID12 (a link not yet swapped in)
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)(?:s(?P<start>\d+))?-[0-9a-f]{8}"
+# it: .NAME.tmp-PIDsSTARTnNS-ID8 (staging, _staging_name; .NAME.tmp-PID-ID8 where the start is unknown and in names
+# of versions before it), .NAME.v-PID-ID12 and .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the two-rename
+# fallback), .NAME.link-ID12 (a link not yet swapped in)
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)(?:s(?P<start>\d+)n(?P<ns>\d+))?-[0-9a-f]{8}"
                        r"|(?P<v>v)-(?:\d+|replaced)-[0-9a-f]{12}|(?P<old>old)-[0-9a-f]{8}|(?P<link>link)-[0-9a-f]{12})$")
 
 
@@ -108,19 +106,44 @@ def _remove_leftovers(directory: Path, name: str, sweep: bool = False) -> list[P
     return removed
 
 
+def _staging_name(final: Path) -> str:
+    """.NAME.tmp-PID-ID8, with sSTARTnNS after the PID where known: the process's start in clock ticks since boot and
+    its pid namespace (what a later process given this PID, after a reboot, differs in)."""
+    pid, started, namespace = os.getpid(), process_start_ticks(os.getpid()), pid_namespace()
+    whose = f"{pid}s{started}n{namespace}" if started is not None and namespace is not None else str(pid)
+    return f".{final.name}.tmp-{whose}-{uuid.uuid4().hex[:8]}"
+
+
 def _staging_process_runs(match: re.Match) -> bool:
+    """Whether the process that named this staging directory may still write it. By its start only in our pid
+    namespace: another one's (a pod writing the same path) is judged by its pid alone, as before the start was
+    recorded. A start that cannot be read now (an unreadable /proc) cannot tell: the process is taken to run."""
     pid = int(match["pid"])
-    return process_alive(pid) and (match["start"] is None or process_start_ticks(pid) == int(match["start"]))
+    if not process_alive(pid):
+        return False
+    if match["start"] is None or int(match["ns"]) != pid_namespace():
+        return True
+    now = process_start_ticks(pid)
+    return now is None or now == int(match["start"])
 
 
 def process_start_ticks(pid: int) -> int | None:
     """When process pid started, in clock ticks since boot (/proc/PID/stat's 22nd field; a change of the wall clock
     does not move it), or None (no such process, or not Linux): with the pid, what tells a process from a later one
-    given the same pid after a reboot or in a restarted container."""
+    given the same pid after a reboot or in a restarted container. Bytes: a process's name need not be UTF-8."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[19])
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_namespace() -> int | None:
+    """This process's pid namespace (its inode; Linux), None where unknown: pids of another namespace (another
+    container) mean nothing here."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
         return None
 
 

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import psutil
 
-from asr_pipeline.core.storage import directory_bytes, process_start_ticks, read_json, write_json
+from asr_pipeline.core.storage import directory_bytes, pid_namespace, process_start_ticks, read_json, write_json
 
 OWNER = "asr_work_owner.json"  # the process training in this directory: identity() and the data it trains on
 HEARTBEAT_S = 60.0  # how often the owning process touches its owner record while it trains (claimed())
@@ -56,9 +56,11 @@ def identity(pid: int | None = None) -> dict:
     record = {"host": socket.gethostname(), "pid": pid}
     try:
         record["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        record["pid_namespace"] = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         pass
+    namespace = pid_namespace()
+    if namespace is not None:
+        record["pid_namespace"] = namespace
     ticks = process_start_ticks(pid)
     if ticks is not None:
         record["start_ticks"] = ticks
@@ -170,7 +172,7 @@ def _same_process_table(owner: dict | None, newest: float) -> str:
     if not owner or owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
         return "other"
     mine = identity()
-    if owner.get("boot_id", mine.get("boot_id")) != mine.get("boot_id"):
+    if owner.get("boot_id") and mine.get("boot_id") and owner["boot_id"] != mine["boot_id"]:
         # another boot id: this machine rebooted, or another machine with the same host name (its host pid
         # namespace has the same inode as ours). Only a directory untouched since our boot is surely ours
         return "rebooted" if newest < psutil.boot_time() else "other"
@@ -189,8 +191,9 @@ def runs_as_recorded(owner: dict) -> bool:
         now = identity(owner["pid"])
     except (psutil.Error, OSError, ValueError):
         return False
-    if "start_ticks" in owner and "start_ticks" in now:
-        return owner["start_ticks"] == now["start_ticks"]
+    if "start_ticks" in owner:
+        # unreadable now (/proc hidden from this process) cannot tell: the process is taken to run
+        return "start_ticks" not in now or owner["start_ticks"] == now["start_ticks"]
     started = owner.get("pid_started")
     return isinstance(started, (int, float)) and abs(process.create_time() - started) < 1.0
 

@@ -113,16 +113,34 @@ def test_a_staging_directory_whose_pid_a_later_process_has_is_removed(tmp_path):
     in its staging directory's name tells them apart. Names without it (before it was recorded) go by the pid."""
     final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
     mine = storage.staging_dir(final)
-    started = storage.process_start_ticks(os.getpid())
-    assert mine.name.startswith(f".{final.name}.tmp-{os.getpid()}s{started}-")
-    pid_reused = final.parent / f".{final.name}.tmp-{os.getpid()}s{started - 100}-0123abcd"
-    older_name = final.parent / f".{final.name}.tmp-{os.getpid()}-4567cdef"
+    pid, started, namespace = os.getpid(), storage.process_start_ticks(os.getpid()), storage.pid_namespace()
+    assert mine.name.startswith(f".{final.name}.tmp-{pid}s{started}n{namespace}-")
+    pid_reused = final.parent / f".{final.name}.tmp-{pid}s{started - 100}n{namespace}-0123abcd"
+    older_name = final.parent / f".{final.name}.tmp-{pid}-4567cdef"
+    # a pod writing the same path: its pid and start mean nothing here; its pid alone decides, as before
+    other_namespace = final.parent / f".{final.name}.tmp-{pid}s{started - 100}n{namespace + 1}-0123cdef"
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = final.parent / f".{final.name}.tmp-{int(finished.stdout)}s{started}-89abcdef"
-    for path in (pid_reused, older_name, gone):
+    gone = final.parent / f".{final.name}.tmp-{int(finished.stdout)}s{started}n{namespace}-89abcdef"
+    for path in (pid_reused, older_name, other_namespace, gone):
         path.mkdir()
     assert sorted(storage.remove_stale_staging(final)) == sorted([pid_reused, gone])
-    assert mine.is_dir() and older_name.is_dir()
+    assert mine.is_dir() and older_name.is_dir() and other_namespace.is_dir()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
+def test_a_process_name_that_is_not_utf8_does_not_hide_its_start():
+    """/proc/PID/stat holds the process's name as bytes; one cut inside a character must not make the start
+    unreadable (a live writer would look like a later process, its staging directory deleted)."""
+    rename = ("import ctypes, sys; ctypes.CDLL(None).prctl(15, b'asr-\\xc3', 0, 0, 0); "  # PR_SET_NAME
+              "print(flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", rename], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()
+        assert b"(asr-\xc3)" in Path(f"/proc/{child.pid}/stat").read_bytes()
+        assert storage.process_start_ticks(child.pid) is not None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def _age_everything(directory: Path, seconds: float | None = None) -> None:

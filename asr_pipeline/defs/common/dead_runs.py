@@ -30,18 +30,23 @@ def cli_run_tags(pid: int) -> dict[str, str]:
     return tags
 
 
-def _still_running(run: dg.DagsterRun, pid: int) -> bool:
+def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
+    """Why the run's process is not running any more, or None while it may be."""
     recorded = {"pid": pid}
     for key, kind in _IDENTITY_TAGS.items():
         try:
             recorded[key] = kind(run.tags[f"asr/{key}"])
         except (KeyError, ValueError):
             pass
-    if "start_ticks" not in recorded and "pid_started" not in recorded:
-        return process_alive(pid)  # a run of a version that did not record its start
-    if recorded.get("boot_id", "") != work_dirs.identity().get("boot_id", ""):
-        return False  # this machine rebooted since (the host name, as before, is trusted to be this machine)
-    return work_dirs.runs_as_recorded(recorded)
+    if "start_ticks" not in recorded and "pid_started" not in recorded:  # a version that recorded the pid alone
+        return None if process_alive(pid) else "is gone"
+    boot_now = work_dirs.identity().get("boot_id")
+    if recorded.get("boot_id") and boot_now and recorded["boot_id"] != boot_now:
+        # (the host name, as before, is trusted to be this machine)
+        return "is gone: this machine restarted since"
+    if work_dirs.runs_as_recorded(recorded):
+        return None
+    return "is gone" + (" (a later process has its pid)" if process_alive(pid) else "")
 
 
 def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]) -> list[str]:
@@ -53,9 +58,13 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]
         tags={"asr/launcher": "cli", "asr/host": socket.gethostname()}))
     reaped = []
     for run in runs:
+        if run.remote_job_origin is not None or "dagster/parent_run_id" in run.tags:
+            # launched by the daemon or the UI, not by a CLI process: a re-execution of a CLI run inherits its
+            # tags, the dead command's pid among them
+            continue
         pid = int(run.tags.get("asr/pid", "0") or 0)
-        if pid and not _still_running(run, pid):
-            gone = "is gone" + (" (a later process has its pid)" if process_alive(pid) else "")
+        gone = _why_gone(run, pid) if pid else None
+        if gone is not None:
             instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it {gone}")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             emit(f"marked run {run.run_id} failed: its process {pid} {gone}")

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
+from asr_pipeline.core import work_dirs
 from asr_pipeline.defs.common.dead_runs import cli_run_tags, reap_dead_cli_runs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="boot id and clock ticks: Linux")
@@ -46,11 +47,41 @@ def test_a_run_whose_pid_a_later_process_has_is_reaped_and_a_running_one_is_not(
     lines = []
     reaped = reap_dead_cli_runs(instance, lines.append)
     assert sorted(reaped) == sorted([pid_reused, before_reboot])
-    assert all("a later process has its pid" in line for line in lines)
+    assert sorted(lines) == sorted([
+        f"marked run {pid_reused} failed: its process {os.getpid()} is gone (a later process has its pid)",
+        f"marked run {before_reboot} failed: its process {os.getpid()} is gone: this machine restarted since"])
     for run_id in (running, older_version):  # tagged by a version that recorded the pid alone: the pid decides
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
     for run_id in reaped:
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_what_cannot_be_read_now_never_makes_a_running_process_look_gone(instance, monkeypatch):
+    """/proc can be partly hidden from one process and not another (a sandboxed service, ProcSubset=pid): a boot id
+    or a start that cannot be read now cannot tell, and the run stays."""
+    running = _started(instance, cli_run_tags(os.getpid()))
+    monkeypatch.setattr(work_dirs, "identity", lambda pid=None: {"host": "h", "pid": pid or os.getpid()})
+    assert reap_dead_cli_runs(instance, lambda line: None) == []
+    assert instance.get_run_by_id(running).status == dg.DagsterRunStatus.STARTED
+
+
+def test_where_clock_ticks_are_unknown_the_start_time_tells_processes_apart(instance, monkeypatch):
+    """Outside Linux identity() records psutil's start time (seconds since the epoch, tagged as text)."""
+    monkeypatch.setattr(work_dirs, "process_start_ticks", lambda pid: None)
+    mine = cli_run_tags(os.getpid())
+    assert "asr/start_ticks" not in mine and float(mine["asr/pid_started"]) > 0
+    running = _started(instance, mine)
+    pid_reused = _started(instance, {**mine, "asr/pid_started": str(float(mine["asr/pid_started"]) - 60)})
+    assert reap_dead_cli_runs(instance, lambda line: None) == [pid_reused]
+    assert instance.get_run_by_id(running).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_re_execution_of_a_cli_run_is_not_taken_for_the_cli_process(instance):
+    """A re-execution launched from the UI inherits the CLI run's tags, the dead command's pid among them."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    retried = _started(instance, {**cli_run_tags(int(gone.stdout)), "dagster/parent_run_id": str(uuid.uuid4())})
+    assert reap_dead_cli_runs(instance, lambda line: None) == []
+    assert instance.get_run_by_id(retried).status == dg.DagsterRunStatus.STARTED
 
 
 def test_a_run_whose_process_is_gone_is_reaped(instance):

@@ -41,9 +41,11 @@ def _tick(daemon):
 
 
 def _run(daemon, status, job_name="asr_retrain", tags=None) -> DagsterRun:
-    """A run of job_name in the instance, with its code location's origin (a QUEUED run must have one)."""
+    """A run of job_name in the instance, with its code location's origin (a QUEUED run must have one), unless an
+    `asr-pipeline` command ran it (tagged asr/launcher=cli): those execute in process, without one."""
+    origin = None if (tags or {}).get("asr/launcher") == "cli" else sensor_harness.job_origin(job_name)
     run = DagsterRun(job_name=job_name, run_id=str(uuid.uuid4()), status=status, tags=tags or {},
-                     remote_job_origin=sensor_harness.job_origin(job_name))
+                     remote_job_origin=origin)
     daemon.instance.add_run(run)
     return run
 
