@@ -22,7 +22,9 @@ from asr_pipeline.core.korean_numbers import numbers_to_digits, numbers_to_korea
 
 # ---------------------------------------------------------------- policy
 
-MINUS_SIGNS = str.maketrans({"\u2212": "-", "\uff0d": "-"})
+# what a caption writer types for a hyphen or a minus, as the model writes it: the minus sign, the full-width
+# hyphen-minus, the hyphen, the non-breaking hyphen and the en dash (`–5도`, `09–18시`)
+MINUS_SIGNS = str.maketrans({"\u2212": "-", "\uff0d": "-", "\u2010": "-", "\u2011": "-", "\u2013": "-"})
 NUMBER_POLICIES = {"korean": numbers_to_korean, "digits": numbers_to_digits, "keep": lambda text: text}
 
 
@@ -48,7 +50,7 @@ class NormalizationPolicy:
 
     def words(self, text: str) -> str:
         """The policy with word boundaries kept (for WER)."""
-        # the minus sign (U+2212) and the full-width hyphen-minus are the hyphen-minus under every numbers policy;
+        # the minus sign (U+2212), the en dash and the other hyphens are the hyphen-minus under every numbers policy;
         # numbers first: "1,500" and "0.1%" must be read before their punctuation goes
         text = NUMBER_POLICIES[self.numbers](clean(without_format_characters(text)).translate(MINUS_SIGNS))
         if self.punctuation == "strip":

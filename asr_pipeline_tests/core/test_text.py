@@ -89,9 +89,12 @@ def test_numbers_past_kyeong_are_read_digit_by_digit_and_never_break_scoring():
 
 
 @pytest.mark.parametrize("numbers", ["korean", "digits", "keep"])
-def test_the_minus_sign_and_the_full_width_hyphen_are_a_hyphen_under_every_numbers_policy(numbers):
+def test_the_minus_sign_the_en_dash_and_other_hyphens_are_a_hyphen_under_every_numbers_policy(numbers):
     policy = NormalizationPolicy(numbers=numbers)
     assert policy.words("기온 \u22125도") == policy.words("기온 \uff0d5도") == policy.words("기온 -5도")
+    for dash in "\u2010\u2011\u2013":  # hyphen, non-breaking hyphen, en dash: as written for a minus or a range
+        assert policy.words(f"기온 {dash}5도") == policy.words("기온 -5도")
+        assert policy.words(f"09{dash}18시, 3{dash}5도") == policy.words("09-18시, 3-5도")
     if numbers == "korean":
         assert policy.words("기온 \u22125도") == "기온 마이너스 오 도"
 
