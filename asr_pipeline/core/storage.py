@@ -14,6 +14,7 @@ Where symbolic links cannot be made (Windows without the privilege), publishing 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -45,10 +46,11 @@ def staging_dir(final: Path) -> Path:
 
 
 # what publishing leaves beside a published path NAME, exactly as staging_dir, publish and _publish_by_renames name
-# it: .NAME.tmp-PIDsSTARTnNS-ID8 (staging, _staging_name; .NAME.tmp-PID-ID8 where the start is unknown and in names
-# of versions before it), .NAME.v-PID-ID12 and .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the two-rename
-# fallback), .NAME.link-ID12 (a link not yet swapped in)
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)(?:s(?P<start>\d+)n(?P<ns>\d+))?-[0-9a-f]{8}"
+# it: .NAME.tmp-PIDsSTARTtTABLE-ID8 (staging, _staging_name; .NAME.tmp-PID-ID8 where those are unknown and in names of
+# earlier versions, which also wrote -PIDsSTART- and -PIDsSTARTnNS-, judged by the pid), .NAME.v-PID-ID12 and
+# .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the two-rename fallback), .NAME.link-ID12 (a link not yet swapped in)
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)"
+                       r"(?:s(?P<start>\d+)(?:t(?P<table>[0-9a-f]{8})|n\d+)?)?-[0-9a-f]{8}"
                        r"|(?P<v>v)-(?:\d+|replaced)-[0-9a-f]{12}|(?P<old>old)-[0-9a-f]{8}|(?P<link>link)-[0-9a-f]{12})$")
 
 
@@ -88,7 +90,7 @@ def _remove_leftovers(directory: Path, name: str, sweep: bool = False) -> list[P
             if not own:  # staging of other paths: only their own publisher (or its rerun) judges it
                 continue
             # staging whose process is gone; the two-rename fallback died half way
-            stale = (not _staging_process_runs(match)) if match["kind"] else (directory / of).exists()
+            stale = _staging_abandoned(candidate, match) if match["kind"] else (directory / of).exists()
         elif match["v"]:
             # replaced (touched when it was) or never linked, and unused for the grace period. A path's one version
             # behind its link is its current one: no readlink for it (10,000 batches make 10,000 of them)
@@ -107,24 +109,52 @@ def _remove_leftovers(directory: Path, name: str, sweep: bool = False) -> list[P
 
 
 def _staging_name(final: Path) -> str:
-    """.NAME.tmp-PID-ID8, with sSTARTnNS after the PID where known: the process's start in clock ticks since boot and
-    its pid namespace (what a later process given this PID, after a reboot, differs in)."""
-    pid, started, namespace = os.getpid(), process_start_ticks(os.getpid()), pid_namespace()
-    whose = f"{pid}s{started}n{namespace}" if started is not None and namespace is not None else str(pid)
+    """.NAME.tmp-PIDsSTARTtTABLE-ID8 where the start (clock ticks since boot) and the process table (process_table)
+    are known, else .NAME.tmp-PID-ID8: a later process given this PID (after a reboot, in a restarted container)
+    started at another time, and a writer on another machine or in another container has another table."""
+    pid, started, table = os.getpid(), process_start_ticks(os.getpid()), process_table()
+    whose = f"{pid}s{started}t{table}" if started is not None and table is not None else str(pid)
     return f".{final.name}.tmp-{whose}-{uuid.uuid4().hex[:8]}"
 
 
-def _staging_process_runs(match: re.Match) -> bool:
-    """Whether the process that named this staging directory may still write it. By its start only in our pid
-    namespace: another one's (a pod writing the same path) is judged by its pid alone, as before the start was
-    recorded. A start that cannot be read now (an unreadable /proc) cannot tell: the process is taken to run."""
+def _staging_abandoned(candidate: Path, match: re.Match) -> bool:
+    """Whether no process will write this staging directory of the path being published any more."""
     pid = int(match["pid"])
+    if match["table"] is None:  # named where the table is unknown, or before it was recorded: its pid decides
+        return not process_alive(pid)
+    if match["table"] != process_table():
+        # another machine or container (or this one before a reboot): its pid means nothing here, so a day with
+        # nothing in it changed, as for other paths' leftovers
+        newest = newest_mtime(candidate)
+        return newest is not None and time.time() - newest > OTHER_PATHS_GRACE_S
     if not process_alive(pid):
-        return False
-    if match["start"] is None or int(match["ns"]) != pid_namespace():
         return True
     now = process_start_ticks(pid)
-    return now is None or now == int(match["start"])
+    return now is not None and now != int(match["start"])  # unreadable now: cannot tell, so not abandoned
+
+
+def newest_mtime(path: Path) -> float | None:
+    """The latest change of anything in path, or None when nothing in it could be read."""
+    newest = None
+    for folder, _, files in os.walk(path):
+        for name in [folder, *(os.path.join(folder, f) for f in files)]:
+            try:
+                changed = os.stat(name).st_mtime
+            except OSError:
+                continue
+            newest = changed if newest is None else max(newest, changed)
+    return newest
+
+
+def process_table() -> str | None:
+    """Where a pid names one process: this boot of this machine and this pid namespace, as 8 hex digits (Linux;
+    None where unknown). The host's own namespace has the same inode on every machine: the boot id tells them apart."""
+    namespace = pid_namespace()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return None if namespace is None else hashlib.sha256(f"{boot}:{namespace}".encode()).hexdigest()[:8]
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -147,10 +177,27 @@ def pid_namespace() -> int | None:
         return None
 
 
+_POSIX = os.name == "posix"
+
+
 def process_alive(pid: int) -> bool:
-    """psutil, not os.kill(pid, 0): on Windows that call would terminate the process."""
+    """Whether process pid exists and is not a zombie. One that exists but cannot be inspected (another user's
+    under /proc's hidepid, or /proc hidden from a sandboxed service) counts as running: nothing says it is not. On
+    POSIX os.kill(pid, 0) asks first (it sends nothing, and answers EPERM for such a process); on Windows that call
+    would terminate the process, so psutil alone."""
+    if pid <= 0:
+        return False
+    if _POSIX:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
     try:
         return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.AccessDenied:
+        return True
     except psutil.Error:
         return False
 

@@ -27,7 +27,8 @@ from typing import Callable, Iterator, Sequence
 
 import psutil
 
-from asr_pipeline.core.storage import directory_bytes, pid_namespace, process_start_ticks, read_json, write_json
+from asr_pipeline.core.storage import (directory_bytes, newest_mtime, pid_namespace, process_alive,
+                                       process_start_ticks, read_json, write_json)
 
 OWNER = "asr_work_owner.json"  # the process training in this directory: identity() and the data it trains on
 HEARTBEAT_S = 60.0  # how often the owning process touches its owner record while it trains (claimed())
@@ -107,7 +108,7 @@ def abandoned(work_dir: Path, data: str | None = None, now: float | None = None)
         owner = owner if isinstance(owner, dict) else None
     except (OSError, ValueError):
         owner = None
-    newest = _newest_mtime(work_dir)
+    newest = newest_mtime(work_dir)
     if newest is None:
         return None  # nothing in it could be read: not this process's to judge
     idle = now - newest
@@ -183,19 +184,21 @@ def _same_process_table(owner: dict | None, newest: float) -> str:
 
 def runs_as_recorded(owner: dict) -> bool:
     """The process identity() recorded still runs: its pid exists and started when the recorded one did (a reused
-    pid does not). Of this boot and process table: the caller compares those first."""
+    pid does not). Of this boot and process table: the caller compares those first. A process that exists but
+    cannot be inspected (hidden /proc) cannot be told from the recorded one: it counts as running."""
+    if not process_alive(owner["pid"]):
+        return False
     try:
         process = psutil.Process(owner["pid"])
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
         now = identity(owner["pid"])
+        if "start_ticks" in owner:
+            return "start_ticks" not in now or owner["start_ticks"] == now["start_ticks"]
+        started = owner.get("pid_started")
+        return isinstance(started, (int, float)) and abs(process.create_time() - started) < 1.0
     except (psutil.Error, OSError, ValueError):
-        return False
-    if "start_ticks" in owner:
-        # unreadable now (/proc hidden from this process) cannot tell: the process is taken to run
-        return "start_ticks" not in now or owner["start_ticks"] == now["start_ticks"]
-    started = owner.get("pid_started")
-    return isinstance(started, (int, float)) and abs(process.create_time() - started) < 1.0
+        return True
 
 
 def touch(work_dir: Path) -> None:
@@ -204,16 +207,3 @@ def touch(work_dir: Path) -> None:
         os.utime(Path(work_dir) / OWNER)
     except OSError:
         pass
-
-
-def _newest_mtime(path: Path) -> float | None:
-    """The latest change of anything in path, or None when nothing in it could be read."""
-    newest = None
-    for folder, _, files in os.walk(path):
-        for name in [folder, *(os.path.join(folder, f) for f in files)]:
-            try:
-                changed = os.stat(name).st_mtime
-            except OSError:
-                continue
-            newest = changed if newest is None else max(newest, changed)
-    return newest

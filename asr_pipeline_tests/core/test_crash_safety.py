@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from asr_pipeline.core import storage
+from asr_pipeline.core import storage, work_dirs
 from asr_pipeline.core.settings import AudioRoots, PathMap
 from asr_pipeline.core.storage import publish, staging_dir
 
@@ -113,18 +114,27 @@ def test_a_staging_directory_whose_pid_a_later_process_has_is_removed(tmp_path):
     in its staging directory's name tells them apart. Names without it (before it was recorded) go by the pid."""
     final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
     mine = storage.staging_dir(final)
-    pid, started, namespace = os.getpid(), storage.process_start_ticks(os.getpid()), storage.pid_namespace()
-    assert mine.name.startswith(f".{final.name}.tmp-{pid}s{started}n{namespace}-")
-    pid_reused = final.parent / f".{final.name}.tmp-{pid}s{started - 100}n{namespace}-0123abcd"
-    older_name = final.parent / f".{final.name}.tmp-{pid}-4567cdef"
-    # a pod writing the same path: its pid and start mean nothing here; its pid alone decides, as before
-    other_namespace = final.parent / f".{final.name}.tmp-{pid}s{started - 100}n{namespace + 1}-0123cdef"
+    pid, started, table = os.getpid(), storage.process_start_ticks(os.getpid()), storage.process_table()
+    assert mine.name.startswith(f".{final.name}.tmp-{pid}s{started}t{table}-")
+    pid_reused = final.parent / f".{final.name}.tmp-{pid}s{started - 100}t{table}-0123abcd"
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = final.parent / f".{final.name}.tmp-{int(finished.stdout)}s{started}n{namespace}-89abcdef"
-    for path in (pid_reused, older_name, other_namespace, gone):
+    gone = final.parent / f".{final.name}.tmp-{int(finished.stdout)}s{started}t{table}-89abcdef"
+    # names without the table (before it was recorded, and the forms of two earlier commits): the pid decides
+    older_names = [final.parent / f".{final.name}.tmp-{pid}{whose}-4567cdef" for whose in ("", f"s{started - 100}",
+                                                                                          f"s{started - 100}n7")]
+    gone_older = final.parent / f".{final.name}.tmp-{int(finished.stdout)}s{started}n7-0123cdef"
+    # another machine's or container's (a pod writing the same path): its pid means nothing here; a day unchanged
+    other_table = final.parent / f".{final.name}.tmp-{int(finished.stdout)}s{started}t{'0' * 8}-4567abcd"
+    for path in (pid_reused, gone, *older_names, gone_older, other_table):
         path.mkdir()
-    assert sorted(storage.remove_stale_staging(final)) == sorted([pid_reused, gone])
-    assert mine.is_dir() and older_name.is_dir() and other_namespace.is_dir()
+    assert sorted(storage.remove_stale_staging(final)) == sorted([pid_reused, gone, gone_older])
+    assert mine.is_dir() and all(path.is_dir() for path in older_names) and other_table.is_dir()
+    (other_table / "shard.arrow").write_bytes(b"written a day ago")
+    stale = time.time() - storage.OTHER_PATHS_GRACE_S - 60
+    os.utime(other_table / "shard.arrow", (stale, stale))
+    assert storage.remove_stale_staging(final) == []  # the directory itself changed just now
+    os.utime(other_table, (stale, stale))
+    assert storage.remove_stale_staging(final) == [other_table]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
@@ -247,16 +257,38 @@ def test_every_file_is_on_disk_before_the_link_points_at_it(tmp_path, monkeypatc
     assert ("fsync", str(final.parent)) in events[swap:]  # and the swap itself
 
 
-def test_process_checks_use_psutil_not_os_kill(monkeypatch):
-    """os.kill(pid, 0) terminates the process on Windows: process_alive asks psutil (OpenProcess there)."""
+def test_a_process_that_exists_but_cannot_be_inspected_counts_as_running(monkeypatch):
+    """Another user's process under /proc's hidepid (or /proc hidden from a sandboxed service): os.kill(pid, 0)
+    answers EPERM and psutil cannot see it, or psutil is refused. Nothing says it is gone: a run or staging
+    directory of it must not be taken for dead."""
+    def refused(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    with monkeypatch.context() as hidden:  # hidepid=invisible: os.kill says EPERM, /proc has no entry
+        hidden.setattr(os, "kill", refused)
+        hidden.setattr(psutil, "pid_exists", lambda pid: False)
+        assert storage.process_alive(4242)
+        assert work_dirs.runs_as_recorded({"pid": 4242, "start_ticks": 1})
+
+    def denied(self):
+        raise psutil.AccessDenied(4242)
+
+    monkeypatch.setattr(storage, "_POSIX", False)  # Windows: psutil alone, refused
+    monkeypatch.setattr(psutil, "pid_exists", lambda pid: True)
+    monkeypatch.setattr(psutil.Process, "__init__", lambda self, pid: None)
+    monkeypatch.setattr(psutil.Process, "status", denied)
+    assert storage.process_alive(4242)
+
+
+def test_process_checks_use_psutil_not_os_kill_on_windows(monkeypatch):
+    """os.kill(pid, 0) terminates the process on Windows: there process_alive asks psutil alone (OpenProcess)."""
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert storage.process_alive(os.getpid()) and not storage.process_alive(int(finished.stdout))
 
     def forbidden(*_):
         raise AssertionError("os.kill called")
 
-    import psutil
-
+    monkeypatch.setattr(storage, "_POSIX", False)
     asked = []
     monkeypatch.setattr(psutil, "pid_exists", lambda pid: asked.append(pid) or pid == 4242)
     monkeypatch.setattr(psutil.Process, "status", lambda self: psutil.STATUS_RUNNING)

@@ -16,7 +16,7 @@ from asr_pipeline.core.storage import process_alive
 
 # what identifies the process besides its pid (work_dirs.identity): a later process given the same pid, after a
 # reboot or in a restarted container (whose command often gets the pid its killed predecessor had), is not it
-_IDENTITY_TAGS = {"boot_id": str, "start_ticks": int, "pid_started": float}
+_IDENTITY_TAGS = {"boot_id": str, "pid_namespace": int, "start_ticks": int, "pid_started": float}
 
 
 def cli_run_tags(pid: int) -> dict[str, str]:
@@ -40,10 +40,15 @@ def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
             pass
     if "start_ticks" not in recorded and "pid_started" not in recorded:  # a version that recorded the pid alone
         return None if process_alive(pid) else "is gone"
-    boot_now = work_dirs.identity().get("boot_id")
-    if recorded.get("boot_id") and boot_now and recorded["boot_id"] != boot_now:
+    mine = work_dirs.identity()
+    if recorded.get("boot_id") and mine.get("boot_id") and recorded["boot_id"] != mine["boot_id"]:
         # (the host name, as before, is trusted to be this machine)
         return "is gone: this machine restarted since"
+    namespaces = (recorded.get("pid_namespace"), mine.get("pid_namespace"))
+    if None not in namespaces and namespaces[0] != namespaces[1]:
+        # another container with this host name (host networking), or this container before a restart: its pids
+        # mean nothing here, so it is left (terminate it in the UI if its process is gone)
+        return None
     if work_dirs.runs_as_recorded(recorded):
         return None
     return "is gone" + (" (a later process has its pid)" if process_alive(pid) else "")

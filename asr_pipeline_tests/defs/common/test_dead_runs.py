@@ -93,3 +93,14 @@ def test_a_run_whose_process_is_gone_is_reaped(instance):
     lines = []
     assert reap_dead_cli_runs(instance, lines.append) == [run_id]
     assert lines == [f"marked run {run_id} failed: its process {gone.pid} is gone"]
+
+
+def test_a_run_from_another_pid_namespace_is_left(instance):
+    """Another container given this host name (host networking) runs its commands under pids that mean nothing here:
+    its run is left, even when no process here has its pid (the same run from this namespace is reaped)."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tags = {**cli_run_tags(os.getpid()), "asr/pid": gone.stdout.strip()}
+    here = _started(instance, tags)
+    elsewhere = _started(instance, {**tags, "asr/pid_namespace": str(int(tags["asr/pid_namespace"]) + 1)})
+    assert reap_dead_cli_runs(instance, lambda line: None) == [here]
+    assert instance.get_run_by_id(elsewhere).status == dg.DagsterRunStatus.STARTED
