@@ -135,8 +135,11 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
     if instance is None:
         instance = _instance()
         _reap_dead_runs(instance)
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    partition_key=partition_key, tags={**(tags or {}), **_run_tags()})
+    from asr_pipeline.defs.common.dead_runs import heartbeat
+
+    with heartbeat(instance):  # what tells a reaper in another container or on another host that this command lives
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                        partition_key=partition_key, tags={**(tags or {}), **_run_tags()})
     where = f" for batch {partition_key}" if partition_key else ""
     if not result.success:
         for event in result.all_events:
@@ -167,12 +170,15 @@ def _run_batch_as_launched(key: str, tags: dict[str, str] | None = None) -> None
     tags: the plan's for this batch (planning.request_tags), passed on by `ingest --parallel`."""
     import dagster as dg
 
+    from asr_pipeline.defs.common.dead_runs import heartbeat
     from asr_pipeline.defs.ingest.planning import INGEST_TAGS
     from asr_pipeline.definitions import ingest_job
 
-    result = dg.execute_job(dg.reconstructable(ingest_job), instance=_instance(),
-                            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-                            tags={**INGEST_TAGS, **(tags or {}), **_run_tags(), "dagster/partition": key})
+    instance = _instance()
+    with heartbeat(instance):
+        result = dg.execute_job(dg.reconstructable(ingest_job), instance=instance,
+                                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                                tags={**INGEST_TAGS, **(tags or {}), **_run_tags(), "dagster/partition": key})
     if not result.success:
         raise SystemExit(f"run {result.run_id} of asr_ingest for batch {key} failed (details in the Dagster UI)")
     print(f"run {result.run_id} of asr_ingest for batch {key} succeeded")

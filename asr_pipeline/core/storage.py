@@ -51,7 +51,7 @@ def staging_dir(final: Path) -> Path:
 # .NAME.v-replaced-ID12 (versions), .NAME.old-ID8 (the two-rename fallback), .NAME.link-ID12 (a link not yet swapped in)
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:(?P<kind>tmp)-(?P<pid>\d+)"
                        r"(?:s(?P<start>\d+)(?:t(?P<table>[0-9a-f]{8})|n\d+)?)?-[0-9a-f]{8}"
-                       r"|(?P<v>v)-(?:\d+|replaced)-[0-9a-f]{12}|(?P<old>old)-[0-9a-f]{8}|(?P<link>link)-[0-9a-f]{12})$")
+                       r"|(?P<v>v)-(?:\d+|replaced)-[0-9a-f]{12}|(?P<old>old)-[0-9a-f]{8}|(?P<link>link)-[0-9a-f]{12})\Z")
 
 
 def remove_stale_staging(final: Path) -> list[Path]:
@@ -185,12 +185,12 @@ def process_alive(pid: int) -> bool:
     under /proc's hidepid, or /proc hidden from a sandboxed service) counts as running: nothing says it is not. On
     POSIX os.kill(pid, 0) asks first (it sends nothing, and answers EPERM for such a process); on Windows that call
     would terminate the process, so psutil alone."""
-    if pid <= 0:
+    if not 0 < pid < 2**32:  # (a name or tag edited by hand: no process has such a pid)
         return False
     if _POSIX:
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):
             return False
         except PermissionError:
             return True

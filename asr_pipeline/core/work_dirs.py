@@ -197,6 +197,8 @@ def runs_as_recorded(owner: dict) -> bool:
             return "start_ticks" not in now or owner["start_ticks"] == now["start_ticks"]
         started = owner.get("pid_started")
         return isinstance(started, (int, float)) and abs(process.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:  # gone since, or hidden from psutil (hidepid=invisible): the first check again
+        return process_alive(owner["pid"])
     except (psutil.Error, OSError, ValueError):
         return True
 

@@ -264,9 +264,13 @@ def test_a_process_that_exists_but_cannot_be_inspected_counts_as_running(monkeyp
     def refused(pid, signal):
         raise PermissionError(1, "Operation not permitted")
 
+    def invisible(self, pid):
+        raise psutil.NoSuchProcess(pid)
+
     with monkeypatch.context() as hidden:  # hidepid=invisible: os.kill says EPERM, /proc has no entry
         hidden.setattr(os, "kill", refused)
         hidden.setattr(psutil, "pid_exists", lambda pid: False)
+        hidden.setattr(psutil.Process, "__init__", invisible)
         assert storage.process_alive(4242)
         assert work_dirs.runs_as_recorded({"pid": 4242, "start_ticks": 1})
 

@@ -1,12 +1,21 @@
 """Runs an `asr-pipeline` command executed in its own process (execute_in_process) whose process is gone: kill -9,
 a power cut. No code server watches such a run, so it would stay 'started' for good, keep its concurrency slot
 (blocking every later training in the asr_training pool) and make nightly_retraining wait for it. Marked failed,
-their slots freed, by every CLI command and by the nightly tick."""
+their slots freed, by every CLI command and by the nightly tick.
+
+Where the pid can be checked (this host, this pid namespace) the pid and the process's start decide. Elsewhere (another
+container given this host name, this container before a restart, another host) the command's heartbeat does: a
+thread of the command tags its runs with the time every HEARTBEAT_S, and a run whose heartbeat is older than
+HEARTBEAT_STALE_S is gone."""
 
 from __future__ import annotations
 
+import os
 import socket
-from typing import Callable
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import dagster as dg
 import psutil
@@ -17,6 +26,10 @@ from asr_pipeline.core.storage import process_alive
 # what identifies the process besides its pid (work_dirs.identity): a later process given the same pid, after a
 # reboot or in a restarted container (whose command often gets the pid its killed predecessor had), is not it
 _IDENTITY_TAGS = {"boot_id": str, "pid_namespace": int, "start_ticks": int, "pid_started": float}
+HEARTBEAT_TAG = "asr/heartbeat"  # seconds since the epoch, as text: the command was alive then
+HEARTBEAT_S = 60.0
+HEARTBEAT_STALE_S = 15 * 60.0  # fifteen missed beats (a busy instance database, clocks a little apart)
+_ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def cli_run_tags(pid: int) -> dict[str, str]:
@@ -27,7 +40,34 @@ def cli_run_tags(pid: int) -> dict[str, str]:
     except psutil.Error:  # no such process (outside Linux): the pid alone
         return tags
     tags.update({f"asr/{key}": str(process[key]) for key in _IDENTITY_TAGS if key in process})
+    tags[HEARTBEAT_TAG] = str(int(time.time()))
     return tags
+
+
+@contextmanager
+def heartbeat(instance: dg.DagsterInstance, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """While the block runs, a thread tags this process's active runs (cli_run_tags(os.getpid())) with the time every
+    every_s: what tells a reaper that cannot check the pid (another container or host) that the command lives."""
+    mine = cli_run_tags(os.getpid())
+    ours = {key: mine[key] for key in ("asr/launcher", "asr/host", "asr/pid") if key in mine}
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(every_s):
+            try:
+                for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE, tags=ours)):
+                    if run.tags.get("asr/start_ticks") == mine.get("asr/start_ticks"):
+                        instance.add_run_tags(run.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
+            except Exception:  # a locked or unreachable database: the next beat tries again
+                pass
+
+    thread = threading.Thread(target=beat, name="cli-run-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)  # a beat waiting on a locked database does not hold the command's exit up for long
 
 
 def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
@@ -46,21 +86,30 @@ def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
         return "is gone: this machine restarted since"
     namespaces = (recorded.get("pid_namespace"), mine.get("pid_namespace"))
     if None not in namespaces and namespaces[0] != namespaces[1]:
-        # another container with this host name (host networking), or this container before a restart: its pids
-        # mean nothing here, so it is left (terminate it in the UI if its process is gone)
-        return None
+        # another container with this host name (a pod's containers share it), or this container before a restart:
+        # its pids mean nothing here
+        return _silent_for(run)
     if work_dirs.runs_as_recorded(recorded):
         return None
     return "is gone" + (" (a later process has its pid)" if process_alive(pid) else "")
 
 
+def _silent_for(run: dg.DagsterRun, now: float | None = None) -> str | None:
+    """For a run whose pid cannot be checked here: gone when its command's heartbeat is older than HEARTBEAT_STALE_S.
+    Runs of versions without the heartbeat are left."""
+    try:
+        silent = (time.time() if now is None else now) - float(run.tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return None
+    return f"sent no heartbeat for {silent / 60:.0f} min" if silent > HEARTBEAT_STALE_S else None
+
+
 def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]) -> list[str]:
-    """Mark failed the runs the CLI started on this host whose process is gone; returns their ids. A run from
-    another host is left: its process cannot be checked from here."""
+    """Mark failed the runs `asr-pipeline` commands started whose process is gone; returns their ids. On this host
+    the process is checked; elsewhere its heartbeat decides."""
     runs = instance.get_runs(filters=dg.RunsFilter(
-        # NOT_STARTED too: a command killed between making its run and starting it
-        statuses=[dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
-        tags={"asr/launcher": "cli", "asr/host": socket.gethostname()}))
+        statuses=_ACTIVE,  # NOT_STARTED too: a command killed between making its run and starting it
+        tags={"asr/launcher": "cli"}))
     reaped = []
     for run in runs:
         if run.remote_job_origin is not None or "dagster/parent_run_id" in run.tags:
@@ -68,7 +117,10 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]
             # tags, the dead command's pid among them
             continue
         pid = int(run.tags.get("asr/pid", "0") or 0)
-        gone = _why_gone(run, pid) if pid else None
+        if run.tags.get("asr/host") != socket.gethostname():
+            gone = _silent_for(run)
+        else:
+            gone = _why_gone(run, pid) if pid else None
         if gone is not None:
             instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it {gone}")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

@@ -18,7 +18,7 @@ import os
 import dagster as dg
 
 from asr_pipeline.core.errors import ConfigError
-from asr_pipeline.defs.common.dead_runs import reap_dead_cli_runs
+from asr_pipeline.defs.common.dead_runs import HEARTBEAT_STALE_S, reap_dead_cli_runs
 from asr_pipeline.defs.evaluation.checks import BEATS_CHAMPION
 from asr_pipeline.defs.ingest.partitions import INGEST_BATCHES
 from asr_pipeline.defs.ingest.run_failures import succeeded_steps
@@ -104,7 +104,8 @@ def active_training(instance: dg.DagsterInstance) -> str | None:
             if job_name == IMPLICIT_ASSET_JOB and not (run.asset_selection or set()) & TRAINING_ASSETS:
                 continue  # an ingest backfill or a check from the UI
             where = (f" by `asr-pipeline` on {run.tags['asr/host']} (pid {run.tags.get('asr/pid')}; if that process "
-                     "is gone, run any asr-pipeline command there, or terminate the run in the UI)"
+                     "is gone, a tick marks the run failed: at once on that host and in its container, elsewhere "
+                     f"{HEARTBEAT_STALE_S / 60:.0f} min after the command's last heartbeat)"
                      if run.tags.get("asr/launcher") == "cli" else "")
             return (f"{run.job_name} run {run.run_id} is {run.status.value.lower()}{where}; the first tick after it "
                     "ends decides whether to train again")

@@ -5,6 +5,7 @@ killed predecessor had), and never one whose process still runs."""
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import dagster as dg
@@ -12,6 +13,7 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from asr_pipeline.core import work_dirs
+from asr_pipeline.defs.common import dead_runs
 from asr_pipeline.defs.common.dead_runs import cli_run_tags, reap_dead_cli_runs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="boot id and clock ticks: Linux")
@@ -95,12 +97,36 @@ def test_a_run_whose_process_is_gone_is_reaped(instance):
     assert lines == [f"marked run {run_id} failed: its process {gone.pid} is gone"]
 
 
-def test_a_run_from_another_pid_namespace_is_left(instance):
-    """Another container given this host name (host networking) runs its commands under pids that mean nothing here:
-    its run is left, even when no process here has its pid (the same run from this namespace is reaped)."""
+def test_where_the_pid_cannot_be_checked_the_commands_heartbeat_decides(instance):
+    """Another container given this host name (a pod's containers share it; or this container before a restart) and
+    another host run their commands under pids that mean nothing here: a run of theirs is gone once its command's
+    heartbeat is HEARTBEAT_STALE_S old, never because no process here has its pid."""
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     tags = {**cli_run_tags(os.getpid()), "asr/pid": gone.stdout.strip()}
-    here = _started(instance, tags)
-    elsewhere = _started(instance, {**tags, "asr/pid_namespace": str(int(tags["asr/pid_namespace"]) + 1)})
-    assert reap_dead_cli_runs(instance, lambda line: None) == [here]
-    assert instance.get_run_by_id(elsewhere).status == dg.DagsterRunStatus.STARTED
+    stale = {dead_runs.HEARTBEAT_TAG: str(int(time.time() - dead_runs.HEARTBEAT_STALE_S - 60))}
+    here = _started(instance, tags)  # this namespace: the pid is checked, and is gone
+    other_namespace = {**tags, "asr/pid_namespace": str(int(tags["asr/pid_namespace"]) + 1)}
+    other_host = {**tags, "asr/host": "another-host"}
+    alive_elsewhere = [_started(instance, other_namespace), _started(instance, other_host)]
+    silent = [_started(instance, {**other_namespace, **stale}), _started(instance, {**other_host, **stale})]
+    no_heartbeat = _started(instance, {k: v for k, v in other_host.items() if k != dead_runs.HEARTBEAT_TAG})
+    lines = []
+    assert sorted(reap_dead_cli_runs(instance, lines.append)) == sorted([here, *silent])
+    assert sum("sent no heartbeat for 16 min" in line for line in lines) == 2
+    for run_id in (*alive_elsewhere, no_heartbeat):  # (a version without the heartbeat: left, as before)
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_command_beats_on_its_own_active_runs_only(instance):
+    mine, other = cli_run_tags(os.getpid()), cli_run_tags(os.getppid())
+    long_ago = {dead_runs.HEARTBEAT_TAG: "1000"}
+    running, finished = _started(instance, {**mine, **long_ago}), _started(instance, {**mine, **long_ago})
+    instance.report_run_failed(instance.get_run_by_id(finished))
+    someone_elses = _started(instance, {**other, **long_ago})
+    with dead_runs.heartbeat(instance, every_s=0.05):
+        deadline = time.time() + 10
+        while instance.get_run_by_id(running).tags[dead_runs.HEARTBEAT_TAG] == "1000" and time.time() < deadline:
+            time.sleep(0.05)
+    assert float(instance.get_run_by_id(running).tags[dead_runs.HEARTBEAT_TAG]) > time.time() - 60
+    assert instance.get_run_by_id(finished).tags[dead_runs.HEARTBEAT_TAG] == "1000"
+    assert instance.get_run_by_id(someone_elses).tags[dead_runs.HEARTBEAT_TAG] == "1000"
