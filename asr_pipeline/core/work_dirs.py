@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable, Iterator, Sequence
 
 import psutil
 
+from asr_pipeline.core.heartbeat import beating
 from asr_pipeline.core.storage import (directory_bytes, newest_mtime, pid_namespace, process_alive,
                                        process_start_ticks, read_json, write_json)
 
@@ -83,19 +83,8 @@ def claimed(work_dir: Path, data: str, every_s: float | None = None) -> Iterator
     """claim(), then touch the owner record every HEARTBEAT_S (every_s) until the block ends: a training that
     loads a large model, runs one long step or validates for an hour still shows it is alive."""
     claim(work_dir, data)
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(HEARTBEAT_S if every_s is None else every_s):
-            touch(work_dir)
-
-    thread = threading.Thread(target=beat, name="work-dir-heartbeat", daemon=True)
-    thread.start()
-    try:
+    with beating(HEARTBEAT_S if every_s is None else every_s, lambda: touch(work_dir), "work-dir-heartbeat"):
         yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def abandoned(work_dir: Path, data: str | None = None, now: float | None = None) -> str | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -21,6 +20,7 @@ import dagster as dg
 import psutil
 
 from asr_pipeline.core import work_dirs
+from asr_pipeline.core.heartbeat import beating
 from asr_pipeline.core.storage import process_alive
 
 # what identifies the process besides its pid (work_dirs.identity): a later process given the same pid, after a
@@ -50,24 +50,18 @@ def heartbeat(instance: dg.DagsterInstance, every_s: float = HEARTBEAT_S) -> Ite
     every_s: what tells a reaper that cannot check the pid (another container or host) that the command lives."""
     mine = cli_run_tags(os.getpid())
     ours = {key: mine[key] for key in ("asr/launcher", "asr/host", "asr/pid") if key in mine}
-    stop = threading.Event()
 
     def beat():
-        while not stop.wait(every_s):
-            try:
-                for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE, tags=ours)):
-                    if run.tags.get("asr/start_ticks") == mine.get("asr/start_ticks"):
-                        instance.add_run_tags(run.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
-            except Exception:  # a locked or unreachable database: the next beat tries again
-                pass
+        try:
+            for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE, tags=ours)):
+                if run.tags.get("asr/start_ticks") == mine.get("asr/start_ticks"):
+                    instance.add_run_tags(run.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
+        except Exception:  # a locked or unreachable database: the next beat tries again
+            pass
 
-    thread = threading.Thread(target=beat, name="cli-run-heartbeat", daemon=True)
-    thread.start()
-    try:
+    # a beat waiting on a locked database does not hold the command's exit up for long
+    with beating(every_s, beat, "cli-run-heartbeat", exit_wait_s=10):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)  # a beat waiting on a locked database does not hold the command's exit up for long
 
 
 def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
