@@ -137,9 +137,10 @@ def _run(job_name: str, training: dict | None = None, evaluation: dict | None = 
         _reap_dead_runs(instance)
     from asr_pipeline.defs.common.dead_runs import heartbeat
 
-    with heartbeat(instance):  # what tells a reaper in another container or on another host that this command lives
+    mine = _run_tags()
+    with heartbeat(instance, mine):  # what tells a reaper in another container or on another host that this lives
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                        partition_key=partition_key, tags={**(tags or {}), **_run_tags()})
+                                        partition_key=partition_key, tags={**(tags or {}), **mine})
     where = f" for batch {partition_key}" if partition_key else ""
     if not result.success:
         for event in result.all_events:
@@ -175,10 +176,11 @@ def _run_batch_as_launched(key: str, tags: dict[str, str] | None = None) -> None
     from asr_pipeline.definitions import ingest_job
 
     instance = _instance()
-    with heartbeat(instance):
+    mine = _run_tags()
+    with heartbeat(instance, mine):
         result = dg.execute_job(dg.reconstructable(ingest_job), instance=instance,
                                 run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-                                tags={**INGEST_TAGS, **(tags or {}), **_run_tags(), "dagster/partition": key})
+                                tags={**INGEST_TAGS, **(tags or {}), **mine, "dagster/partition": key})
     if not result.success:
         raise SystemExit(f"run {result.run_id} of asr_ingest for batch {key} failed (details in the Dagster UI)")
     print(f"run {result.run_id} of asr_ingest for batch {key} succeeded")

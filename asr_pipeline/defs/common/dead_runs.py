@@ -10,8 +10,8 @@ HEARTBEAT_STALE_S is gone."""
 
 from __future__ import annotations
 
-import os
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -45,19 +45,30 @@ def cli_run_tags(pid: int) -> dict[str, str]:
 
 
 @contextmanager
-def heartbeat(instance: dg.DagsterInstance, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-    """While the block runs, a thread tags this process's active runs (cli_run_tags(os.getpid())) with the time every
-    every_s: what tells a reaper that cannot check the pid (another container or host) that the command lives."""
-    mine = cli_run_tags(os.getpid())
+def heartbeat(instance: dg.DagsterInstance, mine: dict[str, str], every_s: float = HEARTBEAT_S,
+              emit: Callable[[str], None] | None = None) -> Iterator[None]:
+    """While the block runs, a thread tags the active runs made with the tags `mine` (cli_run_tags of this process)
+    with the time every every_s: what tells a reaper that cannot check the pid (another container or host) that the
+    command lives. Each beat also reaps dead CLI runs: a training waiting for the pool slot of a run killed in
+    another container gets it once that run's heartbeat is stale, not only at the next command or nightly tick."""
+    emit = emit or (lambda line: print(line, file=sys.stderr))
     ours = {key: mine[key] for key in ("asr/launcher", "asr/host", "asr/pid") if key in mine}
+    identity = [f"asr/{key}" for key in _IDENTITY_TAGS]
+    failures = []
 
     def beat():
         try:
             for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE, tags=ours)):
-                if run.tags.get("asr/start_ticks") == mine.get("asr/start_ticks"):
+                if all(run.tags.get(key) == mine.get(key) for key in identity):
                     instance.add_run_tags(run.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
-        except Exception:  # a locked or unreachable database: the next beat tries again
-            pass
+            reap_dead_cli_runs(instance, emit)
+            failures.clear()
+        except Exception as error:  # a locked or unreachable database: the next beat tries again
+            failures.append(error)
+            if len(failures) == 3:
+                emit(f"asr-pipeline: the run heartbeat failed 3 times in a row ({error!r}); after "
+                     f"{HEARTBEAT_STALE_S / 60:.0f} min without one, a reaper in another container or on another "
+                     "host takes this command's runs for dead")
 
     # a beat waiting on a locked database does not hold the command's exit up for long
     with beating(every_s, beat, "cli-run-heartbeat", exit_wait_s=10):
@@ -76,7 +87,8 @@ def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
         return None if process_alive(pid) else "is gone"
     mine = work_dirs.identity()
     if recorded.get("boot_id") and mine.get("boot_id") and recorded["boot_id"] != mine["boot_id"]:
-        # (the host name, as before, is trusted to be this machine)
+        if _heartbeat(run) > psutil.boot_time():  # alive since this machine booted: another one with this host name
+            return _silent_for(run)
         return "is gone: this machine restarted since"
     namespaces = (recorded.get("pid_namespace"), mine.get("pid_namespace"))
     if None not in namespaces and namespaces[0] != namespaces[1]:
@@ -88,13 +100,20 @@ def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
     return "is gone" + (" (a later process has its pid)" if process_alive(pid) else "")
 
 
-def _silent_for(run: dg.DagsterRun, now: float | None = None) -> str | None:
-    """For a run whose pid cannot be checked here: gone when its command's heartbeat is older than HEARTBEAT_STALE_S.
-    Runs of versions without the heartbeat are left."""
+def _heartbeat(run: dg.DagsterRun) -> float:
+    """When the run's command last said it lived (seconds since the epoch; 0 for versions without the heartbeat)."""
     try:
-        silent = (time.time() if now is None else now) - float(run.tags[HEARTBEAT_TAG])
+        return float(run.tags[HEARTBEAT_TAG])
     except (KeyError, ValueError):
+        return 0.0
+
+
+def _silent_for(run: dg.DagsterRun) -> str | None:
+    """For a run whose pid cannot be checked here: gone when its command's heartbeat is older than HEARTBEAT_STALE_S
+    (the hosts' clocks are taken to agree within minutes). Runs of versions without the heartbeat are left."""
+    if HEARTBEAT_TAG not in run.tags:
         return None
+    silent = time.time() - _heartbeat(run)
     return f"sent no heartbeat for {silent / 60:.0f} min" if silent > HEARTBEAT_STALE_S else None
 
 

@@ -103,7 +103,7 @@ def active_training(instance: dg.DagsterInstance) -> str | None:
             run = record.dagster_run
             if job_name == IMPLICIT_ASSET_JOB and not (run.asset_selection or set()) & TRAINING_ASSETS:
                 continue  # an ingest backfill or a check from the UI
-            where = (f" by `asr-pipeline` on {run.tags['asr/host']} (pid {run.tags.get('asr/pid')}; if that process "
+            where = (f" by `asr-pipeline` on {run.tags.get('asr/host')} (pid {run.tags.get('asr/pid')}; if that process "
                      "is gone, a tick marks the run failed: at once on that host and in its container, elsewhere "
                      f"{HEARTBEAT_STALE_S / 60:.0f} min after the command's last heartbeat)"
                      if run.tags.get("asr/launcher") == "cli" else "")

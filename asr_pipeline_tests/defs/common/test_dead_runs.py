@@ -9,6 +9,7 @@ import time
 import uuid
 
 import dagster as dg
+import psutil
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
@@ -44,7 +45,8 @@ def test_a_run_whose_pid_a_later_process_has_is_reaped_and_a_running_one_is_not(
     mine = cli_run_tags(os.getpid())
     running = _started(instance, mine)
     pid_reused = _started(instance, {**mine, "asr/start_ticks": str(int(mine["asr/start_ticks"]) - 100)})
-    before_reboot = _started(instance, {**mine, "asr/boot_id": str(uuid.uuid4())})
+    before_reboot = _started(instance, {**mine, "asr/boot_id": str(uuid.uuid4()),
+                                        dead_runs.HEARTBEAT_TAG: str(int(psutil.boot_time()) - 60)})
     older_version = _started(instance, {k: v for k, v in mine.items() if k in ("asr/launcher", "asr/host", "asr/pid")})
     lines = []
     reaped = reap_dead_cli_runs(instance, lines.append)
@@ -117,16 +119,45 @@ def test_where_the_pid_cannot_be_checked_the_commands_heartbeat_decides(instance
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
 
 
-def test_a_command_beats_on_its_own_active_runs_only(instance):
+def test_a_command_beats_on_its_own_active_runs_only_and_reaps_as_it_beats(instance):
     mine, other = cli_run_tags(os.getpid()), cli_run_tags(os.getppid())
     long_ago = {dead_runs.HEARTBEAT_TAG: "1000"}
     running, finished = _started(instance, {**mine, **long_ago}), _started(instance, {**mine, **long_ago})
     instance.report_run_failed(instance.get_run_by_id(finished))
     someone_elses = _started(instance, {**other, **long_ago})
-    with dead_runs.heartbeat(instance, every_s=0.05):
+    # an earlier process given this pid (this namespace: its run is reaped by the beat, not beaten alive)
+    pid_reused = _started(instance, {**mine, **long_ago, "asr/start_ticks": "1"})
+    lines = []
+    with dead_runs.heartbeat(instance, mine, every_s=0.05, emit=lines.append):
         deadline = time.time() + 10
         while instance.get_run_by_id(running).tags[dead_runs.HEARTBEAT_TAG] == "1000" and time.time() < deadline:
             time.sleep(0.05)
     assert float(instance.get_run_by_id(running).tags[dead_runs.HEARTBEAT_TAG]) > time.time() - 60
     assert instance.get_run_by_id(finished).tags[dead_runs.HEARTBEAT_TAG] == "1000"
     assert instance.get_run_by_id(someone_elses).tags[dead_runs.HEARTBEAT_TAG] == "1000"
+    reused = instance.get_run_by_id(pid_reused)
+    assert reused.tags[dead_runs.HEARTBEAT_TAG] == "1000" and reused.status == dg.DagsterRunStatus.FAILURE
+    assert lines == [f"marked run {pid_reused} failed: its process {os.getpid()} is gone (a later process has its pid)"]
+    assert instance.get_run_by_id(running).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_run_of_another_machine_with_this_host_name_alive_since_this_boot_is_judged_by_its_heartbeat(instance):
+    mine = cli_run_tags(os.getpid())
+    other_boot = {**mine, "asr/boot_id": str(uuid.uuid4())}
+    alive_there = _started(instance, other_boot)  # its heartbeat: now, after this machine booted
+    before_the_reboot = _started(instance, {**other_boot, dead_runs.HEARTBEAT_TAG: str(int(psutil.boot_time()) - 60)})
+    assert reap_dead_cli_runs(instance, lambda line: None) == [before_the_reboot]
+    assert instance.get_run_by_id(alive_there).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_heartbeat_that_keeps_failing_says_so(instance, monkeypatch):
+    def locked(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(instance, "get_runs", locked)
+    lines = []
+    with dead_runs.heartbeat(instance, cli_run_tags(os.getpid()), every_s=0.02, emit=lines.append):
+        deadline = time.time() + 10
+        while not lines and time.time() < deadline:
+            time.sleep(0.02)
+    assert len(lines) == 1 and "the run heartbeat failed 3 times in a row" in lines[0]
