@@ -61,7 +61,6 @@ def heartbeat(instance: dg.DagsterInstance, mine: dict[str, str], every_s: float
             for run in instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE, tags=ours)):
                 if all(run.tags.get(key) == mine.get(key) for key in identity):
                     instance.add_run_tags(run.run_id, {HEARTBEAT_TAG: str(int(time.time()))})
-            reap_dead_cli_runs(instance, emit)
             failures.clear()
         except Exception as error:  # a locked or unreachable database: the next beat tries again
             failures.append(error)
@@ -69,6 +68,10 @@ def heartbeat(instance: dg.DagsterInstance, mine: dict[str, str], every_s: float
                 emit(f"asr-pipeline: the run heartbeat failed 3 times in a row ({error!r}); after "
                      f"{HEARTBEAT_STALE_S / 60:.0f} min without one, a reaper in another container or on another "
                      "host takes this command's runs for dead")
+        try:
+            reap_dead_cli_runs(instance, emit)
+        except Exception as error:  # the same: the next beat, the next command or the nightly tick reaps
+            emit(f"asr-pipeline: reaping the runs of killed commands failed ({error!r})")
 
     # a beat waiting on a locked database does not hold the command's exit up for long
     with beating(every_s, beat, "cli-run-heartbeat", exit_wait_s=10):
@@ -135,7 +138,10 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]
         else:
             gone = _why_gone(run, pid) if pid else None
         if gone is not None:
-            instance.report_run_failed(run, message=f"the asr-pipeline process (pid {pid}) running it {gone}")
+            now = instance.get_run_by_id(run.run_id)  # the list was read earlier: it may have ended since
+            if now is None or now.status not in _ACTIVE:
+                continue
+            instance.report_run_failed(now, message=f"the asr-pipeline process (pid {pid}) running it {gone}")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             emit(f"marked run {run.run_id} failed: its process {pid} {gone}")
             reaped.append(run.run_id)
