@@ -14,7 +14,6 @@ Where symbolic links cannot be made (Windows without the privilege), publishing 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
+from asr_pipeline.core.processes import process_alive, process_start_ticks, process_table
 
 REPLACED_GRACE_S = 600.0
 # versions of the other paths of a directory a publish sweeps (a batch a backfill republished once): a day, so that
@@ -144,62 +143,6 @@ def newest_mtime(path: Path) -> float | None:
                 continue
             newest = changed if newest is None else max(newest, changed)
     return newest
-
-
-def process_table() -> str | None:
-    """Where a pid names one process: this boot of this machine and this pid namespace, as 8 hex digits (Linux;
-    None where unknown). The host's own namespace has the same inode on every machine: the boot id tells them apart."""
-    namespace = pid_namespace()
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    return None if namespace is None else hashlib.sha256(f"{boot}:{namespace}".encode()).hexdigest()[:8]
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """When process pid started, in clock ticks since boot (/proc/PID/stat's 22nd field; a change of the wall clock
-    does not move it), or None (no such process, or not Linux): with the pid, what tells a process from a later one
-    given the same pid after a reboot or in a restarted container. Bytes: a process's name need not be UTF-8."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(stat[stat.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def pid_namespace() -> int | None:
-    """This process's pid namespace (its inode; Linux), None where unknown: pids of another namespace (another
-    container) mean nothing here."""
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-
-
-_POSIX = os.name == "posix"
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process pid exists and is not a zombie. One that exists but cannot be inspected (another user's
-    under /proc's hidepid, or /proc hidden from a sandboxed service) counts as running: nothing says it is not. On
-    POSIX os.kill(pid, 0) asks first (it sends nothing, and answers EPERM for such a process); on Windows that call
-    would terminate the process, so psutil alone."""
-    if not 0 < pid < 2**32:  # (a name or tag edited by hand: no process has such a pid)
-        return False
-    if _POSIX:
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, OverflowError):
-            return False
-        except PermissionError:
-            return True
-    try:
-        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.AccessDenied:
-        return True
-    except psutil.Error:
-        return False
 
 
 def _age(path: Path) -> float:

@@ -27,8 +27,8 @@ from typing import Callable, Iterator, Sequence
 import psutil
 
 from asr_pipeline.core.heartbeat import beating
-from asr_pipeline.core.storage import (directory_bytes, newest_mtime, pid_namespace, process_alive,
-                                       process_start_ticks, read_json, write_json)
+from asr_pipeline.core.processes import pid_namespace, process_alive, process_start_ticks
+from asr_pipeline.core.storage import directory_bytes, newest_mtime, read_json, write_json
 
 OWNER = "asr_work_owner.json"  # the process training in this directory: identity() and the data it trains on
 HEARTBEAT_S = 60.0  # how often the owning process touches its owner record while it trains (claimed())

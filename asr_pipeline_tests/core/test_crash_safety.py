@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from asr_pipeline.core import storage, work_dirs
+from asr_pipeline.core import processes, storage
 from asr_pipeline.core.settings import AudioRoots, PathMap
 from asr_pipeline.core.storage import publish, staging_dir
 
@@ -114,7 +113,7 @@ def test_a_staging_directory_whose_pid_a_later_process_has_is_removed(tmp_path):
     in its staging directory's name tells them apart. Names without it (before it was recorded) go by the pid."""
     final = tmp_path / "featurized_shards" / "ids-0000000001-0000000010"
     mine = storage.staging_dir(final)
-    pid, started, table = os.getpid(), storage.process_start_ticks(os.getpid()), storage.process_table()
+    pid, started, table = os.getpid(), processes.process_start_ticks(os.getpid()), processes.process_table()
     assert mine.name.startswith(f".{final.name}.tmp-{pid}s{started}t{table}-")
     pid_reused = final.parent / f".{final.name}.tmp-{pid}s{started - 100}t{table}-0123abcd"
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -135,22 +134,6 @@ def test_a_staging_directory_whose_pid_a_later_process_has_is_removed(tmp_path):
     assert storage.remove_stale_staging(final) == []  # the directory itself changed just now
     os.utime(other_table, (stale, stale))
     assert storage.remove_stale_staging(final) == [other_table]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
-def test_a_process_name_that_is_not_utf8_does_not_hide_its_start():
-    """/proc/PID/stat holds the process's name as bytes; one cut inside a character must not make the start
-    unreadable (a live writer would look like a later process, its staging directory deleted)."""
-    rename = ("import ctypes, sys; ctypes.CDLL(None).prctl(15, b'asr-\\xc3', 0, 0, 0); "  # PR_SET_NAME
-              "print(flush=True); sys.stdin.read()")
-    child = subprocess.Popen([sys.executable, "-c", rename], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        child.stdout.readline()
-        assert b"(asr-\xc3)" in Path(f"/proc/{child.pid}/stat").read_bytes()
-        assert storage.process_start_ticks(child.pid) is not None
-    finally:
-        child.kill()
-        child.wait()
 
 
 def _age_everything(directory: Path, seconds: float | None = None) -> None:
@@ -255,51 +238,6 @@ def test_every_file_is_on_disk_before_the_link_points_at_it(tmp_path, monkeypatc
     synced_before = {Path(p).name for kind, p in events[:swap] if kind == "fsync"}
     assert {"a.txt", "b.txt"} <= synced_before
     assert ("fsync", str(final.parent)) in events[swap:]  # and the swap itself
-
-
-def test_a_process_that_exists_but_cannot_be_inspected_counts_as_running(monkeypatch):
-    """Another user's process under /proc's hidepid (or /proc hidden from a sandboxed service): os.kill(pid, 0)
-    answers EPERM and psutil cannot see it, or psutil is refused. Nothing says it is gone: a run or staging
-    directory of it must not be taken for dead."""
-    def refused(pid, signal):
-        raise PermissionError(1, "Operation not permitted")
-
-    def invisible(self, pid):
-        raise psutil.NoSuchProcess(pid)
-
-    with monkeypatch.context() as hidden:  # hidepid=invisible: os.kill says EPERM, /proc has no entry
-        hidden.setattr(os, "kill", refused)
-        hidden.setattr(psutil, "pid_exists", lambda pid: False)
-        hidden.setattr(psutil.Process, "__init__", invisible)
-        assert storage.process_alive(4242)
-        assert work_dirs.runs_as_recorded({"pid": 4242, "start_ticks": 1})
-
-    def denied(self):
-        raise psutil.AccessDenied(4242)
-
-    monkeypatch.setattr(storage, "_POSIX", False)  # Windows: psutil alone, refused
-    monkeypatch.setattr(psutil, "pid_exists", lambda pid: True)
-    monkeypatch.setattr(psutil.Process, "__init__", lambda self, pid: None)
-    monkeypatch.setattr(psutil.Process, "status", denied)
-    assert storage.process_alive(4242)
-
-
-def test_process_checks_use_psutil_not_os_kill_on_windows(monkeypatch):
-    """os.kill(pid, 0) terminates the process on Windows: there process_alive asks psutil alone (OpenProcess)."""
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert storage.process_alive(os.getpid()) and not storage.process_alive(int(finished.stdout))
-
-    def forbidden(*_):
-        raise AssertionError("os.kill called")
-
-    monkeypatch.setattr(storage, "_POSIX", False)
-    asked = []
-    monkeypatch.setattr(psutil, "pid_exists", lambda pid: asked.append(pid) or pid == 4242)
-    monkeypatch.setattr(psutil.Process, "status", lambda self: psutil.STATUS_RUNNING)
-    monkeypatch.setattr(psutil.Process, "__init__", lambda self, pid: None)
-    monkeypatch.setattr(os, "kill", forbidden)  # what Windows' psutil never calls either
-    assert storage.process_alive(4242) and not storage.process_alive(4243)
-    assert asked == [4242, 4243]
 
 
 def test_unc_and_drive_prefixes_match_whatever_the_case_posix_prefixes_keep_it():

@@ -21,7 +21,7 @@ import psutil
 
 from asr_pipeline.core import work_dirs
 from asr_pipeline.core.heartbeat import beating
-from asr_pipeline.core.storage import process_alive
+from asr_pipeline.core.processes import process_alive
 
 # what identifies the process besides its pid (work_dirs.identity): a later process given the same pid, after a
 # reboot or in a restarted container (whose command often gets the pid its killed predecessor had), is not it
