@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 import psutil
 
 from asr_pipeline.core.heartbeat import beating
-from asr_pipeline.core.processes import pid_namespace, process_alive, process_start_ticks
+from asr_pipeline.core.processes import identity, runs_as_recorded
 from asr_pipeline.core.storage import directory_bytes, newest_mtime, read_json, write_json
 
 OWNER = "asr_work_owner.json"  # the process training in this directory: identity() and the data it trains on
@@ -47,27 +47,6 @@ def data_fingerprint(base_source: str, shard_metas: Sequence[dict]) -> str:
     """What a training trains on, without its settings: a rerun of other data can never resume this directory."""
     payload = json.dumps([base_source, list(shard_metas)], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def identity(pid: int | None = None) -> dict:
-    """This process (or pid) and the process table it lives in. On Linux the table is the boot (boot_id) and the pid
-    namespace (containers that share a host name have their own), and the process's start is its clock-tick count
-    since boot, which a change of the wall clock does not move; elsewhere psutil's start time."""
-    pid = os.getpid() if pid is None else pid
-    record = {"host": socket.gethostname(), "pid": pid}
-    try:
-        record["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        pass
-    namespace = pid_namespace()
-    if namespace is not None:
-        record["pid_namespace"] = namespace
-    ticks = process_start_ticks(pid)
-    if ticks is not None:
-        record["start_ticks"] = ticks
-    else:
-        record["pid_started"] = psutil.Process(pid).create_time()
-    return record
 
 
 def claim(work_dir: Path, data: str) -> None:
@@ -169,27 +148,6 @@ def _same_process_table(owner: dict | None, newest: float) -> str:
     if owner.get("pid_namespace", mine.get("pid_namespace")) != mine.get("pid_namespace"):
         return "other"  # another container with the same host name: its process ids are not ours
     return "same"
-
-
-def runs_as_recorded(owner: dict) -> bool:
-    """The process identity() recorded still runs: its pid exists and started when the recorded one did (a reused
-    pid does not). Of this boot and process table: the caller compares those first. A process that exists but
-    cannot be inspected (hidden /proc) cannot be told from the recorded one: it counts as running."""
-    if not process_alive(owner["pid"]):
-        return False
-    try:
-        process = psutil.Process(owner["pid"])
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        now = identity(owner["pid"])
-        if "start_ticks" in owner:
-            return "start_ticks" not in now or owner["start_ticks"] == now["start_ticks"]
-        started = owner.get("pid_started")
-        return isinstance(started, (int, float)) and abs(process.create_time() - started) < 1.0
-    except psutil.NoSuchProcess:  # gone since, or hidden from psutil (hidepid=invisible): the first check again
-        return process_alive(owner["pid"])
-    except (psutil.Error, OSError, ValueError):
-        return True
 
 
 def touch(work_dir: Path) -> None:

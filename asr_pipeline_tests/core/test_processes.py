@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from asr_pipeline.core import processes, work_dirs
+from asr_pipeline.core import processes
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
@@ -42,8 +42,9 @@ def test_a_process_that_exists_but_cannot_be_inspected_counts_as_running(monkeyp
         hidden.setattr(os, "kill", refused)
         hidden.setattr(psutil, "pid_exists", lambda pid: False)
         hidden.setattr(psutil.Process, "__init__", invisible)
+        hidden.setattr(processes, "process_start_ticks", lambda pid: None)  # no /proc entry to read
         assert processes.process_alive(4242)
-        assert work_dirs.runs_as_recorded({"pid": 4242, "start_ticks": 1})
+        assert processes.runs_as_recorded({"pid": 4242, "start_ticks": 1})
 
     def denied(self):
         raise psutil.AccessDenied(4242)

@@ -19,11 +19,10 @@ from typing import Callable, Iterator
 import dagster as dg
 import psutil
 
-from asr_pipeline.core import work_dirs
 from asr_pipeline.core.heartbeat import beating
-from asr_pipeline.core.processes import process_alive
+from asr_pipeline.core.processes import identity, process_alive, runs_as_recorded
 
-# what identifies the process besides its pid (work_dirs.identity): a later process given the same pid, after a
+# what identifies the process besides its pid (processes.identity): a later process given the same pid, after a
 # reboot or in a restarted container (whose command often gets the pid its killed predecessor had), is not it
 _IDENTITY_TAGS = {"boot_id": str, "pid_namespace": int, "start_ticks": int, "pid_started": float}
 HEARTBEAT_TAG = "asr/heartbeat"  # seconds since the epoch, as text: the command was alive then
@@ -36,7 +35,7 @@ def cli_run_tags(pid: int) -> dict[str, str]:
     """What the CLI tags its runs with: where to look for the process that runs them, and which process it is."""
     tags = {"asr/launcher": "cli", "asr/host": socket.gethostname(), "asr/pid": str(pid)}
     try:
-        process = work_dirs.identity(pid)
+        process = identity(pid)
     except psutil.Error:  # no such process (outside Linux): the pid alone
         return tags
     tags.update({f"asr/{key}": str(process[key]) for key in _IDENTITY_TAGS if key in process})
@@ -78,8 +77,8 @@ def heartbeat(instance: dg.DagsterInstance, mine: dict[str, str], every_s: float
         yield
 
 
-def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
-    """Why the run's process is not running any more, or None while it may be."""
+def _why_gone(run: dg.DagsterRun, pid: int, mine: dict) -> str | None:
+    """Why the run's process is not running any more, or None while it may be. mine: this process's identity()."""
     recorded = {"pid": pid}
     for key, kind in _IDENTITY_TAGS.items():
         try:
@@ -88,7 +87,6 @@ def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
             pass
     if "start_ticks" not in recorded and "pid_started" not in recorded:  # a version that recorded the pid alone
         return None if process_alive(pid) else "is gone"
-    mine = work_dirs.identity()
     if recorded.get("boot_id") and mine.get("boot_id") and recorded["boot_id"] != mine["boot_id"]:
         if _heartbeat(run) > psutil.boot_time():  # alive since this machine booted: another one with this host name
             return _silent_for(run)
@@ -98,7 +96,7 @@ def _why_gone(run: dg.DagsterRun, pid: int) -> str | None:
         # another container with this host name (a pod's containers share it), or this container before a restart:
         # its pids mean nothing here
         return _silent_for(run)
-    if work_dirs.runs_as_recorded(recorded):
+    if runs_as_recorded(recorded):
         return None
     return "is gone" + (" (a later process has its pid)" if process_alive(pid) else "")
 
@@ -126,7 +124,7 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]
     runs = instance.get_runs(filters=dg.RunsFilter(
         statuses=_ACTIVE,  # NOT_STARTED too: a command killed between making its run and starting it
         tags={"asr/launcher": "cli"}))
-    reaped = []
+    reaped, mine = [], identity()
     for run in runs:
         if run.remote_job_origin is not None or "dagster/parent_run_id" in run.tags:
             # launched by the daemon or the UI, not by a CLI process: a re-execution of a CLI run inherits its
@@ -136,7 +134,7 @@ def reap_dead_cli_runs(instance: dg.DagsterInstance, emit: Callable[[str], None]
         if run.tags.get("asr/host") != socket.gethostname():
             gone = _silent_for(run)
         else:
-            gone = _why_gone(run, pid) if pid else None
+            gone = _why_gone(run, pid, mine) if pid else None
         if gone is not None:
             now = instance.get_run_by_id(run.run_id)  # the list was read earlier: it may have ended since
             if now is None or now.status not in _ACTIVE:

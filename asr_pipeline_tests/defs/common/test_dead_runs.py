@@ -13,7 +13,7 @@ import psutil
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from asr_pipeline.core import work_dirs
+from asr_pipeline.core import processes
 from asr_pipeline.defs.common import dead_runs
 from asr_pipeline.defs.common.dead_runs import cli_run_tags, reap_dead_cli_runs
 
@@ -64,14 +64,15 @@ def test_what_cannot_be_read_now_never_makes_a_running_process_look_gone(instanc
     """/proc can be partly hidden from one process and not another (a sandboxed service, ProcSubset=pid): a boot id
     or a start that cannot be read now cannot tell, and the run stays."""
     running = _started(instance, cli_run_tags(os.getpid()))
-    monkeypatch.setattr(work_dirs, "identity", lambda pid=None: {"host": "h", "pid": pid or os.getpid()})
+    monkeypatch.setattr(dead_runs, "identity", lambda pid=None: {"host": "h", "pid": pid or os.getpid()})
+    monkeypatch.setattr(processes, "process_start_ticks", lambda pid: None)
     assert reap_dead_cli_runs(instance, lambda line: None) == []
     assert instance.get_run_by_id(running).status == dg.DagsterRunStatus.STARTED
 
 
 def test_where_clock_ticks_are_unknown_the_start_time_tells_processes_apart(instance, monkeypatch):
     """Outside Linux identity() records psutil's start time (seconds since the epoch, tagged as text)."""
-    monkeypatch.setattr(work_dirs, "process_start_ticks", lambda pid: None)
+    monkeypatch.setattr(processes, "process_start_ticks", lambda pid: None)
     mine = cli_run_tags(os.getpid())
     assert "asr/start_ticks" not in mine and float(mine["asr/pid_started"]) > 0
     running = _started(instance, mine)
