@@ -17,7 +17,7 @@ import tracemalloc
 import numpy as np
 
 from asr_pipeline.core import evaluation
-from asr_pipeline.core.champion import PromotionPolicy, decide_promotion
+from asr_pipeline.core.promotion import PromotionPolicy, decide_promotion
 from asr_pipeline.core.hallucination import hallucination_stats
 from asr_pipeline.core.text import EditCounts, bootstrap_ci, paired_episode_bootstrap
 

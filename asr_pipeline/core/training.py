@@ -18,7 +18,7 @@ from asr_pipeline.core.trainer_hooks import (checkpointing_argument, completion_
 from asr_pipeline.core.training_budget import projected_wall_time, training_steps
 from asr_pipeline.core.training_data import FeatureRows, SpeechSeq2SeqCollator, duplicate_audio_ids
 
-# The validation measure the best checkpoint is chosen on: the one promotion decides on (champion.PROMOTION_METRIC).
+# The validation measure the best checkpoint is chosen on: the one promotion decides on (promotion.PROMOTION_METRIC).
 SELECTION_METRIC = "cer_normalized"
 
 

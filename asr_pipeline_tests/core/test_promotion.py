@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asr_pipeline.core import evaluation
-from asr_pipeline.core.champion import PromotionPolicy, decide_promotion
+from asr_pipeline.core.promotion import PromotionPolicy, decide_promotion
 from asr_pipeline.core.hallucination import compression_ratio, hallucination_stats
 from asr_pipeline.core.synth import demo_sentences
 from asr_pipeline.core.text import EditCounts, bootstrap_ci, edit_counts, paired_episode_bootstrap

@@ -88,7 +88,7 @@ def test_report_without_training_logs_says_so(tmp_path):
 
 
 def test_report_shows_the_promotion_gate_and_hallucination_sections(tmp_path):
-    from asr_pipeline.core.champion import PromotionPolicy, decide_promotion
+    from asr_pipeline.core.promotion import PromotionPolicy, decide_promotion
 
     report = _report(tmp_path)
     refs = [u["reference"] for u in report["per_utterance"]]

@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from asr_pipeline.core import settings as env
-from asr_pipeline.core.champion import PROMOTION_RULES, PromotionPolicy
+from asr_pipeline.core.promotion import PROMOTION_RULES, PromotionPolicy
 from asr_pipeline.core.benchmark_sets import parse_benchmark_sets, parse_gate
 from asr_pipeline.core.database import TableSpec, TranscriptTable, masked
 from asr_pipeline.core.model import BaseModel, cudnn_attention_allowed, resolve_base_model

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from asr_pipeline.core import champion, evaluation
+from asr_pipeline.core import champion, evaluation, promotion
 from asr_pipeline.core.benchmark_sets import BenchmarkSet
 from asr_pipeline.core.decoding import DecodingPolicy
 from asr_pipeline.core.placeholder_model import PLACEHOLDER_WARNING
@@ -180,7 +180,7 @@ def _promotion_decision(report: dict, incumbent: dict | None, settings: Pipeline
     # fixed benchmark sets (ASR_BENCHMARK_SETS): worse than the champion (the base, with none) on any by more than
     # the margin
     regressed = evaluation.benchmark_regressions(report, settings.promotion_margin) if report.get("benchmarks") else []
-    return champion.decide_promotion(report, settings.promotion_policy(), unavailable, regressed)
+    return promotion.decide_promotion(report, settings.promotion_policy(), unavailable, regressed)
 
 
 def _promotion_metadata(report: dict) -> dict:

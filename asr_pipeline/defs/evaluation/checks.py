@@ -24,7 +24,7 @@ def finite_or_none(values: list[float]) -> list[float | None]:
 
 
 def challenger_beats_champion(decision: dict) -> dg.AssetCheckResult:
-    """decision: report.json's `promotion` (asr_pipeline.core.champion.decide_promotion)."""
+    """decision: report.json's `promotion` (asr_pipeline.core.promotion.decide_promotion)."""
     return dg.AssetCheckResult(
         check_name=BEATS_CHAMPION, asset_key="evaluation_report", passed=bool(decision["promote"]),
         severity=dg.AssetCheckSeverity.WARN, description=decision["reason"],
