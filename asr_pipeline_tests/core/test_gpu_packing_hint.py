@@ -1,6 +1,6 @@
 """What packed training on a GPU tells its user (core/packing.py gpu_packing_hint): a batch that fills the step,
 and either less gradient accumulation or the step settings and rate scaled; nothing when there is nothing to fill.
-Its emission by train_whisper is tested in test_packing.py."""
+Its emission by train_whisper is tested in test_packed_training.py."""
 
 from asr_pipeline.core.packing import gpu_packing_hint, windows_per_step
 
